@@ -1,0 +1,1 @@
+"""The ``tta-perception`` command line: one module per subcommand, see ``main.COMMANDS``."""

@@ -1,0 +1,70 @@
+"""The contract every model in tta_perception follows, so any adaptation method runs on any model.
+
+A ``TTAModel`` takes float images in [0, 1], shape (B, 3, H, W), and does its own input
+normalisation (as the reference TTA framework wraps ImageNet models), so methods that perturb inputs
+(DPLOT's ``x + 0.5·N(0, 1)`` block-selection noise, CoTTA's augmentations) work in image space.
+
+- ``task``: ``"cls"`` (logits (B, C)) or ``"seg"`` (logits (B, C, H, W) at the input resolution).
+- ``num_classes`` and ``class_names``.
+- ``candidate_blocks``: names (for ``model.get_submodule``) of the residual blocks DPLOT's
+  domain-specific block selection scores, defined next to each architecture.
+- ``forward_features(x)``: penultimate features, (B, D) for classification, (B, D, h, w) for
+  segmentation; DPLOT's class prototypes are means of these.
+- ``classify(features)``: the head, logits at the feature resolution.
+- ``forward(x)``: ``classify(forward_features(x))``, upsampled to (H, W) for segmentation.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TASKS = ("cls", "seg")
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` inside the model, so inputs stay images in [0, 1]."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class TTAModel(nn.Module):
+    """Base class: subclasses set the attributes and implement the two feature/head methods."""
+
+    task: str = "cls"
+    num_classes: int = 0
+    class_names: tuple[str, ...] = ()
+    candidate_blocks: tuple[str, ...] = ()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.classify(self.forward_features(x))
+        if self.task == "seg" and logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+
+def check_model(model: nn.Module) -> None:
+    """Raise a clear error if ``model`` does not follow the contract above."""
+    for attr in ("task", "num_classes", "candidate_blocks", "forward_features", "classify"):
+        if not hasattr(model, attr):
+            raise TypeError(f"{type(model).__name__} is not a TTAModel: missing {attr!r}")
+    if model.task not in TASKS:
+        raise ValueError(f"model.task must be one of {TASKS}, got {model.task!r}")
+    names = dict(model.named_modules())
+    missing = [b for b in model.candidate_blocks if b not in names]
+    if missing:
+        raise ValueError(f"candidate_blocks not found in {type(model).__name__}: {missing}")
