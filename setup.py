@@ -22,6 +22,9 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/config/sequences", glob("config/sequences/*.yaml")),
+        # pip installs: put tta_node where launch_ros looks (<prefix>/lib/<package>/); colcon puts the
+        # console script there itself (setup.cfg), this launcher is equivalent.
+        (f"lib/{PACKAGE}", [f"{PACKAGE}/ros/bin/tta_node"]),
     ],
     python_requires=">=3.10",
     install_requires=[
@@ -42,6 +45,7 @@ setup(
     entry_points={
         "console_scripts": [
             "tta-perception = tta_perception.cli.main:main",
+            "tta_node = tta_perception.ros.tta_node:main",
         ],
     },
 )

@@ -1,0 +1,80 @@
+"""Launch the tta_node lifecycle node on a camera topic.
+
+    ros2 launch tta_perception adapt.launch.py image_topic:=/carla/ego_vehicle/rgb_front/image
+    ros2 launch tta_perception adapt.launch.py image_topic:=/camera/image_raw compressed:=true \
+        method:=tent device:=cpu namespace:=front use_sim_time:=true
+
+Empty ``task``/``method``/``device``/``model``/``compressed`` keep the value of ``params_file``
+(default: the installed config/adapt.yaml). The node configures and activates by itself
+(``autostart``); it is a launch_ros ``LifecycleNode`` so lifecycle events and ``ros2 lifecycle`` work.
+
+The ``launch``/``launch_ros`` imports are inside the functions so the argument handling
+(``node_settings``) can be tested on machines without them (the ROS 2 wheels on PyPI lack launch).
+"""
+from pathlib import Path
+
+PACKAGE = "tta_perception"
+EXECUTABLE = "tta_node"
+# Installed layout (share/tta_perception/{launch,config}) and source layout (launch/, config/) alike.
+DEFAULT_PARAMS = str(Path(__file__).resolve().parent.parent / "config" / "adapt.yaml")
+
+# name -> (default, description, choices or None)
+ARGUMENTS = {
+    "image_topic": ("/camera/image_raw", "Input sensor_msgs/Image topic (with compressed:=true the "
+                    "CompressedImage is read from <image_topic>/compressed).", None),
+    "namespace": ("", "Namespace of the node and its outputs.", None),
+    "params_file": (DEFAULT_PARAMS, "Parameter file (see config/adapt.yaml).", None),
+    "task": ("", "Override: auto, segmentation or classification.",
+             ["", "auto", "segmentation", "classification"]),
+    "method": ("", "Override: adaptation method (source, norm, tent, eata, sar, cotta, rmt, dplot).",
+               None),
+    "device": ("", "Override: auto, cpu, cuda or cuda:N.", None),
+    "model": ("", "Override: embedded model name or checkpoint path.", None),
+    "use_sim_time": ("false", "Use /clock (bag replay with --clock, CARLA bridge).", ["true", "false"]),
+    "compressed": ("", "Override: subscribe to CompressedImage.", ["", "true", "false"]),
+    "log_level": ("info", "Node log level.", ["debug", "info", "warn", "error", "fatal"]),
+}
+
+
+def node_settings(values: dict) -> dict:
+    """Launch-argument strings -> keyword arguments of the node action (pure, unit-tested)."""
+    overrides = {"use_sim_time": values["use_sim_time"].strip().lower() == "true"}
+    for key in ("task", "method", "device", "model"):
+        if values[key].strip():
+            overrides[key] = values[key].strip()
+    if values["compressed"].strip():
+        overrides["compressed"] = values["compressed"].strip().lower() == "true"
+    topic = values["image_topic"].strip().rstrip("/")
+    compressed_topic = topic if topic.endswith("/compressed") else topic + "/compressed"
+    return {
+        "package": PACKAGE,
+        "executable": EXECUTABLE,
+        "name": EXECUTABLE,
+        "namespace": values["namespace"].strip(),
+        "parameters": [values["params_file"], overrides],
+        "remappings": [("image", topic), ("image/compressed", compressed_topic)],
+        "ros_arguments": ["--log-level", values["log_level"]],
+        "output": "screen",
+        "emulate_tty": True,
+    }
+
+
+def _launch_node(context, *args, **kwargs):
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import LifecycleNode
+
+    values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
+    return [LifecycleNode(**node_settings(values))]
+
+
+def generate_launch_description():
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
+    actions = []
+    for name, (default, description, choices) in ARGUMENTS.items():
+        extra = {"choices": choices} if choices else {}
+        actions.append(DeclareLaunchArgument(name, default_value=default, description=description,
+                                             **extra))
+    actions.append(OpaqueFunction(function=_launch_node))
+    return LaunchDescription(actions)

@@ -1,0 +1,242 @@
+"""Public architectures load state dicts with the public key names (random values, generated here).
+
+The RobustBench key names are spelled out below from the published architectures rather than taken
+from our own modules, so a renamed attribute fails here exactly as it would with the real checkpoint.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from tta_perception.models import build_model, check_model, list_models
+from tta_perception.models.public import download_torchvision_weights, load_weights
+
+torch.set_num_threads(1)
+
+
+def bn(prefix: str, c: int, tracked: bool = False) -> dict:
+    d = {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
+         f"{prefix}.running_var": (c,)}
+    if tracked:
+        d[f"{prefix}.num_batches_tracked"] = ()
+    return d
+
+
+def robustbench_wrn28_10_keys() -> dict:
+    """Key -> shape of RobustBench's ``Standard`` WideResNet-28-10 checkpoint (no num_batches_tracked:
+    the file predates PyTorch 0.4.1)."""
+    keys = {"conv1.weight": (16, 3, 3, 3)}
+    ch = [16, 160, 320, 640]
+    for b in (1, 2, 3):
+        for i in range(4):
+            c_in = ch[b - 1] if i == 0 else ch[b]
+            c_out = ch[b]
+            p = f"block{b}.layer.{i}"
+            keys.update(bn(f"{p}.bn1", c_in))
+            keys[f"{p}.conv1.weight"] = (c_out, c_in, 3, 3)
+            keys.update(bn(f"{p}.bn2", c_out))
+            keys[f"{p}.conv2.weight"] = (c_out, c_out, 3, 3)
+            if c_in != c_out:
+                keys[f"{p}.convShortcut.weight"] = (c_out, c_in, 1, 1)
+    keys.update(bn("bn1", 640))
+    keys.update({"fc.weight": (10, 640), "fc.bias": (10,)})
+    return keys
+
+
+def robustbench_resnext29_keys() -> dict:
+    """Key -> shape of ``Hendrycks2020AugMix_ResNeXt`` (CIFAR-100, cardinality 4, base width 32)."""
+    keys = {"conv_1_3x3.weight": (64, 3, 3, 3)}
+    keys.update(bn("bn_1", 64, tracked=True))
+    c_in = 64
+    for s, planes in enumerate((64, 128, 256), start=1):
+        width = planes // 2 * 4
+        for i in range(3):
+            p = f"stage_{s}.{i}"
+            keys[f"{p}.conv_reduce.weight"] = (width, c_in, 1, 1)
+            keys.update(bn(f"{p}.bn_reduce", width, True))
+            keys[f"{p}.conv_conv.weight"] = (width, width // 4, 3, 3)
+            keys.update(bn(f"{p}.bn", width, True))
+            keys[f"{p}.conv_expand.weight"] = (planes * 4, width, 1, 1)
+            keys.update(bn(f"{p}.bn_expand", planes * 4, True))
+            if i == 0:
+                keys[f"{p}.downsample.0.weight"] = (planes * 4, c_in, 1, 1)
+                keys.update(bn(f"{p}.downsample.1", planes * 4, True))
+            c_in = planes * 4
+    keys.update({"classifier.weight": (100, 1024), "classifier.bias": (100,)})
+    return keys
+
+
+def random_state(shapes: dict, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for k, shape in shapes.items():
+        if k.endswith("num_batches_tracked"):
+            state[k] = torch.tensor(7)
+        elif k.endswith("running_var"):
+            state[k] = torch.rand(shape, generator=g) + 0.5
+        else:
+            state[k] = torch.randn(shape, generator=g) * 0.05
+    return state
+
+
+def assert_loaded(model, state):
+    own = model.state_dict()
+    for k, v in state.items():
+        assert torch.equal(own[k], v.to(own[k].dtype)), k
+
+
+@pytest.fixture(scope="module")
+def wrn():
+    return build_model("wrn28_10")
+
+
+@pytest.fixture(scope="module")
+def resnext():
+    return build_model("resnext29_32x4d")
+
+
+def test_registered_names():
+    names = set(list_models())
+    assert {"wrn28_10", "resnext29_32x4d", "resnet50", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50",
+            "lraspp_mobilenet_v3_large", "torchvision:resnet50", "torchvision:deeplabv3_mobilenet_v3_large",
+            "Standard", "Hendrycks2020AugMix_ResNeXt"} <= names
+
+
+def test_wrn28_10_loads_robustbench_standard(wrn, tmp_path):
+    shapes = robustbench_wrn28_10_keys()
+    assert set(shapes) == {k for k in wrn.state_dict() if not k.endswith("num_batches_tracked")}
+    state = random_state(shapes)
+    path = tmp_path / "Standard.pt"  # RobustBench's file: {'state_dict': {'module.<key>': ...}, ...}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 200}, path)
+    load_weights(wrn, path)
+    assert_loaded(wrn, state)
+    check_model(wrn)
+    assert wrn.task == "cls" and wrn.num_classes == 10 and len(wrn.class_names) == 10
+    assert wrn.candidate_blocks == tuple(f"block{b}.layer.{i}" for b in (1, 2, 3) for i in range(4))
+    wrn.eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        f = wrn.forward_features(x)
+        assert f.shape == (2, 640)
+        assert torch.allclose(wrn(x), wrn.classify(f)) and wrn(x).shape == (2, 10)
+
+
+def test_resnext29_loads_augmix_checkpoint_with_and_without_mu_sigma(resnext, tmp_path):
+    shapes = robustbench_resnext29_keys()
+    assert set(shapes) == set(resnext.state_dict())
+    state = random_state(shapes, seed=1)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "a.pt")
+    load_weights(resnext, tmp_path / "a.pt")
+    assert_loaded(resnext, state)
+    # a state dict saved from RobustBench's model object also holds its mu/sigma buffers
+    torch.save(dict(state, mu=torch.full((1, 3, 1, 1), 0.5), sigma=torch.full((1, 3, 1, 1), 0.5)),
+               tmp_path / "b.pt")
+    load_weights(resnext, tmp_path / "b.pt")
+    assert resnext.candidate_blocks == tuple(f"stage_{s}.{i}" for s in (1, 2, 3) for i in range(3))
+    resnext.eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert resnext.forward_features(x).shape == (2, 1024) and resnext(x).shape == (2, 100)
+        # normalisation (mean = std = 0.5) happens inside: same as feeding 2x - 1 to the raw layers
+        raw = torch.nn.functional.relu(resnext.bn_1(resnext.conv_1_3x3(2 * x - 1)))
+        ref = resnext.stage_3(resnext.stage_2(resnext.stage_1(raw))).mean((2, 3))
+        assert torch.allclose(resnext.forward_features(x), ref, atol=1e-5)
+
+
+def test_resnet50_loads_torchvision_state_dict(tmp_path):
+    ref = torchvision.models.resnet50(weights=None).eval()
+    path = tmp_path / "resnet50.pth"
+    torch.save({"model": ref.state_dict()}, path)
+    model = build_model("resnet50", checkpoint=path)
+    check_model(model)
+    assert model.training is False and len(model.candidate_blocks) == 16
+    assert model.candidate_blocks[0] == "layer1.0" and model.candidate_blocks[-1] == "layer4.2"
+    assert model.class_names[0] == "tench"
+    x = torch.rand(1, 3, 32, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref((x - mean) / std), atol=1e-4)  # ImageNet norm inside
+        assert model.forward_features(x).shape == (1, 2048)
+    assert not any(k.startswith("normalize") for k in model.state_dict())  # not a checkpoint key
+
+
+@pytest.mark.parametrize("arch,n_blocks,feat_ch", [
+    ("deeplabv3_mobilenet_v3_large", 15, 256),
+    ("lraspp_mobilenet_v3_large", 15, 40 + 128),
+    ("deeplabv3_resnet50", 16, 256),
+])
+def test_segmentation_models_load_torchvision_state_dicts(arch, n_blocks, feat_ch, tmp_path):
+    kwargs = {"aux_loss": True} if arch.startswith("deeplabv3") else {}
+    # the published VOC checkpoints include the auxiliary head; it must be skipped, not an error
+    ref = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=21, **kwargs).eval()
+    path = tmp_path / f"{arch}.pth"
+    torch.save(ref.state_dict(), path)
+    model = load_weights(build_model(arch), path).eval()
+    check_model(model)
+    assert model.task == "seg" and model.num_classes == 21 and model.class_names[0] == "__background__"
+    assert len(model.candidate_blocks) == n_blocks and model.candidate_blocks[0].startswith("backbone.")
+    x = torch.rand(1, 3, 48, 64)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (1, 21, 48, 64)
+        assert torch.allclose(out, ref((x - mean) / std)["out"], atol=1e-4)
+        assert model.forward_features(x).shape[1] == feat_ch
+
+
+def test_clear_errors(wrn, tmp_path):
+    good = random_state(robustbench_wrn28_10_keys())
+    missing = dict(good)
+    del missing["block2.layer.0.convShortcut.weight"]
+    torch.save(missing, tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match=r"missing keys \(1\): block2\.layer\.0\.convShortcut\.weight"):
+        load_weights(wrn, tmp_path / "missing.pt")
+    torch.save(dict(good, **{"head.extra": torch.zeros(1)}), tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match=r"extra\.pt: .*unexpected keys \(1\): head\.extra"):
+        load_weights(wrn, tmp_path / "extra.pt")
+    load_weights(wrn, tmp_path / "extra.pt", strict=False)  # only logged
+    torch.save(dict(good, **{"fc.weight": torch.zeros(100, 640)}), tmp_path / "c100.pt")
+    with pytest.raises(ValueError, match=r"shape mismatch .*fc\.weight"):
+        load_weights(wrn, tmp_path / "c100.pt")
+    torch.save({"state_dict": good}, tmp_path / "full.pt")
+    raw = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(raw[: len(raw) // 3])
+    with pytest.raises(ValueError, match=r"trunc\.pt: cannot read checkpoint"):
+        load_weights(wrn, tmp_path / "trunc.pt")
+    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+        load_weights(wrn, tmp_path / "nothere.pt")
+
+
+class _NotWeights:
+    def __init__(self):
+        self.x = 1
+
+
+def test_checkpoint_with_arbitrary_objects_is_refused(wrn, tmp_path):
+    torch.save({"state_dict": {"fc.bias": torch.zeros(10)}, "obj": _NotWeights()}, tmp_path / "obj.pt")
+    with pytest.raises(ValueError, match=r"obj\.pt: cannot read checkpoint"):
+        load_weights(wrn, tmp_path / "obj.pt")
+
+
+def test_torchvision_names_fetch_published_weights(monkeypatch):
+    """``torchvision:<arch>`` goes through torchvision's weight registry (stubbed: no download)."""
+    asked = []
+    src = torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None, weights_backbone=None)
+
+    class FakeWeights:
+        def get_state_dict(self, progress=True):
+            return src.state_dict()
+
+    def fake_get_weight(name):
+        asked.append(name)
+        return FakeWeights()
+
+    monkeypatch.setattr(torchvision.models, "get_weight", fake_get_weight)
+    model = build_model("torchvision:lraspp_mobilenet_v3_large")
+    assert asked == ["LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1"]
+    assert torch.equal(model.state_dict()["classifier.cbr.0.weight"], src.state_dict()["classifier.cbr.0.weight"])
+    download_torchvision_weights(model, "lraspp_mobilenet_v3_large", "COCO_WITH_VOC_LABELS_V1")
+    assert asked[-1] == "LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1"

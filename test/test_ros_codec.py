@@ -1,0 +1,252 @@
+"""The ROS layer's pure parts (no rclpy, no DDS): image conversions, the parameter table and
+config/adapt.yaml, the newest-frame mailbox and statistics, the launch file's argument handling."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tta_perception.ros import image_codec as codec
+from tta_perception.ros import params as P
+from tta_perception.ros.health import Health, LatestSlot, percentile
+
+REPO = Path(__file__).resolve().parents[1]
+RGB = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+
+
+# ------------------------------------------------------------------------------------------ codec
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
+def test_colour_encodings_round_trip(encoding):
+    h, w, step, data = codec.rgb_to_raw(RGB, encoding)
+    out = codec.raw_to_rgb(encoding, h, w, step, data)
+    assert out.dtype == np.uint8 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, RGB)
+
+
+def test_bgra8_as_carla_sends_it():
+    bgra = np.zeros((1, 2, 4), np.uint8)
+    bgra[0, 0] = (10, 20, 30, 255)  # B, G, R, A
+    out = codec.raw_to_rgb("bgra8", 1, 2, 8, bgra.tobytes())
+    assert tuple(out[0, 0]) == (30, 20, 10)
+
+
+def test_mono8_becomes_grey_rgb():
+    grey = np.array([[0, 128, 255]], np.uint8)
+    out = codec.raw_to_rgb("mono8", 1, 3, 3, grey.tobytes())
+    assert out.shape == (1, 3, 3) and (out[0, 1] == 128).all()
+
+
+def test_padded_rows_are_stripped():
+    step = 6 * 3 + 5
+    padded = np.zeros((4, step), np.uint8)
+    padded[:, :18] = RGB.reshape(4, 18)
+    out = codec.raw_to_rgb("rgb8", 4, 6, step, padded.tobytes())
+    np.testing.assert_array_equal(out, RGB)
+
+
+def test_encoding_is_case_insensitive_and_buffers_are_accepted():
+    import array
+
+    buf = array.array("B", RGB.tobytes())
+    np.testing.assert_array_equal(codec.raw_to_rgb("RGB8", 4, 6, 18, buf), RGB)
+
+
+@pytest.mark.parametrize("args,reason", [
+    (("yuv422", 4, 6, 12, bytes(48)), codec.REASON_ENCODING),
+    (("16UC1", 4, 6, 12, bytes(48)), codec.REASON_ENCODING),
+    (("rgb8", 4, 6, 17, bytes(68)), codec.REASON_SIZE),        # step < width * 3
+    (("rgb8", 4, 6, 18, bytes(71)), codec.REASON_SIZE),        # data shorter than step * height
+    (("rgb8", 4, 6, 18, bytes(73)), codec.REASON_SIZE),        # data longer
+    (("rgb8", 0, 6, 18, b""), codec.REASON_EMPTY),
+    (("mono8", 5, 0, 0, b""), codec.REASON_EMPTY),
+    (("rgb8", 4, 6, 18, bytes(72)), None),                     # the good one, for contrast
+])
+def test_bad_raw_images_are_rejected_with_a_reason(args, reason):
+    if reason is None:
+        assert codec.raw_to_rgb(*args).shape == (4, 6, 3)
+        return
+    with pytest.raises(codec.ImageError) as err:
+        codec.raw_to_rgb(*args)
+    assert err.value.reason == reason
+
+
+def test_huge_image_is_rejected_before_touching_the_data():
+    with pytest.raises(codec.ImageError) as err:
+        codec.raw_to_rgb("rgb8", 100_000, 100_000, 300_000, b"", max_pixels=4096 * 4096)
+    assert err.value.reason == codec.REASON_HUGE
+
+
+def _encode(rgb, fmt):
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format=fmt)
+    return out.getvalue()
+
+
+def test_compressed_png_and_jpeg_decode():
+    rgb = np.repeat(np.repeat(RGB, 4, 0), 4, 1)
+    np.testing.assert_array_equal(codec.compressed_to_rgb("png", _encode(rgb, "PNG")), rgb)
+    jpeg = codec.compressed_to_rgb("rgb8; jpeg compressed bgr8", _encode(rgb, "JPEG"))
+    assert jpeg.shape == rgb.shape and np.abs(jpeg.astype(int) - rgb).mean() < 20
+
+
+@pytest.mark.parametrize("data,fmt,reason", [
+    (b"\x89PNG\r\n\x1a\nnot really a png", "png", codec.REASON_DECODE),
+    (b"\xff\xd8\xff garbage", "jpeg", codec.REASON_DECODE),
+    (b"", "jpeg", codec.REASON_EMPTY),
+    (b"1234", "16UC1; compressedDepth", codec.REASON_ENCODING),
+])
+def test_bad_compressed_images_are_rejected(data, fmt, reason):
+    with pytest.raises(codec.ImageError) as err:
+        codec.compressed_to_rgb(fmt, data)
+    assert err.value.reason == reason
+
+
+def test_compressed_size_is_checked_from_the_header():
+    png = _encode(np.zeros((64, 64, 3), np.uint8), "PNG")
+    with pytest.raises(codec.ImageError) as err:
+        codec.compressed_to_rgb("png", png, max_pixels=1000)
+    assert err.value.reason == codec.REASON_HUGE
+
+
+def test_output_encoders():
+    ids = np.array([[0, 1], [2, 255]], np.uint8)
+    assert codec.mono8(ids) == (2, 2, 2, ids.tobytes())
+    h, w, step, data, big = codec.float32c1(np.ones((2, 3)))
+    assert (h, w, step, len(data)) == (2, 3, 12, 24)
+    assert np.frombuffer(data, np.dtype(">f4" if big else "<f4")).tolist() == [1.0] * 6
+
+
+# ------------------------------------------------------------------------------------ parameters
+def _yaml_params():
+    doc = yaml.safe_load((REPO / "config" / "adapt.yaml").read_text())
+    assert list(doc) == ["/**/tta_node"], "adapt.yaml must match the node in any namespace"
+    return doc["/**/tta_node"]["ros__parameters"]
+
+
+def test_adapt_yaml_matches_the_parameter_table():
+    values = _yaml_params()
+    unknown = set(values) - set(P.SPEC)
+    assert not unknown, f"adapt.yaml has parameters the node does not declare: {unknown}"
+    # every parameter is in the file (class_names is commented: an empty list has no ROS type)
+    assert set(P.SPEC) - set(values) == {"class_names"}
+    for name, value in values.items():
+        assert P.check(name, value) is None, P.check(name, value)
+        assert value == P.SPEC[name].default, f"adapt.yaml {name}={value!r} differs from the default"
+
+
+def test_defaults_are_valid():
+    assert P.check_all(P.defaults(), methods=P.KNOWN_METHODS) == []
+
+
+@pytest.mark.parametrize("name,value,words", [
+    ("method", "bogus", ["'method'", "dplot", "tent"]),
+    ("task", "detection", ["'task'", "segmentation", "classification"]),
+    ("device", "gpu", ["'device'", "cuda:N"]),
+    ("qos_reliability", "sometimes", ["'qos_reliability'", "best_effort", "reliable"]),
+    ("top_k", 0, ["'top_k'", "[1, 1000]"]),
+    ("input_size", [128], ["'input_size'", "2 items"]),
+    ("input_size", [4, 256], ["'input_size'", "[8, 4096]"]),
+    ("lr", float("nan"), ["'lr'", "finite"]),
+    ("overlay_alpha", 1.5, ["'overlay_alpha'", "[0.0, 1.0]"]),
+    ("enable", "yes", ["'enable'", "bool"]),
+    ("model", " ", ["'model'"]),
+])
+def test_bad_values_name_the_parameter_and_what_is_allowed(name, value, words):
+    message = P.check(name, value, methods=P.KNOWN_METHODS)
+    assert message is not None
+    for word in words:
+        assert word in message, message
+
+
+def test_every_parameter_has_a_description_and_a_known_change_mode():
+    for spec in P.SPECS:
+        assert len(spec.description) > 15, spec.name
+        assert spec.when in ("live", "reload", "subscription", "startup"), spec.name
+
+
+# ------------------------------------------------------------------------------ mailbox and stats
+def test_latest_slot_keeps_only_the_newest_and_reports_drops():
+    slot = LatestSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True  # 1 was never taken: dropped
+    assert slot.put(3) is True
+    assert slot.take(0) == 3
+    assert slot.take(0) is None
+    got = []
+    t = threading.Thread(target=lambda: got.append(slot.take(30)))
+    t.start()
+    slot.put(4)
+    t.join(30)
+    assert got == [4]
+    slot.close()
+    assert slot.take(30) is None and slot.closed
+
+
+def test_health_counts_and_percentiles():
+    h = Health(rate_window_s=10.0, latency_samples=4)
+    for i in range(11):
+        h.arrival(now=100.0 + 0.1 * i)
+    for ms in (10, 20, 30, 40, 1000):  # bounded: the oldest sample (10) is gone
+        h.processed(ms / 1000.0, 0.005)
+    h.count("bad_size")
+    s = h.snapshot(now=101.0)
+    assert s["frames_received"] == 11 and s["frames_processed"] == 5 and s["bad_size"] == 1
+    assert s["input_rate_hz"] == pytest.approx(10.0)
+    assert s["latency_p50_ms"] in (30.0, 40.0) and s["latency_p95_ms"] == 1000.0
+    assert np.isnan(percentile([], 50))
+
+
+# ------------------------------------------------------------------------------------ launch file
+def _launch_module():
+    spec = importlib.util.spec_from_file_location("adapt_launch", REPO / "launch" / "adapt.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # no launch import at module level
+    return module
+
+
+def _defaults(module, **over):
+    values = {k: v[0] for k, v in module.ARGUMENTS.items()}
+    values.update(over)
+    return values
+
+
+def test_launch_defaults_point_at_the_shipped_config():
+    m = _launch_module()
+    assert Path(m.DEFAULT_PARAMS) == REPO / "config" / "adapt.yaml"
+    s = m.node_settings(_defaults(m))
+    assert (s["package"], s["executable"], s["name"]) == ("tta_perception", "tta_node", "tta_node")
+    assert s["parameters"] == [m.DEFAULT_PARAMS, {"use_sim_time": False}]  # empty = from the file
+    assert ("image", "/camera/image_raw") in s["remappings"]
+    assert ("image/compressed", "/camera/image_raw/compressed") in s["remappings"]
+
+
+def test_launch_overrides_and_remaps():
+    m = _launch_module()
+    s = m.node_settings(_defaults(m, image_topic="/carla/ego_vehicle/rgb_front/image", namespace="front",
+                                  task="segmentation", method="tent", device="cpu", use_sim_time="true",
+                                  compressed="true", params_file="/tmp/p.yaml"))
+    assert s["namespace"] == "front"
+    assert s["parameters"] == ["/tmp/p.yaml", {"use_sim_time": True, "task": "segmentation",
+                                               "method": "tent", "device": "cpu", "compressed": True}]
+    assert ("image", "/carla/ego_vehicle/rgb_front/image") in s["remappings"]
+    s = m.node_settings(_defaults(m, image_topic="/cam/image_raw/compressed", compressed="true"))
+    assert ("image/compressed", "/cam/image_raw/compressed") in s["remappings"]
+
+
+def test_launch_description_with_real_launch():
+    pytest.importorskip("launch")
+    pytest.importorskip("launch_ros")
+    from launch.actions import DeclareLaunchArgument
+
+    m = _launch_module()
+    ld = m.generate_launch_description()
+    declared = {a.name for a in ld.entities if isinstance(a, DeclareLaunchArgument)}
+    assert {"image_topic", "namespace", "params_file", "task", "method", "device", "use_sim_time",
+            "compressed"} <= declared

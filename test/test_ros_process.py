@@ -1,0 +1,197 @@
+"""tta_node in its own process, found the way launch_ros finds it after a plain pip install
+(<prefix>/lib/tta_perception/tta_node through AMENT_PREFIX_PATH), talking to this process over DDS;
+plus the refusal of a bad configuration as one log line and a clean exit on Ctrl-C."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_ros_helpers as H  # noqa: E402
+
+H.require_rclpy()
+
+import torch  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from tta_perception.ros.qos import output_qos  # noqa: E402
+
+PY = f"python{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory):
+    """The package pip-installed (no deps, no network) into a fresh prefix, from a copy of the tree."""
+    root = tmp_path_factory.mktemp("install")
+    src, prefix = root / "src", root / "prefix"
+    skip = {".venv", ".git", "build", "install", "log", "runs", "__pycache__", ".pytest_cache"}
+
+    def keep(info):
+        parts = Path(info.name).parts
+        return None if any(p in skip or p.endswith(".egg-info") for p in parts) else info
+
+    tar = root / "src.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(H.REPO, arcname=".", filter=keep)
+    with tarfile.open(tar) as t:
+        t.extractall(src)
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+           "--no-index", "--prefix", str(prefix), str(src)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        pytest.fail(f"pip install failed:\n{done.stderr[-3000:]}")
+    return prefix
+
+
+def test_pip_install_puts_the_executable_where_launch_ros_looks(prefix, monkeypatch):
+    from ament_index_python.packages import get_package_prefix, get_package_share_directory
+
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
+    assert Path(get_package_prefix("tta_perception")) == prefix
+    share = Path(get_package_share_directory("tta_perception"))
+    assert (share / "launch" / "adapt.launch.py").is_file()
+    assert (share / "config" / "adapt.yaml").is_file()
+    # launch_ros ExecutableInPackage: which(executable, path=<prefix>/lib/<package>)
+    found = shutil.which("tta_node", path=str(prefix / "lib" / "tta_perception"))
+    assert found and os.access(found, os.X_OK)
+    assert (prefix / "bin" / "tta_node").is_file()  # the console script, on PATH in a venv
+
+
+def test_launcher_runs_the_interpreter_of_its_environment(tmp_path):
+    """In a venv the launcher picks <venv>/bin/python3 (torch and the ROS wheels live there)."""
+    venv = tmp_path / "venv"
+    (venv / "lib" / "tta_perception").mkdir(parents=True)
+    (venv / "bin").mkdir()
+    launcher = venv / "lib" / "tta_perception" / "tta_node"
+    shutil.copy2(H.REPO / "tta_perception" / "ros" / "bin" / "tta_node", launcher)
+    fake = venv / "bin" / "python3"
+    fake.write_text('#!/bin/sh\necho "venv-python $*"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "TTA_PERCEPTION_PYTHON"}
+    out = subprocess.run([str(launcher), "--ros-args", "-p", "a:=1"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.stdout.strip() == "venv-python -m tta_perception.ros.tta_node --ros-args -p a:=1"
+    env["TTA_PERCEPTION_PYTHON"] = str(fake)
+    fake2 = tmp_path / "other"
+    fake2.write_text('#!/bin/sh\necho "override $*"\n')
+    fake2.chmod(0o755)
+    env["TTA_PERCEPTION_PYTHON"] = str(fake2)
+    out = subprocess.run([str(launcher)], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "override -m tta_perception.ros.tta_node"
+
+
+class Proc:
+    """A node process whose combined output is collected by a thread (never blocks the pipe)."""
+
+    def __init__(self, cmd, env):
+        self.lines: list[str] = []
+        self.p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, start_new_session=True)
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, timeout=30.0) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGINT)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(10)
+        self._t.join(10)
+        return self.p.returncode
+
+
+def _node_cmd(prefix, args):
+    exe = shutil.which("tta_node", path=str(prefix / "lib" / "tta_perception"))
+    return [exe, "--ros-args", "--params-file", str(H.REPO / "config" / "adapt.yaml"), *args]
+
+
+def _env(prefix):
+    site = prefix / "lib" / PY / "site-packages"
+    env = H.subprocess_env(TTA_PERCEPTION_PYTHON=sys.executable, AMENT_PREFIX_PATH=str(prefix))
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])  # the installed copy first
+    return env
+
+
+def test_node_process_over_dds(prefix, tmp_path):
+    from lifecycle_msgs.msg import State
+    from lifecycle_msgs.srv import GetState
+    from rcl_interfaces.srv import GetParameters
+    from std_srvs.srv import Trigger
+
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(H.tiny_seg().state_dict(), ckpt)
+    ns = f"/xp{os.getpid()}"
+    save = tmp_path / "saved.pt"
+    proc = Proc(_node_cmd(prefix, [
+        "-r", f"__ns:={ns}", "-r", f"image:={ns}/camera/image_raw",
+        "-p", f"model:={ckpt}", "-p", "architecture:=test_ros_helpers:tiny_seg", "-p", "method:=tent",
+        "-p", "device:=cpu", "-p", "input_size:=[32,64]", "-p", f"save_path:={save}",
+        "-p", "diagnostics_period:=0.2"]), _env(prefix))
+    h = H.Harness()
+    try:
+        out = H.Collector(h.client, Image, f"{ns}/class_ids", output_qos())
+        pub = h.client.create_publisher(Image, f"{ns}/camera/image_raw", output_qos())
+        rgb = H.frame(48, 96)
+        sent = iter(range(1, 100_000))
+
+        def got_output():
+            if proc.p.poll() is not None:
+                raise AssertionError(f"node exited:\n{proc.text[-3000:]}")
+            pub.publish(H.image_msg(rgb, "bgra8", stamp=(next(sent), 5), frame_id="front"))
+            try:
+                return out.wait(1, timeout=0.5)
+            except AssertionError:
+                return None
+
+        msgs = H.wait_until(got_output, timeout=120, what="an output from the node process")
+        m = msgs[0]
+        assert m.header.frame_id == "front" and m.header.stamp.nanosec == 5
+        assert (m.encoding, m.height, m.width) == ("mono8", 48, 96)
+        state = h.call(GetState, f"{ns}/tta_node/get_state", GetState.Request())
+        assert state.current_state.id == State.PRIMARY_STATE_ACTIVE
+        params = h.call(GetParameters, f"{ns}/tta_node/get_parameters",
+                        GetParameters.Request(names=["method", "qos_reliability", "window"]))
+        assert [params.values[0].string_value, params.values[1].string_value,
+                params.values[2].integer_value] == ["tent", "best_effort", 16]  # the rest from the yaml
+        res = h.call(Trigger, f"{ns}/tta_node/save", Trigger.Request())
+        assert res.success and save.is_file()
+    finally:
+        h.close()
+        code = proc.stop()
+    assert code == 0, proc.text[-3000:]
+    assert "Traceback" not in proc.text, proc.text[-3000:]
+    assert "configured: segmentation" in proc.text
+
+
+def test_bad_configuration_is_one_clear_line(prefix):
+    ns = f"/xbad{os.getpid()}"
+    proc = Proc(_node_cmd(prefix, ["-r", f"__ns:={ns}", "-p", "method:=nope", "-p", "device:=cpu"]),
+                _env(prefix))
+    try:
+        H.wait_until(lambda: "configure refused" in proc.text or proc.p.poll() is not None, timeout=120,
+                     what="the refusal")
+        assert proc.p.poll() is None, "the node stays up (unconfigured) so the parameter can be fixed"
+    finally:
+        proc.stop()
+    refused = [line for line in proc.lines if "configure refused" in line]
+    assert len(refused) == 1 and "parameter 'method' must be one of" in refused[0], proc.text
+    assert "dplot" in refused[0] and "tent" in refused[0]
+    assert "Traceback" not in proc.text

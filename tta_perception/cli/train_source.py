@@ -1,0 +1,60 @@
+"""train-source: train an embedded source model on clear weather only and record it in the manifest."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+HELP = "train the embedded clear-weather source model (seg: driveseg, cls: signnet), seeded"
+
+DEFAULTS = {  # per task: what reproduces the committed weights
+    "seg": dict(train_size=2000, epochs=6, batch_size=8, lr=3e-3),
+    "cls": dict(train_size=6000, epochs=6, batch_size=64, lr=3e-3),
+}
+ARCH = {"seg": "driveseg", "cls": "signnet"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=("seg", "cls"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-size", type=int, default=None, help="frames (seg) or crops (cls); default per task")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="checkpoint path (default: the package's weights/<arch>_clear.pt + manifest entry)")
+    p.add_argument("--no-manifest", action="store_true", help="do not update weights/manifest.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models.checkpoint import MANIFEST, read_manifest, save_checkpoint, sha256_of
+    from ..paths import WEIGHTS_DIR
+    from ..training import TrainConfig, train_source
+    from .evaluate import heldout_clear_score
+
+    d = DEFAULTS[args.task]
+    cfg = TrainConfig(task=args.task, seed=args.seed,
+                      train_size=args.train_size or d["train_size"], epochs=args.epochs or d["epochs"],
+                      batch_size=args.batch_size or d["batch_size"], lr=args.lr or d["lr"], threads=args.threads)
+    model, report = train_source(cfg)
+    arch = ARCH[args.task]
+    clear = heldout_clear_score(model, args.task)
+    report["heldout_clear"] = clear
+    print(f"held-out clear score: {clear}")
+    out = args.out or WEIGHTS_DIR / f"{arch}_clear.pt"
+    command = "tta-perception " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    save_checkpoint(model, out, arch, meta={"train": report, "command": command})
+    size_mb = out.stat().st_size / 1e6
+    print(f"wrote {out} ({size_mb:.2f} MB)")
+    if not args.no_manifest and args.out is None:
+        manifest = read_manifest()
+        manifest[arch] = {"file": out.name, "arch": arch, "task": args.task, "sha256": sha256_of(out),
+                          "command": f"tta-perception train-source --task {args.task} --seed {args.seed}",
+                          "train": {k: v for k, v in report.items() if k != "heldout_clear"},
+                          "heldout_clear": clear}
+        MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+        print(f"updated {MANIFEST}")
+    return 0

@@ -1,0 +1,316 @@
+"""The one interface every adaptation method implements.
+
+A method owns named modules (``"model"`` = the student / adapted model; teachers, anchors,
+projectors as needed) and named optimizers. The base class gives every method, from those two
+dicts alone: the source snapshot and ``reset()``, ``state_dict()/load_state_dict()`` of the whole
+adapted state, the NaN/Inf guard with restore of the last good state, collapse detection, and the
+``stats`` counters. Subclasses implement ``setup`` and ``_adapt`` (one forward + update on a batch,
+returning detached logits) and, when prediction is not simply ``model(x)``, ``inference_modules`` /
+``predict_with`` (which the streaming adapter calls on its own copies of the weights).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import dataclasses
+import math
+import time
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from ..models.base import check_model
+from .config import MethodConfig, config_keys, make_config
+from .losses import predicted_classes, softmax_entropy
+from .model_utils import all_finite, bn_modules, copy_into, model_device
+
+STATE_FORMAT = "tta_perception.engine.method/1"
+
+
+@contextlib.contextmanager
+def bn_frozen(modules: dict[str, nn.Module] | list[nn.Module]) -> Iterator[None]:
+    """Forward without updating BN running buffers (BN keeps using batch stats if in train mode)."""
+    mods = modules.values() if isinstance(modules, dict) else modules
+    touched = []
+    for mod in mods:
+        for m in bn_modules(mod):
+            if m.training and m.track_running_stats:
+                m.track_running_stats = False
+                touched.append(m)
+    try:
+        yield
+    finally:
+        for m in touched:
+            m.track_running_stats = True
+
+
+class TTAMethod:
+    """Base class. Build through :func:`tta_perception.engine.build_method`."""
+
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    # keyword arguments of the constructor that are resources, not config (e.g. source batches)
+    RESOURCES: ClassVar[tuple[str, ...]] = ()
+    # False for methods that never change the model (collapse detection then has nothing to reset)
+    ADAPTS: ClassVar[bool] = True
+    # modules that never change after setup (e.g. CoTTA's anchor): saved in state_dict, but left
+    # out of the per-step NaN check and last-good snapshot
+    STATIC_MODULES: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module, cfg: Any = None, **overrides: Any):
+        check_model(model)
+        resources = {k: overrides.pop(k) for k in list(overrides) if k in self.RESOURCES}
+        unknown = [k for k in overrides if k not in config_keys(self.Config)]
+        if unknown:
+            allowed = sorted(config_keys(self.Config)) + sorted(self.RESOURCES)
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for method {self.name!r}; allowed: {allowed}")
+        self.cfg = make_config(self.Config, cfg, **overrides)
+        self.model = model
+        self.task: str = model.task
+        self.num_classes: int = int(model.num_classes)
+        self.modules: dict[str, nn.Module] = {"model": model}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._stats: dict[str, Any] = {
+            "method": self.name, "steps": 0, "updates": 0, "nan_skips": 0, "resets": 0,
+            "collapse_resets": 0, "method_resets": 0, "filtered_steps": 0,
+            "last_loss": float("nan"), "last_entropy": float("nan"), "last_step_ms": float("nan"),
+            "dominant_fraction": float("nan"), "marginal_entropy": float("nan"),
+        }
+        self._pred_window: collections.deque[torch.Tensor] = collections.deque(maxlen=self.cfg.collapse_window)
+        self.setup(**resources)
+        self._source = self._capture()
+        self._good = self._capture() if self.cfg.nan_guard else None
+
+    # ------------------------------------------------------------------ subclass hooks
+    def setup(self, **resources: Any) -> None:
+        """Configure the model, create teachers and optimizers (called once from __init__)."""
+
+    def _adapt(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Forward + update on batch ``x``; returns the batch prediction (logits, detached)."""
+        raise NotImplementedError
+
+    def inference_modules(self) -> dict[str, nn.Module]:
+        """The modules ``predict_with`` reads (copied by the streaming adapter)."""
+        return {"model": self.model}
+
+    def predict_with(self, modules: dict[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """Prediction from ``modules`` (the method's own or the streaming copies), no adaptation."""
+        return modules["model"](x)
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Method-specific state (plain tensors / numbers) beyond modules and optimizers."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return dict(self._stats)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """Predict AND adapt on batch ``x`` (float (B, 3, H, W) in [0, 1]); returns logits."""
+        x = self._prepare(x)
+        if self.cfg.episodic:
+            self._restore(self._source)
+        t0 = time.perf_counter()
+        logits = None
+        with torch.inference_mode(False):  # adaptation needs autograd even if the caller is in inference mode
+            if x.is_inference():
+                x = x.clone()
+            for _ in range(self.cfg.steps):
+                logits = self._adapt(x)
+        assert logits is not None
+        logits = logits.detach()
+        self._stats["steps"] += 1
+        self._stats["last_step_ms"] = (time.perf_counter() - t0) * 1e3
+        self._monitor(logits)
+        return logits
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Prediction with the current weights, no adaptation and no BN-buffer update."""
+        x = self._prepare(x)
+        mods = self.inference_modules()
+        with bn_frozen(mods):
+            return self.predict_with(mods, x).detach()
+
+    def reset(self) -> None:
+        """Back to the source state (weights, teachers, optimizers, method state)."""
+        self._restore(self._source)
+        self._pred_window.clear()
+        self._stats["resets"] += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole adapted state as plain tensors / dicts (torch.save + weights_only load safe)."""
+        snap = self._capture()
+        return {
+            "format": STATE_FORMAT, "method": self.name, "config": dataclasses.asdict(self.cfg),
+            "modules": snap["modules"], "optimizers": snap["optimizers"], "extra": snap["extra"],
+            "stats": {k: v for k, v in self._stats.items()},
+            "pred_window": [t.clone() for t in self._pred_window],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError("not a tta_perception method state (missing/unknown 'format')")
+        if state.get("method") != self.name:
+            raise ValueError(f"state is for method {state.get('method')!r}, this is {self.name!r}")
+        missing = set(self.modules) - set(state["modules"])
+        if missing:
+            raise ValueError(f"state lacks modules {sorted(missing)}")
+        self._restore({"modules": state["modules"], "optimizers": state["optimizers"], "extra": state["extra"]})
+        self._stats.update(state.get("stats", {}))
+        self._pred_window.clear()
+        for t in state.get("pred_window", []):
+            self._pred_window.append(t.clone())
+        if self._good is not None:
+            self._good = self._capture()
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"expected images (B, 3, H, W), got {shape}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected float images in [0, 1], got dtype {x.dtype}")
+        return x.to(self.device, non_blocking=True)
+
+    def _make_optimizer(self, params: list[nn.Parameter], kind: str, lr: float, beta: float = 0.9,
+                        momentum: float = 0.9, weight_decay: float = 0.0,
+                        nesterov: bool = True) -> torch.optim.Optimizer:
+        """Reference framework's setup_optimizer: Adam(betas=(BETA, 0.999)) or SGD(nesterov)."""
+        if not params:
+            raise ValueError(f"method {self.name!r}: no parameters to adapt")
+        if kind == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=(beta, 0.999), weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               nesterov=nesterov and momentum > 0)
+
+    def _loss_ok(self, *losses: torch.Tensor) -> bool:
+        """False (and the last good state restored, counted) if any loss is NaN/Inf."""
+        ok = all(bool(torch.isfinite(l.detach()).all()) for l in losses)
+        if ok:
+            self._stats["last_loss"] = float(sum(float(l.detach()) for l in losses))
+            return True
+        self._on_nonfinite()
+        return False
+
+    def _commit(self) -> bool:
+        """After an update: if parameters/buffers went non-finite restore the last good state,
+        otherwise remember this state as the last good one."""
+        self._stats["updates"] += 1
+        if not self.cfg.nan_guard:
+            return True
+        tensors = [t for k, m in self.modules.items() if k not in self.STATIC_MODULES
+                   for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point()]
+        if not all_finite(tensors):
+            self._stats["updates"] -= 1
+            self._on_nonfinite()
+            return False
+        self._save_good()
+        return True
+
+    def _method_reset(self) -> None:
+        """A reset the method itself asks for (e.g. SAR's model recovery)."""
+        self.reset()
+        self._stats["method_resets"] += 1
+
+    # ------------------------------------------------------------------ internals
+    def _on_nonfinite(self) -> None:
+        self._stats["nan_skips"] += 1
+        for o in self.optimizers.values():
+            o.zero_grad(set_to_none=True)
+        if self._good is not None:
+            self._restore(self._good)
+
+    def _capture(self) -> dict[str, Any]:
+        return {
+            "modules": {k: {n: t.detach().clone() for n, t in m.state_dict().items()}
+                        for k, m in self.modules.items()},
+            "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers.items()},
+            "extra": _clone_tree(self._extra_state()),
+        }
+
+    def _save_good(self) -> None:
+        """Remember the current state as the last good one, copying into the tensors of the previous
+        snapshot (fused, no allocation per step)."""
+        if self._good is None:
+            self._good = self._capture()
+            return
+        dst: list[torch.Tensor] = []
+        src: list[torch.Tensor] = []
+
+        def pair(d: Any, s: Any) -> Any:  # returns the value to keep in the snapshot
+            if isinstance(s, torch.Tensor):
+                if isinstance(d, torch.Tensor) and d.shape == s.shape and d.dtype == s.dtype and d.device == s.device:
+                    dst.append(d)
+                    src.append(s.detach())
+                    return d
+                return s.detach().clone()
+            if isinstance(s, dict):
+                d = d if isinstance(d, dict) else {}
+                return {k: pair(d.get(k), v) for k, v in s.items()}
+            if isinstance(s, (list, tuple)):
+                d = d if isinstance(d, (list, tuple)) and len(d) == len(s) else [None] * len(s)
+                return type(s)(pair(a, b) for a, b in zip(d, s))
+            return copy.deepcopy(s)
+
+        g = self._good
+        for k, m in self.modules.items():
+            if k not in self.STATIC_MODULES:
+                g["modules"][k] = pair(g["modules"].get(k), m.state_dict())
+        g["optimizers"] = {k: pair(g["optimizers"].get(k), o.state_dict()) for k, o in self.optimizers.items()}
+        g["extra"] = pair(g.get("extra"), self._extra_state())
+        with torch.no_grad():
+            copy_into(dst, src)
+
+    @torch.no_grad()
+    def _restore(self, snap: dict[str, Any]) -> None:
+        for k, m in self.modules.items():
+            m.load_state_dict(snap["modules"][k], strict=True)
+        for k, o in self.optimizers.items():
+            if k in snap["optimizers"]:
+                # deepcopy: Optimizer.load_state_dict may alias the given tensors
+                o.load_state_dict(copy.deepcopy(snap["optimizers"][k]))
+            o.zero_grad(set_to_none=True)
+        self._load_extra_state(_clone_tree(snap["extra"]))
+
+    @torch.no_grad()
+    def _monitor(self, logits: torch.Tensor) -> None:
+        ent = softmax_entropy(logits.float())
+        self._stats["last_entropy"] = float(ent.mean())
+        counts = torch.bincount(predicted_classes(logits), minlength=self.num_classes).cpu()
+        self._pred_window.append(counts)
+        total = torch.stack(list(self._pred_window)).sum(0).double()
+        n = float(total.sum())
+        if n <= 0:
+            return
+        p = total / n
+        dom = float(p.max())
+        nz = p[p > 0]
+        marg = max(0.0, float(-(nz * nz.log()).sum() / math.log(max(self.num_classes, 2))))
+        self._stats["dominant_fraction"] = dom
+        self._stats["marginal_entropy"] = marg
+        if (self.ADAPTS and self.cfg.collapse_reset and self.num_classes >= 3
+                and len(self._pred_window) == self._pred_window.maxlen
+                and dom >= self.cfg.collapse_max_fraction):
+            self.reset()
+            self._stats["collapse_resets"] += 1
+
+
+def _clone_tree(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone_tree(v) for v in obj)
+    return copy.deepcopy(obj)

@@ -1,0 +1,143 @@
+"""``rmt``: robust mean teacher (Döbler et al., CVPR 2023), source-free variant (no source replay,
+``LAMBDA_CE_SRC = 0``), as the reference framework's ``methods/rmt.py``.
+
+Loss = λ_trg · mean(½ SCE(student(x), teacher(x)) + ½ SCE(student(aug(x)), teacher(x)))
+     + λ_cont · contrastive loss between [nearest source prototype, f(x), f(aug(x))] (SupCon form,
+       through a 2-layer projector trained with the model). Prediction = student + teacher logits.
+The source prototypes and the warmed-up student/teacher come from the phase-A bundle (resource
+``bundle``) or ``prototypes=`` (C, D); without prototypes the contrastive term is off (stats).
+Segmentation: the augmented view is photometric + flip, flipped back before the pixel-wise SCE;
+the contrastive term uses ``seg_cont_pixels`` random pixel features per batch.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment import cotta_augment, invertible_augment
+from ..base import TTAMethod
+from ..bundle import Bundle, resolve_bundle
+from ..config import MethodConfig, _check, check_optimizer
+from ..losses import ema_update, symmetric_cross_entropy
+from ..model_utils import forward_with_features, set_bn_mode
+from ..registry import register_method
+
+
+@dataclass
+class RMTConfig(MethodConfig):
+    optimizer: str = "adam"       # cfgs/cifar10_c/rmt.yaml OPTIM.METHOD (ImageNet-C: SGD 0.01)
+    lr: float = 1e-3              # cfgs/cifar10_c/rmt.yaml OPTIM.LR
+    beta: float = 0.9             # OPTIM.BETA
+    momentum: float = 0.9         # OPTIM.MOMENTUM (SGD only)
+    weight_decay: float = 0.0     # OPTIM.WD
+    mt: float = 0.999             # M_TEACHER.MOMENTUM
+    lambda_ce_trg: float = 1.0    # RMT.LAMBDA_CE_TRG
+    lambda_cont: float = 1.0      # RMT.LAMBDA_CONT (LAMBDA_CE_SRC fixed to 0: source-free variant)
+    temperature: float = 0.1      # CONTRAST.TEMPERATURE
+    projection_dim: int = 128     # CONTRAST.PROJECTION_DIM
+    soft_augment: bool = False    # rmt.py: get_tta_transforms(img_size) defaults
+    seg_cont_pixels: int = 256    # ours: pixels sampled per batch for the seg contrastive term
+
+    def validate(self) -> None:
+        super().validate()
+        check_optimizer(self.optimizer)
+        _check(self.lr > 0 and 0 <= self.mt <= 1, "lr > 0 and mt in [0, 1]")
+        _check(self.lambda_ce_trg >= 0 and self.lambda_cont >= 0, "lambdas must be >= 0")
+        _check(self.temperature > 0 and self.projection_dim >= 1 and self.seg_cont_pixels >= 1,
+               "temperature > 0, projection_dim >= 1, seg_cont_pixels >= 1")
+
+
+@register_method("rmt")
+class RMT(TTAMethod):
+    Config = RMTConfig
+    RESOURCES = ("bundle", "prototypes")
+
+    def setup(self, bundle: Bundle | str | None = None, prototypes: torch.Tensor | None = None) -> None:
+        c = self.cfg
+        b = resolve_bundle(bundle)
+        if b is not None:
+            b.check_model(self.model)
+            if b.student_state is not None:
+                self.model.load_state_dict(b.student_state)
+            if prototypes is None:
+                prototypes = b.prototypes
+        set_bn_mode(self.model, "batch_ema", c.bn_momentum)
+        self.model.requires_grad_(True)
+        self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        if b is not None and b.teacher_state is not None:
+            self.teacher.load_state_dict(b.teacher_state)
+        self.modules["teacher"] = self.teacher
+        params = list(self.model.parameters())
+        self.prototypes = None
+        if prototypes is not None and c.lambda_cont > 0:
+            protos = prototypes.detach().to(self.device, torch.float32)
+            valid = torch.isfinite(protos).all(1)  # classes absent from the source data
+            self.prototypes = protos[valid]
+            d = protos.shape[1]
+            self.projector = nn.Sequential(nn.Linear(d, c.projection_dim), nn.ReLU(),
+                                           nn.Linear(c.projection_dim, c.projection_dim)).to(self.device)
+            self.modules["projector"] = self.projector
+            params += list(self.projector.parameters())
+        self.optimizers["opt"] = self._make_optimizer(params, c.optimizer, c.lr, c.beta, c.momentum, c.weight_decay)
+        self._stats.update(contrastive=self.prototypes is not None,
+                           warmed_up=bool(b is not None and b.teacher_state is not None))
+
+    def inference_modules(self):
+        return {"model": self.model, "teacher": self.teacher}
+
+    def predict_with(self, modules, x):
+        return modules["model"](x) + modules["teacher"](x)
+
+    def _contrastive(self, f: torch.Tensor, f_aug: torch.Tensor) -> torch.Tensor:
+        """SupCon with labels=None (positives: the three views of one sample), mode 'all'."""
+        with torch.no_grad():
+            sim = F.normalize(f, dim=1) @ F.normalize(self.prototypes, dim=1).T
+            nearest = self.prototypes[sim.argmax(1)]
+        n = f.shape[0]
+        feats = torch.cat([nearest, f, f_aug], 0)                 # (3n, D): view-major like torch.unbind
+        z = F.normalize(self.projector(feats), dim=1)
+        logits = z @ z.T / self.cfg.temperature
+        logits = logits - logits.max(1, keepdim=True)[0].detach()
+        eye = torch.eye(3 * n, device=f.device)
+        pos = torch.eye(n, device=f.device).repeat(3, 3) * (1 - eye)
+        not_self = 1 - eye
+        log_prob = logits - torch.log((torch.exp(logits) * not_self).sum(1, keepdim=True))
+        mean_pos = (pos * log_prob).sum(1) / pos.sum(1)
+        return -mean_pos.mean()  # temperature / base_temperature = 1
+
+    def _adapt(self, x: torch.Tensor) -> torch.Tensor:
+        c, opt = self.cfg, self.optimizers["opt"]
+        seg = self.task == "seg"
+        if seg:
+            x_aug, flipped = invertible_augment(x, c.soft_augment)
+        else:
+            x_aug, flipped = cotta_augment(x, c.soft_augment), False
+        with torch.no_grad():
+            t = self.teacher(x)
+        with torch.enable_grad():
+            f, out = forward_with_features(self.model, x)
+            f_aug, out_aug = forward_with_features(self.model, x_aug)
+            if flipped:
+                out_aug, f_aug = out_aug.flip(-1), f_aug.flip(-1)
+            loss = c.lambda_ce_trg * (0.5 * symmetric_cross_entropy(out, t)
+                                      + 0.5 * symmetric_cross_entropy(out_aug, t)).mean()
+            if self.prototypes is not None:
+                if seg:  # sample pixel features at the same positions of both views
+                    d = f.shape[1]
+                    fa, fb = f.movedim(1, -1).reshape(-1, d), f_aug.movedim(1, -1).reshape(-1, d)
+                    idx = torch.randperm(fa.shape[0], device=fa.device)[: c.seg_cont_pixels]
+                    fa, fb = fa[idx], fb[idx]
+                else:
+                    fa, fb = f.flatten(1), f_aug.flatten(1)
+                loss = loss + c.lambda_cont * self._contrastive(fa, fb)
+            if self._loss_ok(loss):
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                ema_update(self.teacher, self.model, c.mt)
+                self._commit()
+        return (out + t).detach()

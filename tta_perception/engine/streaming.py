@@ -1,0 +1,299 @@
+"""Streaming protocol for robots: one frame at a time, a prediction per frame, immediately.
+
+Design
+------
+Inference and adaptation work on different copies of the weights, so a prediction never waits
+for an adaptation step (issue 3 §3):
+
+* **Double-buffered inference weights.** The adapter keeps two copies (``A``/``B``) of the modules
+  the method predicts with (``method.inference_modules()``: the student, the teacher for
+  DPLOT/RMT/CoTTA). ``predict`` takes the *active* copy under a lock held only to read an index and
+  bump a use count, then runs the forward pass outside the lock. After each adaptation step the
+  worker copies the method's fresh weights into the *inactive* copy (waiting only, if ever, for an
+  in-flight prediction that still uses that copy) and flips the active index. No weight copy and no
+  adaptation work is ever on the inference path.
+* **Single-frame BatchNorm.** The inference copies run BN in eval mode. The methods normalise with
+  batch statistics while adapting and, as a side effect, keep an EMA of *test* statistics in the BN
+  running buffers (``bn_momentum``, see ``model_utils``); those are published with the weights. A
+  single frame is therefore normalised with statistics of the recent frames, never with its own
+  (1-sample) batch statistics. At start the buffers hold the source statistics, so the first frames
+  get the source model's prediction.
+* **Bounded window, no queue.** Frames go into a ``deque(maxlen=window)``. Every ``adapt_every``
+  frames an adaptation of the method on the whole window (as a batch, the reference framework's
+  sliding-window protocol for batch size 1) is *requested*. A request is a flag, not a queue entry:
+  while a step is running, further requests coalesce into one (counted in ``coalesced``), and the
+  next step uses the window as it is then. Memory is bounded by the window and the two copies.
+* **Background worker.** ``background=True``: one daemon thread runs ``method.step`` (on its own
+  CUDA stream on GPU, synchronised before publishing). ``background=False``: the step runs inline
+  after the prediction — deterministic, for tests and benchmarks; the returned prediction is still
+  the one made *before* adapting on the frame, as in the background mode.
+
+``predict(frame)``: frame (3, H, W) or (1, 3, H, W) float in [0, 1]; returns logits without/with the
+leading batch axis accordingly ((C,) / (C, H, W) or (1, C) / (1, C, H, W)).
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import threading
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import TTAMethod
+from .model_utils import set_bn_mode
+
+STATE_FORMAT = "tta_perception.engine.streaming/1"
+
+
+class StreamingAdapter:
+    """Predict each frame at once with the latest published weights; adapt on a window."""
+
+    def __init__(self, method: TTAMethod, window: int = 16, adapt_every: int = 1, background: bool = True,
+                 min_window: int = 2, predict_mode: str = "method"):
+        if window < 1 or adapt_every < 1 or not (1 <= min_window <= window):
+            raise ValueError("need window >= 1, adapt_every >= 1 and 1 <= min_window <= window")
+        if predict_mode not in ("method", "student"):
+            raise ValueError("predict_mode must be 'method' (the method's own prediction) or 'student'")
+        if predict_mode == "student" and "model" not in method.inference_modules():
+            raise ValueError(f"predict_mode='student': method {method.name!r} predicts without the student")
+        self.method = method
+        self.window = int(window)
+        self.adapt_every = int(adapt_every)
+        self.background = bool(background)
+        self.min_window = int(min_window)
+        self.predict_mode = predict_mode
+        self._frames: collections.deque[torch.Tensor] = collections.deque(maxlen=self.window)
+        self._enabled = True
+        self._lock = threading.Lock()                  # guards the fields below (short sections only)
+        self._buffers_free = threading.Condition(self._lock)
+        self._adapt_lock = threading.RLock()           # serialises method.step / reset / state access
+        self._wake = threading.Condition(threading.Lock())
+        self._pending = False
+        self._busy = False
+        self._closed = False
+        self._since_adapt = 0
+        self._copies = [self._make_copy(), self._make_copy()]
+        self._active = 0
+        self._in_use = [0, 0]
+        self._counters: dict[str, Any] = {
+            "frames": 0, "adapt_requests": 0, "adapt_steps": 0, "coalesced": 0, "errors": 0,
+            "last_error": "", "last_predict_ms": float("nan"), "mean_predict_ms": float("nan"),
+            "last_adapt_ms": float("nan"), "mean_adapt_ms": float("nan"), "publishes": 0,
+        }
+        self._stream = None
+        self._thread: threading.Thread | None = None
+        if self.background:
+            if self.method.device.type == "cuda":
+                self._stream = torch.cuda.Stream(device=self.method.device)
+            self._thread = threading.Thread(target=self._worker, name="tta-adapt", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ inference path
+    @torch.no_grad()
+    def predict(self, frame: torch.Tensor) -> torch.Tensor:
+        """Prediction for ``frame`` with the current weights; never waits for adaptation."""
+        if self._closed:
+            raise RuntimeError("StreamingAdapter is closed")
+        squeeze = frame.dim() == 3
+        x = frame.unsqueeze(0) if squeeze else frame
+        if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+            raise ValueError(f"expected a frame (3, H, W) or (1, 3, H, W), got {tuple(frame.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected float images in [0, 1], got dtype {x.dtype}")
+        x = x.to(self.method.device, non_blocking=True)
+        t0 = time.perf_counter()
+        with self._lock:
+            idx = self._active
+            self._in_use[idx] += 1
+        try:
+            mods = self._copies[idx]
+            if self.predict_mode == "student":
+                out = mods["model"](x)
+            else:
+                out = self.method.predict_with(mods, x)
+        finally:
+            with self._lock:
+                self._in_use[idx] -= 1
+                self._buffers_free.notify_all()
+        ms = (time.perf_counter() - t0) * 1e3
+        request = False
+        with self._lock:
+            c = self._counters
+            c["frames"] += 1
+            c["last_predict_ms"] = ms
+            c["mean_predict_ms"] = ms if c["frames"] == 1 else c["mean_predict_ms"] + (ms - c["mean_predict_ms"]) / c["frames"]
+            self._frames.append(x[0].detach().clone())
+            if self._enabled:
+                self._since_adapt += 1
+                if self._since_adapt >= self.adapt_every and len(self._frames) >= self.min_window:
+                    self._since_adapt = 0
+                    request = True
+                    c["adapt_requests"] += 1
+        if request:
+            if self.background:
+                with self._wake:
+                    if self._pending:  # an earlier request not started yet: merge into it
+                        with self._lock:
+                            self._counters["coalesced"] += 1
+                    self._pending = True
+                    self._wake.notify()
+            else:
+                self._adapt_once()
+        out = out.detach()
+        return out[0] if squeeze else out
+
+    # ------------------------------------------------------------------ adaptation path
+    def _worker(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                self._pending = False
+                self._busy = True
+            try:
+                if self._stream is not None:
+                    # frames were written on the default stream by predict()
+                    self._stream.wait_stream(torch.cuda.default_stream(self._stream.device))
+                    with torch.cuda.stream(self._stream):
+                        self._adapt_once()
+                else:
+                    self._adapt_once()
+            finally:
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
+
+    def _adapt_once(self) -> None:
+        with self._adapt_lock:
+            if not self._enabled:
+                return
+            with self._lock:
+                frames = list(self._frames)
+            if len(frames) < self.min_window:
+                return
+            batch = torch.stack(frames)
+            t0 = time.perf_counter()
+            try:
+                self.method.step(batch)
+            except Exception as e:  # keep the robot running; surface it in stats()
+                with self._lock:
+                    self._counters["errors"] += 1
+                    self._counters["last_error"] = f"{type(e).__name__}: {e}"
+                return
+            self._publish()
+            ms = (time.perf_counter() - t0) * 1e3
+            with self._lock:
+                c = self._counters
+                c["adapt_steps"] += 1
+                c["last_adapt_ms"] = ms
+                n = c["adapt_steps"]
+                c["mean_adapt_ms"] = ms if n == 1 else c["mean_adapt_ms"] + (ms - c["mean_adapt_ms"]) / n
+
+    def _make_copy(self) -> dict[str, nn.Module]:
+        mods = {k: copy.deepcopy(m) for k, m in self.method.inference_modules().items()}
+        for m in mods.values():
+            set_bn_mode(m, "source")  # eval BN: the running (EMA-of-test) statistics
+            m.requires_grad_(False)
+        return mods
+
+    @torch.no_grad()
+    def _publish(self) -> None:
+        """Copy the method's weights into the inactive copy, then make it the active one."""
+        if self._stream is not None:
+            self._stream.synchronize()
+        with self._lock:
+            target = 1 - self._active
+            while self._in_use[target]:
+                self._buffers_free.wait()  # only an in-flight predict on the old copy
+        src = self.method.inference_modules()
+        for k, m in self._copies[target].items():
+            m.load_state_dict(src[k].state_dict())
+        if self._stream is not None:
+            self._stream.synchronize()
+        with self._lock:
+            self._active = target
+            self._counters["publishes"] += 1
+
+    # ------------------------------------------------------------------ control
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no adaptation is pending or running (tests, benchmarks, shutdown)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._wake:
+            while self._pending or self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._wake.wait(left)
+        return True
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Pause/resume adaptation; predictions continue with the current weights."""
+        with self._lock:
+            self._enabled = bool(enabled)
+            self._since_adapt = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def reset(self) -> None:
+        """Back to the source state; waits for a running step to finish (not for predictions)."""
+        with self._adapt_lock:
+            with self._wake:
+                self._pending = False
+            self.method.reset()
+            with self._lock:
+                self._frames.clear()
+                self._since_adapt = 0
+            self._publish()
+            self._publish()  # both copies hold the source state
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out = dict(self._counters)
+            out.update(enabled=self._enabled, window_len=len(self._frames), window=self.window,
+                       adapt_every=self.adapt_every, background=self.background,
+                       busy=self._busy, pending=self._pending)
+        out["method"] = self.method.stats
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        with self._adapt_lock:
+            return {"format": STATE_FORMAT, "method_state": self.method.state_dict(),
+                    "counters": self.stats()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError("not a StreamingAdapter state")
+        with self._adapt_lock:
+            self.method.load_state_dict(state["method_state"])
+            with self._lock:
+                self._frames.clear()
+            self._publish()
+            self._publish()
+
+    def close(self) -> None:
+        """Stop the worker (finishes a running step first). Idempotent."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+
+    def __enter__(self) -> "StreamingAdapter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,249 @@
+"""Speed and memory of every adaptation method on the two deployment workloads.
+
+``python -m tta_perception.gpu_bench [--out DIR]`` on a CUDA machine (a few minutes): methods ×
+- ``cls``: ImageNet ResNet-50, batch 64 at 224×224 (the paper's ImageNet-C setting),
+- ``seg``: DeepLabV3-MobileNetV3-Large, 14 classes (CarlaTTA), one 512×1024 frame per step,
+× precision ``fp32``, ``amp`` (torch.autocast, bfloat16 where supported, else float16) and
+``amp+cl`` (autocast + channels_last memory format, which lets cuDNN pick NHWC tensor-core kernels).
+Reports ms per adaptation step (``method.step(x)``: predict and adapt), frames/s and peak GPU memory,
+as JSON and a markdown table.
+
+Weights are random (the machine may be offline): speed does not depend on their values, except that
+CoTTA's augmentation branch, which runs only when the anchor model is unsure, runs on every step
+here, so its figures are an upper bound. ``--quick`` runs tiny sizes on CPU for tests.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+WORKLOADS = {
+    # name: (model, num_classes, batch, (H, W)), quick variant
+    "cls": {"arch": "resnet50", "num_classes": 1000, "batch": 64, "size": (224, 224),
+            "quick": {"batch": 2, "size": (32, 32)}},
+    "seg": {"arch": "deeplabv3_mobilenet_v3_large", "num_classes": 14, "batch": 1, "size": (512, 1024),
+            "quick": {"batch": 1, "size": (64, 128)}},
+}
+PRECISIONS = ("fp32", "amp", "amp+cl")
+
+
+@dataclass
+class Result:
+    workload: str
+    method: str
+    precision: str
+    arch: str
+    batch: int
+    size: tuple
+    status: str = "ok"          # ok | error | skipped
+    ms_per_step: float = float("nan")   # median
+    ms_p90: float = float("nan")
+    frames_per_s: float = float("nan")
+    peak_mem_gib: float = float("nan")
+    steps: int = 0
+    error: str = ""
+    notes: list = field(default_factory=list)
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def method_options(name: str, model) -> dict:
+    """Per-method options for a standalone speed run: paper protocol (no collapse reset) and, for
+    DPLOT, a stand-in for phase A's selection (the first quarter of the candidate blocks; the early
+    blocks are the ones selected in practice, and the cost barely depends on which)."""
+    opts = {"collapse_reset": False}
+    if name == "dplot":
+        blocks = tuple(model.candidate_blocks)
+        opts["blocks"] = blocks[: max(1, len(blocks) // 4)]
+    return opts
+
+
+def run_one(workload: str, method: str, precision: str, *, device: torch.device, quick: bool,
+            steps: int, warmup: int) -> Result:
+    from .engine import build_method
+    from .models import build_model
+
+    spec = dict(WORKLOADS[workload])
+    if quick:
+        spec.update(spec["quick"])
+    batch, (h, w) = spec["batch"], spec["size"]
+    res = Result(workload, method, precision, spec["arch"], batch, (h, w))
+    channels_last = precision.endswith("+cl")
+    use_amp = precision.startswith("amp")
+    torch.manual_seed(0)
+    model = method_obj = x = None
+    try:
+        model = build_model(spec["arch"], num_classes=spec["num_classes"]).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        method_obj = build_method(method, model, **method_options(method, model))
+        x = torch.rand(batch, 3, h, w, device=device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = torch.autocast(device.type, dtype=_amp_dtype(device), enabled=use_amp)
+        if use_amp:
+            res.notes.append(f"autocast {str(_amp_dtype(device)).replace('torch.', '')}")
+        with amp:
+            for _ in range(warmup):
+                method_obj.step(x)
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        with amp:
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                out = method_obj.step(x)
+                _sync(device)
+                times.append((time.perf_counter() - t0) * 1e3)
+        if not torch.isfinite(out.float()).all():
+            res.notes.append("non-finite logits")
+        times.sort()
+        res.ms_per_step = statistics.median(times)
+        res.ms_p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+        res.frames_per_s = batch / (res.ms_per_step / 1e3)
+        res.steps = len(times)
+        if device.type == "cuda":
+            res.peak_mem_gib = torch.cuda.max_memory_allocated(device) / 2**30
+        stats = method_obj.stats
+        if stats.get("nan_skips"):
+            res.notes.append(f"nan_skips={stats['nan_skips']}")
+    except Exception as err:  # one failing combination must not end the benchmark
+        res.status, res.error = "error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    finally:
+        del model, method_obj, x
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return res
+
+
+def device_info(device: torch.device) -> dict:
+    info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update(gpu=p.name, gpu_mem_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), cudnn_benchmark=torch.backends.cudnn.benchmark,
+                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_conv=torch.backends.cudnn.allow_tf32)
+    else:
+        info.update(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads())
+    return info
+
+
+def markdown(results: list[Result], info: dict) -> str:
+    where = info.get("gpu") or f"CPU ({info.get('cpu')}, {info.get('threads')} threads)"
+    lines = [f"GPU benchmark on {where}, torch {info['torch']}"
+             + (f", CUDA {info['cuda']}" if info.get("cuda") else "") + ". "
+             "ms per adaptation step = median of `method.step(x)` (predict + adapt); frames/s = batch / "
+             "that; peak = max GPU memory allocated during the timed steps. Random weights.", "",
+             "| workload | method | precision | batch × size | ms/step | p90 ms | frames/s | peak GiB | notes |",
+             "|---|---|---|---|---:|---:|---:|---:|---|"]
+    for r in results:
+        wl = f"{r.workload} ({r.arch})"
+        dims = f"{r.batch} × {r.size[0]}×{r.size[1]}"
+        if r.status != "ok":
+            lines.append(f"| {wl} | {r.method} | {r.precision} | {dims} | – | – | – | – | {r.status}: "
+                         f"{r.error.replace('|', '/')} |")
+            continue
+        mem = "–" if r.peak_mem_gib != r.peak_mem_gib else f"{r.peak_mem_gib:.2f}"
+        lines.append(f"| {wl} | {r.method} | {r.precision} | {dims} | {r.ms_per_step:.1f} | {r.ms_p90:.1f} | "
+                     f"{r.frames_per_s:.1f} | {mem} | {', '.join(r.notes)} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tta_perception.gpu_bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, few steps, fp32 on CPU (for tests)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available; "
+                                                  "cpu with --quick)")
+    p.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
+    p.add_argument("--workloads", default="cls,seg", help="comma-separated: cls, seg")
+    p.add_argument("--precisions", default=None, help=f"comma-separated of {', '.join(PRECISIONS)} "
+                                                       "(default: all on CUDA, fp32 otherwise)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per run (default 10; 2 quick)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; 1 quick)")
+    p.add_argument("--time-budget", type=float, default=420.0,
+                   help="seconds; runs not started by then are reported as skipped")
+    p.add_argument("--out", default="runs/gpu_bench", help="folder for gpu_bench.json and gpu_bench.md")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = parse_args(argv)
+    try:
+        from .engine import list_methods
+    except ImportError as err:
+        print(f"gpu_bench: the adaptation engine is not available ({err})", file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.quick else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_bench: CUDA requested but not available (use --quick --device cpu)", file=sys.stderr)
+        return 2
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    methods = args.methods.split(",") if args.methods else list_methods()
+    unknown = [m for m in methods if m not in list_methods()]
+    if unknown:
+        print(f"gpu_bench: unknown method(s) {unknown}; available: {', '.join(list_methods())}", file=sys.stderr)
+        return 2
+    workloads = [w for w in args.workloads.split(",") if w]
+    if any(w not in WORKLOADS for w in workloads):
+        print(f"gpu_bench: workloads must be among {', '.join(WORKLOADS)}", file=sys.stderr)
+        return 2
+    precisions = args.precisions.split(",") if args.precisions else (
+        list(PRECISIONS) if device.type == "cuda" else ["fp32"])
+    if any(p not in PRECISIONS for p in precisions):
+        print(f"gpu_bench: precisions must be among {', '.join(PRECISIONS)}", file=sys.stderr)
+        return 2
+    steps = args.steps or (2 if args.quick else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+
+    info = device_info(device)
+    t_start = time.perf_counter()
+    results: list[Result] = []
+    for wl in workloads:
+        for method in methods:
+            for prec in precisions:
+                if time.perf_counter() - t_start > args.time_budget:
+                    spec = WORKLOADS[wl]
+                    r = Result(wl, method, prec, spec["arch"], spec["batch"], spec["size"], status="skipped",
+                               error="time budget used up")
+                else:
+                    r = run_one(wl, method, prec, device=device, quick=args.quick, steps=steps, warmup=warmup)
+                results.append(r)
+                print(f"{wl:4s} {method:7s} {prec:7s} " + (
+                    f"{r.ms_per_step:9.1f} ms/step {r.frames_per_s:8.1f} frames/s "
+                    f"{r.peak_mem_gib:6.2f} GiB" if r.status == "ok" else f"{r.status}: {r.error}"), flush=True)
+    info["wall_s"] = round(time.perf_counter() - t_start, 1)
+    info.update(steps=steps, warmup=warmup, quick=args.quick)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_bench.json").write_text(json.dumps({"info": info, "results": [asdict(r) for r in results]},
+                                                   indent=2, default=str))
+    (out / "gpu_bench.md").write_text(markdown(results, info))
+    print(f"wrote {out / 'gpu_bench.json'} and {out / 'gpu_bench.md'} in {info['wall_s']} s")
+    return 0 if all(r.status != "error" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

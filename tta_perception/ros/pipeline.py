@@ -1,0 +1,452 @@
+"""Frame in, outputs out: model loading, device choice, pre/post-processing around the engine.
+
+No rclpy here: the node only converts messages and publishes what this module returns, so the numbers
+it publishes are the engine's (``StreamingAdapter.predict``) on the same [0, 1] frames the benchmark
+feeds. Heavy imports (torch, the engine, the models) happen when a pipeline is built, i.e. in the
+node's configure transition.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from . import params as P
+
+
+class ConfigError(ValueError):
+    """A configuration the node refuses; the message is one line meant for the user."""
+
+
+# ----------------------------------------------------------------------------------------- devices
+def resolve_device(requested: str) -> tuple[str, Optional[str]]:
+    """``auto`` -> cuda when available else cpu (+ warning); ``cuda`` without CUDA is an error."""
+    import torch
+
+    if not P.DEVICE_RE.match(requested or ""):
+        raise ConfigError(f"parameter 'device' must be one of auto, cpu, cuda, cuda:N; got {requested!r}")
+    if requested == "cpu":
+        return "cpu", None
+    available = torch.cuda.is_available()
+    if requested == "auto":
+        if available:
+            return "cuda", None
+        return "cpu", "device 'auto': CUDA not available, running on CPU"
+    if not available:
+        raise ConfigError(f"parameter 'device' is {requested!r} but CUDA is not available "
+                          "(use device:=auto or device:=cpu)")
+    index = int(requested.split(":")[1]) if ":" in requested else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"parameter 'device' is {requested!r} but only "
+                          f"{torch.cuda.device_count()} CUDA device(s) exist")
+    return requested, None
+
+
+def is_cuda_oom(err: BaseException) -> bool:
+    import torch
+
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(err, oom)) or "CUDA out of memory" in str(err)
+
+
+# ------------------------------------------------------------------------------------------ models
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or name.endswith((".pt", ".pth", ".ckpt")) or Path(name).exists()
+
+
+def build_architecture(arch: str):
+    """A registered model name, or ``package.module:function`` returning a TTAModel (user models)."""
+    if ":" in arch:
+        module_name, _, attr = arch.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"parameter 'architecture': cannot import {arch!r} ({err})") from None
+        return fn()
+    from tta_perception.models import build_model, list_models
+
+    try:
+        import tta_perception.models.pretrained  # noqa: F401  (registers the embedded architectures)
+    except ImportError:
+        pass
+    if arch not in list_models():
+        raise ConfigError(f"parameter 'architecture' must be one of {', '.join(list_models()) or '(none)'}"
+                          f" or 'module:function'; got {arch!r}")
+    return build_model(arch)
+
+
+def load_checkpoint_into(model, path: Path) -> None:
+    """Safe (``weights_only``) load of a state dict; errors name the file and the mismatched keys."""
+    try:
+        from tta_perception.models.public import load_weights
+    except ImportError:
+        load_weights = None
+    if load_weights is not None:
+        try:
+            load_weights(model, path, strict=True)
+        except (FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
+            raise ConfigError(f"parameter 'model': {_one_line(err)}") from None
+        return
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, pickle with code, ...
+        raise ConfigError(f"checkpoint {str(path)!r} cannot be loaded: {_one_line(err)}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"checkpoint {str(path)!r} holds no state dict")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(f"checkpoint {str(path)!r} does not match the architecture: missing "
+                          f"{list(result.missing_keys)[:5]}, unexpected {list(result.unexpected_keys)[:5]}")
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def load_model(cfg: dict[str, Any], device: str):
+    """The source model named by ``model`` (+ ``architecture``), on ``device``, checked."""
+    from tta_perception.models import check_model
+
+    name, arch = cfg["model"].strip(), cfg["architecture"].strip()
+    if arch:
+        model = build_architecture(arch)
+        if name and name != arch:
+            path = Path(os.path.expanduser(name))
+            if not path.is_file():
+                raise ConfigError(f"parameter 'model': checkpoint {str(path)!r} not found")
+            load_checkpoint_into(model, path)
+    elif _looks_like_path(name):
+        path = Path(os.path.expanduser(name))
+        if not path.is_file():
+            raise ConfigError(f"parameter 'model': checkpoint {str(path)!r} not found")
+        raise ConfigError("parameter 'model' is a checkpoint path: set 'architecture' too")
+    else:
+        model = _embedded_model(name)
+    try:
+        check_model(model)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"parameter 'model': {err}") from None
+    return model.to(device).eval()
+
+
+def _embedded_model(name: str):
+    """An embedded source model with its committed weights (``models.pretrained``)."""
+    from tta_perception.models import list_models
+
+    try:
+        from tta_perception.models import pretrained
+    except ImportError:
+        pretrained = None
+    names = list(getattr(pretrained, "list_source_models", list_models)())
+    if name not in names:
+        raise ConfigError(f"parameter 'model' must be one of {', '.join(names) or '(none)'} or a "
+                          f"checkpoint path (with 'architecture'); got {name!r}")
+    if pretrained is None:
+        raise ConfigError(f"parameter 'model': no committed weights for {name!r} in this install "
+                          "(tta_perception.models.pretrained missing); give a checkpoint path")
+    try:
+        return pretrained.load_source_model(name, "cpu")
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"parameter 'model': {_one_line(err)}") from None
+
+
+def default_bundle(cfg: dict[str, Any]) -> Optional[str]:
+    """The committed phase-A bundle of an embedded model, when the models package ships one."""
+    try:
+        from tta_perception.models import pretrained
+    except ImportError:
+        return None
+    finder = getattr(pretrained, "default_bundle", None)
+    if finder is None or cfg["architecture"].strip():
+        return None
+    try:
+        found = finder(cfg["model"].strip())
+    except Exception:
+        return None
+    return str(found) if found else None
+
+
+# --------------------------------------------------------------------------------------- palettes
+def palette_for(class_names: list[str]) -> np.ndarray:
+    """(256, 3) uint8 colour table: CityScapes/CARLA colours for known names, a fixed hash otherwise;
+    255 (unlabeled) is black."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    known: dict[str, Any] = {}
+    try:
+        from tta_perception.world.classes import CLASS_ID, PALETTE
+
+        known = {n: PALETTE[i] for n, i in CLASS_ID.items()}
+    except ImportError:
+        pass
+    rng = np.random.default_rng(12345)
+    spare = rng.integers(40, 256, size=(256, 3), dtype=np.uint8)
+    for i, n in enumerate(class_names[:255]):
+        lut[i] = known.get(n, spare[i])
+    return lut
+
+
+# ---------------------------------------------------------------------------------------- results
+@dataclass
+class Result:
+    """What the node publishes for one frame (arrays are NumPy)."""
+
+    task: str
+    # classification
+    topk_ids: list[int] = field(default_factory=list)
+    topk_scores: list[float] = field(default_factory=list)
+    # segmentation
+    class_ids: Optional[np.ndarray] = None  # (H, W) uint8, 255 = unlabeled
+    confidence: Optional[np.ndarray] = None  # (H, W) float32 in [0, 1]
+    overlay: Optional[np.ndarray] = None  # (H, W, 3) uint8
+    # both
+    mean_confidence: float = float("nan")
+    mean_entropy: float = float("nan")
+    nonfinite: bool = False  # some logits were NaN/Inf (those pixels are 255 = unlabeled)
+
+
+def _nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize by index arrays (class ids must not be interpolated)."""
+    h, w = array.shape[:2]
+    if (h, w) == (height, width):
+        return array
+    rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(np.intp)
+    cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(np.intp)
+    return array[rows[:, None], cols[None, :]]
+
+
+class Pipeline:
+    """Model + engine method + streaming adapter for one configuration.
+
+    ``infer`` runs on the node's worker thread; adaptation happens on the adapter's own background
+    thread, so inference never waits for it (the engine's streaming protocol).
+    """
+
+    def __init__(self, cfg: dict[str, Any]):
+        import torch
+
+        problems = P.check_all(cfg)
+        if problems:
+            raise ConfigError(problems[0])
+        from tta_perception.engine import build_method, list_methods
+
+        methods = sorted(list_methods())
+        if cfg["method"] not in methods:
+            raise ConfigError(f"parameter 'method' must be one of {', '.join(methods)}; "
+                              f"got {cfg['method']!r}")
+        bundle = cfg["bundle"].strip()
+        if bundle and not Path(os.path.expanduser(bundle)).exists():
+            raise ConfigError(f"parameter 'bundle': {bundle!r} not found (write it with "
+                              "`tta-perception prepare`)")
+        resume = cfg["resume_from"].strip()
+        if resume and not Path(os.path.expanduser(resume)).is_file():
+            raise ConfigError(f"parameter 'resume_from': {resume!r} not found")
+
+        self.device, self.device_warning = resolve_device(cfg["device"])
+        try:
+            self.model = load_model(cfg, self.device)
+        except Exception as err:
+            if self.device != "cpu" and cfg["device"] == "auto" and is_cuda_oom(err):
+                self.device_warning = "device 'auto': CUDA out of memory, running on CPU"
+                self.device = "cpu"
+                torch.cuda.empty_cache()
+                self.model = load_model(cfg, self.device)
+            else:
+                raise
+        model_task = P.TASK_OF_MODEL[self.model.task]
+        if cfg["task"] not in ("auto", model_task):
+            raise ConfigError(f"parameter 'task' is {cfg['task']!r} but model {cfg['model']!r} does "
+                              f"{model_task}")
+        self.task = model_task
+        names = list(cfg["class_names"]) or list(getattr(self.model, "class_names", ()) or ())
+        if not names:
+            names = [f"class_{i}" for i in range(self.model.num_classes)]
+        if len(names) != self.model.num_classes:
+            raise ConfigError(f"parameter 'class_names' has {len(names)} names but the model has "
+                              f"{self.model.num_classes} classes")
+        self.class_names = names
+        self.palette = palette_for(names)
+        self.input_size = (int(cfg["input_size"][0]), int(cfg["input_size"][1]))
+
+        from tta_perception.engine import method_class
+        from tta_perception.engine.config import config_keys
+
+        cls = method_class(cfg["method"])
+        keys = set(config_keys(cls.Config))
+        overrides: dict[str, Any] = {}
+        for param, candidates in (("lr", ("lr", "lr_entropy")), ("lr_consistency", ("lr_consistency",))):
+            key = next((k for k in candidates if k in keys), None)
+            if key and cfg[param] > 0:
+                overrides[key] = float(cfg[param])
+        self.warnings: list[str] = [self.device_warning] if self.device_warning else []
+        if "bundle" in getattr(cls, "RESOURCES", ()):
+            bundle = bundle or default_bundle(cfg) or ""
+            if bundle:
+                overrides["bundle"] = os.path.expanduser(bundle)
+        elif bundle:
+            self.warnings.append(f"method {cfg['method']!r} takes no bundle: 'bundle' ignored")
+        torch.manual_seed(int(cfg["seed"]))
+        try:
+            self.method = build_method(cfg["method"], self.model, None, **overrides)
+        except (ValueError, FileNotFoundError) as err:  # bad bundle, missing blocks, bad option
+            raise ConfigError(f"method {cfg['method']!r}: {_one_line(err)}") from None
+        from tta_perception.engine.streaming import StreamingAdapter
+
+        self.adapter = StreamingAdapter(self.method, window=int(cfg["window"]),
+                                        adapt_every=int(cfg["adapt_every"]), background=True)
+        if resume:
+            self.load_state(Path(os.path.expanduser(resume)))
+        self.set_learning_rates(cfg["lr"], cfg["lr_consistency"])
+        self.adapter.set_enabled(bool(cfg["enable"]))
+
+    # ---- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"format": "tta_perception.ros/1", "method": type(self.method).__name__,
+                "class_names": self.class_names, "adapter": self.adapter.state_dict()}
+
+    def load_state(self, path: Path) -> None:
+        import torch
+
+        try:
+            state = torch.load(str(path), map_location=self.device, weights_only=True)
+            self.adapter.load_state_dict(state["adapter"])
+        except Exception as err:
+            raise ConfigError(f"parameter 'resume_from': {str(path)!r} cannot be loaded: "
+                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+    def save_state(self, path: Path) -> None:
+        """Atomic: a reader (or a crash) never sees a half-written file."""
+        import torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(self.state_dict(), str(tmp))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def set_learning_rates(self, lr: float, lr_consistency: float) -> list[str]:
+        """Apply non-zero learning rates to the method's optimisers at run time.
+
+        ``lr_consistency`` goes to an optimiser named ``consistency`` (DPLOT's step on all
+        parameters), ``lr`` to every other one. The method's source snapshot is patched too, so a
+        reset (by the service or by collapse detection) keeps the rates the user set.
+        """
+        changed = []
+        for name, opt in _optimizers(self.method).items():
+            value = lr_consistency if name == "consistency" else lr
+            if not value or value <= 0:
+                continue
+            for group in opt.param_groups:
+                group["lr"] = float(value)
+            snapshot = getattr(self.method, "_source", None)
+            try:
+                for group in snapshot["optimizers"][name]["param_groups"]:
+                    group["lr"] = float(value)
+            except (TypeError, KeyError):
+                pass
+            changed.append(f"{name}={value:g}")
+        return changed
+
+    def close(self) -> None:
+        self.adapter.close()
+
+    # ---- frames
+    def to_input(self, rgb: np.ndarray):
+        """(H, W, 3) uint8 -> (3, h, w) float in [0, 1] at the model size (bilinear, antialiased)."""
+        import torch
+        import torch.nn.functional as F
+
+        if not rgb.flags.writeable:  # torch warns on read-only buffers (bytes given by a caller)
+            rgb = rgb.copy()
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x[None], size=self.input_size, mode="bilinear", align_corners=False,
+                              antialias=True)[0].clamp_(0.0, 1.0)
+        return x.to(self.device)
+
+    def infer(self, rgb: np.ndarray, output_size: str = "input", top_k: int = 5,
+              overlay_alpha: float = 0.5, overlay: bool = True) -> Result:
+        import torch
+
+        x = self.to_input(rgb)
+        with torch.no_grad():
+            logits = self.adapter.predict(x)
+        logits = logits.detach().float()
+        if logits.dim() in (2, 4):  # tolerate a batch axis of one
+            logits = logits[0]
+        prob = torch.softmax(logits, dim=0)
+        entropy = -(prob * torch.log(prob.clamp_min(1e-12))).sum(0)
+        conf, ids = prob.max(0)
+        finite = torch.isfinite(logits).all(0)
+        nonfinite = not bool(finite.all())
+        if self.task == "classification":
+            k = min(int(top_k), prob.numel())
+            scores, idx = prob.topk(k)
+            return Result(task=self.task, topk_ids=[int(i) for i in idx.cpu()],
+                          topk_scores=[float(s) for s in scores.cpu()],
+                          mean_confidence=float(conf), mean_entropy=float(entropy),
+                          nonfinite=nonfinite)
+        ids = torch.where(finite, ids, torch.full_like(ids, 255)).to(torch.uint8).cpu().numpy()
+        conf = torch.where(finite, conf, torch.zeros_like(conf)).cpu().numpy().astype(np.float32)
+        mean_conf = float(np.mean(conf))
+        mean_ent = float(entropy[finite].mean()) if bool(finite.any()) else float("nan")
+        if output_size == "input":
+            height, width = rgb.shape[:2]
+            base = rgb
+        else:
+            height, width = self.input_size
+            base = (x.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+        ids = _nearest(ids, height, width)
+        conf = _nearest(conf, height, width)
+        blend = None
+        if overlay:
+            colours = self.palette[ids].astype(np.float32)
+            blend = (overlay_alpha * colours + (1.0 - overlay_alpha) * base.astype(np.float32) + 0.5)
+            blend = blend.astype(np.uint8)
+        return Result(task=self.task, class_ids=np.ascontiguousarray(ids),
+                      confidence=np.ascontiguousarray(conf), overlay=blend,
+                      mean_confidence=mean_conf, mean_entropy=mean_ent, nonfinite=nonfinite)
+
+    def selected_blocks(self) -> list[str]:
+        """Blocks the method adapts selectively (DPLOT's domain-specific blocks), if any."""
+        for owner, attr in ((self.method, "blocks"), (getattr(self.method, "cfg", None), "blocks")):
+            blocks = getattr(owner, attr, None)
+            if blocks:
+                return [str(b) for b in blocks]
+        return []
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            s = dict(self.adapter.stats())
+        except Exception:  # statistics must never take the node down
+            s = {}
+        return s
+
+
+def _optimizers(method) -> dict[str, Any]:
+    """The method's optimisers by name (the engine keeps them in ``method.optimizers``)."""
+    found = getattr(method, "optimizers", None)
+    if isinstance(found, dict):
+        return dict(found)
+    single = getattr(method, "optimizer", None)
+    return {"opt": single} if single is not None else {}
+
+
+def finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
