@@ -5,6 +5,7 @@ from our own modules, so a renamed attribute fails here exactly as it would with
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -108,7 +109,8 @@ def test_wrn28_10_loads_robustbench_standard(wrn, tmp_path):
     assert set(shapes) == {k for k in wrn.state_dict() if not k.endswith("num_batches_tracked")}
     state = random_state(shapes)
     path = tmp_path / "Standard.pt"  # RobustBench's file: {'state_dict': {'module.<key>': ...}, ...}
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 200}, path)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 200,
+                "best_prec1": np.float64(94.8)}, path)  # NumPy scalars beside the weights load too
     load_weights(wrn, path)
     assert_loaded(wrn, state)
     check_model(wrn)
@@ -240,3 +242,27 @@ def test_torchvision_names_fetch_published_weights(monkeypatch):
     assert torch.equal(model.state_dict()["classifier.cbr.0.weight"], src.state_dict()["classifier.cbr.0.weight"])
     download_torchvision_weights(model, "lraspp_mobilenet_v3_large", "COCO_WITH_VOC_LABELS_V1")
     assert asked[-1] == "LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1"
+
+
+def test_deeplab_adapts_on_single_frames():
+    """Batch 1 with every BN in training mode (as adaptation methods run it) must work: the ASPP
+    image-pooling BN sees one value per channel and falls back to its running statistics."""
+    model = build_model("deeplabv3_mobilenet_v3_large", num_classes=14).train()
+    out = model(torch.rand(1, 3, 32, 64))
+    assert out.shape == (1, 14, 32, 64) and torch.isfinite(out).all()
+
+
+def test_gpu_bench_quick_on_cpu(tmp_path):
+    pytest.importorskip("tta_perception.engine")
+    import json
+
+    from tta_perception import gpu_bench
+    rc = gpu_bench.main(["--quick", "--device", "cpu", "--methods", "source,tent", "--steps", "1",
+                         "--warmup", "0", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "gpu_bench.json").read_text())
+    rows = [(r["workload"], r["method"], r["precision"], r["status"]) for r in data["results"]]
+    assert rows == [("cls", "source", "fp32", "ok"), ("cls", "tent", "fp32", "ok"),
+                    ("seg", "source", "fp32", "ok"), ("seg", "tent", "fp32", "ok")], data["results"]
+    assert rc == 0 and all(r["ms_per_step"] > 0 and r["frames_per_s"] > 0 for r in data["results"])
+    table = (tmp_path / "gpu_bench.md").read_text()
+    assert "| seg (deeplabv3_mobilenet_v3_large) | tent | fp32 | 1 × 32×64 |" in table

@@ -141,6 +141,11 @@ def test_adapt_yaml_matches_the_parameter_table():
         assert value == P.SPEC[name].default, f"adapt.yaml {name}={value!r} differs from the default"
 
 
+def test_adapt_yaml_is_the_rendered_table():
+    assert (REPO / "config" / "adapt.yaml").read_text() == P.render_yaml(), \
+        "config/adapt.yaml is out of date: regenerate it with params.render_yaml()"
+
+
 def test_defaults_are_valid():
     assert P.check_all(P.defaults(), methods=P.KNOWN_METHODS) == []
 
@@ -163,6 +168,11 @@ def test_bad_values_name_the_parameter_and_what_is_allowed(name, value, words):
     assert message is not None
     for word in words:
         assert word in message, message
+
+
+def test_input_size_zero_means_the_models_own():
+    assert P.check("input_size", [0, 0]) is None
+    assert P.check("input_size", [0, 64]) is not None
 
 
 def test_every_parameter_has_a_description_and_a_known_change_mode():
@@ -250,3 +260,78 @@ def test_launch_description_with_real_launch():
     declared = {a.name for a in ld.entities if isinstance(a, DeclareLaunchArgument)}
     assert {"image_topic", "namespace", "params_file", "task", "method", "device", "use_sim_time",
             "compressed"} <= declared
+
+
+# ------------------------------------------------------------------------- pipeline (no ROS)
+def test_pipeline_postprocessing_matches_softmax_and_marks_nan_unlabeled():
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "test"))
+    import test_ros_helpers as H
+    from tta_perception.ros.pipeline import Pipeline
+
+    cfg = P.defaults()
+    cfg.update(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), method="source", device="cpu",
+               input_size=[32, 64])
+    pipe = Pipeline(cfg)
+    try:
+        logits = torch.randn(3, 32, 64, generator=torch.Generator().manual_seed(0)) * 3
+        logits[1, 5, 7] = float("nan")
+        pipe.adapter.predict = lambda x: logits.clone()
+        rgb = H.frame(32, 64)
+        r = pipe.infer(rgb, output_size="model", confidence_float=True)
+        prob = torch.softmax(logits, 0)
+        expect_ids = prob.argmax(0).to(torch.uint8).numpy()
+        expect_ids[5, 7] = 255
+        np.testing.assert_array_equal(r.class_ids, expect_ids)
+        conf = prob.max(0).values.numpy()
+        conf[5, 7] = 0.0
+        np.testing.assert_allclose(r.confidence, conf, atol=1e-5)
+        assert np.abs(r.confidence_u8.astype(int) - np.round(conf * 255)).max() <= 1
+        assert r.nonfinite and np.isfinite(r.mean_entropy)
+        big = pipe.infer(H.frame(64, 128), output_size="input", overlay_alpha=1.0)
+        assert big.class_ids.shape == (64, 128) and big.confidence is None  # float only on request
+        np.testing.assert_array_equal(big.class_ids[::2, ::2], expect_ids)  # nearest, aligned
+        np.testing.assert_array_equal(big.overlay, pipe.palette[big.class_ids])
+        plain = pipe.infer(rgb, output_size="model", overlay_alpha=0.0)
+        np.testing.assert_array_equal(plain.overlay, rgb)
+    finally:
+        pipe.close()
+    cfg.update(input_size=[0, 0])  # the model's own size: the embedded segmentation size here
+    pipe = Pipeline(cfg)
+    try:
+        assert pipe.input_size == (128, 256)
+    finally:
+        pipe.close()
+
+
+def test_cuda_out_of_memory_at_load_falls_back_to_cpu(monkeypatch):
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "test"))
+    import test_ros_helpers as H
+    from tta_perception.ros import pipeline as PL
+
+    real = PL.load_model
+
+    def load(cfg, device):
+        if device != "cpu":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(cfg, device)
+
+    monkeypatch.setattr(PL, "resolve_device", lambda requested: ("cuda", None))
+    monkeypatch.setattr(PL, "load_model", load)
+    cfg = P.defaults()
+    cfg.update(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), method="tent", device="auto")
+    pipe = PL.Pipeline(cfg)
+    try:
+        assert pipe.device == "cpu" and "out of memory" in pipe.warnings[0]
+    finally:
+        pipe.close()
+    cfg["device"] = "cuda"  # asked for explicitly: no silent fallback
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        PL.Pipeline(cfg)

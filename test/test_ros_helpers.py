@@ -108,6 +108,9 @@ def gated_seg() -> TinyNet:
     return tiny_seg()
 
 
+REGISTERED_SEG = "ros_test_tiny_seg"  # registered by a test (monkeypatch) so a checkpoint can name it
+
+
 def arch(name: str) -> str:
     return f"{MODULE}:{name}"
 
@@ -136,7 +139,7 @@ def require_rclpy():
     try:
         import rclpy  # noqa: F401
     except ModuleNotFoundError:
-        pytest.skip("rclpy not installed (pip install -e '.[ros]')")
+        pytest.skip("rclpy not installed (pip install -e '.[ros]')", allow_module_level=True)
     except ImportError as err:  # installed but the shared libraries are not on the library path
         raise ImportError(f"{err}\nThe ROS 2 wheels set LD_LIBRARY_PATH by re-executing the "
                           "interpreter at start-up (ros_wheels_bootstrapper.pth); run the tests with "
@@ -174,17 +177,26 @@ class Harness:
         self.client = rclpy.create_node(f"tta_test_client_{os.getpid()}", context=self.ctx)
         self.executor.add_node(self.client)
         self.nodes: list[Any] = []
+        self.errors: list[str] = []
+        self._closing = False
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
         self._count = 0
 
     def _spin(self) -> None:
+        """Spin until shutdown; an exception in one callback (e.g. a node destroyed while the
+        executor still held its entities) is recorded instead of silently ending the spin thread."""
         from rclpy.executors import ExternalShutdownException
 
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
+        while self.ctx.ok() and not self._closing:
+            try:
+                self.executor.spin_once(timeout_sec=0.1)
+            except ExternalShutdownException:
+                return
+            except Exception as err:  # noqa: BLE001 - keep spinning, report at close
+                if self._closing:
+                    return
+                self.errors.append(f"{type(err).__name__}: {err}")
 
     def namespace(self) -> str:
         self._count += 1
@@ -228,10 +240,13 @@ class Harness:
     def close(self) -> None:
         for node in list(self.nodes):
             self.remove(node)
+        self._closing = True
+        self._thread.join(timeout=10.0)
         self.executor.shutdown(timeout_sec=5.0)
         self.client.destroy_node()
         self.rclpy.try_shutdown(context=self.ctx)
-        self._thread.join(timeout=10.0)
+        if self.errors:
+            print("executor errors:", *self.errors[:5], sep="\n  ", file=sys.stderr)
 
 
 def image_msg(rgb: np.ndarray, encoding: str = "rgb8", stamp=(12, 345), frame_id: str = "camera"):

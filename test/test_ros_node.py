@@ -27,7 +27,7 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from tta_perception.ros.qos import latched_qos, output_qos  # noqa: E402
 
 SEG = dict(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), method="tent",
-           input_size=[32, 64], qos_reliability="reliable", qos_depth=20, window=4)
+           input_size=[32, 64], qos_reliability="reliable", qos_depth=20, window=4, adapt_every=1)
 
 
 @pytest.fixture(scope="module")
@@ -335,8 +335,24 @@ def test_lifecycle_over_dds_frees_and_reloads_the_model(ros):
     def change(tid):
         return ros.call(ChangeState, f"{srv}/change_state", ChangeState.Request(transition=Transition(id=tid)))
 
+    for i in range(3):
+        rig.send_until(lambda: H.image_msg(H.frame(32, 64, seed=i), stamp=(i + 1, 0)), "class_ids",
+                       stamp_is(i + 1))
+    adapter = rig.node._pipeline.adapter
+    H.wait_until(lambda: adapter.stats()["adapt_steps"] >= 1, what="an adaptation step")
+    assert adapter.wait_idle(30)
+    adapted = {k: v.clone() for k, v in rig.node._pipeline.method.model.state_dict().items()}
+
+    # deactivate frees the model (as yolo_ros), keeping the adapted state on the CPU ...
     assert change(Transition.TRANSITION_DEACTIVATE).success
     assert rig.node._subscription is None and rig.count("state") == "inactive"
+    assert rig.node._pipeline is None
+    # ... which activate restores
+    assert change(Transition.TRANSITION_ACTIVATE).success
+    restored = rig.node._pipeline.method.model.state_dict()
+    assert all(torch.equal(restored[k], adapted[k]) for k in adapted)
+    rig.send_until(lambda: H.image_msg(H.frame(32, 64), stamp=(8, 0)), "class_ids", stamp_is(8))
+    assert change(Transition.TRANSITION_DEACTIVATE).success
     assert change(Transition.TRANSITION_CLEANUP).success
     assert rig.node._pipeline is None and rig.count("state") == "unconfigured"
     # reset/save answer cleanly when there is no model
@@ -410,6 +426,33 @@ def test_configure_is_refused_with_one_clear_line(ros, params, words):
         assert word in message, message
 
 
+def test_checkpoint_that_records_its_architecture(ros, tmp_path, monkeypatch):
+    from tta_perception.models import registry
+    from tta_perception.models.checkpoint import save_checkpoint
+
+    monkeypatch.setitem(registry._BUILDERS, H.REGISTERED_SEG, H.tiny_seg)  # removed after the test
+
+    model = H.tiny_seg()
+    with torch.no_grad():
+        model.head.bias.fill_(0.25)
+    ckpt = save_checkpoint(model, tmp_path / "seg.pt", arch=H.REGISTERED_SEG)
+    rig = Rig(ros, **dict(SEG, model=str(ckpt), architecture=""))
+    assert rig.count("state") == "active", rig.node.diagnostics()["config_error"]
+    assert torch.allclose(rig.node._pipeline.model.head.bias, torch.full((3,), 0.25))
+    # a plain state dict records no architecture: the message says which parameter to set
+    plain = tmp_path / "plain.pt"
+    torch.save(model.state_dict(), plain)
+    rig2 = Rig(ros, start=False, **dict(SEG, model=str(plain), architecture=""))
+    assert rig2.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "'architecture'" in rig2.node.diagnostics()["config_error"]
+    # a checkpoint for another architecture names the mismatched keys
+    other = tmp_path / "other.pt"
+    torch.save({"block9.weight": torch.zeros(1)}, other)
+    rig3 = Rig(ros, start=False, **dict(SEG, model=str(other)))
+    assert rig3.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "block9.weight" in rig3.node.diagnostics()["config_error"]
+
+
 def test_cuda_requested_without_cuda_is_refused(ros):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
@@ -431,3 +474,76 @@ def test_refused_configure_can_be_fixed_and_retried(ros):
     assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     rig.send_until(lambda: H.image_msg(H.frame(32, 64), stamp=(4, 0)), "class_ids", stamp_is(4))
+
+
+def _bundle(path, blocks=("block1",)):
+    from tta_perception.engine.bundle import Bundle, save_bundle
+
+    model = H.tiny_seg()
+    save_bundle(Bundle(selected_blocks=list(blocks), student_state=model.state_dict(),
+                       teacher_state=model.state_dict(), metadata={"num_classes": 3}), path)
+    return path
+
+
+def test_dplot_with_its_bundle(ros, tmp_path):
+    bundle = _bundle(tmp_path / "bundle.pt")
+    rig = Rig(ros, **dict(SEG, method="dplot", bundle=str(bundle)))
+    assert rig.count("state") == "active", rig.node.diagnostics()["config_error"]
+    for i in range(3):
+        rig.send_until(lambda: H.image_msg(H.frame(32, 64, seed=i), stamp=(i + 1, 0)), "class_ids",
+                       stamp_is(i + 1))
+    adapter = rig.node._pipeline.adapter
+    H.wait_until(lambda: adapter.stats()["adapt_steps"] >= 1, what="a DPLOT step")
+    d = rig.node.diagnostics()
+    assert d["selected_blocks"] == "block1" and d["method"] == "dplot" and d["nan_skips"] == 0
+    # both DPLOT learning rates at run time
+    assert rig.node.set_parameters([Parameter("lr", value=0.002),
+                                    Parameter("lr_consistency", value=0.0003)])[0].successful
+    opts = rig.node._pipeline.method.optimizers
+    assert opts["entropy"].param_groups[0]["lr"] == pytest.approx(0.002)
+    assert opts["consistency"].param_groups[0]["lr"] == pytest.approx(0.0003)
+
+
+def test_corrupt_bundle_is_refused(ros, tmp_path):
+    bad = tmp_path / "bundle.pt"
+    bad.write_bytes(b"not a bundle")
+    rig = Rig(ros, start=False, **dict(SEG, method="dplot", bundle=str(bad)))
+    assert rig.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    message = rig.node.diagnostics()["config_error"]
+    assert "dplot" in message and str(bad) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name,task", [("driveseg", "segmentation"), ("signnet", "classification")])
+def test_embedded_model_with_its_committed_weights(ros, name, task):
+    from tta_perception.models.checkpoint import read_manifest
+
+    if name not in read_manifest():
+        pytest.skip(f"no committed weights for {name} yet")
+    rig = Rig(ros, model=name, method="norm", qos_reliability="reliable")
+    assert rig.count("state") == "active", rig.node.diagnostics()["config_error"]
+    assert rig.node._pipeline.task == task
+    if task == "segmentation":
+        ids = rig.send_until(lambda: H.image_msg(H.frame(128, 256), "bgra8", stamp=(1, 2)), "class_ids",
+                             stamp_is(1, 2))
+        assert (ids.height, ids.width) == (128, 256)
+    else:
+        import json
+
+        msg = rig.send_until(lambda: H.image_msg(H.frame(32, 32), "rgb8", stamp=(1, 2)), "classification_json",
+                             lambda m: json.loads(m.data)["stamp"] == {"sec": 1, "nanosec": 2})
+        assert json.loads(msg.data)["class_name"] in rig.node._pipeline.class_names
+
+
+def test_cuda_out_of_memory_at_run_time_reloads_on_cpu(ros):
+    rig = Rig(ros, **dict(SEG, device="auto"))
+    pipe = rig.node._pipeline
+    pipe.device = "cuda"  # pretend, then fail the next frame the way CUDA does
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    pipe.infer = oom
+    rig.pub().publish(H.image_msg(H.frame(32, 64), stamp=(1, 0)))
+    H.wait_until(lambda: rig.count("cuda_oom") == 1, what="the out-of-memory to be counted")
+    rig.send_until(lambda: H.image_msg(H.frame(32, 64), stamp=(2, 0)), "class_ids", stamp_is(2))
+    assert rig.node._pipeline is not pipe and rig.count("device") == "cpu"

@@ -3,12 +3,12 @@
 plus the refusal of a bad configuration as one log line and a clean exit on Ctrl-C."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 from pathlib import Path
 
@@ -32,19 +32,20 @@ def prefix(tmp_path_factory):
     """The package pip-installed (no deps, no network) into a fresh prefix, from a copy of the tree."""
     root = tmp_path_factory.mktemp("install")
     src, prefix = root / "src", root / "prefix"
-    skip = {".venv", ".git", "build", "install", "log", "runs", "__pycache__", ".pytest_cache"}
-
-    def keep(info):
-        parts = Path(info.name).parts
-        return None if any(p in skip or p.endswith(".egg-info") for p in parts) else info
-
-    tar = root / "src.tar"
-    with tarfile.open(tar, "w") as t:
-        t.add(H.REPO, arcname=".", filter=keep)
-    with tarfile.open(tar) as t:
-        t.extractall(src)
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-           "--no-index", "--prefix", str(prefix), str(src)]
+    # only what a source distribution holds (not the venv, caches or run outputs of the checkout)
+    wanted = ["setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "package.xml", "README.md",
+              "requirements.txt", "LICENSE", "resource", "launch", "config", "tta_perception"]
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    src.mkdir()
+    for name in wanted:
+        path = H.REPO / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=ignore, symlinks=True)
+        elif path.is_file():
+            shutil.copy2(path, src / name)
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix), str(src)]
+    if importlib.util.find_spec("setuptools") is not None:  # offline: build with the venv's setuptools
+        cmd[5:5] = ["--no-build-isolation", "--no-index"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         pytest.fail(f"pip install failed:\n{done.stderr[-3000:]}")

@@ -32,7 +32,7 @@ WORKLOADS = {
     "cls": {"arch": "resnet50", "num_classes": 1000, "batch": 64, "size": (224, 224),
             "quick": {"batch": 2, "size": (32, 32)}},
     "seg": {"arch": "deeplabv3_mobilenet_v3_large", "num_classes": 14, "batch": 1, "size": (512, 1024),
-            "quick": {"batch": 1, "size": (64, 128)}},
+            "quick": {"batch": 1, "size": (32, 64)}},
 }
 PRECISIONS = ("fp32", "amp", "amp+cl")
 

@@ -15,6 +15,8 @@ COMMANDS = {
     "train-source": "train_source",
     "evaluate": "evaluate",
     "demo": "demo",
+    "prepare": "prepare",
+    "bench": "bench",
 }
 
 

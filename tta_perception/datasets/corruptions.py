@@ -184,7 +184,9 @@ def imagenet_c_domains(root, *, severity=5, corruptions=None, subset_file=None, 
     Image list: ``subset_file`` (lines ``<wnid>/<file>``, e.g. RobustBench's
     ``imagenet_test_image_ids.txt``, which the reference framework uses: 5,000 fixed images per
     corruption); else ``<root>/imagenet_test_image_ids.txt`` if present and ``num_samples`` is not
-    set; else every image under the folder, sorted by ``<wnid>/<file>``.
+    set; else every image under the folder, sorted by ``<wnid>/<file>``. The reference's NUM_EX
+    subsets are drawn from its own 50k id list (``imagenet_val_ids_50k.txt``): pass that list as
+    ``subset_file`` with ``num_samples`` to draw the identical images.
     """
     corruptions = check_corruptions(corruptions)
     sevs = check_severities(severity)

@@ -153,6 +153,9 @@ class Stream:
                 batches = (domain.get_batch(c) for c in chunks)
             for x, y in batches:
                 yield StreamBatch(x, y, domain.name)
+            release = getattr(domain, "release", None)
+            if release is not None:  # e.g. a CIFAR-C slice: keep one domain in memory, not fifteen
+                release()
 
     def __repr__(self) -> str:
         return (f"Stream({self.dataset}, {len(self.domains)} domains, {self.num_samples} images, "

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..world.classes import CLASS_NAMES
 from .base import Normalize, TTAModel
-from .blocks import IMAGENET_MEAN, IMAGENET_STD, BasicBlock, conv_bn_relu
+from .blocks import IMAGENET_MEAN, IMAGENET_STD, BasicBlock, SeparableConvBNReLU, conv_bn_relu
 from .registry import register_model
 
 
@@ -21,7 +21,7 @@ class DriveSeg(TTAModel):
     task = "seg"
     candidate_blocks = ("layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1")
 
-    def __init__(self, num_classes: int = len(CLASS_NAMES), widths: tuple[int, int, int, int] = (16, 32, 64, 96),
+    def __init__(self, num_classes: int = len(CLASS_NAMES), widths: tuple[int, int, int, int] = (16, 24, 48, 96),
                  class_names: tuple[str, ...] = CLASS_NAMES):
         super().__init__()
         self.num_classes = int(num_classes)
@@ -34,9 +34,9 @@ class DriveSeg(TTAModel):
         self.layer3 = nn.Sequential(BasicBlock(w2, w3, 2), BasicBlock(w3, w3, dilation=2))  # 1/16
         # image-level context without BatchNorm: a 1×1 pooled map has no batch statistics at batch 1
         self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(w3, w3, 1), nn.ReLU(inplace=True))
-        self.dec2 = conv_bn_relu(w3 + w2, 64)   # 1/8
-        self.dec1 = conv_bn_relu(64 + w1, 48)   # 1/4
-        self.dec0 = conv_bn_relu(48 + w0, 32)   # 1/2
+        self.dec2 = SeparableConvBNReLU(w3 + w2, 64)   # 1/8
+        self.dec1 = SeparableConvBNReLU(64 + w1, 48)   # 1/4
+        self.dec0 = SeparableConvBNReLU(48 + w0, 32)   # 1/2
         self.head = nn.Conv2d(32, self.num_classes, 1)
 
     @staticmethod

@@ -323,12 +323,39 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
 
 
+def _numpy_scalar_globals() -> list:
+    """Globals that rebuild plain NumPy scalars (``'best_acc': np.float64(...)`` beside the weights in
+    many research checkpoints), which ``weights_only`` refuses by default. They only turn raw bytes
+    into numbers; no other global is allowed."""
+    import numpy as np
+    scalar = np.float64(0).__reduce__()[0]  # numpy(._)core.multiarray.scalar
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+             np.float16, np.float32, np.float64)
+    allowed = [scalar, np.dtype] + [type(np.dtype(k)) for k in kinds]
+    other = "numpy.core.multiarray.scalar" if scalar.__module__.startswith("numpy._core") \
+        else "numpy._core.multiarray.scalar"
+    allowed.append((scalar, other))  # files pickled under the other NumPy major version
+    return allowed
+
+
+def _torch_load(path: Path):
+    safe = getattr(torch.serialization, "safe_globals", None)
+    if safe is None:  # torch < 2.5
+        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ctx = safe(_numpy_scalar_globals())
+    except (TypeError, ValueError):  # a torch without (callable, name) entries
+        ctx = safe(_numpy_scalar_globals()[:-1])
+    with ctx:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _read_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
             AttributeError, TypeError, KeyError, IndexError, ImportError) as err:
         raise ValueError(f"{path}: cannot read checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "

@@ -19,15 +19,15 @@ class SignNet(TTAModel):
     task = "cls"
     candidate_blocks = ("layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1")
 
-    def __init__(self, num_classes: int = len(SIGN_NAMES), widths: tuple[int, int, int, int] = (32, 32, 64, 128),
+    def __init__(self, num_classes: int = len(SIGN_NAMES), widths: tuple[int, int, int, int] = (16, 16, 32, 64),
                  class_names: tuple[str, ...] = SIGN_NAMES):
         super().__init__()
         self.num_classes = int(num_classes)
         self.class_names = tuple(class_names)[:num_classes]
         w0, w1, w2, w3 = widths
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        self.stem = conv_bn_relu(3, w0)
-        self.layer1 = nn.Sequential(BasicBlock(w0, w1, 2), BasicBlock(w1, w1))  # 32×32
+        self.stem = conv_bn_relu(3, w0, stride=2)                                # 32×32
+        self.layer1 = nn.Sequential(BasicBlock(w0, w1), BasicBlock(w1, w1))     # 32×32
         self.layer2 = nn.Sequential(BasicBlock(w1, w2, 2), BasicBlock(w2, w2))  # 16×16
         self.layer3 = nn.Sequential(BasicBlock(w2, w3, 2), BasicBlock(w3, w3))  # 8×8
         self.pool = nn.AdaptiveAvgPool2d(1)

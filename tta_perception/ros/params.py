@@ -17,6 +17,8 @@ from typing import Any, Iterable, Optional
 
 TASKS = ("auto", "segmentation", "classification")
 TASK_OF_MODEL = {"seg": "segmentation", "cls": "classification"}
+EMBEDDED_FOR_TASK = {"segmentation": "driveseg", "classification": "signnet"}
+DEFAULT_INPUT_SIZE = {"segmentation": (128, 256), "classification": (32, 32)}
 RELIABILITY = ("best_effort", "reliable", "system_default")
 OUTPUT_SIZES = ("input", "model")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -41,19 +43,21 @@ SPECS: tuple[Spec, ...] = (
     Spec("task", "auto", "str", "Output task: auto (from the model), segmentation or classification.",
          "reload", choices=TASKS),
     Spec("model", "driveseg", "str",
-         "Embedded source model name (driveseg, signnet) or path to a checkpoint (.pt state dict) "
-         "for the architecture given in 'architecture'.", "reload"),
+         "Embedded source model (driveseg, signnet) or a checkpoint path (one written by "
+         "train-source records its architecture; a plain state dict needs 'architecture').", "reload"),
     Spec("architecture", "", "str",
-         "Architecture of a checkpoint given as 'model': a registered model name or 'module:function' "
-         "returning a TTAModel. Empty: 'model' is an embedded name.", "reload"),
-    Spec("bundle", "", "str", "DPLOT bundle written by `tta-perception prepare` (selected blocks, "
-         "warmed-up teacher); empty: the method's defaults.", "reload"),
+         "Architecture to build for 'model': a registered model name or 'module:function' returning "
+         "a TTAModel (your own network). Empty: from the checkpoint or the embedded model.", "reload"),
+    Spec("bundle", "", "str", "DPLOT/RMT phase-A bundle written by `tta-perception prepare` (selected "
+         "blocks, warmed-up teacher); empty: the one shipped for an embedded model, else "
+         "runs/prepare/<model>_dplot.bundle (prepare's default output) if present.", "reload"),
     Spec("method", "dplot", "str", "Adaptation method of the engine (source, norm, tent, eata, sar, "
          "cotta, rmt, dplot).", "reload"),
     Spec("device", "auto", "str", "auto (CUDA when present, else CPU with a warning; CPU also after "
          "CUDA out-of-memory), cpu, cuda or cuda:N.", "reload"),
-    Spec("input_size", [128, 256], "int_array", "Model input [height, width]; frames are resized to it.",
-         "reload", range=(8, 4096), length=2),
+    Spec("input_size", [0, 0], "int_array", "Model input [height, width] frames are resized to; "
+         "[0, 0]: the model's own (its 'input_size' attribute, else 128x256 for segmentation and 32x32 "
+         "for classification, the embedded models' sizes).", "reload", range=(8, 4096), length=2),
     Spec("class_names", [], "str_array", "Class names to publish; empty: the model's own.", "reload"),
     Spec("seed", 0, "int", "Seed of the adaptation (augmentations, noise).", "reload",
          range=(0, 2**31 - 1)),
@@ -63,9 +67,10 @@ SPECS: tuple[Spec, ...] = (
          "(DPLOT: entropy step on the selected blocks, 1e-3).", "live", range=(0.0, 1.0)),
     Spec("lr_consistency", 0.0, "float", "Learning rate of DPLOT's consistency step on all parameters; "
          "0: method default (1e-4). Ignored by single-optimiser methods.", "live", range=(0.0, 1.0)),
-    Spec("window", 16, "int", "Frames in the sliding window the background adaptation steps on.",
-         "reload", range=(1, 256)),
-    Spec("adapt_every", 1, "int", "Adapt once every N processed frames.", "reload", range=(1, 10000)),
+    Spec("window", 16, "int", "Frames in the sliding window the background adaptation steps on "
+         "(default: the benchmark's streaming protocol).", "reload", range=(1, 256)),
+    Spec("adapt_every", 16, "int", "Adapt once every N processed frames (default: the benchmark's "
+         "streaming protocol; 1 = after every frame).", "reload", range=(1, 10000)),
     Spec("resume_from", "", "str", "Adapted state written by ~/save, loaded at configure so an adapted "
          "model survives a restart; empty: start from the source state.", "startup"),
     Spec("save_path", "", "str", "Where ~/save writes the adapted state (atomically); empty: "
@@ -141,6 +146,8 @@ def check(name: str, value: Any, methods: Optional[Iterable[str]] = None) -> Opt
     items = list(value) if spec.type.endswith("array") else [value]
     if spec.length is not None and len(items) != spec.length:
         return f"parameter {name!r} must have {spec.length} items, got {_fmt(value)}"
+    if name == "input_size" and list(items) == [0, 0]:
+        return None
     if spec.range is not None:
         lo, hi = spec.range
         for v in items:
@@ -161,3 +168,47 @@ def check_all(cfg: dict[str, Any], methods: Optional[Iterable[str]] = None) -> l
     """All problems of a full configuration, in declaration order."""
     methods = list(methods) if methods is not None else None
     return [m for s in SPECS if (m := check(s.name, cfg.get(s.name, s.default), methods))]
+
+
+def render_yaml(node: str = "/**/tta_node") -> str:
+    """config/adapt.yaml as generated from the table (a test keeps the shipped file identical)."""
+    import json
+    import textwrap
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (str, float)):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return str(v)
+
+    lines = [
+        "# Parameters of tta_node, generated from tta_perception/ros/params.py (the same table declares",
+        "# them, with ranges; `python -c \"from tta_perception.ros.params import render_yaml as r;",
+        "# print(r(), end='')\" > config/adapt.yaml` rewrites this file; a test keeps them equal).",
+        "# `/**/tta_node` matches the node in any namespace (a plain `tta_node:` key would not apply",
+        "# once launched with namespace:=...).",
+        "# Use: ros2 launch tta_perception adapt.launch.py params_file:=<this file>",
+        "#      ros2 run tta_perception tta_node --ros-args --params-file config/adapt.yaml",
+        "# [when] a new value takes effect: live (at once), reload (model rebuilt in the background),",
+        "# subscription (input re-subscribed), startup (next configure).",
+        f"{node}:",
+        "  ros__parameters:",
+    ]
+    groups = {"task": "what runs", "enable": "adaptation", "compressed": "input", "top_k": "output"}
+    for s in SPECS:
+        if s.name in groups:
+            lines.append(f"    # --- {groups[s.name]} ---")
+        text = f"{s.description} [{s.when}]"
+        if s.choices:
+            text += " One of: " + ", ".join(s.choices) + "."
+        elif s.range:
+            text += f" Range: {s.range[0]}..{s.range[1]}" + (" (or [0, 0])." if s.name == "input_size" else ".")
+        lines += ["    # " + line for line in textwrap.wrap(text, 96)]
+        if s.type == "str_array" and not s.default:
+            lines.append(f"    # {s.name}: [road, sidewalk, ...]   (unset; an empty list has no ROS type)")
+        else:
+            lines.append(f"    {s.name}: {value(s.default)}")
+    return "\n".join(lines) + "\n"

@@ -8,9 +8,7 @@ node's configure transition.
 from __future__ import annotations
 
 import importlib
-import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -20,8 +18,37 @@ import numpy as np
 from . import params as P
 
 
+STATE_FORMAT = "tta_perception.ros/1"
+
+
 class ConfigError(ValueError):
     """A configuration the node refuses; the message is one line meant for the user."""
+
+
+def save_state_file(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` atomically: a reader (or a crash) never sees a half-written file."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _to_cpu(obj: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 # ----------------------------------------------------------------------------------------- devices
@@ -71,10 +98,6 @@ def build_architecture(arch: str):
         return fn()
     from tta_perception.models import build_model, list_models
 
-    try:
-        import tta_perception.models.pretrained  # noqa: F401  (registers the embedded architectures)
-    except ImportError:
-        pass
     if arch not in list_models():
         raise ConfigError(f"parameter 'architecture' must be one of {', '.join(list_models()) or '(none)'}"
                           f" or 'module:function'; got {arch!r}")
@@ -115,7 +138,13 @@ def _one_line(err: BaseException) -> str:
 
 
 def load_model(cfg: dict[str, Any], device: str):
-    """The source model named by ``model`` (+ ``architecture``), on ``device``, checked."""
+    """The source model named by ``model`` (+ ``architecture``), on ``device``, checked.
+
+    - ``architecture`` set: build it (registered name or ``module:function``) and, unless ``model``
+      repeats it, load the checkpoint ``model`` into it;
+    - ``model`` a path: a checkpoint that records its architecture (``models.checkpoint`` format);
+    - otherwise an embedded model with its committed weights.
+    """
     from tta_perception.models import check_model
 
     name, arch = cfg["model"].strip(), cfg["architecture"].strip()
@@ -130,7 +159,7 @@ def load_model(cfg: dict[str, Any], device: str):
         path = Path(os.path.expanduser(name))
         if not path.is_file():
             raise ConfigError(f"parameter 'model': checkpoint {str(path)!r} not found")
-        raise ConfigError("parameter 'model' is a checkpoint path: set 'architecture' too")
+        model = _checkpoint_with_arch(path)
     else:
         model = _embedded_model(name)
     try:
@@ -140,41 +169,67 @@ def load_model(cfg: dict[str, Any], device: str):
     return model.to(device).eval()
 
 
-def _embedded_model(name: str):
-    """An embedded source model with its committed weights (``models.pretrained``)."""
-    from tta_perception.models import list_models
-
+def _checkpoint_with_arch(path: Path):
     try:
-        from tta_perception.models import pretrained
+        from tta_perception.models.checkpoint import load_checkpoint, read_checkpoint
     except ImportError:
-        pretrained = None
-    names = list(getattr(pretrained, "list_source_models", list_models)())
-    if name not in names:
-        raise ConfigError(f"parameter 'model' must be one of {', '.join(names) or '(none)'} or a "
-                          f"checkpoint path (with 'architecture'); got {name!r}")
-    if pretrained is None:
-        raise ConfigError(f"parameter 'model': no committed weights for {name!r} in this install "
-                          "(tta_perception.models.pretrained missing); give a checkpoint path")
+        raise ConfigError("parameter 'model' is a checkpoint path: set 'architecture' too") from None
     try:
-        return pretrained.load_source_model(name, "cpu")
+        if not read_checkpoint(path).get("arch"):
+            raise ConfigError(f"parameter 'model': checkpoint {str(path)!r} records no architecture: "
+                              "set parameter 'architecture'")
+        return load_checkpoint(path)
+    except ConfigError:
+        raise
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise ConfigError(f"parameter 'model': {_one_line(err)}") from None
+
+
+def _source_loader():
+    """(load_source_model, names) of the embedded models, wherever the models package keeps them."""
+    try:
+        from tta_perception.models import checkpoint as mod
+
+        names = sorted(mod.read_manifest())
+    except ImportError:
+        try:
+            from tta_perception.models import pretrained as mod
+        except ImportError:
+            return None, []
+        names = list(getattr(mod, "list_source_models", lambda: [])())
+    return getattr(mod, "load_source_model", None), names
+
+
+def _embedded_model(name: str):
+    """An embedded source model with its committed weights."""
+    loader, names = _source_loader()
+    if name not in names:
+        raise ConfigError(f"parameter 'model' must be one of {', '.join(names) or '(no embedded weights)'}"
+                          f" or a checkpoint path; got {name!r}")
+    try:
+        return loader(name, "cpu")
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise ConfigError(f"parameter 'model': {_one_line(err)}") from None
 
 
 def default_bundle(cfg: dict[str, Any]) -> Optional[str]:
-    """The committed phase-A bundle of an embedded model, when the models package ships one."""
+    """The phase-A bundle to use when 'bundle' is empty, for an embedded model: one the models
+    package ships (``models.checkpoint.default_bundle(name)``, if it provides one), else the output
+    of ``tta-perception prepare`` in its default place (runs/prepare/<model>_dplot.bundle, relative
+    to the working directory, as the benchmark looks for it)."""
+    name = cfg["model"].strip()
+    if cfg["architecture"].strip() or _looks_like_path(name):
+        return None
     try:
-        from tta_perception.models import pretrained
-    except ImportError:
-        return None
-    finder = getattr(pretrained, "default_bundle", None)
-    if finder is None or cfg["architecture"].strip():
-        return None
-    try:
-        found = finder(cfg["model"].strip())
-    except Exception:
-        return None
-    return str(found) if found else None
+        from tta_perception.models import checkpoint
+
+        found = getattr(checkpoint, "default_bundle", lambda _name: None)(name)
+        if found:
+            return str(found)
+    except Exception:  # no shipped bundle: fall through
+        pass
+    candidate = Path("runs") / "prepare" / f"{name}_dplot.bundle"
+    return str(candidate.resolve()) if candidate.is_file() else None
 
 
 # --------------------------------------------------------------------------------------- palettes
@@ -207,7 +262,8 @@ class Result:
     topk_scores: list[float] = field(default_factory=list)
     # segmentation
     class_ids: Optional[np.ndarray] = None  # (H, W) uint8, 255 = unlabeled
-    confidence: Optional[np.ndarray] = None  # (H, W) float32 in [0, 1]
+    confidence_u8: Optional[np.ndarray] = None  # (H, W) uint8, 0-255
+    confidence: Optional[np.ndarray] = None  # (H, W) float32 in [0, 1], only when asked for
     overlay: Optional[np.ndarray] = None  # (H, W, 3) uint8
     # both
     mean_confidence: float = float("nan")
@@ -216,13 +272,26 @@ class Result:
 
 
 def _nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize by index arrays (class ids must not be interpolated)."""
+    """Nearest-neighbour resize (class ids must not be interpolated); two 1-D takes, which is
+    several times faster than one 2-D fancy index on camera-sized images."""
     h, w = array.shape[:2]
     if (h, w) == (height, width):
         return array
     rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(np.intp)
     cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(np.intp)
-    return array[rows[:, None], cols[None, :]]
+    return array.take(rows, axis=0).take(cols, axis=1)
+
+
+def _blend(colours: np.ndarray, base: np.ndarray, alpha: float) -> np.ndarray:
+    """``alpha * colours + (1 - alpha) * base`` in uint8 (OpenCV when present: ~3x faster)."""
+    try:
+        import cv2
+
+        return cv2.addWeighted(colours, float(alpha), base, 1.0 - float(alpha), 0.0)
+    except ImportError:
+        a = int(round(alpha * 256))
+        mix = colours.astype(np.uint16) * a + base.astype(np.uint16) * (256 - a) + 128
+        return (mix >> 8).astype(np.uint8)
 
 
 class Pipeline:
@@ -238,7 +307,7 @@ class Pipeline:
         problems = P.check_all(cfg)
         if problems:
             raise ConfigError(problems[0])
-        from tta_perception.engine import build_method, list_methods
+        from tta_perception.engine import list_methods
 
         methods = sorted(list_methods())
         if cfg["method"] not in methods:
@@ -252,21 +321,28 @@ class Pipeline:
         if resume and not Path(os.path.expanduser(resume)).is_file():
             raise ConfigError(f"parameter 'resume_from': {resume!r} not found")
 
-        self.device, self.device_warning = resolve_device(cfg["device"])
+        device, warning = resolve_device(cfg["device"])
         try:
-            self.model = load_model(cfg, self.device)
-        except Exception as err:
-            if self.device != "cpu" and cfg["device"] == "auto" and is_cuda_oom(err):
-                self.device_warning = "device 'auto': CUDA out of memory, running on CPU"
-                self.device = "cpu"
-                torch.cuda.empty_cache()
-                self.model = load_model(cfg, self.device)
-            else:
+            self._build(cfg, device, warning)
+        except Exception as err:  # CUDA out of memory with device 'auto': the same on the CPU
+            if device == "cpu" or cfg["device"] != "auto" or not is_cuda_oom(err):
                 raise
+            self.__dict__.clear()
+            torch.cuda.empty_cache()
+            self._build(cfg, "cpu", "device 'auto': CUDA out of memory, running on CPU")
+
+    def _build(self, cfg: dict[str, Any], device: str, device_warning: Optional[str]) -> None:
+        import torch
+        from tta_perception.engine import build_method
+
+        bundle, resume = cfg["bundle"].strip(), cfg["resume_from"].strip()
+        self.device, self.device_warning = device, device_warning
+        self.model = load_model(cfg, self.device)
         model_task = P.TASK_OF_MODEL[self.model.task]
         if cfg["task"] not in ("auto", model_task):
             raise ConfigError(f"parameter 'task' is {cfg['task']!r} but model {cfg['model']!r} does "
-                              f"{model_task}")
+                              f"{model_task} (the embedded {cfg['task']} model is "
+                              f"{P.EMBEDDED_FOR_TASK[cfg['task']]!r})")
         self.task = model_task
         names = list(cfg["class_names"]) or list(getattr(self.model, "class_names", ()) or ())
         if not names:
@@ -276,7 +352,10 @@ class Pipeline:
                               f"{self.model.num_classes} classes")
         self.class_names = names
         self.palette = palette_for(names)
-        self.input_size = (int(cfg["input_size"][0]), int(cfg["input_size"][1]))
+        size = tuple(int(v) for v in cfg["input_size"])
+        if size == (0, 0):  # the model's own size
+            size = tuple(getattr(self.model, "input_size", None) or P.DEFAULT_INPUT_SIZE[model_task])
+        self.input_size = (int(size[0]), int(size[1]))
 
         from tta_perception.engine import method_class
         from tta_perception.engine.config import config_keys
@@ -289,10 +368,11 @@ class Pipeline:
             if key and cfg[param] > 0:
                 overrides[key] = float(cfg[param])
         self.warnings: list[str] = [self.device_warning] if self.device_warning else []
+        self.bundle = ""
         if "bundle" in getattr(cls, "RESOURCES", ()):
-            bundle = bundle or default_bundle(cfg) or ""
-            if bundle:
-                overrides["bundle"] = os.path.expanduser(bundle)
+            self.bundle = os.path.expanduser(bundle) if bundle else (default_bundle(cfg) or "")
+            if self.bundle:
+                overrides["bundle"] = self.bundle
         elif bundle:
             self.warnings.append(f"method {cfg['method']!r} takes no bundle: 'bundle' ignored")
         torch.manual_seed(int(cfg["seed"]))
@@ -302,40 +382,48 @@ class Pipeline:
             raise ConfigError(f"method {cfg['method']!r}: {_one_line(err)}") from None
         from tta_perception.engine.streaming import StreamingAdapter
 
-        self.adapter = StreamingAdapter(self.method, window=int(cfg["window"]),
-                                        adapt_every=int(cfg["adapt_every"]), background=True)
+        window = int(cfg["window"])
+        # as the benchmark's streaming runner builds it, so the node's numbers are the benchmark's
+        self.adapter = StreamingAdapter(self.method, window=window, adapt_every=int(cfg["adapt_every"]),
+                                        background=True, min_window=min(2, window))
+        self.adapts = bool(getattr(self.method, "ADAPTS", True))  # False for 'source'
+
         if resume:
             self.load_state(Path(os.path.expanduser(resume)))
         self.set_learning_rates(cfg["lr"], cfg["lr_consistency"])
-        self.adapter.set_enabled(bool(cfg["enable"]))
+        self.set_enabled(bool(cfg["enable"]))
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Adaptation on/off; a method that does not adapt ('source') never runs pointless steps."""
+        self.adapter.set_enabled(bool(enabled) and self.adapts)
 
     # ---- state
     def state_dict(self) -> dict[str, Any]:
-        return {"format": "tta_perception.ros/1", "method": type(self.method).__name__,
+        return {"format": STATE_FORMAT, "method": type(self.method).__name__,
                 "class_names": self.class_names, "adapter": self.adapter.state_dict()}
 
     def load_state(self, path: Path) -> None:
+        """``resume_from``: the adapted state a ``~/save`` wrote."""
         import torch
 
         try:
-            state = torch.load(str(path), map_location=self.device, weights_only=True)
-            self.adapter.load_state_dict(state["adapter"])
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            self.load_state_dict(state)
         except Exception as err:
             raise ConfigError(f"parameter 'resume_from': {str(path)!r} cannot be loaded: "
-                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+                              f"{_one_line(err)}") from None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError("not a tta_node state (format marker missing)")
+        self.adapter.load_state_dict(state["adapter"])
+
+    def cpu_state_dict(self) -> dict[str, Any]:
+        """The whole adapted state with tensors on the CPU (kept while the node is inactive)."""
+        return _to_cpu(self.state_dict())
 
     def save_state(self, path: Path) -> None:
-        """Atomic: a reader (or a crash) never sees a half-written file."""
-        import torch
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(self.state_dict(), str(tmp))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        save_state_file(self.state_dict(), path)
 
     def set_learning_rates(self, lr: float, lr_consistency: float) -> list[str]:
         """Apply non-zero learning rates to the method's optimisers at run time.
@@ -378,7 +466,9 @@ class Pipeline:
         return x.to(self.device)
 
     def infer(self, rgb: np.ndarray, output_size: str = "input", top_k: int = 5,
-              overlay_alpha: float = 0.5, overlay: bool = True) -> Result:
+              overlay_alpha: float = 0.5, overlay: bool = True, confidence_float: bool = False) -> Result:
+        """Predict one frame; segmentation maps are computed at model size and upsampled (nearest)
+        only at the end, so the cost at camera resolution is a few array takes."""
         import torch
 
         x = self.to_input(rgb)
@@ -387,37 +477,49 @@ class Pipeline:
         logits = logits.detach().float()
         if logits.dim() in (2, 4):  # tolerate a batch axis of one
             logits = logits[0]
-        prob = torch.softmax(logits, dim=0)
-        entropy = -(prob * torch.log(prob.clamp_min(1e-12))).sum(0)
-        conf, ids = prob.max(0)
-        finite = torch.isfinite(logits).all(0)
-        nonfinite = not bool(finite.all())
         if self.task == "classification":
+            prob = torch.softmax(logits, dim=0)
+            nonfinite = not bool(torch.isfinite(logits).all())
             k = min(int(top_k), prob.numel())
             scores, idx = prob.topk(k)
+            entropy = -(prob * torch.log(prob.clamp_min(1e-12))).sum()
             return Result(task=self.task, topk_ids=[int(i) for i in idx.cpu()],
                           topk_scores=[float(s) for s in scores.cpu()],
-                          mean_confidence=float(conf), mean_entropy=float(entropy),
+                          mean_confidence=float(scores[0]), mean_entropy=float(entropy),
                           nonfinite=nonfinite)
+        # Segmentation, in as few passes over (C, H, W) as possible: max -> ids, and
+        # confidence = max softmax = 1 / sum(exp(l - max)); a NaN/Inf logit makes it non-finite.
+        lmax, ids = logits.max(0)
+        conf = torch.exp(logits - lmax).sum(0).reciprocal_()
+        finite = torch.isfinite(conf) & torch.isfinite(lmax)
+        nonfinite = not bool(finite.all())
         ids = torch.where(finite, ids, torch.full_like(ids, 255)).to(torch.uint8).cpu().numpy()
         conf = torch.where(finite, conf, torch.zeros_like(conf)).cpu().numpy().astype(np.float32)
-        mean_conf = float(np.mean(conf))
-        mean_ent = float(entropy[finite].mean()) if bool(finite.any()) else float("nan")
+        mean_conf = float(conf.mean())
+        # mean entropy for diagnostics only: every 4th pixel each way is plenty
+        sub = logits[:, ::4, ::4]
+        sub_ok = finite[::4, ::4]
+        if bool(sub_ok.any()):
+            logp = torch.log_softmax(sub[:, sub_ok], dim=0)
+            mean_ent = float(-(logp.exp() * logp).sum(0).mean())
+        else:
+            mean_ent = float("nan")
         if output_size == "input":
             height, width = rgb.shape[:2]
             base = rgb
         else:
             height, width = self.input_size
             base = (x.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-        ids = _nearest(ids, height, width)
-        conf = _nearest(conf, height, width)
         blend = None
-        if overlay:
-            colours = self.palette[ids].astype(np.float32)
-            blend = (overlay_alpha * colours + (1.0 - overlay_alpha) * base.astype(np.float32) + 0.5)
-            blend = blend.astype(np.uint8)
+        if overlay:  # colours looked up at model size, then upsampled with the ids (cheaper)
+            colours = _nearest(self.palette.take(ids, axis=0), height, width)
+            blend = _blend(np.ascontiguousarray(colours), np.ascontiguousarray(base), overlay_alpha)
+        conf8 = (conf * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+        ids = _nearest(ids, height, width)
         return Result(task=self.task, class_ids=np.ascontiguousarray(ids),
-                      confidence=np.ascontiguousarray(conf), overlay=blend,
+                      confidence_u8=np.ascontiguousarray(_nearest(conf8, height, width)),
+                      confidence=np.ascontiguousarray(_nearest(conf, height, width)) if confidence_float else None,
+                      overlay=blend,
                       mean_confidence=mean_conf, mean_entropy=mean_ent, nonfinite=nonfinite)
 
     def selected_blocks(self) -> list[str]:
@@ -443,10 +545,3 @@ def _optimizers(method) -> dict[str, Any]:
         return dict(found)
     single = getattr(method, "optimizer", None)
     return {"opt": single} if single is not None else {}
-
-
-def finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False

@@ -12,6 +12,7 @@ reset/save/swap so a service never sees a half-finished frame.
 from __future__ import annotations
 
 import array
+import gc
 import json
 import math
 import os
@@ -82,6 +83,10 @@ class TTANode(LifecycleNode):
         self._reloading = threading.Event()
         self._reload_gen = 0
         self._pipeline = None
+        self._parked: Optional[dict[str, Any]] = None  # adapted state kept while inactive
+        self._lc_state = "unconfigured"
+        self._last_task: Optional[str] = None
+        self._last_names: Optional[list[str]] = None
         self._device_override: Optional[str] = None
         self._subscription = None
         self._worker: Optional[threading.Thread] = None
@@ -187,7 +192,7 @@ class TTANode(LifecycleNode):
         pipe = self._pipeline
         if pipe is not None:
             if "enable" in updates:
-                pipe.adapter.set_enabled(bool(updates["enable"]))
+                pipe.set_enabled(bool(updates["enable"]))
                 self.get_logger().info(f"adaptation {'enabled' if updates['enable'] else 'disabled'}")
             if "lr" in updates or "lr_consistency" in updates:
                 changed = pipe.set_learning_rates(self._cfg["lr"], self._cfg["lr_consistency"])
@@ -229,9 +234,11 @@ class TTANode(LifecycleNode):
         with self._infer_lock:
             self._pipeline = pipe
         self._make_publishers(pipe)
+        self._lc_state = "inactive"
         self.get_logger().info(
             f"configured: {pipe.task} model {cfg['model']!r} method {cfg['method']!r} on {pipe.device}, "
             f"input {pipe.input_size[0]}x{pipe.input_size[1]}"
+            + (f", bundle {pipe.bundle!r}" if pipe.bundle else "")
             + (f", resumed from {cfg['resume_from']!r}" if cfg["resume_from"] else ""))
         return TransitionCallbackReturn.SUCCESS
 
@@ -241,30 +248,72 @@ class TTANode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._pipeline is None:  # freed by deactivate: load again, with the adapted state
+            result = self._unpark()
+            if result != TransitionCallbackReturn.SUCCESS:
+                return result
         self._slot = LatestSlot()
         self._worker = threading.Thread(target=self._work, args=(self._slot,), name="tta_worker",
                                         daemon=True)
         self._worker.start()
         self._active = True
         self._subscribe()
+        self._lc_state = "active"
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop processing and free the model (GPU memory) as yolo_ros does; the adapted state is
+        kept on the CPU and restored by the next activate."""
         self._stop_processing()
+        with self._infer_lock:
+            pipe = self._pipeline
+            self._parked = pipe.cpu_state_dict() if pipe is not None else None
+        self._free(keep_publishers=True)
+        self._lc_state = "inactive"
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._parked = None
         self._free()
+        self._lc_state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _unpark(self) -> TransitionCallbackReturn:
+        from .pipeline import ConfigError, Pipeline
+
+        try:
+            pipe = Pipeline(self._effective_cfg())
+        except Exception as err:
+            message = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {_first_line(err)}"
+            self._config_error = message
+            self.get_logger().error(f"activate refused: {message}")
+            return TransitionCallbackReturn.FAILURE
+        parked, self._parked = self._parked, None
+        if parked is not None:
+            try:
+                pipe.load_state_dict(parked)
+            except Exception as err:  # e.g. the method was changed while inactive
+                self.get_logger().warning(f"adapted state not restored ({_first_line(err)}): starting "
+                                          "from the source state")
+        old_task = (self._last_task, self._last_names)
+        with self._infer_lock:
+            self._pipeline = pipe
+        if not self._pubs or old_task != (pipe.task, pipe.class_names):
+            self._make_publishers(pipe)
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
+        self._parked = None
         self._free()
+        self._lc_state = "finalized"
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
+        self._parked = None
         self._free()
+        self._lc_state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_processing(self) -> None:
@@ -278,18 +327,21 @@ class TTANode(LifecycleNode):
             self._worker = None
         self._release_cuda_cache()
 
-    def _free(self) -> None:
-        """Drop the model and the publishers (cleanup/shutdown), freeing (GPU) memory."""
+    def _free(self, keep_publishers: bool = False) -> None:
+        """Drop the model (and the publishers unless kept), freeing (GPU) memory."""
         with self._infer_lock:
             self._reload_gen += 1  # a reload still running is discarded
             self._reloading.clear()
             pipe, self._pipeline = self._pipeline, None
         if pipe is not None:
+            self._last_task, self._last_names = pipe.task, pipe.class_names
             pipe.close()
-        for pub in self._pubs.values():
-            self.destroy_publisher(pub)
-        self._pubs = {}
+        if not keep_publishers:
+            for pub in self._pubs.values():
+                self.destroy_publisher(pub)
+            self._pubs = {}
         del pipe
+        gc.collect()
         self._release_cuda_cache()
 
     @staticmethod
@@ -330,6 +382,9 @@ class TTANode(LifecycleNode):
                     new.close()
                 return
             if new is not None:
+                # live settings changed while it was building win over the snapshot it was built from
+                new.set_enabled(bool(self._cfg["enable"]))
+                new.set_learning_rates(self._cfg["lr"], self._cfg["lr_consistency"])
                 old, self._pipeline = self._pipeline, new
                 self._reload_error = ""
             else:
@@ -349,8 +404,9 @@ class TTANode(LifecycleNode):
 
     # ================================================================== topics
     def _make_publishers(self, pipe) -> None:
-        for pub in self._pubs.values():
-            self.destroy_publisher(pub)
+        """Create the outputs of ``pipe``'s task; the old set is destroyed only after the swap so the
+        worker never publishes on a destroyed publisher."""
+        old = self._pubs
         out, pubs = output_qos(), {}
         if pipe.task == "segmentation":
             pubs["class_ids"] = self.create_publisher(Image, "class_ids", out)
@@ -366,6 +422,8 @@ class TTANode(LifecycleNode):
         if self._vm is not None and hasattr(self._vm, "LabelInfo"):
             pubs["label_info"] = self.create_publisher(self._vm.LabelInfo, "label_info", latched_qos())
         self._pubs = pubs
+        for pub in old.values():
+            self.destroy_publisher(pub)
         self._publish_class_names(pipe)
 
     def _publish_class_names(self, pipe) -> None:
@@ -440,7 +498,8 @@ class TTANode(LifecycleNode):
             t0 = time.monotonic()
             try:
                 result = pipe.infer(rgb, output_size=cfg["output_size"], top_k=cfg["top_k"],
-                                    overlay_alpha=cfg["overlay_alpha"], overlay=cfg["publish_overlay"])
+                                    overlay_alpha=cfg["overlay_alpha"], overlay=cfg["publish_overlay"],
+                                    confidence_float=cfg["publish_confidence_float"])
             except Exception as err:
                 if is_cuda_oom(err) and cfg["device"] == "auto" and pipe.device != "cpu":
                     self._health.count("cuda_oom")
@@ -464,9 +523,8 @@ class TTANode(LifecycleNode):
                 return
             pubs["class_ids"].publish(_image(header, "mono8", *codec.mono8(result.class_ids)))
             if cfg["publish_confidence"]:
-                conf8 = (result.confidence * 255.0 + 0.5).clip(0, 255)
-                pubs["confidence"].publish(_image(header, "mono8", *codec.mono8(conf8)))
-            if cfg["publish_confidence_float"]:
+                pubs["confidence"].publish(_image(header, "mono8", *codec.mono8(result.confidence_u8)))
+            if result.confidence is not None:
                 h, w, step, data, big = codec.float32c1(result.confidence)
                 pubs["confidence_float"].publish(_image(header, "32FC1", h, w, step, data, big))
             if cfg["publish_overlay"] and result.overlay is not None:
@@ -501,10 +559,13 @@ class TTANode(LifecycleNode):
     def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._infer_lock:
             pipe = self._pipeline
-            if pipe is None:
+            if self._lc_state not in ("inactive", "active"):
                 response.success, response.message = False, "not configured"
                 return response
-            pipe.adapter.reset()
+            if pipe is None:
+                self._parked = None  # inactive: the next activate starts from the source state
+            else:
+                pipe.adapter.reset()
         self._health.count("resets_requested")
         self.get_logger().info("reset to the source state")
         response.success, response.message = True, "reset to the source state"
@@ -512,13 +573,17 @@ class TTANode(LifecycleNode):
 
     def _srv_save(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         path = self._save_path()
+        from .pipeline import save_state_file
+
         with self._infer_lock:
-            pipe = self._pipeline
-            if pipe is None:
-                response.success, response.message = False, "not configured"
+            pipe, parked = self._pipeline, self._parked
+            if pipe is None and parked is None:
+                response.success = False
+                response.message = ("not configured" if self._lc_state not in ("inactive", "active")
+                                    else "inactive and reset: nothing adapted to save")
                 return response
             try:
-                pipe.save_state(path)
+                save_state_file(pipe.state_dict() if pipe is not None else parked, path)
             except Exception as err:
                 response.success, response.message = False, f"save failed: {_first_line(err)}"
                 self.get_logger().error(response.message)
@@ -543,7 +608,7 @@ class TTANode(LifecycleNode):
         out.update({k: snap[k] for k in ("input_rate_hz", "latency_p50_ms", "latency_p95_ms",
                                          "model_p50_ms")})
         cfg = self._cfg
-        out.update({"state": "active" if self._active else ("inactive" if pipe else "unconfigured"),
+        out.update({"state": self._lc_state,
                     "task": pipe.task if pipe else cfg["task"], "model": cfg["model"],
                     "method": cfg["method"], "device": pipe.device if pipe else cfg["device"],
                     "adaptation_enabled": bool(cfg["enable"]), "reloading": self._reloading.is_set(),
@@ -606,7 +671,10 @@ def _image(header: Header, encoding: str, height: int, width: int, step: int, da
 
 def main(args: Optional[list[str]] = None) -> int:
     """Entry point of ``ros2 run tta_perception tta_node`` (and of the launch file)."""
+    import rclpy.exceptions
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    invalid_handle = getattr(rclpy.exceptions, "InvalidHandle", ())  # () catches nothing
 
     rclpy.init(args=args)
     node = None
@@ -615,7 +683,11 @@ def main(args: Optional[list[str]] = None) -> int:
         node.start()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while rclpy.ok():
+            try:
+                executor.spin_once(timeout_sec=0.5)
+            except invalid_handle:  # an entity destroyed by a transition while in a wait set: harmless
+                continue
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -144,4 +144,6 @@ def weather_from_spec(spec: str | Mapping[str, Any] | WeatherParameters) -> Weat
 def interpolate(a: WeatherParameters, b: WeatherParameters, alpha: float) -> WeatherParameters:
     """Linear blend of every field, ``alpha`` in [0, 1]."""
     alpha = min(max(float(alpha), 0.0), 1.0)
-    return WeatherParameters(**{k: (1 - alpha) * getattr(a, k) + alpha * getattr(b, k) for k in FIELD_RANGES})
+    # clamp: (1 - a)·x + a·y can land one rounding step outside the range (e.g. -90.00000000000001)
+    return WeatherParameters(**{k: min(max((1 - alpha) * getattr(a, k) + alpha * getattr(b, k), lo), hi)
+                                for k, (lo, hi) in FIELD_RANGES.items()})

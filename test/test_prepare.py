@@ -1,0 +1,93 @@
+"""``tta-perception prepare``: DPLOT phase A on the embedded source data writes a bundle that DPLOT
+loads; amounts and deviations are what the docs say."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tta_perception.bench.prepare import OFFICIAL, ArrayBatches, PrepareSettings
+from tta_perception.cli.main import main
+
+torch.set_num_threads(1)
+
+
+def test_prepare_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["prepare", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--task", "--samples", "--warmup-samples", "--official", "--out", "--dataset", "--data-root"):
+        assert opt in out
+
+
+def test_prepare_writes_bundle_that_dplot_loads(tmp_path, capsys):
+    out = tmp_path / "signnet.bundle"
+    rc = main(["prepare", "--task", "cls", "--random-init", "--quick", "--samples", "24", "--batch-size", "8",
+               "--warmup-samples", "16", "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress",
+               "--device", "cpu"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "selected blocks" in text and "deviations from the official phase A" in text
+
+    from tta_perception.bench.common import load_model
+    from tta_perception.engine import build_method
+    from tta_perception.engine.bundle import load_bundle
+
+    b = load_bundle(out)
+    lm = load_model("cls", random_init=True)
+    cands = list(lm.model.candidate_blocks)
+    assert list(b.scores) == cands                      # every candidate block scored
+    assert b.selected_blocks and set(b.selected_blocks) <= set(cands)
+    assert max(b.scaled_scores.values()) == pytest.approx(1.0)
+    assert all(b.scaled_scores[k] > 0.75 for k in b.selected_blocks)
+    assert all(b.scaled_scores[k] <= 0.75 for k in cands if k not in b.selected_blocks)
+    assert b.metadata["weights_id"] == lm.weights_id
+    assert b.metadata["prepare"]["samples"] == 24 and b.metadata["warmup"]["steps"] == 2   # 16 // 8
+    assert any("instead of 50000" in d for d in b.metadata["deviations"])
+    assert b.student_state is not None and b.teacher_state is not None and b.prototypes is not None
+
+    m = build_method("dplot", lm.model, bundle=str(out))
+    assert m.blocks == tuple(b.selected_blocks)
+    for k, v in b.student_state.items():               # the warmed student was loaded
+        assert torch.equal(lm.model.state_dict()[k], v)
+    logits = m.step(torch.rand(4, 3, 64, 64))
+    assert logits.shape == (4, 12) and torch.isfinite(logits).all()
+
+
+def test_prepare_profiles_and_deviations():
+    off = PrepareSettings.for_task("cls", "official")
+    assert (off.samples, off.batch_size, off.warmup_samples) == (50_000, 128, 50_000)   # dplot.py / RMT conf
+    assert off.deviations() == []
+    assert PrepareSettings.for_task("cls", "official", source="imagenet_c").batch_size == 64
+    d = PrepareSettings.for_task("cls", "default")
+    assert d.samples < OFFICIAL["cls"]["samples"]
+    devs = d.deviations()
+    assert len(devs) == 3 and all(":" in x for x in devs)          # each with its reason
+    s = PrepareSettings.for_task("seg", "default", samples=32)
+    assert s.samples == 32 and s.profile == "default+custom"
+    assert any("segmentation" in x for x in s.deviations())
+    # the cache key changes with every setting and with the weights
+    assert d.key("w1", "signnet") != d.key("w2", "signnet")
+    assert d.key("w1", "signnet") != PrepareSettings.for_task("cls", "default", seed=1).key("w1", "signnet")
+
+
+def test_array_batches_fixed_order_and_cycling():
+    x = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)
+    y = np.arange(10)
+    b = ArrayBatches(x, y, 4)
+    assert len(b) == b.epoch_batches == 3
+    first = [yb.tolist() for _, yb in b]
+    assert first == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [yb.tolist() for _, yb in b] == first                    # re-iterable, same order
+    long = ArrayBatches(x, y, 4, length=5)
+    assert [yb.tolist() for _, yb in long] == first + first[:2]      # cycles past one epoch
+    xb, _ = next(iter(b))
+    assert xb.dtype == torch.float32 and xb.shape == (4, 3, 2, 2) and float(xb.max()) <= 1.0
+
+
+def test_prepare_rejects_bad_arguments(tmp_path, capsys):
+    assert main(["prepare", "--random-init"]) == 2                   # no --task for the world
+    assert "--task" in capsys.readouterr().err
+    assert main(["prepare", "--task", "cls", "--quick", "--official", "--random-init"]) == 2
+    assert main(["prepare", "--dataset", "cifar10_c", "--model", "wrn28_10", "--random-init"]) == 2  # no root

@@ -1,0 +1,273 @@
+"""``tta-perception bench`` end to end: streams -> model -> bundle -> methods x seeds -> report."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+from .common import DEFAULT_CACHE, load_model, machine_info, resolve_device
+from .prepare import (PrepareSettings, cached_bundle_path, default_bundle_path, run_prepare, source_batches)
+from .report import (add_ratios, aggregate, format_costs, format_headline, format_table, headline, plot_runs,
+                     write_csv, write_json)
+from .runner import RunOptions, run_method, source_forward_ms
+from .streams import SEG_SEQUENCES, public_stream, world_cls_stream, world_seg_stream
+from .variants import VARIANTS, needs_bundle
+
+DEFAULT_BATCH = {"cls": 64, "seg": 8}
+DEFAULT_CLS_N = 512
+QUICK_CLS = dict(n=16, batch_size=16)
+QUICK_SEG_FRAMES = 12
+
+
+@dataclass
+class BenchConfig:
+    task: str
+    methods: list[str]
+    setting: str = "continual"
+    dataset: str = "world"
+    data_root: str | None = None
+    source_root: str | None = None
+    sequences: list[str] = field(default_factory=list)
+    model: str | None = None
+    weights: str | None = None
+    random_init: bool = False
+    batch_size: int | None = None
+    severity: int = 5
+    corruptions: list[str] | None = None
+    n: int | None = None                 # cls: crops per domain; public: samples per domain
+    start: int = 0
+    frames: int | None = None            # seg: stop index
+    stride: int = 1
+    size: tuple[int, int] = (128, 256)
+    streaming: bool = False
+    window: int = 16
+    adapt_every: int = 16
+    background: bool = False
+    quick: bool = False
+    seeds: list[int] = field(default_factory=lambda: [0])
+    bundle: str | None = None
+    safety: bool = False
+    device: str = "auto"
+    out: str | None = None
+    cache: str = str(DEFAULT_CACHE)
+    workers: int = 2
+    progress: bool = True
+    plot: bool = True
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def build_streams(cfg: BenchConfig, seed: int) -> list:
+    cache = Path(cfg.cache)
+    if cfg.dataset != "world":
+        if not cfg.data_root:
+            raise ValueError("--data-root is required with --dataset")
+        seqs = cfg.sequences or [None]
+        return [public_stream(cfg.dataset, cfg.data_root, setting=cfg.setting, batch_size=cfg.batch_size,
+                              severity=cfg.severity, num_samples=cfg.n, corruptions=cfg.corruptions, sequence=s,
+                              seed=1) for s in seqs]
+    bs = cfg.batch_size or DEFAULT_BATCH[cfg.task]
+    if cfg.streaming:
+        bs = 1
+    if cfg.task == "cls":
+        if cfg.sequences and cfg.sequences != ["corruptions"]:
+            raise ValueError("cls has one sequence: 'corruptions' (the 15 corruptions on held-out sign crops)")
+        n = cfg.n or (QUICK_CLS["n"] if cfg.quick else DEFAULT_CLS_N)
+        if cfg.quick and cfg.batch_size is None:
+            bs = QUICK_CLS["batch_size"]
+        return [world_cls_stream(n=n, setting=cfg.setting, batch_size=bs, severity=cfg.severity,
+                                 corruptions=cfg.corruptions, seed=seed, cache_dir=cache, progress=cfg.progress)]
+    from ..world.schedule import load_schedule
+
+    out = []
+    for name in cfg.sequences or list(SEG_SEQUENCES):
+        stride = cfg.stride
+        stop = cfg.frames
+        if cfg.quick and cfg.frames is None and cfg.stride == 1:
+            total = load_schedule(name).frames
+            stride = max(1, total // QUICK_SEG_FRAMES)
+        out.append(world_seg_stream(name, setting=cfg.setting, batch_size=bs if not cfg.quick or cfg.batch_size
+                                    else min(bs, 4), start=cfg.start, stop=stop, stride=stride, size=cfg.size,
+                                    seed=seed, workers=cfg.workers, cache_dir=cache, progress=cfg.progress))
+    return out
+
+
+def prepare_settings(cfg: BenchConfig) -> PrepareSettings:
+    """Phase-A amounts of an automatic prepare: the embedded world uses prepare's CPU defaults; a
+    public benchmark (a reproduction, normally on a GPU) the official amounts."""
+    if cfg.dataset == "world":
+        return PrepareSettings.for_task(cfg.task, "quick" if cfg.quick else "default", size=cfg.size)
+    if not cfg.source_root:
+        raise ValueError("the phase-A bundle needs source data: give --bundle PATH (tta-perception prepare "
+                         "--dataset ...) or --source-root PATH")
+    return PrepareSettings.for_task(cfg.task, "quick" if cfg.quick else "official", source=cfg.dataset,
+                                    data_root=cfg.source_root)
+
+
+def resolve_bundle(cfg: BenchConfig, lm, log: Callable[[str], None] = _log) -> tuple[Any, dict[str, Any]]:
+    """--bundle, else ``runs/prepare/<arch>_dplot.bundle`` made from the same weights, else a cached
+    bundle made here with ``prepare``'s defaults (``--quick``: its quick amounts)."""
+    from ..engine.bundle import load_bundle, save_bundle
+
+    if cfg.bundle:
+        b = load_bundle(cfg.bundle)
+        if b.metadata.get("weights_id") not in (None, lm.weights_id):
+            log(f"warning: bundle {cfg.bundle} was prepared from other weights ({b.metadata.get('weights')}); "
+                "DPLOT/RMT load its warmed weights")
+        return b, {"path": cfg.bundle, "how": "given (--bundle)"}
+    default = default_bundle_path(lm.arch)
+    if default.is_file():
+        try:
+            b = load_bundle(default)
+        except Exception:
+            b = None
+        if b is not None and b.metadata.get("weights_id") == lm.weights_id:
+            return b, {"path": str(default), "how": "tta-perception prepare output for these weights"}
+    s = prepare_settings(cfg)
+    path = cached_bundle_path(Path(cfg.cache), lm.arch, s.key(lm.weights_id, lm.arch))
+    if path.is_file():
+        return load_bundle(path), {"path": str(path), "how": f"cached phase A ({s.profile} amounts)"}
+    log(f"no bundle for these weights: running phase A ({s.profile} amounts; `tta-perception prepare` for more)")
+    res = run_prepare(lm.model, s, arch=lm.arch, weights_id=lm.weights_id, weights_desc=lm.weights_desc,
+                      cache_dir=Path(cfg.cache), progress=cfg.progress, log=log)
+    save_bundle(res.bundle, path)
+    log(f"cached the bundle at {path} ({res.seconds:.0f} s)")
+    return res.bundle, {"path": str(path), "how": f"prepared now ({s.profile} amounts, {res.seconds:.0f} s)"}
+
+
+def fisher_source(cfg: BenchConfig):
+    """Source batches for EATA's Fisher information (clean source images, labels unused)."""
+    try:
+        s = prepare_settings(cfg)
+    except ValueError:
+        return None, "no source data: EATA runs without the Fisher term (ETA)"
+    batches = source_batches(s, Path(cfg.cache), cfg.progress)
+    return batches, f"{s.samples} source samples ({s.source})"
+
+
+def default_out(cfg: BenchConfig) -> Path:
+    parts = [cfg.task if cfg.dataset == "world" else cfg.dataset, cfg.setting]
+    if cfg.streaming:
+        parts.append("stream")
+    if cfg.quick:
+        parts.append("quick")
+    return Path("runs/bench") / "_".join(parts)
+
+
+def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    t_start = time.perf_counter()
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    streams0 = build_streams(cfg, cfg.seeds[0])
+    task = streams0[0].task
+    lm = load_model(task, cfg.model, cfg.weights, random_init=cfg.random_init,
+                    num_classes=streams0[0].num_classes, device=device)
+    if getattr(lm.model, "num_classes", None) != streams0[0].num_classes:
+        raise ValueError(f"model {lm.arch} has {lm.model.num_classes} classes, the stream {streams0[0].num_classes}")
+    bundle, bundle_info = (None, {})
+    if needs_bundle(cfg.methods):
+        bundle, bundle_info = resolve_bundle(cfg, lm, log)
+        bundle_info.update(selected_blocks=list(bundle.selected_blocks),
+                           scores={k: round(v, 6) for k, v in bundle.scores.items()},
+                           prepare=bundle.metadata.get("prepare"), deviations=bundle.metadata.get("deviations"))
+        log(f"bundle: {bundle_info['path']} ({bundle_info['how']}); selected blocks: "
+            f"{', '.join(bundle.selected_blocks)}")
+    fisher, fisher_desc = (None, "")
+    if any(VARIANTS[m].method == "eata" for m in cfg.methods):
+        fisher, fisher_desc = fisher_source(cfg)
+    opts_base = dict(device=device, streaming=cfg.streaming, window=cfg.window, adapt_every=cfg.adapt_every,
+                     background=cfg.background, safety=cfg.safety, progress=cfg.progress)
+    runs = []
+    src_fwd: dict[str, list[float]] = {}
+    for si, seed in enumerate(cfg.seeds):
+        streams = streams0 if si == 0 else build_streams(cfg, seed)
+        for st in streams:
+            opts = RunOptions(seed=seed, **opts_base)
+            src_fwd.setdefault(st.name, []).append(source_forward_ms(lm.model, st, opts))
+            for m in cfg.methods:
+                t0 = time.perf_counter()
+                r = run_method(m, lm.model, st, opts, bundle=bundle, fisher_batches=fisher)
+                runs.append(r)
+                metric = "error" if task == "cls" else "mIoU"
+                log(f"  seed {seed} {st.name:<11} {m:<14} {metric} {r.overall:6.2f}  "
+                    f"{r.ms_per_frame:8.2f} ms/frame  {time.perf_counter() - t0:6.1f} s")
+    # ------------------------------------------------------------------ report
+    proto = "streaming (batch of one frame)" if cfg.streaming else "batch protocol"
+    payload: dict[str, Any] = {
+        "command": "tta-perception " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "",
+        "config": asdict(cfg), "machine": machine_info(device), "model": {"arch": lm.arch, "weights": lm.weights_desc,
+                                                                          "weights_id": lm.weights_id},
+        "bundle": bundle_info, "eata_fisher": fisher_desc, "protocol": proto, "streams": {}, "runs": [],
+        "timing_note": ("ms/frame: the method's own work per frame (step or predict, synchronised), excluding data "
+                        "loading and scoring; x src fwd: that time over the source model's plain forward pass "
+                        "measured in the same process on the same inputs"),
+    }
+    printed = []
+    summary_rows: dict[str, Any] = {}
+    for st in streams0:
+        rows = aggregate(st, runs, cfg.methods)
+        fwd = sum(src_fwd[st.name]) / len(src_fwd[st.name])
+        add_ratios(rows, fwd)
+        extra = ["seq"] if task == "seg" else (["all"] if cfg.setting == "gradual" else [])
+        for r in rows.values():
+            if task == "seg":
+                r["seq"] = r["overall"]
+            elif cfg.setting == "gradual":
+                r["all"] = sum(r["all_domains"].values()) / max(1, len(r["all_domains"]))
+        key = "seq" if task == "seg" else "mean"
+        h = headline(rows, task, key)
+        metric = "error %" if task == "cls" else "mIoU %"
+        title = (f"{st.name} ({st.setting}, {proto}, batch {st.batch_size}): {metric}"
+                 + (", seq = mIoU over the whole sequence" if task == "seg" else "")
+                 + (", columns at severity 5, all = mean over every severity" if cfg.setting == "gradual" else ""))
+        text = [format_table(rows, st.columns, title, extra), "", format_costs(rows, fwd, cfg.streaming), "",
+                format_headline(h, task)]
+        if "source" in rows:
+            src = rows["source"][key]
+            better = [m for m, r in rows.items() if m != "source" and
+                      ((r[key] < src) if task == "cls" else (r[key] > src))]
+            text.append(f"better than source on {st.name}: {', '.join(better) or 'none'}")
+        printed.append("\n".join(text))
+        safe = st.name.replace("/", "_")
+        write_csv(out / f"table_{safe}.csv", rows, st.columns, extra)
+        png = None
+        if cfg.plot:
+            seed0 = [r for r in runs if r.stream == st.name and r.seed == cfg.seeds[0]]
+            png = plot_runs(out / f"stream_{safe}.png", st, seed0, title.split(":")[0])
+        payload["streams"][st.name] = {"info": st.info, "setting": st.setting, "batch_size": st.batch_size,
+                                       "columns": st.columns, "source_forward_ms": fwd, "rows": rows,
+                                       "headline": h, "csv": str(out / f"table_{safe}.csv"),
+                                       "png": str(png) if png else None}
+        for m, r in rows.items():
+            summary_rows.setdefault(m, {"cells": {}, "ms": [], "x": [], "mem": [], "kind": r["mem_kind"]})
+            summary_rows[m]["cells"][st.name] = r[key]
+            summary_rows[m]["ms"].append(r["ms_per_frame"])
+            summary_rows[m]["x"].append(r["x_source_forward"])
+            summary_rows[m]["mem"].append(r["peak_mem_mib"])
+    if len(streams0) > 1:
+        cols = [st.name for st in streams0]
+        rows = {m: {"cells": s["cells"], "mean": sum(s["cells"].values()) / len(s["cells"]),
+                    "ms_per_frame": sum(s["ms"]) / len(s["ms"]), "x_source_forward": sum(s["x"]) / len(s["x"]),
+                    "peak_mem_mib": max(s["mem"]), "mem_kind": s["kind"]} for m, s in summary_rows.items()}
+        h = headline(rows, task, "mean")
+        metric = "error %" if task == "cls" else "mIoU % over each whole sequence"
+        printed.append("\n".join([format_table(rows, cols, f"summary ({cfg.setting}, {proto}): {metric}"), "",
+                                  format_headline(h, task)]))
+        write_csv(out / "summary.csv", rows, cols)
+        payload["summary"] = {"columns": cols, "rows": rows, "headline": h, "csv": str(out / "summary.csv")}
+    payload["runs"] = [r.summary() for r in runs]
+    payload["seconds"] = round(time.perf_counter() - t_start, 1)
+    write_json(out / "results.json", payload)
+    log("")
+    log("\n\n".join(printed))
+    log(f"\nwrote {out}/results.json, table_*.csv" + (", stream_*.png" if cfg.plot else "")
+        + f" in {payload['seconds']:.0f} s")
+    payload["out"] = str(out)
+    return payload

@@ -1,0 +1,116 @@
+"""bench: every adaptation method on the same streams, side by side, as in the paper's tables."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_device
+
+HELP = ("benchmark methods side by side: 15 corruptions on sign crops (cls, error %) or driving sequences "
+        "(seg, mIoU), batch or streaming protocol; table + JSON/CSV/PNG + ms/frame + memory")
+
+DATASETS = ("world", "cifar10_c", "cifar100_c", "imagenet_c", "carlatta", "folder")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=("cls", "seg"), default=None,
+                   help="embedded world task (implied by --dataset for public data)")
+    p.add_argument("--sequence", "--sequences", dest="sequence", default=None,
+                   help="cls: corruptions; seg: comma list of day2night,clear2fog,clear2rain,dynamic (default: all "
+                        "four); carlatta: its sequence names")
+    p.add_argument("--methods", default=None,
+                   help="comma list of methods and variants (source, norm, tent, eata, sar, cotta, rmt, dplot, "
+                        "dplot-nobs, dplot-nobs-norm, dplot-nopair, tent+bs, eata+bs, sar+bs) or groups "
+                        "default / ablations / all (default: 'default'; --quick: source,norm,tent,dplot)")
+    p.add_argument("--setting", default="continual", choices=("continual", "gradual", "mixed", "reset_each_shift"))
+    p.add_argument("--batch-size", type=int, default=None, help="batch protocol batch size (default: cls 64, seg 8)")
+    p.add_argument("--stream", action="store_true",
+                   help="streaming protocol: one frame at a time through StreamingAdapter")
+    p.add_argument("--window", type=int, default=16, help="streaming: frames in the adaptation window")
+    p.add_argument("--adapt-every", type=int, default=16, help="streaming: adapt once every N frames")
+    p.add_argument("--background", action="store_true",
+                   help="streaming: adapt in the background thread as the node does (not deterministic)")
+    p.add_argument("--quick", action="store_true", help="smoke run of about a minute (few crops / frames)")
+    p.add_argument("--seeds", default="0", help="comma list of seeds (each a full run; tables show the mean)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/bench/<task>_<setting>...)")
+    # data
+    p.add_argument("--n", type=int, default=None,
+                   help="cls: held-out crops per corruption (default 512; --quick 16); public: samples per domain")
+    p.add_argument("--severity", type=int, default=5, help="cls: corruption severity (continual/mixed/reset)")
+    p.add_argument("--corruptions", default=None, help="cls: comma list subset (default: all 15, standard order)")
+    p.add_argument("--frames", type=int, default=None, help="seg: stop at this frame index (default: whole sequence)")
+    p.add_argument("--start", type=int, default=0, help="seg: first frame")
+    p.add_argument("--stride", type=int, default=1, help="seg: use every k-th frame")
+    p.add_argument("--size", default="128x256", help="seg: render size HEIGHTxWIDTH")
+    p.add_argument("--workers", type=int, default=2, help="seg: render processes")
+    p.add_argument("--dataset", default="world", choices=DATASETS, help="public benchmark instead of the embedded world")
+    p.add_argument("--data-root", type=Path, default=None, help="root of the public test data")
+    p.add_argument("--source-root", type=Path, default=None,
+                   help="public source data (for the automatic prepare and EATA's Fisher)")
+    # model / DPLOT
+    p.add_argument("--model", default=None, help="architecture (default: signnet / driveseg)")
+    p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the committed source model)")
+    p.add_argument("--random-init", action="store_true", help="untrained model (smoke tests only)")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="DPLOT phase-A bundle (default: runs/prepare/<arch>_dplot.bundle for the same weights, else "
+                        "phase A runs once and is cached under --cache)")
+    p.add_argument("--safety", action="store_true",
+                   help="engine safety on (collapse reset, NaN guard); off = paper protocol")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--cache", type=Path, default=Path("runs/cache"), help="cache of rendered/corrupted data, bundles")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    add_device(p)
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..bench.suite import BenchConfig
+    from ..bench.variants import QUICK_METHODS, resolve_methods
+    from .common import parse_size
+
+    if args.dataset == "world":
+        if args.task is None:
+            raise ValueError("--task cls|seg is required for the embedded world")
+        task = args.task
+    else:
+        task = "seg" if args.dataset == "carlatta" else "cls"
+        if args.task is not None and args.task != task:
+            raise ValueError(f"--dataset {args.dataset} is a {task} benchmark, not {args.task}")
+        if args.model is None:
+            raise ValueError("--model is required with a public dataset (e.g. wrn28_10 --weights PATH)")
+    methods = resolve_methods(args.methods) if args.methods else \
+        list(QUICK_METHODS if args.quick else resolve_methods("default"))
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be a comma list of integers, got {args.seeds!r}") from None
+    if not seeds:
+        raise ValueError("--seeds is empty")
+    seqs = [s.strip() for s in args.sequence.split(",") if s.strip()] if args.sequence else []
+    corr = [c.strip() for c in args.corruptions.split(",") if c.strip()] if args.corruptions else None
+    if args.stream and task != "seg":
+        raise ValueError("--stream is the segmentation streaming protocol (--task seg)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    return BenchConfig(
+        task=task, methods=methods, setting=args.setting, dataset=args.dataset,
+        data_root=str(args.data_root) if args.data_root else None,
+        source_root=str(args.source_root) if args.source_root else None, sequences=seqs, model=args.model,
+        weights=str(args.weights) if args.weights else None, random_init=args.random_init,
+        batch_size=args.batch_size, severity=args.severity, corruptions=corr, n=args.n, start=args.start,
+        frames=args.frames, stride=args.stride, size=parse_size(args.size), streaming=args.stream,
+        window=args.window, adapt_every=args.adapt_every, background=args.background, quick=args.quick,
+        seeds=seeds, bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
+        out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,
+        progress=not args.no_progress, plot=not args.no_plot)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench.suite import run_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_suite(config_from_args(args))
+    return 0

@@ -1,0 +1,108 @@
+"""prepare: DPLOT phase A (domain-specific block selection + mean-teacher warm-up) -> bundle."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_device
+
+HELP = "DPLOT phase A on source data: block selection + mean-teacher warm-up, writes the bundle"
+
+DATASETS = ("world", "cifar10_c", "cifar100_c", "imagenet_c", "carlatta", "folder")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=("cls", "seg"), default=None,
+                   help="embedded task (cls: signnet on sign crops, seg: driveseg on driving frames); "
+                        "implied by --dataset for public data")
+    p.add_argument("--model", default=None, help="architecture (default: signnet / driveseg)")
+    p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the committed source model)")
+    p.add_argument("--random-init", action="store_true", help="untrained model (smoke tests only)")
+    p.add_argument("--dataset", default="world", choices=DATASETS,
+                   help="source data: the embedded world's clear renders, or a public dataset's source loader")
+    p.add_argument("--data-root", type=Path, default=None, help="root of the public dataset")
+    p.add_argument("--out", type=Path, default=None, help="bundle path (default: runs/prepare/<arch>_dplot.bundle)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="source samples for block selection + prototypes (default: cls 2048, seg 128; official 50000)")
+    p.add_argument("--batch-size", type=int, default=None, help="source batch size (default: cls 64, seg 8; official 128)")
+    p.add_argument("--selection-steps", type=int, default=None,
+                   help="entropy steps per candidate block (default: one epoch over --samples, as official)")
+    p.add_argument("--warmup-samples", type=int, default=None,
+                   help="mean-teacher warm-up samples (default: cls 4096, seg 256; official 50000)")
+    p.add_argument("--official", action="store_true",
+                   help="the official amounts (hours on CPU; the default for a public --dataset)")
+    p.add_argument("--quick", action="store_true", help="tiny amounts for a smoke run (seconds)")
+    p.add_argument("--threshold", type=float, default=0.75, help="selection threshold on min-max scaled scores")
+    p.add_argument("--noise-std", type=float, default=0.5, help="Gaussian noise std added to source images")
+    p.add_argument("--clip", action="store_true", help="clip noisy images to [0, 1] (official: no)")
+    p.add_argument("--size", default="128x256", help="seg: source render size HEIGHTxWIDTH")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--cache", type=Path, default=Path("runs/cache"), help="cache folder for rendered source data")
+    p.add_argument("--no-progress", action="store_true")
+    add_device(p)
+
+
+def task_of(args) -> str:
+    if args.dataset == "world":
+        if args.task is None:
+            raise ValueError("--task cls|seg is required for the embedded world")
+        return args.task
+    task = "seg" if args.dataset == "carlatta" else "cls"
+    if args.task is not None and args.task != task:
+        raise ValueError(f"--dataset {args.dataset} is a {task} dataset, not {args.task}")
+    return task
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from ..bench.common import load_model, resolve_device
+    from ..bench.prepare import PrepareSettings, default_bundle_path, run_prepare, score_table
+    from ..engine.bundle import save_bundle
+    from .common import parse_size
+
+    if args.official and args.quick:
+        raise ValueError("--official and --quick exclude each other")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = task_of(args)
+    device = resolve_device(args.device)
+    num_classes = None
+    if args.dataset != "world":
+        if args.data_root is None:
+            raise ValueError("--data-root is required with --dataset")
+        if args.model is None:
+            raise ValueError("--model is required with a public dataset")
+        num_classes = {"cifar10_c": 10, "cifar100_c": 100, "carlatta": 14}.get(args.dataset)
+    lm = load_model(task, args.model, args.weights, random_init=args.random_init, num_classes=num_classes,
+                    seed=args.seed, device=device)
+    # public data: a reproduction (normally on a GPU) gets the official amounts by default
+    profile = "official" if args.official or (args.dataset != "world" and not args.quick) else \
+        "quick" if args.quick else "default"
+    s = PrepareSettings.for_task(task, profile, samples=args.samples, batch_size=args.batch_size,
+                                 warmup_samples=args.warmup_samples, selection_steps=args.selection_steps,
+                                 threshold=args.threshold, noise_std=args.noise_std, clip=args.clip, seed=args.seed,
+                                 source=args.dataset, data_root=str(args.data_root) if args.data_root else None,
+                                 size=parse_size(args.size))
+    print(f"DPLOT phase A for {lm.arch} ({lm.weights_desc}) on {device}")
+    res = run_prepare(lm.model, s, arch=lm.arch, weights_id=lm.weights_id, weights_desc=lm.weights_desc,
+                      cache_dir=args.cache, progress=not args.no_progress)
+    b = res.bundle
+    print("\nper-block scores (mean cosine of class prototypes before/after entropy-minimising the block):")
+    print(score_table(b))
+    print(f"selected blocks (scaled score > {s.threshold:g}): {', '.join(b.selected_blocks) or 'none'}")
+    wu = b.metadata.get("warmup", {})
+    print(f"warm-up: {wu.get('steps')} steps on {wu.get('samples')} samples, final SCE {wu.get('final_loss')}")
+    devs = b.metadata.get("deviations", [])
+    if devs:
+        print("deviations from the official phase A:")
+        for d in devs:
+            print(f"  - {d}")
+    out = args.out or default_bundle_path(lm.arch)
+    save_bundle(b, out)
+    print(f"wrote {out} ({Path(out).stat().st_size / 1e6:.2f} MB) in {res.seconds:.0f} s "
+          f"[{time.strftime('%H:%M:%S')}]")
+    return 0
