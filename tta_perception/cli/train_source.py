@@ -45,14 +45,14 @@ def run(args: argparse.Namespace) -> int:
     report["heldout_clear"] = clear
     print(f"held-out clear score: {clear}")
     out = args.out or WEIGHTS_DIR / f"{arch}_clear.pt"
-    command = "tta-perception " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    command = "tta-perception " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     save_checkpoint(model, out, arch, meta={"train": report, "command": command})
     size_mb = out.stat().st_size / 1e6
     print(f"wrote {out} ({size_mb:.2f} MB)")
     if not args.no_manifest and args.out is None:
         manifest = read_manifest()
         manifest[arch] = {"file": out.name, "arch": arch, "task": args.task, "sha256": sha256_of(out),
-                          "command": f"tta-perception train-source --task {args.task} --seed {args.seed}",
+                          "command": command,
                           "train": {k: v for k, v in report.items() if k != "heldout_clear"},
                           "heldout_clear": clear}
         MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")

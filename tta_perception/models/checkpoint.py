@@ -115,3 +115,12 @@ def load_source_model(name: str = "driveseg", device: str | torch.device = "cpu"
         raise CheckpointError(f"checkpoint {path} does not match the sha256 in {MANIFEST} (modified or corrupt)")
     model = load_checkpoint(path, arch=entry["arch"])
     return model.to(device).eval()
+
+
+def default_bundle(name: str) -> Path | None:
+    """The committed DPLOT phase-A bundle of embedded model ``name`` (``tta-perception prepare``
+    output recorded in the manifest), or None when the package ships none."""
+    entry = read_manifest().get(name, {})
+    bundle = entry.get("dplot_bundle", {}).get("file")
+    path = WEIGHTS_DIR / bundle if bundle else None
+    return path if path is not None and path.is_file() else None
