@@ -14,7 +14,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["weights/*.pt", "weights/*.json"]},
+    package_data={PACKAGE: ["weights/*.pt", "weights/*.bundle", "weights/*.json"]},
     include_package_data=True,
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
@@ -24,7 +24,8 @@ setup(
         (f"share/{PACKAGE}/config/sequences", glob("config/sequences/*.yaml")),
         # pip installs: put tta_node where launch_ros looks (<prefix>/lib/<package>/); colcon puts the
         # console script there itself (setup.cfg), this launcher is equivalent.
-        (f"lib/{PACKAGE}", [f"{PACKAGE}/ros/bin/tta_node"]),
+        (f"lib/{PACKAGE}", [f"{PACKAGE}/ros/bin/tta_node", f"{PACKAGE}/ros/bin/weather_camera",
+                            f"{PACKAGE}/ros/bin/carla_weather", f"{PACKAGE}/ros/bin/evaluator"]),
     ],
     python_requires=">=3.10",
     install_requires=[
@@ -46,6 +47,9 @@ setup(
         "console_scripts": [
             "tta-perception = tta_perception.cli.main:main",
             "tta_node = tta_perception.ros.tta_node:main",
+            "weather_camera = tta_perception.ros.weather_camera:main",
+            "carla_weather = tta_perception.ros.carla_weather:main",
+            "evaluator = tta_perception.ros.evaluator:main",
         ],
     },
 )

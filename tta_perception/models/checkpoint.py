@@ -40,6 +40,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, arch: str, meta: dict[st
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is shared data
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
