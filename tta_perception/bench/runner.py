@@ -61,7 +61,9 @@ class MethodRun:
     streaming: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
+        """Everything but the per-point lists, plus the metric series (x, y) for later analysis."""
         d = {k: v for k, v in self.__dict__.items() if not k.startswith("series_")}
+        d["series"] = {"x": self.series_x, "y": [round(v, 2) for v in self.series_y]}
         return d
 
 

@@ -17,6 +17,8 @@ COMMANDS = {
     "demo": "demo",
     "prepare": "prepare",
     "bench": "bench",
+    "make-bag": "make_bag",
+    "replay": "replay",
 }
 
 
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"tta_perception.cli.{module_name}")
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
+        p = sub.add_parser(name, help=module.HELP.replace("%", "%%"), description=module.HELP,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

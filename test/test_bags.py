@@ -1,0 +1,344 @@
+"""Bags without ROS: make-bag writes real MCAP / sqlite3 bags, replay reads them (and a committed bag
+we did not just write), runs the node's pipeline and writes a new bag with the same stamps; bad bags
+and existing outputs give clear errors and leave nothing half-written behind."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("rosbags")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_ros_helpers as H  # noqa: E402
+
+from tta_perception.bags import io as B  # noqa: E402
+from tta_perception.bags.make import BagTopics, make_bag  # noqa: E402
+from tta_perception.bags.replay import ReplayOptions, node_config, replay  # noqa: E402
+from tta_perception.cli.main import main as cli  # noqa: E402
+from tta_perception.world.sequences import SequenceRenderer  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data"
+COMMITTED = DATA / "night_mini_sqlite3"
+SIZE = (32, 64)
+START = 1_700_000_000.0
+# the tiny test model, adapting every 2 frames on a window of 4 (adaptation really runs in a short bag)
+CFG = dict(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), method="tent", device="cpu",
+           input_size=[32, 64], window=4, adapt_every=2)
+
+
+@pytest.fixture(scope="module")
+def night_bag(tmp_path_factory):
+    """20 night frames of day2night, bgra8 as the CARLA bridge sends, MCAP (the default)."""
+    path = tmp_path_factory.mktemp("bags") / "night"
+    info = make_bag("day2night", path, frames=20, start_frame=900, size=SIZE, encoding="bgra8", progress=False)
+    assert info["frames"] == 20
+    return path
+
+
+def _messages(path, topic):
+    with B.BagReader(path) as r:
+        return [(t, log, msg) for t, log, msg in r.messages([topic])]
+
+
+def _no_partials(path: Path):
+    return not list(path.parent.glob(f".{path.name}.partial-*"))
+
+
+# ------------------------------------------------------------------------------------------ make-bag
+def test_make_bag_writes_frames_truth_and_weather_with_schedule_stamps(night_bag):
+    info = B.info(night_bag)
+    assert info["storage"] == "mcap"
+    assert info["topics"] == {"/camera/image_raw": (B.TYPE_IMAGE, 20),
+                              "/camera/ground_truth/class_ids": (B.TYPE_IMAGE, 20),
+                              "/weather": (B.TYPE_STRING, 20)}
+    sr = SequenceRenderer("day2night", size=SIZE)
+    images = _messages(night_bag, "/camera/image_raw")
+    truth = _messages(night_bag, "/camera/ground_truth/class_ids")
+    weather = _messages(night_bag, "/weather")
+    for k, ((_, log, img), (_, _, gt), (_, _, w)) in enumerate(zip(images, truth, weather)):
+        f = sr.frame(900 + k)
+        stamp = int(round((START + f.time) * 1e9))
+        assert B.stamp_ns_of(img) == B.stamp_ns_of(gt) == log == stamp
+        assert img.encoding == "bgra8" and img.step == SIZE[1] * 4 and img.header.frame_id == "camera"
+        assert np.array_equal(B.decode_image(img, B.TYPE_IMAGE), f.rgb)
+        assert np.array_equal(B.decode_labels(gt), f.labels)
+        payload = yaml.safe_load(w.data)
+        assert payload["frame"] == 900 + k and payload["domain"] == f.domain == "night"
+        assert payload["stamp"] == {"sec": stamp // 10**9, "nanosec": stamp % 10**9}
+
+
+def test_metadata_version_8_keeps_qos_as_a_string_for_humble(night_bag, tmp_path):
+    meta = yaml.safe_load((night_bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["version"] == 8 and meta["storage_identifier"] == "mcap"
+    qos = meta["topics_with_message_count"][0]["topic_metadata"]["offered_qos_profiles"]
+    assert isinstance(qos, str) and "reliability: 1" in qos  # Humble's parser reads the string form
+    v9 = tmp_path / "v9"
+    make_bag("clear", v9, frames=2, size=SIZE, version=9, storage="sqlite3", progress=False)
+    meta9 = yaml.safe_load((v9 / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta9["version"] == 9 and meta9["storage_identifier"] == "sqlite3"
+    assert isinstance(meta9["topics_with_message_count"][0]["topic_metadata"]["offered_qos_profiles"], list)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "png", "jpeg"])
+def test_every_encoding_round_trips(tmp_path, encoding):
+    path = tmp_path / encoding
+    info = make_bag("clear2rain", path, frames=2, start_frame=700, size=SIZE, encoding=encoding,
+                    storage="sqlite3" if encoding in ("rgba8", "png") else "mcap", progress=False)
+    rgb = SequenceRenderer("clear2rain", size=SIZE).frame(700).rgb
+    topic = info["image_topic"]
+    assert topic == ("/camera/image_raw/compressed" if encoding in ("png", "jpeg") else "/camera/image_raw")
+    (_, _, msg) = _messages(path, topic)[0]
+    msgtype = B.TYPE_COMPRESSED if encoding in ("png", "jpeg") else B.TYPE_IMAGE
+    out = B.decode_image(msg, msgtype)
+    if encoding == "mono8":
+        assert np.array_equal(out[..., 0], B.to_grey(rgb)) and np.array_equal(out[..., 0], out[..., 2])
+    elif encoding == "jpeg":
+        assert np.abs(out.astype(int) - rgb).mean() < 12  # lossy
+    else:
+        assert np.array_equal(out, rgb)
+
+
+def test_make_bag_refuses_an_existing_output_and_overwrites_only_when_asked(tmp_path):
+    path = tmp_path / "bag"
+    make_bag("clear", path, frames=2, size=SIZE, progress=False)
+    before = sorted(p.name for p in path.iterdir())
+    with pytest.raises(B.BagError, match="exists already; pass --overwrite"):
+        make_bag("clear", path, frames=3, size=SIZE, progress=False)
+    assert sorted(p.name for p in path.iterdir()) == before and _no_partials(path)
+    make_bag("clear", path, frames=3, size=SIZE, progress=False, overwrite=True)
+    assert B.info(path)["topics"]["/camera/image_raw"][1] == 3 and _no_partials(path)
+
+
+def test_committed_bag_is_readable():
+    """A bag written by an earlier run (sqlite3, bgra8, night) that this test session did not make."""
+    info = B.info(COMMITTED)
+    assert info["storage"] == "sqlite3"
+    assert info["topics"]["/camera/image_raw"] == (B.TYPE_IMAGE, 10)
+    (_, _, msg) = _messages(COMMITTED, "/camera/image_raw")[0]
+    assert (msg.encoding, msg.height, msg.width) == ("bgra8", 48, 96)
+    assert B.decode_image(msg, B.TYPE_IMAGE).shape == (48, 96, 3)
+
+
+# -------------------------------------------------------------------------------------------- replay
+def _replay(bag, out, **opts):
+    opts.setdefault("progress", False)
+    opts.setdefault("plot", False)
+    return replay(bag, out, node_config(CFG), ReplayOptions(**opts))
+
+
+def test_replay_round_trip_every_frame_has_outputs_with_its_stamp(night_bag, tmp_path):
+    out = tmp_path / "out"
+    res = _replay(night_bag, out, overlay=True, plot=True)
+    in_stamps = [B.stamp_ns_of(m) for _, _, m in _messages(night_bag, "/camera/image_raw")]
+    assert res.frames == 20 and res.stamps == in_stamps
+    info = B.info(out)
+    assert info["storage"] == "mcap"
+    for name in ("class_ids", "confidence", "overlay"):
+        msgs = _messages(out, f"/tta/{name}")
+        assert [B.stamp_ns_of(m) for _, _, m in msgs] == in_stamps
+        assert [log for _, log, _ in msgs] == in_stamps  # log time = the input's
+        assert all(m.header.frame_id == "camera" and (m.height, m.width) == SIZE for _, _, m in msgs)
+    ids = B.decode_labels(_messages(out, "/tta/class_ids")[0][2])
+    assert ids.max() < 3  # the tiny model's classes
+    # ground truth and weather are copied, so the output bag can be evaluated on its own
+    assert info["topics"]["/camera/ground_truth/class_ids"][1] == 20
+    summary = yaml.safe_load((out / "replay_summary.json").read_text())
+    assert summary["table"]["tent"]["night"]["frames"] == 20
+    replay_info = yaml.safe_load((out / "replay.json").read_text())
+    assert replay_info["frames"] == 20 and replay_info["adapter"]["adapt_steps"] >= 5
+    assert (out / "replay_plot.png").stat().st_size > 1000 and (out / "replay_frames.csv").is_file()
+    assert _no_partials(out)
+
+
+def test_replay_is_repeatable(night_bag, tmp_path):
+    a = _replay(night_bag, tmp_path / "a", limit=8)
+    b = _replay(night_bag, tmp_path / "b", limit=8)
+    assert a.frames == b.frames == 8
+    ids_a = [B.decode_labels(m) for _, _, m in _messages(tmp_path / "a", "/tta/class_ids")]
+    ids_b = [B.decode_labels(m) for _, _, m in _messages(tmp_path / "b", "/tta/class_ids")]
+    assert all(np.array_equal(x, y) for x, y in zip(ids_a, ids_b))
+    assert a.table["tent"]["all"]["miou"] == pytest.approx(b.table["tent"]["all"]["miou"])
+
+
+def test_replay_compressed_images_into_sqlite3(tmp_path):
+    bag = tmp_path / "jpeg"
+    make_bag("clear2fog", bag, frames=6, start_frame=1000, size=SIZE, encoding="jpeg", progress=False)
+    out = tmp_path / "out"
+    res = _replay(bag, out, storage="sqlite3")
+    assert res.frames == 6
+    assert B.info(out)["storage"] == "sqlite3"
+    stamps = [B.stamp_ns_of(m) for _, _, m in _messages(out, "/tta/class_ids")]
+    assert stamps == [B.stamp_ns_of(m) for _, _, m in _messages(bag, "/camera/image_raw/compressed")]
+
+
+def test_replay_of_the_committed_bag(tmp_path):
+    out = tmp_path / "out"
+    res = _replay(COMMITTED, out)
+    assert res.frames == 10
+    assert [B.stamp_ns_of(m) for _, _, m in _messages(out, "/tta/class_ids")] == \
+        [B.stamp_ns_of(m) for _, _, m in _messages(COMMITTED, "/camera/image_raw")]
+    assert set(res.table["tent"]) == {"night", "all"}
+
+
+def test_replay_without_ground_truth_writes_outputs_only(tmp_path):
+    bag = tmp_path / "plain"
+    make_bag("clear", bag, frames=3, size=SIZE, topics=BagTopics(truth=None, weather=None), progress=False)
+    res = _replay(bag, tmp_path / "out")
+    assert res.frames == 3 and res.table == {}
+    assert set(B.info(tmp_path / "out")["topics"]) == {"/tta/class_ids", "/tta/confidence"}
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_existing_output_is_refused_and_left_intact(night_bag, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(B.BagError, match="exists already; pass --overwrite"):
+        _replay(night_bag, out)
+    assert (out / "precious.txt").read_text() == "keep me" and _no_partials(out)
+    with pytest.raises(B.BagError, match="overwrite or nest inside the input"):
+        _replay(night_bag, night_bag, overwrite=True)
+    res = _replay(night_bag, out, overwrite=True, limit=3)
+    assert res.frames == 3 and not (out / "precious.txt").exists() and _no_partials(out)
+
+
+def test_missing_topic_and_wrong_message_type_name_the_bag_and_topic(night_bag, tmp_path):
+    with pytest.raises(B.BagError) as err:
+        _replay(night_bag, tmp_path / "o1", topic="/front/image")
+    assert str(night_bag) in str(err.value) and "'/front/image' not found" in str(err.value)
+    assert "/camera/image_raw" in str(err.value)  # lists what the bag has
+    with pytest.raises(B.BagError, match=r"'/weather' has message type std_msgs/msg/String"):
+        _replay(night_bag, tmp_path / "o2", topic="/weather")
+    with pytest.raises(B.BagError, match="ground-truth topic '/nope' not found"):
+        _replay(night_bag, tmp_path / "o3", truth_topic="/nope")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def _bad_encoding_bag(path: Path, encoding="yuv422", good_first=2):
+    rgb = np.zeros((*SIZE, 3), np.uint8)
+    with B.BagWriter(path) as w:
+        w.add_topic("/camera/image_raw", B.TYPE_IMAGE)
+        for k in range(good_first + 1):
+            stamp = 10**18 + k * 10**8
+            if k < good_first:
+                msg = B.rgb_image_message(stamp, "camera", rgb, "rgb8")
+            else:
+                msg = B.image_message(stamp, "camera", encoding, SIZE[0], SIZE[1], SIZE[1] * 2,
+                                      np.zeros(SIZE[0] * SIZE[1] * 2, np.uint8))
+            w.write("/camera/image_raw", stamp, msg)
+
+
+def test_wrong_encoding_stops_with_a_clear_error_and_writes_nothing(tmp_path):
+    bag = tmp_path / "yuv"
+    _bad_encoding_bag(bag)
+    out = tmp_path / "out"
+    with pytest.raises(B.BagError) as err:
+        _replay(bag, out)
+    text = str(err.value)
+    assert str(bag) in text and "'/camera/image_raw'" in text and "yuv422" in text and "bad_encoding" in text
+    assert not out.exists() and _no_partials(out)
+    res = _replay(bag, out, skip_bad=True)  # or skip such frames, counted
+    assert (res.frames, res.bad_frames) == (2, 1)
+
+
+def test_truncated_and_corrupt_bags_give_clear_errors_and_no_output(night_bag, tmp_path):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(night_bag, truncated)
+    mcap = next(truncated.glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])
+    out = tmp_path / "out"
+    with pytest.raises(B.BagError) as err:
+        _replay(truncated, out)
+    assert str(truncated) in str(err.value)
+    assert not out.exists() and _no_partials(out)
+
+    damaged = tmp_path / "damaged"  # footer and index intact, a chunk in the middle overwritten
+    shutil.copytree(night_bag, damaged)
+    mcap = next(damaged.glob("*.mcap"))
+    data = bytearray(mcap.read_bytes())
+    third = len(data) // 3
+    data[third:third + 5000] = bytes((b * 7 + 13) % 256 for b in data[third:third + 5000])
+    mcap.write_bytes(bytes(data))
+    with pytest.raises(B.BagError) as err:
+        _replay(damaged, out)
+    assert str(damaged) in str(err.value) and "'/camera/image_raw'" in str(err.value)
+    assert not out.exists() and _no_partials(out)
+
+    garbage = tmp_path / "garbage"
+    shutil.copytree(COMMITTED, garbage)
+    db = next(garbage.glob("*.db3"))
+    db.write_bytes(np.random.default_rng(0).integers(0, 256, db.stat().st_size, dtype=np.uint8).tobytes())
+    with pytest.raises(B.BagError, match=str(garbage)):
+        _replay(garbage, out)
+    assert not out.exists()
+
+    no_meta = tmp_path / "no_meta"
+    shutil.copytree(night_bag, no_meta)
+    (no_meta / "metadata.yaml").unlink()
+    with pytest.raises(B.BagError, match="no metadata.yaml"):
+        _replay(no_meta, out)
+    with pytest.raises(B.BagError, match="does not exist"):
+        _replay(tmp_path / "nowhere", out)
+
+
+def test_a_failure_half_way_leaves_nothing_that_looks_complete(night_bag, tmp_path):
+    from tta_perception.bags.replay import make_pipeline
+
+    pipe = make_pipeline(node_config(CFG))
+    calls = {"n": 0}
+    real = pipe.infer
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    pipe.infer = failing
+    out = tmp_path / "out"
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            replay(night_bag, out, node_config(CFG), ReplayOptions(progress=False), pipeline=pipe)
+    finally:
+        pipe.close()
+    assert not out.exists() and _no_partials(out)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_make_bag_and_replay(tmp_path, capsys):
+    bag, out = tmp_path / "bag", tmp_path / "out"
+    assert cli(["make-bag", "--sequence", "clear2fog", "--out", str(bag), "--frames", "4", "--size", "32x64",
+                "--start-frame", "1100", "--encoding", "rgb8", "--no-progress"]) == 0
+    assert "4 frames" in capsys.readouterr().out
+    args = ["replay", str(bag), "--out", str(out), "--model", H.arch("tiny_seg"), "--architecture",
+            H.arch("tiny_seg"), "--method", "tent", "--device", "cpu", "--no-progress", "--no-plot"]
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "replayed 4 frames" in printed and "fog" in printed and "frames/s" in printed
+    assert cli(args) == 2  # exists: refused with one line, no traceback
+    assert "exists already; pass --overwrite" in capsys.readouterr().err
+    assert cli(args + ["--overwrite"]) == 0
+    assert cli(["replay", str(bag), "--out", str(tmp_path / "o2"), "--topic", "/x", "--model",
+                H.arch("tiny_seg"), "--architecture", H.arch("tiny_seg"), "--no-progress"]) == 2
+    assert "'/x' not found" in capsys.readouterr().err
+
+
+def test_params_file_sets_the_node_configuration(tmp_path):
+    from tta_perception.bags.replay import load_params_file
+
+    adapt = load_params_file(H.REPO / "config" / "adapt.yaml")
+    assert adapt["method"] == "dplot" and adapt["window"] == 16
+    path = tmp_path / "p.yaml"
+    path.write_text("/**/tta_node:\n  ros__parameters:\n    method: tent\n    window: 8\n    lr: 1\n")
+    cfg = node_config({"window": 4}, path)
+    assert (cfg["method"], cfg["window"], cfg["lr"]) == ("tent", 4, 1.0)
+    path.write_text("/**/tta_node:\n  ros__parameters:\n    methd: tent\n")
+    with pytest.raises(ValueError, match="unknown node parameter"):
+        node_config({}, path)
+    with pytest.raises(ValueError, match="parameter 'window' must be in"):
+        node_config({"window": 0})

@@ -1,0 +1,73 @@
+"""replay: run the adaptation over a recorded camera bag (Image or CompressedImage, MCAP or sqlite3)
+and write the outputs to a new bag with the same stamps; metrics when the bag has ground truth."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "replay a camera bag through the adaptation; outputs to a new bag, metrics if it has ground truth"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bag", type=Path, help="input bag folder (MCAP or sqlite3)")
+    p.add_argument("--out", type=Path, required=True, help="output bag folder (refused if it exists)")
+    p.add_argument("--topic", default=None, help="image topic (default: the bag's camera topic when "
+                                                 "there is only one)")
+    p.add_argument("--truth-topic", default=None, help="mono8 ground-truth topic (default: "
+                   "/camera/ground_truth/class_ids when present; '' to ignore it)")
+    p.add_argument("--weather-topic", default=None, help="weather JSON topic (default: /weather when "
+                                                         "present; '' to ignore it)")
+    p.add_argument("--params-file", type=Path, default=None,
+                   help="tta_node parameter file (config/adapt.yaml format), so the replay uses the node's "
+                        "settings; options below override it")
+    p.add_argument("--method", default=None, help="adaptation method (default: the node's, dplot)")
+    p.add_argument("--model", default=None, help="embedded model name or checkpoint path (default driveseg)")
+    p.add_argument("--architecture", default=None, help="architecture for a plain state dict, or "
+                                                        "'module:function'")
+    p.add_argument("--bundle", default=None, help="DPLOT phase-A bundle (default: as the node finds it)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the node's, auto)")
+    p.add_argument("--window", type=int, default=None, help="adaptation window (node default 16)")
+    p.add_argument("--adapt-every", type=int, default=None, help="adapt every N frames (node default 16)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the adaptation")
+    p.add_argument("--output-size", choices=("input", "model"), default=None,
+                   help="outputs at the camera size (default) or the model size")
+    p.add_argument("--prefix", default="/tta", help="namespace of the output topics")
+    p.add_argument("--overlay", action="store_true", help="also write the rgb8 overlay")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output storage")
+    p.add_argument("--bag-version", type=int, choices=(8, 9), default=8, help="output metadata version")
+    p.add_argument("--background", action="store_true",
+                   help="adapt on a background thread as the node does (default: inline, repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N frames")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip frames that cannot be decoded (default: stop with an error)")
+    p.add_argument("--no-plot", action="store_true", help="no PNG plot of the metrics")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output bag (only once the new one is complete)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bags.replay import ReplayOptions, node_config, replay
+    from ..ros.scoring import format_table
+
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError("--limit must be positive")
+    overrides = {"method": args.method, "model": args.model, "architecture": args.architecture,
+                 "bundle": args.bundle, "device": args.device, "window": args.window,
+                 "adapt_every": args.adapt_every, "seed": args.seed, "output_size": args.output_size}
+    cfg = node_config(overrides, args.params_file)
+    opts = ReplayOptions(topic=args.topic, truth_topic=args.truth_topic, weather_topic=args.weather_topic,
+                         prefix=args.prefix, storage=args.storage, version=args.bag_version,
+                         overwrite=args.overwrite, overlay=args.overlay, background=args.background,
+                         limit=args.limit, skip_bad=args.skip_bad, progress=not args.no_progress,
+                         plot=not args.no_plot)
+    res = replay(args.bag, args.out, cfg, opts)
+    print(f"replayed {res.frames} frames of {args.bag} with {res.method!r}: {res.fps:.1f} frames/s "
+          f"overall, {res.model_fps:.1f} frames/s in the model"
+          + (f", {res.bad_frames} bad frames skipped" if res.bad_frames else ""))
+    if res.table:
+        print("\nmIoU % per weather phase (pixel accuracy in replay_domains.csv):")
+        print(format_table(res.table))
+    print(f"\nwrote {res.path}" + (f" (+ {', '.join(sorted(Path(f).name for f in res.files.values()))})"
+                                     if res.files else ""))
+    return 0

@@ -1,0 +1,248 @@
+"""``evaluator``: online accuracy / mIoU of the adaptation node(s) per weather phase, from ground truth.
+
+Subscribes to the ground-truth class ids (``camera/ground_truth/class_ids``), the weather JSON
+(``weather``) and one or more prediction topics (``prediction_topics``, mono8 class ids as
+``tta_node`` publishes them; several topics compare methods on the same frames). Predictions are
+matched to ground truth by header stamp (``tta_node`` copies the camera header), scored with the
+benchmark's confusion matrix per weather phase (``scoring.StreamScorer``), and the running table is
+published on ``~/metrics`` (JSON) and ``/diagnostics``.
+
+At shutdown (and every ``write_period`` seconds, and on ``~/write``) it writes, atomically, into
+``output_dir``: ``<prefix>frames.csv`` (per frame: stamp, phase, weather, each method's mIoU and
+accuracy), ``<prefix>domains.csv`` and ``<prefix>summary.json`` (per phase and method), and
+``<prefix>plot.png`` (mIoU over time with the weather timeline underneath).
+
+Frames a method did not process (``tta_node`` keeps only the newest frame when it is slower than the
+camera) are not scored for it; their count is in the summary (``truth`` vs ``scored_<method>``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from .scoring import StreamScorer, format_table
+from .world_msgs import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns
+
+NODE_NAME = "evaluator"
+
+PARAMS: dict[str, tuple[Any, str, dict[str, Any]]] = {
+    "prediction_topics": (["class_ids"], "mono8 class-id topics to score (tta_node's 'class_ids'; several "
+                          "compare methods on the same frames).", {}),
+    "labels": (Parameter.Type.STRING_ARRAY, "A name per prediction topic for tables and plots; unset: from "
+               "the topic (its namespace, e.g. /dplot/class_ids -> dplot).", {}),
+    "num_classes": (12, "Classes scored (ids >= num_classes and 255 are ignored); 12 = the embedded world.",
+                    {"int_range": (1, 255)}),
+    "output_dir": ("runs/evaluator", "Folder of the CSV / JSON / PNG files.", {}),
+    "prefix": ("", "File name prefix (e.g. 'dynamic_').", {}),
+    "title": ("", "Title of the plot.", {}),
+    "write_period": (0.0, "Also write the files every N seconds (0: only at shutdown and on ~/write).",
+                     {"float_range": (0.0, 3600.0)}),
+    "metrics_period": (1.0, "Seconds between ~/metrics and /diagnostics messages.",
+                       {"float_range": (0.05, 60.0)}),
+    "max_pending": (300, "Frames kept while waiting for their match (bounded memory).",
+                    {"int_range": (1, 100000)}),
+    "plot": (True, "Write the PNG plot.", {}),
+}
+
+
+def label_of(topic: str) -> str:
+    """/dplot/class_ids -> dplot; class_ids -> class_ids."""
+    parts = [p for p in topic.strip("/").split("/") if p]
+    if len(parts) >= 2 and parts[-1] == "class_ids":
+        return parts[-2]
+    return parts[-1] if parts else topic
+
+
+class ConfigError(ValueError):
+    """A parameter value the node refuses."""
+
+
+class Evaluator(Node):
+    """See the module docstring."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, (default, desc, extra) in PARAMS.items():
+            d = ParameterDescriptor(name=name, description=desc, read_only=True)
+            if "int_range" in extra:
+                d.integer_range = [IntegerRange(from_value=extra["int_range"][0], to_value=extra["int_range"][1],
+                                                step=0)]
+            if "float_range" in extra:
+                d.floating_point_range = [FloatingPointRange(from_value=float(extra["float_range"][0]),
+                                                             to_value=float(extra["float_range"][1]), step=0.0)]
+            self.declare_parameter(name, default, d)
+        cfg = {}
+        for name in PARAMS:
+            try:
+                value = self.get_parameter(name).value
+            except ParameterUninitializedException:  # a typed array left unset
+                value = []
+            cfg[name] = list(value) if isinstance(value, (list, tuple)) else value
+        topics = [t for t in (cfg["prediction_topics"] or []) if t]
+        if not topics:
+            raise ConfigError("parameter 'prediction_topics' must name at least one topic")
+        labels = cfg["labels"] or [label_of(t) for t in topics]
+        if len(labels) != len(topics):
+            raise ConfigError(f"parameter 'labels' has {len(labels)} names for {len(topics)} prediction topics")
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"labels must be unique, got {labels} (set parameter 'labels')")
+        self.cfg, self.topics, self.labels = cfg, topics, labels
+        self.out_dir = Path(cfg["output_dir"]).expanduser()
+        self._lock = threading.Lock()
+        self.scorer = StreamScorer(labels, int(cfg["num_classes"]), max_pending=int(cfg["max_pending"]))
+        self.bad_messages = 0
+        self.written: dict[str, Path] = {}
+
+        qos = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+        self.create_subscription(Image, TRUTH_TOPIC, self._on_truth, qos)
+        self.create_subscription(String, WEATHER_TOPIC, self._on_weather, qos)
+        for topic, label in zip(topics, labels):
+            self.create_subscription(Image, topic, lambda m, label=label: self._on_prediction(label, m), qos)
+        self.metrics_pub = self.create_publisher(String, "~/metrics", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(Trigger, "~/write", self._srv_write)
+        self.create_timer(float(cfg["metrics_period"]), self._publish_metrics)
+        if float(cfg["write_period"]) > 0:
+            self.create_timer(float(cfg["write_period"]), lambda: self.write())
+        self.get_logger().info(f"scoring {', '.join(f'{lab} ({t})' for lab, t in zip(labels, topics))} "
+                               f"against {self.resolve_topic_name(TRUTH_TOPIC)}; files in {self.out_dir}")
+
+    # ------------------------------------------------------------------ inputs
+    def _labels_of(self, msg: Image) -> Optional[np.ndarray]:
+        if msg.encoding.lower() not in ("mono8", "8uc1"):
+            self.bad_messages += 1
+            self.get_logger().warning(f"expected mono8 class ids, got {msg.encoding!r}",
+                                      throttle_duration_sec=5.0)
+            return None
+        h, w, step = int(msg.height), int(msg.width), int(msg.step)
+        data = np.frombuffer(memoryview(msg.data).cast("B"), np.uint8)
+        if step < w or data.size != step * h or h == 0 or w == 0:
+            self.bad_messages += 1
+            self.get_logger().warning(f"class-id image {w}x{h} step {step} does not fit {data.size} bytes",
+                                      throttle_duration_sec=5.0)
+            return None
+        return data.reshape(h, step)[:, :w].copy()
+
+    def _on_truth(self, msg: Image) -> None:
+        labels = self._labels_of(msg)
+        if labels is None:
+            return
+        with self._lock:
+            self.scorer.add_truth(stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec), labels)
+            self.scorer.process()
+
+    def _on_weather(self, msg: String) -> None:
+        try:
+            stamp, payload = parse_weather(msg.data)
+        except ValueError as err:
+            self.bad_messages += 1
+            self.get_logger().warning(f"ignored weather message: {err}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self.scorer.add_weather(stamp, payload)
+            self.scorer.process()
+
+    def _on_prediction(self, label: str, msg: Image) -> None:
+        ids = self._labels_of(msg)
+        if ids is None:
+            return
+        with self._lock:
+            self.scorer.add_prediction(label, stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec), ids)
+            self.scorer.process()
+
+    # ------------------------------------------------------------------ outputs
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return self.scorer.status()
+
+    def table(self) -> dict[str, Any]:
+        with self._lock:
+            return self.scorer.table()
+
+    def _publish_metrics(self) -> None:
+        st = self.status()
+        st["stamp"] = self.get_clock().now().nanoseconds
+        st["bad_messages"] = self.bad_messages
+        self.metrics_pub.publish(String(data=json.dumps(st, default=float)))
+        values = [KeyValue(key="current_domain", value=st["current_domain"]),
+                  KeyValue(key="truth_frames", value=str(st["counts"].get("truth", 0))),
+                  KeyValue(key="bad_messages", value=str(self.bad_messages))]
+        for label, per in st["table"].items():
+            values.append(KeyValue(key=f"{label}/frames", value=str(st["counts"].get(f"scored_{label}", 0))))
+            for domain, v in per.items():
+                values.append(KeyValue(key=f"{label}/{domain}/miou", value=f"{v['miou']:.2f}"))
+                values.append(KeyValue(key=f"{label}/{domain}/acc", value=f"{v['acc']:.2f}"))
+        scored = any(st["counts"].get(f"scored_{label}", 0) for label in self.labels)
+        status = DiagnosticStatus(level=DiagnosticStatus.OK if scored else DiagnosticStatus.WARN,
+                                  name=f"tta_perception: {self.get_fully_qualified_name()}",
+                                  message=("scoring, phase " + st["current_domain"]) if scored
+                                  else "waiting for ground truth and predictions", hardware_id="evaluator")
+        status.values = values
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [status]
+        self.diag_pub.publish(arr)
+
+    def write(self) -> dict[str, Path]:
+        """The CSV / JSON / PNG files now (atomic; the last complete set stays if this fails)."""
+        with self._lock:
+            try:
+                self.written = self.scorer.write(self.out_dir, prefix=self.cfg["prefix"],
+                                                 plot=bool(self.cfg["plot"]), title=self.cfg["title"])
+            except Exception as err:  # disk full, bad folder: report, keep scoring
+                self.get_logger().error(f"writing results to {self.out_dir} failed: {type(err).__name__}: {err}")
+        return self.written
+
+    def _srv_write(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        written = self.write()
+        response.success = bool(written)
+        response.message = ", ".join(str(p) for p in written.values()) if written else "nothing written"
+        return response
+
+    def summary_text(self) -> str:
+        return format_table(self.table())
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """``ros2 run tta_perception evaluator``; writes its files on Ctrl-C / launch shutdown."""
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = Evaluator()
+        rclpy.spin(node)
+    except ConfigError as err:
+        print(f"[evaluator] refused: {err}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            written = node.write()
+            print(node.summary_text(), file=sys.stderr)
+            if written:
+                print("[evaluator] wrote " + ", ".join(str(p) for p in written.values()), file=sys.stderr)
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

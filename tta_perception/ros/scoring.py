@@ -1,0 +1,376 @@
+"""Online scoring against ground truth: predictions matched to label images by stamp, accumulated per
+weather phase (the schedule's ``domain``), written as CSV + JSON + a plot.
+
+Pure Python/NumPy (no rclpy) so the ``evaluator`` node and ``tta-perception replay`` score the same
+way; the confusion matrix is the benchmark's (``metrics.ConfusionMatrix``), so the node's mIoU, the
+replay's and the benchmark's are the same formula (accumulated per domain, not a mean of per-frame
+values).
+
+Messages arrive in any order across topics (and processes), so nothing is scored until the phase of
+the frame is known: the weather message with the same stamp, or the latest earlier one once a later
+one has arrived (CARLA publishes weather at its own rate). Everything is bounded: pending frames,
+pending predictions and the per-frame rows.
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+UNKNOWN_DOMAIN = "unknown"
+WEATHER_KEYS = ("fog_density", "precipitation", "cloudiness", "sun_altitude_angle", "wetness")
+
+
+def nearest_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Class ids at another size without mixing ids (nearest neighbour)."""
+    h, w = array.shape[:2]
+    if (h, w) == (height, width):
+        return array
+    rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(np.intp)
+    cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(np.intp)
+    return array.take(rows, axis=0).take(cols, axis=1)
+
+
+@dataclass
+class FrameRow:
+    """One ground-truth frame: its phase, weather and each method's score (NaN = not processed)."""
+
+    stamp_ns: int
+    domain: Optional[str] = None
+    weather: Optional[dict[str, float]] = None
+    frame: Optional[int] = None
+    time: Optional[float] = None
+    miou: dict[str, float] = field(default_factory=dict)
+    acc: dict[str, float] = field(default_factory=dict)
+
+
+class StreamScorer:
+    """Match ``(method, stamp) -> class ids`` to ``stamp -> labels`` and score per domain."""
+
+    def __init__(self, methods: Sequence[str], num_classes: int, max_pending: int = 300,
+                 max_rows: int = 100_000, max_weather: int = 5000):
+        from tta_perception.metrics import ConfusionMatrix
+
+        if not methods:
+            raise ValueError("StreamScorer needs at least one method name")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"method names must be unique, got {list(methods)}")
+        self._CM = ConfusionMatrix
+        self.methods = list(methods)
+        self.num_classes = int(num_classes)
+        self.max_pending, self.max_rows = int(max_pending), int(max_rows)
+        self._truth: "collections.OrderedDict[int, np.ndarray]" = collections.OrderedDict()
+        self._preds: dict[str, "collections.OrderedDict[int, np.ndarray]"] = {
+            m: collections.OrderedDict() for m in self.methods}
+        self._pairs: "collections.OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]]" = \
+            collections.OrderedDict()
+        self._w_stamps: list[int] = []
+        self._w_payloads: list[dict[str, Any]] = []
+        self._max_weather = int(max_weather)
+        self.rows: "collections.OrderedDict[int, FrameRow]" = collections.OrderedDict()
+        self.cm: dict[str, dict[str, Any]] = {m: {} for m in self.methods}
+        self.total: dict[str, Any] = {m: ConfusionMatrix(self.num_classes) for m in self.methods}
+        self.domain_order: list[str] = []
+        self._nframes: "collections.Counter[tuple[str, str]]" = collections.Counter()
+        self.counts: dict[str, int] = collections.Counter()
+        self.first_stamp: Optional[int] = None
+        self.current_domain: str = UNKNOWN_DOMAIN
+
+    # ------------------------------------------------------------------ input
+    def add_weather(self, stamp_ns: Optional[int], payload: Mapping[str, Any]) -> None:
+        if stamp_ns is None:
+            self.counts["weather_without_stamp"] += 1
+            return
+        i = bisect.bisect_right(self._w_stamps, stamp_ns)
+        if i and self._w_stamps[i - 1] == stamp_ns:
+            self._w_payloads[i - 1] = dict(payload)
+        else:
+            self._w_stamps.insert(i, stamp_ns)
+            self._w_payloads.insert(i, dict(payload))
+        if len(self._w_stamps) > self._max_weather:
+            del self._w_stamps[0], self._w_payloads[0]
+        self.current_domain = str(self._w_payloads[-1].get("domain", UNKNOWN_DOMAIN))
+        self.counts["weather"] += 1
+
+    def add_truth(self, stamp_ns: int, labels: np.ndarray) -> None:
+        labels = np.asarray(labels)
+        if labels.ndim != 2:
+            raise ValueError(f"ground truth must be a 2-D class-id image, got shape {labels.shape}")
+        self.counts["truth"] += 1
+        if self.first_stamp is None or stamp_ns < self.first_stamp:
+            self.first_stamp = stamp_ns
+        if stamp_ns in self._truth:
+            self.counts["duplicate_truth"] += 1
+        self._truth[stamp_ns] = labels
+        if len(self.rows) < self.max_rows and stamp_ns not in self.rows:
+            self.rows[stamp_ns] = FrameRow(stamp_ns)
+        elif stamp_ns not in self.rows:
+            self.counts["rows_not_kept"] += 1
+        for m in self.methods:
+            pred = self._preds[m].pop(stamp_ns, None)
+            if pred is not None:
+                self._pair(m, stamp_ns, pred, labels)
+        while len(self._truth) > self.max_pending:
+            self._truth.popitem(last=False)
+
+    def add_prediction(self, method: str, stamp_ns: int, class_ids: np.ndarray) -> None:
+        if method not in self._preds:
+            raise ValueError(f"unknown method {method!r}; scoring {self.methods}")
+        class_ids = np.asarray(class_ids)
+        self.counts[f"predictions_{method}"] += 1
+        truth = self._truth.get(stamp_ns)
+        if truth is not None:
+            self._pair(method, stamp_ns, class_ids, truth)
+            return
+        pending = self._preds[method]
+        pending[stamp_ns] = class_ids
+        while len(pending) > self.max_pending:
+            pending.popitem(last=False)
+            self.counts[f"unmatched_{method}"] += 1
+
+    def _pair(self, method: str, stamp_ns: int, pred: np.ndarray, truth: np.ndarray) -> None:
+        if (method, stamp_ns) in self._pairs or method in self._row_scored(stamp_ns):
+            self.counts[f"duplicate_{method}"] += 1
+            return
+        self._pairs[(method, stamp_ns)] = (pred, truth)
+        while len(self._pairs) > self.max_pending * max(1, len(self.methods)):
+            (m, s), (p, t) = self._pairs.popitem(last=False)
+            self._score(m, s, p, t, self._resolve(s, final=True))
+
+    def _row_scored(self, stamp_ns: int) -> dict[str, float]:
+        row = self.rows.get(stamp_ns)
+        return row.miou if row is not None else {}
+
+    # ------------------------------------------------------------------ phases
+    def _resolve(self, stamp_ns: int, final: bool) -> Optional[tuple[str, Optional[dict[str, Any]]]]:
+        """(domain, weather payload) of a stamp; None while a later weather message may still come."""
+        i = bisect.bisect_right(self._w_stamps, stamp_ns)
+        exact = i and self._w_stamps[i - 1] == stamp_ns
+        if exact or (i and i < len(self._w_stamps)):
+            payload = self._w_payloads[i - 1]
+            return str(payload.get("domain", UNKNOWN_DOMAIN)), payload
+        if not final:
+            return None
+        if i:
+            payload = self._w_payloads[i - 1]
+            return str(payload.get("domain", UNKNOWN_DOMAIN)), payload
+        if self._w_stamps:  # only later weather: the first phase
+            payload = self._w_payloads[0]
+            return str(payload.get("domain", UNKNOWN_DOMAIN)), payload
+        return UNKNOWN_DOMAIN, None
+
+    def process(self, final: bool = False) -> int:
+        """Score every matched pair whose phase is known (all of them when ``final``)."""
+        done = 0
+        for key in list(self._pairs):
+            resolved = self._resolve(key[1], final)
+            if resolved is None:
+                continue
+            pred, truth = self._pairs.pop(key)
+            self._score(key[0], key[1], pred, truth, resolved)
+            done += 1
+        if final:
+            for stamp, row in self.rows.items():
+                if row.domain is None:
+                    self._annotate(row, self._resolve(stamp, final=True))
+        return done
+
+    def _annotate(self, row: FrameRow, resolved: tuple[str, Optional[dict[str, Any]]]) -> None:
+        domain, payload = resolved
+        row.domain = domain
+        if payload is not None:
+            fields = payload.get("weather") or {}
+            row.weather = {k: float(fields[k]) for k in WEATHER_KEYS if k in fields}  # what CSV/plot use
+            if payload.get("frame") is not None and int(_stamp_of(payload) or -1) == row.stamp_ns:
+                row.frame = int(payload["frame"])
+            if payload.get("time") is not None and int(_stamp_of(payload) or -1) == row.stamp_ns:
+                row.time = float(payload["time"])
+
+    def _score(self, method: str, stamp_ns: int, pred: np.ndarray, truth: np.ndarray,
+               resolved: tuple[str, Optional[dict[str, Any]]]) -> None:
+        domain = resolved[0]
+        if pred.shape != truth.shape:
+            if pred.ndim != 2:
+                self.counts[f"bad_shape_{method}"] += 1
+                return
+            pred = nearest_resize(pred, truth.shape[0], truth.shape[1])
+            self.counts[f"resized_{method}"] += 1
+        if domain not in self.domain_order:
+            self.domain_order.append(domain)
+        per = self.cm[method].setdefault(domain, self._CM(self.num_classes))
+        per.update(pred, truth)
+        self.total[method].update(pred, truth)
+        frame = self._CM(self.num_classes)
+        frame.update(pred, truth)
+        self.counts[f"scored_{method}"] += 1
+        self._nframes[(method, domain)] += 1
+        row = self.rows.get(stamp_ns)
+        if row is not None:
+            if row.domain is None:
+                self._annotate(row, resolved)
+            row.miou[method] = frame.miou()
+            row.acc[method] = frame.accuracy()
+
+    # ------------------------------------------------------------------ results
+    def table(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{method: {domain: {miou, acc, frames}, ..., all: {...}}}``, mIoU/accuracy in percent."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for m in self.methods:
+            per: dict[str, dict[str, float]] = {}
+            for d in self.domain_order:
+                cm = self.cm[m].get(d)
+                if cm is not None:
+                    per[d] = _summary(cm, self._nframes[(m, d)])
+            per["all"] = _summary(self.total[m], self.frames_scored(m))
+            out[m] = per
+        return out
+
+    def frames_scored(self, method: str) -> int:
+        return int(self.counts.get(f"scored_{method}", 0))
+
+    def status(self) -> dict[str, Any]:
+        """What the evaluator publishes as running metrics."""
+        return {"methods": self.methods, "current_domain": self.current_domain,
+                "table": self.table(), "counts": dict(self.counts),
+                "pending": {"truth": len(self._truth), "pairs": len(self._pairs),
+                            **{f"predictions_{m}": len(p) for m, p in self._preds.items()}}}
+
+    def write(self, out_dir: str | Path, prefix: str = "", plot: bool = True, title: str = "") -> dict[str, Path]:
+        """frames CSV, per-domain CSV, summary JSON and (optionally) the PNG; each written atomically."""
+        self.process(final=True)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {"frames": out_dir / f"{prefix}frames.csv", "domains": out_dir / f"{prefix}domains.csv",
+                 "summary": out_dir / f"{prefix}summary.json"}
+        rows = list(self.rows.values())
+        header = ["stamp_ns", "time_s", "frame", "domain", *WEATHER_KEYS]
+        for m in self.methods:
+            header += [f"{m}_miou", f"{m}_acc"]
+        lines = []
+        for r in rows:
+            rel = (r.stamp_ns - self.first_stamp) / 1e9 if self.first_stamp is not None else math.nan
+            w = r.weather or {}
+            line = [r.stamp_ns, f"{rel:.3f}", "" if r.frame is None else r.frame, r.domain or UNKNOWN_DOMAIN]
+            line += [_fmt(w.get(k)) for k in WEATHER_KEYS]
+            for m in self.methods:
+                line += [_fmt(100.0 * r.miou[m]) if m in r.miou else "",
+                         _fmt(100.0 * r.acc[m]) if m in r.acc else ""]
+            lines.append(line)
+        _atomic_csv(paths["frames"], header, lines)
+        table = self.table()
+        dom_lines = [[m, d, int(v["frames"]), _fmt(v["miou"]), _fmt(v["acc"])]
+                     for m, per in table.items() for d, v in per.items()]
+        _atomic_csv(paths["domains"], ["method", "domain", "frames", "miou", "acc"], dom_lines)
+        summary = {"methods": self.methods, "num_classes": self.num_classes, "domains": self.domain_order,
+                   "table": table, "counts": dict(self.counts), "frames": len(rows)}
+        _atomic_text(paths["summary"], json.dumps(summary, indent=2, sort_keys=False, default=_json_default) + "\n")
+        if plot and rows and any(r.miou for r in rows):
+            paths["plot"] = self.plot(out_dir / f"{prefix}plot.png", title=title)
+        return paths
+
+    def plot(self, path: str | Path, title: str = "") -> Path:
+        """Per-frame mIoU of each method, the weather timeline underneath (``plots.plot_stream``)."""
+        from tta_perception.plots import plot_stream
+        from tta_perception.world.weather import WeatherParameters
+
+        rows = list(self.rows.values())
+        default = WeatherParameters().as_dict()
+        weather, last = [], default
+        for r in rows:
+            last = {**default, **(r.weather or last)}
+            weather.append(last)
+        have_frames = all(r.frame is not None for r in rows)
+        frames = [r.frame for r in rows] if have_frames else list(range(len(rows)))
+        series = {m: [100.0 * r.miou[m] if m in r.miou else math.nan for r in rows] for m in self.methods}
+        table = self.table()
+        label = ", ".join(f"{m} {table[m]['all']['miou']:.1f}" for m in self.methods)
+        smooth = max(1, min(25, len(rows) // 20))
+        tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp.png")
+        try:
+            plot_stream(tmp, series, frames, weather, [r.domain or UNKNOWN_DOMAIN for r in rows],
+                        ylabel="mIoU %", title=(title + " " if title else "") + f"(overall mIoU: {label})",
+                        smooth=smooth)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return Path(path)
+
+
+def format_table(table: Mapping[str, Mapping[str, Mapping[str, float]]], metric: str = "miou") -> str:
+    """Domains as rows, methods as columns (what the demo and replay print)."""
+    methods = list(table)
+    domains: list[str] = []
+    for per in table.values():
+        for d in per:
+            if d not in domains and d != "all":
+                domains.append(d)
+    domains.append("all")
+    width = max([10] + [len(m) + 2 for m in methods])
+    head = f"{'phase':<12}" + "".join(f"{m:>{width}}" for m in methods) + f"{'frames':>10}"
+    lines = [head, "-" * len(head)]
+    for d in domains:
+        cells, frames = [], []
+        for m in methods:
+            v = table[m].get(d)
+            cells.append(f"{v[metric]:>{width}.1f}" if v and not math.isnan(v[metric]) else f"{'-':>{width}}")
+            frames.append(str(int(v["frames"])) if v else "0")
+        lines.append(f"{d:<12}" + "".join(cells) + f"{'/'.join(frames):>10}")
+    return "\n".join(lines)
+
+
+def _summary(cm, frames: int) -> dict[str, float]:
+    return {"miou": 100.0 * cm.miou(), "acc": 100.0 * cm.accuracy(), "frames": int(frames)}
+
+
+def _stamp_of(payload: Mapping[str, Any]) -> Optional[int]:
+    stamp = payload.get("stamp")
+    if isinstance(stamp, Mapping) and "sec" in stamp:
+        return int(stamp["sec"]) * 1_000_000_000 + int(stamp.get("nanosec", 0))
+    return None
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    v = float(v)
+    return "nan" if math.isnan(v) else f"{v:.4f}"
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    return str(obj)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _atomic_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
