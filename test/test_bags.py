@@ -163,6 +163,11 @@ def test_replay_is_repeatable(night_bag, tmp_path):
     ids_b = [B.decode_labels(m) for _, _, m in _messages(tmp_path / "b", "/tta/class_ids")]
     assert all(np.array_equal(x, y) for x, y in zip(ids_a, ids_b))
     assert a.table["tent"]["all"]["miou"] == pytest.approx(b.table["tent"]["all"]["miou"])
+    from tta_perception.ros.scoring import plot_frame_csvs
+
+    png = plot_frame_csvs(tmp_path / "cmp.png", {"a": tmp_path / "a" / "replay_frames.csv",
+                                                 "b": tmp_path / "b" / "replay_frames.csv"}, title="a vs b")
+    assert png.stat().st_size > 1000
 
 
 def test_replay_compressed_images_into_sqlite3(tmp_path):

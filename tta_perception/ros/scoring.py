@@ -305,6 +305,40 @@ class StreamScorer:
         return Path(path)
 
 
+def plot_frame_csvs(path: str | Path, runs: Mapping[str, str | Path], title: str = "") -> Path:
+    """One plot of several runs' ``*frames.csv`` (evaluator or replay), aligned on the schedule frame.
+
+    E.g. two launches of the same camera with ``method:=source`` and ``method:=dplot``, or two replays
+    of one bag; each CSV contributes its ``<method>_miou`` column(s), labelled ``<run>`` (or
+    ``<run>/<method>`` when a CSV holds several methods).
+    """
+    from tta_perception.plots import plot_stream
+    from tta_perception.world.weather import WeatherParameters
+
+    series: dict[str, dict[int, float]] = {}
+    meta: dict[int, tuple[str, dict[str, float]]] = {}
+    for run, csv_path in runs.items():
+        with open(csv_path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        cols = [c for c in (rows[0].keys() if rows else []) if c.endswith("_miou")]
+        if not rows or not cols:
+            raise ValueError(f"{csv_path}: no rows or no '*_miou' column (not a frames CSV?)")
+        if any(not r["frame"] for r in rows):
+            raise ValueError(f"{csv_path}: rows without a frame number cannot be aligned")
+        for col in cols:
+            label = run if len(cols) == 1 else f"{run}/{col[:-5]}"
+            series[label] = {int(r["frame"]): float(r[col]) for r in rows if r[col] not in ("", "nan")}
+        for r in rows:
+            meta.setdefault(int(r["frame"]), (r["domain"], {k: float(r[k]) for k in WEATHER_KEYS if r.get(k)}))
+    frames = sorted(meta)
+    default = WeatherParameters().as_dict()
+    weather = [{**default, **meta[f][1]} for f in frames]
+    ys = {label: [values.get(f, math.nan) for f in frames] for label, values in series.items()}
+    path = Path(path)
+    return plot_stream(path, ys, frames, weather, [meta[f][0] for f in frames], ylabel="mIoU %", title=title,
+                       smooth=max(1, min(25, len(frames) // 20)))
+
+
 def format_table(table: Mapping[str, Mapping[str, Mapping[str, float]]], metric: str = "miou") -> str:
     """Domains as rows, methods as columns (what the demo and replay print)."""
     methods = list(table)
