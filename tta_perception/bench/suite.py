@@ -1,6 +1,7 @@
 """``tta-perception bench`` end to end: streams -> model -> bundle -> methods x seeds -> report."""
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -162,6 +163,7 @@ def default_out(cfg: BenchConfig) -> Path:
 
 def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
     device = resolve_device(cfg.device)
+    machine = machine_info(device)  # at the start: the load average before this run adds to it
     t_start = time.perf_counter()
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +204,7 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     proto = "streaming (batch of one frame)" if cfg.streaming else "batch protocol"
     payload: dict[str, Any] = {
         "command": "tta-perception " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "",
-        "config": asdict(cfg), "machine": machine_info(device), "model": {"arch": lm.arch, "weights": lm.weights_desc,
+        "config": asdict(cfg), "machine": machine, "model": {"arch": lm.arch, "weights": lm.weights_desc,
                                                                           "weights_id": lm.weights_id},
         "bundle": bundle_info, "eata_fisher": fisher_desc, "protocol": proto, "streams": {}, "runs": [],
         "timing_note": ("ms/frame: the method's own work per frame (step or predict, synchronised), excluding data "
@@ -263,6 +265,7 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
         write_csv(out / "summary.csv", rows, cols)
         payload["summary"] = {"columns": cols, "rows": rows, "headline": h, "csv": str(out / "summary.csv")}
     payload["runs"] = [r.summary() for r in runs]
+    payload["machine"]["load_avg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     payload["seconds"] = round(time.perf_counter() - t_start, 1)
     write_json(out / "results.json", payload)
     log("")

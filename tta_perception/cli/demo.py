@@ -1,5 +1,10 @@
-"""demo: the main job on the embedded default — drive through changing weather, run the source
-model on every frame, print per-domain mIoU and write a plot."""
+"""demo: the main job on the embedded default — drive through changing weather.
+
+Where rclpy is importable (the ``ros`` extra or a ROS install) it runs the synthetic weather loop
+over DDS: ``weather_camera`` -> one ``tta_node`` per method (source and dplot, side by side on the
+same frames) -> ``evaluator``, and prints the per-phase mIoU table. Without rclpy, or with
+``--offline``, it runs the source model over the rendered sequence frame by frame and plots it.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,19 +13,42 @@ from pathlib import Path
 
 from .common import add_device, resolve_device
 
-HELP = "drive the embedded world through changing weather; per-domain mIoU of the source model + plot"
+HELP = ("drive the embedded world through changing weather: camera -> adaptation nodes (source vs dplot) -> "
+        "evaluator over DDS; per-phase mIoU table + plot")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sequence", default="dynamic", help="shipped sequence name or schedule YAML")
-    p.add_argument("--frames", type=int, default=1200, help="frames to run (default: one weather cycle)")
-    p.add_argument("--stride", type=int, default=1, help="use every k-th frame")
-    p.add_argument("--workers", type=int, default=2, help="render processes")
+    p.add_argument("--methods", default="source,dplot", help="loop mode: adaptation methods side by side")
+    p.add_argument("--duration", type=float, default=60.0,
+                   help="loop mode: seconds of camera time at 10 Hz (60 s covers one weather cycle)")
+    p.add_argument("--offline", action="store_true",
+                   help="no ROS: run the source model over the rendered frames and plot per-frame mIoU")
+    p.add_argument("--frames", type=int, default=1200, help="offline mode: frames to run (one weather cycle)")
+    p.add_argument("--stride", type=int, default=1, help="offline mode: use every k-th frame")
+    p.add_argument("--workers", type=int, default=2, help="offline mode: render processes")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     add_device(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.offline:
+        from ..ros.weather_loop import available, run_weather_loop
+
+        ok, why = available()
+        if ok:
+            methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+            result = run_weather_loop(args.sequence, duration=args.duration, methods=methods,
+                                      device=args.device, out=args.out)
+            print(result.text)
+            for name, path in result.files.items():
+                print(f"wrote {path}")
+            return 0
+        print(f"rclpy is not available ({why}); running the offline source-model demo instead")
+    return run_offline(args)
+
+
+def run_offline(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..evaluation import evaluate_sequence

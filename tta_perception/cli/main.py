@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": "bench",
     "make-bag": "make_bag",
     "replay": "replay",
+    "node-bench": "node_bench",
 }
 
 

@@ -1,0 +1,77 @@
+"""node-bench: end-to-end latency, drops, memory and online mIoU of tta_node over DDS (separate process)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = ("end-to-end benchmark of tta_node over DDS: publish the dynamic sequence at 10 Hz, node in its own "
+        "process; publish->output latency, processed/dropped, online mIoU, RSS, node overhead")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x256; got {text!r}") from None
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError("size must be at least 8x8")
+    return h, w
+
+
+def _param(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--node-param takes NAME=VALUE; got {text!r}")
+    k, v = text.split("=", 1)
+    for cast in (int, float):
+        try:
+            return k, cast(v)
+        except ValueError:
+            pass
+    return k, {"true": True, "false": False}.get(v.lower(), v)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", action="append", default=None,
+                   help="method(s) to run one after the other in this command (repeat or comma-separate); "
+                        "default: source,dplot")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--duration", type=float, default=None, help="seconds of publishing per method (default 120)")
+    g.add_argument("--frames", type=int, default=None, help="frames published per method")
+    p.add_argument("--rate", type=float, default=10.0, help="publish rate (Hz)")
+    p.add_argument("--size", type=_size, default=(128, 256), help="image size HxW")
+    p.add_argument("--encoding", default="bgra8", choices=("bgra8", "rgb8"), help="image encoding sent")
+    p.add_argument("--schedule", default="dynamic", help="weather sequence")
+    p.add_argument("--stride", type=int, default=2, help="schedule frames per published frame")
+    p.add_argument("--unique-frames", type=int, default=1200,
+                   help="frames rendered up front; longer runs loop over them (1200 x stride 2 = the "
+                        "whole dynamic cycle)")
+    p.add_argument("--device", default="cpu", help="device of the node")
+    p.add_argument("--node-param", type=_param, action="append", default=[],
+                   help="extra tta_node parameter NAME=VALUE (repeatable)")
+    p.add_argument("--window", type=float, default=60.0,
+                   help="seconds of the first/last window compared for latency growth")
+    p.add_argument("--no-overhead", action="store_true", help="skip the in-process overhead measurement")
+    p.add_argument("--overhead-repeats", type=int, default=60, help="frames timed for the overhead")
+    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node")
+    p.add_argument("--no-plot", action="store_true", help="no PNG")
+    p.add_argument("--out", type=Path, default=Path("runs/node_bench"), help="output folder (JSON + PNG)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..ros.weather_loop import available
+
+    ok, why = available()
+    if not ok:
+        raise ValueError(f"rclpy is not importable: {why}")
+    from ..ros.node_bench import run_node_bench
+
+    methods = [m.strip() for item in (args.method or ["source,dplot"]) for m in item.split(",") if m.strip()]
+    duration = args.duration if args.duration is not None else (None if args.frames else 120.0)
+    report = run_node_bench(methods, duration=duration, frames=args.frames, rate=args.rate, size=args.size,
+                            out=args.out, schedule=args.schedule, stride=args.stride,
+                            unique_frames=args.unique_frames, encoding=args.encoding, device=args.device,
+                            node_params=dict(args.node_param), window_s=args.window,
+                            overhead=not args.no_overhead, overhead_repeats=args.overhead_repeats,
+                            startup_timeout=args.startup_timeout, plot=not args.no_plot)
+    print("wrote " + ", ".join(report["files"].values()))
+    return 0
