@@ -208,8 +208,15 @@ def test_existing_output_is_refused_and_left_intact(night_bag, tmp_path):
     assert (out / "precious.txt").read_text() == "keep me" and _no_partials(out)
     with pytest.raises(B.BagError, match="overwrite or nest inside the input"):
         _replay(night_bag, night_bag, overwrite=True)
-    res = _replay(night_bag, out, overwrite=True, limit=3)
-    assert res.frames == 3 and not (out / "precious.txt").exists() and _no_partials(out)
+    # --overwrite replaces bags only, never a folder that is not one
+    with pytest.raises(B.BagError, match="is not a bag .* refusing to replace it, even with --overwrite"):
+        _replay(night_bag, out, overwrite=True, limit=3)
+    assert (out / "precious.txt").read_text() == "keep me" and _no_partials(out)
+    (out / "precious.txt").unlink()
+    first = _replay(night_bag, out, overwrite=True, limit=3)  # an empty folder may be used
+    res = _replay(night_bag, out, overwrite=True, limit=5)  # and a bag replaced
+    assert (first.frames, res.frames) == (3, 5) and _no_partials(out)
+    assert B.info(out)["topics"]["/tta/class_ids"][1] == 5
 
 
 def test_missing_topic_and_wrong_message_type_name_the_bag_and_topic(night_bag, tmp_path):

@@ -161,19 +161,19 @@ class BagWriter:
         if int(version) not in BAG_VERSIONS:
             raise BagError(f"bag version must be one of {BAG_VERSIONS}, got {version!r}")
         self.path = Path(path).expanduser().absolute()
-        if self.path.exists() and not overwrite:
-            raise BagError(f"output {self.path} exists already; pass --overwrite to replace it "
-                           "(nothing was written)")
-        if self.path.exists() and not self.path.is_dir():
-            raise BagError(f"output {self.path} exists and is not a bag folder; refusing to replace it")
+        check_output(self.path, overwrite)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp_root = self.path.parent / f".{self.path.name}.partial-{uuid.uuid4().hex[:8]}"
         self._tmp_root.mkdir()
         self.tmp_path = self._tmp_root / self.path.name  # the storage file is named after this folder
         self.storage = storage
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self._writer = Writer(self.tmp_path, version=int(version), storage_plugin=plugin)
-        self._writer.open()
+        try:
+            self._writer = Writer(self.tmp_path, version=int(version), storage_plugin=plugin)
+            self._writer.open()
+        except BaseException:
+            shutil.rmtree(self._tmp_root, ignore_errors=True)
+            raise
         self._connections: dict[str, Any] = {}
         self._types: dict[str, str] = {}
         self.counts: dict[str, int] = {}
@@ -241,6 +241,19 @@ class BagWriter:
             self.commit()
         else:
             self.abort()
+
+
+def check_output(path: str | Path, overwrite: bool) -> None:
+    """BagError unless ``path`` may be written: absent, or with ``overwrite`` a bag folder
+    (metadata.yaml) or an empty folder — never an arbitrary folder or file given by mistake."""
+    path = Path(path).expanduser().absolute()
+    if not path.exists():
+        return
+    if not overwrite:
+        raise BagError(f"output {path} exists already; pass --overwrite to replace it (nothing was written)")
+    if not (path.is_dir() and ((path / "metadata.yaml").is_file() or not any(path.iterdir()))):
+        raise BagError(f"output {path} exists and is not a bag (no metadata.yaml); refusing to replace it, "
+                       "even with --overwrite")
 
 
 # --------------------------------------------------------------------------------------- reader

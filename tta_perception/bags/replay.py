@@ -192,9 +192,7 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
     out_path = Path(out).expanduser()
     if out_path.absolute() == bag_path.absolute() or bag_path.absolute() in out_path.absolute().parents:
         raise B.BagError(f"output {out_path} would overwrite or nest inside the input bag {bag_path}")
-    if out_path.exists() and not opts.overwrite:
-        raise B.BagError(f"output {out_path} exists already; pass --overwrite to replace it (nothing was "
-                         "written)")
+    B.check_output(out_path, opts.overwrite)  # before loading the model
     with B.BagReader(bag_path) as reader:
         topic, msgtype, truth_topic, weather_topic = resolve_topics(reader, opts)
         total = reader.count(topic) if opts.limit is None else min(reader.count(topic), int(opts.limit))

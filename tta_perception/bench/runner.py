@@ -37,6 +37,7 @@ class RunOptions:
     window: int = 16
     adapt_every: int = 16
     background: bool = False
+    predict_mode: str = "method"      # streaming: the method's own prediction, or the student alone
     safety: bool = False
     progress: bool = True
 
@@ -171,7 +172,9 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
         if opts.streaming:
             from ..engine import StreamingAdapter
             adapter = StreamingAdapter(method, window=opts.window, adapt_every=opts.adapt_every,
-                                       background=opts.background, min_window=min(2, opts.window))
+                                       background=opts.background, min_window=min(2, opts.window),
+                                       predict_mode=opts.predict_mode if (method.ADAPTS and "model" in
+                                                                          method.inference_modules()) else "method")
             if not method.ADAPTS:  # the source model: prediction only, no pointless steps in its time
                 adapter.set_enabled(False)
         bar = tqdm(total=stream.n_samples, desc=f"{name} on {stream.name}", unit=stream.x_label,
@@ -209,6 +212,7 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                 stream_info = {k: st[k] for k in ("mean_predict_ms", "mean_adapt_ms", "adapt_steps", "adapt_requests",
                                                    "coalesced", "errors", "last_error", "window", "adapt_every",
                                                    "background")}
+                stream_info["predict_mode"] = adapter.predict_mode
     stats = {k: v for k, v in method.stats.items() if k in KEEP_STATS}
     del method, model, adapter
     return MethodRun(name, stream.name, opts.seed, scorer.domains(), scorer.overall(), frames,

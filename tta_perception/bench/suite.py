@@ -48,6 +48,7 @@ class BenchConfig:
     window: int = 16
     adapt_every: int = 16
     background: bool = False
+    predict: str = "method"
     quick: bool = False
     seeds: list[int] = field(default_factory=lambda: [0])
     bundle: str | None = None
@@ -155,7 +156,7 @@ def fisher_source(cfg: BenchConfig):
 def default_out(cfg: BenchConfig) -> Path:
     parts = [cfg.task if cfg.dataset == "world" else cfg.dataset, cfg.setting]
     if cfg.streaming:
-        parts.append("stream")
+        parts.append("stream" if cfg.predict == "method" else "stream_student")
     if cfg.quick:
         parts.append("quick")
     return Path("runs/bench") / "_".join(parts)
@@ -185,7 +186,8 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     if any(VARIANTS[m].method == "eata" for m in cfg.methods):
         fisher, fisher_desc = fisher_source(cfg)
     opts_base = dict(device=device, streaming=cfg.streaming, window=cfg.window, adapt_every=cfg.adapt_every,
-                     background=cfg.background, safety=cfg.safety, progress=cfg.progress)
+                     background=cfg.background, predict_mode=cfg.predict, safety=cfg.safety,
+                     progress=cfg.progress)
     runs = []
     src_fwd: dict[str, list[float]] = {}
     for si, seed in enumerate(cfg.seeds):

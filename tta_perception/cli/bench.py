@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt-every", type=int, default=16, help="streaming: adapt once every N frames")
     p.add_argument("--background", action="store_true",
                    help="streaming: adapt in the background thread as the node does (not deterministic)")
+    p.add_argument("--predict", choices=("method", "student"), default="method",
+                   help="streaming: predict with the method's own ensemble (DPLOT: student + teacher on both views, "
+                        "4 passes) or with the student alone (1 pass; CoTTA keeps its teacher)")
     p.add_argument("--quick", action="store_true", help="smoke run of about a minute (few crops / frames)")
     p.add_argument("--seeds", default="0", help="comma list of seeds (each a full run; tables show the mean)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/bench/<task>_<setting>...)")
@@ -99,7 +102,8 @@ def config_from_args(args: argparse.Namespace):
         weights=str(args.weights) if args.weights else None, random_init=args.random_init,
         batch_size=args.batch_size, severity=args.severity, corruptions=corr, n=args.n, start=args.start,
         frames=args.frames, stride=args.stride, size=parse_size(args.size), streaming=args.stream,
-        window=args.window, adapt_every=args.adapt_every, background=args.background, quick=args.quick,
+        window=args.window, adapt_every=args.adapt_every, background=args.background, predict=args.predict,
+        quick=args.quick,
         seeds=seeds, bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,
         progress=not args.no_progress, plot=not args.no_plot)

@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="frames rendered up front; longer runs loop over them (1200 x stride 2 = the "
                         "whole dynamic cycle)")
     p.add_argument("--device", default="cpu", help="device of the node")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch intra-op threads of the node (OMP_NUM_THREADS) and of the overhead "
+                        "measurement; 0: torch's default (one per core)")
     p.add_argument("--node-param", type=_param, action="append", default=[],
                    help="extra tta_node parameter NAME=VALUE (repeatable)")
     p.add_argument("--window", type=float, default=60.0,
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
                             unique_frames=args.unique_frames, encoding=args.encoding, device=args.device,
                             node_params=dict(args.node_param), window_s=args.window,
                             overhead=not args.no_overhead, overhead_repeats=args.overhead_repeats,
-                            startup_timeout=args.startup_timeout, plot=not args.no_plot)
+                            startup_timeout=args.startup_timeout, plot=not args.no_plot,
+                            torch_threads=args.torch_threads)
     print("wrote " + ", ".join(report["files"].values()))
     return 0

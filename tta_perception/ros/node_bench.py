@@ -72,7 +72,7 @@ def render_frames(schedule: str, count: int, size: tuple[int, int], stride: int 
 # ====================================================================== overhead (in process)
 def measure_overhead(method: str = "source", size: tuple[int, int] = (128, 256), repeats: int = 60,
                      encoding: str = "bgra8", frame: Optional[np.ndarray] = None,
-                     context: Any = None) -> dict[str, Any]:
+                     context: Any = None, torch_threads: int = 0) -> dict[str, Any]:
     """Median ms per frame of each stage of the node's per-frame path, measured in this process."""
     import array
 
@@ -87,6 +87,9 @@ def measure_overhead(method: str = "source", size: tuple[int, int] = (128, 256),
 
     cfg = {s.name: (list(s.default) if isinstance(s.default, (list, tuple)) else s.default) for s in P.SPECS}
     cfg.update(method=method, device="cpu")
+    threads_before = torch.get_num_threads()
+    if torch_threads > 0:
+        torch.set_num_threads(int(torch_threads))
     pipe = Pipeline(cfg)
     pipe.set_enabled(False)  # time inference, not background adaptation steps
     if frame is None:
@@ -144,11 +147,13 @@ def measure_overhead(method: str = "source", size: tuple[int, int] = (128, 256),
         if node is not None:
             node.destroy_node()
         pipe.close()
+        threads_used = torch.get_num_threads()
+        torch.set_num_threads(threads_before)
     med = {k: float(np.median(v)) for k, v in t.items()}
     post = max(0.0, med["infer"] - med["to_input"] - med["forward"])
     overhead = med["decode"] + med["to_input"] + post + med["messages"] + med["publish"]
     return {"method": method, "size": list(size), "encoding": encoding, "repeats": repeats,
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": threads_used,
             "decode_ms": med["decode"], "to_input_ms": med["to_input"], "model_forward_ms": med["forward"],
             "infer_ms": med["infer"], "postprocess_ms": post, "messages_ms": med["messages"],
             "publish_ms": med["publish"] if pubs is not None else float("nan"),
@@ -226,7 +231,8 @@ def _f(value: Any) -> float:
 
 def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, encoding: str,
                device: str, domain_id: int, node_params: dict[str, Any], window_s: float,
-               startup_timeout: float, drain_s: float, log: Callable[[str], None]) -> dict[str, Any]:
+               startup_timeout: float, drain_s: float, log: Callable[[str], None],
+               torch_threads: int = 0) -> dict[str, Any]:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.context import Context
@@ -243,6 +249,8 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(domain_id)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if torch_threads > 0:  # intra-op threads of the node's torch (OMP/MKL read it at start-up)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(torch_threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
                                                     env.get("PYTHONPATH", "")) if p)
     params = {"method": method, "device": device, "diagnostics_period": 1.0}
@@ -282,7 +290,8 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
     rss: list[tuple[float, float]] = []
-    result: dict[str, Any] = {"method": method, "namespace": ns, "command": cmd}
+    result: dict[str, Any] = {"method": method, "namespace": ns, "command": cmd,
+                              "node_env": {k: env[k] for k in ("ROS_DOMAIN_ID", "OMP_NUM_THREADS") if k in env}}
     try:
         deadline = time.monotonic() + startup_timeout
         while pub.get_subscription_count() < 1:
@@ -418,6 +427,7 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
                    node_params: Optional[dict[str, Any]] = None, window_s: float = 60.0,
                    overhead: bool = True, overhead_repeats: int = 60, startup_timeout: float = 120.0,
                    drain_s: float = 2.0, domain_id: Optional[int] = None, plot: bool = True,
+                   torch_threads: int = 0,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     methods = list(methods)
     if not methods or len(set(methods)) != len(methods):
@@ -430,13 +440,16 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if domain_id is None:
-        domain_id = random.Random(os.getpid() ^ time.time_ns()).randint(110, 160)
+        env_id = os.environ.get("ROS_DOMAIN_ID", "").strip()
+        # a private domain (0..101 is the safe range on Linux) unless the caller chose one
+        domain_id = int(env_id) if env_id.isdigit() else random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     rendered = render_frames(schedule, min(n_frames, unique_frames), size, stride, log=log)
     report: dict[str, Any] = {
         "settings": {"methods": methods, "frames": n_frames, "rate_hz": rate, "size": list(size),
                      "schedule": schedule, "frame_stride": stride, "unique_frames": len(rendered),
                      "encoding": encoding, "device": device, "node_params": node_params or {},
+                     "torch_threads": torch_threads or "torch default (= cores)",
                      "ros_domain_id": domain_id, "cpus": os.cpu_count(),
                      "load_avg_at_start": list(os.getloadavg())},
         "methods": {},
@@ -449,7 +462,8 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
         rclpy.init(context=ctx, domain_id=domain_id)
         try:
             report["overhead"] = measure_overhead("source", size, overhead_repeats, encoding,
-                                                  frame=rendered[0][0], context=ctx)
+                                                  frame=rendered[0][0], context=ctx,
+                                                  torch_threads=torch_threads)
         finally:
             rclpy.try_shutdown(context=ctx)
         o = report["overhead"]
@@ -461,7 +475,7 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
         report["methods"][m] = run_method(
             m, rendered, n_frames, rate=rate, encoding=encoding, device=device, domain_id=domain_id,
             node_params=dict(node_params or {}), window_s=window_s, startup_timeout=startup_timeout,
-            drain_s=drain_s, log=log)
+            drain_s=drain_s, log=log, torch_threads=torch_threads)
     report["settings"]["load_avg_at_end"] = list(os.getloadavg())
     if "source" in report["methods"] and "dplot" in report["methods"]:
         s, d = report["methods"]["source"], report["methods"]["dplot"]

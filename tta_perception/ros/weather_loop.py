@@ -54,8 +54,9 @@ class LoopResult:
     latency_p50_ms: dict[str, float] = field(default_factory=dict)
 
 
-class LoopError(RuntimeError):
-    """A node refused to start (e.g. missing weights or DPLOT bundle); the message says which and why."""
+class LoopError(ValueError):
+    """A node refused its configuration (e.g. missing weights or DPLOT bundle); the message says which
+    and why. A ValueError, so the command line prints it as one line."""
 
 
 def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
@@ -221,7 +222,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                rate=args.rate, frame_stride=args.frame_stride, start_frame=args.start_frame,
                                encoding=args.encoding, device=args.device, model=args.model,
                                architecture=args.architecture, out=args.out)
-    except (LoopError, ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"weather loop: error: {err}", file=sys.stderr)
         return 2
     print(f"\n{res.published} frames published in {res.wall_s:.0f} s; processed "

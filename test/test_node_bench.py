@@ -1,0 +1,31 @@
+"""node-bench end to end with a tiny setting: a real tta_node process over DDS, a few frames."""
+import json
+
+import pytest
+
+from tta_perception.ros.weather_loop import available
+
+ok, why = available()
+pytestmark = pytest.mark.skipif(not ok, reason=f"rclpy not importable: {why}")
+
+
+def test_node_bench_few_frames(tmp_path):
+    from tta_perception.cli.main import main
+
+    rc = main(["node-bench", "--method", "source", "--frames", "8", "--rate", "10", "--size", "64x128",
+               "--unique-frames", "4", "--no-overhead", "--no-plot", "--torch-threads", "1",
+               "--startup-timeout", "25", "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "node_bench.json").read_text())
+    r = report["methods"]["source"]
+    assert r["published"] == 8
+    assert r["matched_stamps"] >= 4  # the node keeps only the newest frame; most arrive at 10 Hz
+    assert r["unmatched_outputs"] == 0 and r["duplicate_outputs"] == 0
+    assert len(r["timeline"]["latency_ms"]) == r["matched_stamps"]
+    assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p95"] < 10_000
+    assert 0 <= r["miou"] <= 100 and r["acc"] > 0
+    nd = r["node_diagnostics"]
+    assert nd["frames_processed"] >= r["matched_stamps"] - 1  # last /diagnostics may lag one frame
+    assert nd["frames_received"] == 8
+    assert r["growth"]["rss_end_mb"] > 0
+    assert r["node_exit_code"] is not None
