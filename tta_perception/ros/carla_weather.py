@@ -23,13 +23,13 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
+from .spin import ConfigError, spin_node
 from .world_msgs import WEATHER_TOPIC, weather_json
 
 NODE_NAME = "carla_weather"
@@ -59,9 +59,6 @@ PARAMS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "diagnostics_period": (1.0, "Seconds between /diagnostics messages.", {"float_range": (0.05, 60.0)}),
 }
 
-
-class ConfigError(ValueError):
-    """A parameter value the node refuses."""
 
 
 def backoff_delays(initial: float, maximum: float):
@@ -317,25 +314,7 @@ def _fmt(v: Any) -> str:
 
 def main(args: Optional[list[str]] = None) -> int:
     """``ros2 run tta_perception carla_weather``."""
-    from rclpy.executors import ExternalShutdownException
-
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CarlaWeather()
-        rclpy.spin(node)
-    except ConfigError as err:
-        print(f"[carla_weather] refused: {err}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
+    return spin_node(CarlaWeather, "carla_weather", args, finish=lambda node: node.stop())
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterUninitializedException
@@ -36,6 +35,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from .scoring import StreamScorer, format_table
+from .spin import ConfigError, spin_node
 from .world_msgs import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns
 
 NODE_NAME = "evaluator"
@@ -67,9 +67,6 @@ def label_of(topic: str) -> str:
         return parts[-2]
     return parts[-1] if parts else topic
 
-
-class ConfigError(ValueError):
-    """A parameter value the node refuses."""
 
 
 class Evaluator(Node):
@@ -219,30 +216,16 @@ class Evaluator(Node):
         return format_table(self.table())
 
 
+def _finish(node: "Evaluator") -> None:
+    written = node.write()
+    print(node.summary_text(), file=sys.stderr)
+    if written:
+        print("[evaluator] wrote " + ", ".join(str(p) for p in written.values()), file=sys.stderr)
+
+
 def main(args: Optional[list[str]] = None) -> int:
     """``ros2 run tta_perception evaluator``; writes its files on Ctrl-C / launch shutdown."""
-    from rclpy.executors import ExternalShutdownException
-
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = Evaluator()
-        rclpy.spin(node)
-    except ConfigError as err:
-        print(f"[evaluator] refused: {err}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            written = node.write()
-            print(node.summary_text(), file=sys.stderr)
-            if written:
-                print("[evaluator] wrote " + ", ".join(str(p) for p in written.values()), file=sys.stderr)
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
+    return spin_node(Evaluator, "evaluator", args, finish=_finish)
 
 if __name__ == "__main__":
     sys.exit(main())

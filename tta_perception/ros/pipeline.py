@@ -21,8 +21,7 @@ from . import params as P
 STATE_FORMAT = "tta_perception.ros/1"
 
 
-class ConfigError(ValueError):
-    """A configuration the node refuses; the message is one line meant for the user."""
+from .spin import ConfigError  # noqa: E402,F401  (re-exported: the node's refusals)
 
 
 def save_state_file(state: dict[str, Any], path: Path) -> None:

@@ -25,7 +25,6 @@ import threading
 import time
 from typing import Any, Optional
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
@@ -34,6 +33,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
 from . import image_codec as codec
+from .spin import ConfigError, spin_node
 from .world_msgs import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, stamp_to_ns, weather_json
 
 NODE_NAME = "weather_camera"
@@ -80,9 +80,6 @@ def _descriptor(name: str, desc: str, extra: dict[str, Any]) -> ParameterDescrip
         d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
     return d
 
-
-class ConfigError(ValueError):
-    """A parameter value the node refuses (one line, names the parameter)."""
 
 
 class WeatherCamera(Node):
@@ -268,25 +265,7 @@ def _image(header: Header, encoding: str, height: int, width: int, step: int, da
 
 def main(args: Optional[list[str]] = None) -> int:
     """``ros2 run tta_perception weather_camera`` (and the launch files)."""
-    from rclpy.executors import ExternalShutdownException
-
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = WeatherCamera()
-        rclpy.spin(node)
-    except ConfigError as err:
-        print(f"[weather_camera] refused: {err}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
+    return spin_node(WeatherCamera, "weather_camera", args, finish=lambda node: node.stop())
 
 if __name__ == "__main__":
     sys.exit(main())

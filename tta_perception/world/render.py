@@ -206,7 +206,7 @@ class Renderer:
 
     # sprites ---------------------------------------------------------------------------------------
     def _sprites(self, objs, zc, xc0, t, albedo, label, depth, surface, emissive, glow):
-        cam, lay = self.cam, self.layout
+        lay = self.layout
         z_now = objs.z + objs.v * t
         Zo = z_now - zc
         # cull sprites that would cover less than about a pixel
