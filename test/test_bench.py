@@ -230,3 +230,15 @@ def test_public_dataset_route(tmp_path):
     assert list(g["rows"]["source"]["all_domains"])[:5] == [f"gaussian_noise_{s}" for s in (1, 2, 3, 4, 5)]
     # DPLOT needs phase A: without a bundle or source data it says so
     assert main(base + ["--methods", "dplot", "--out", str(out / "d")]) == 2
+
+
+def test_streaming_predict_student_mode(tmp_path):
+    lm = load_model("seg", random_init=True)
+    st = streams.world_seg_stream("clear2fog", setting="continual", batch_size=1, stride=300, size=(32, 64),
+                                  cache_dir=tmp_path, workers=1, progress=False)
+    opts = RunOptions(device=torch.device("cpu"), streaming=True, window=2, adapt_every=2, predict_mode="student",
+                      progress=False)
+    r = run_method("tent", lm.model, st, opts)
+    assert r.streaming["predict_mode"] == "student" and r.streaming["adapt_steps"] == 2 and r.frames == 4
+    r = run_method("cotta", lm.model, st, opts)        # CoTTA predicts with its teacher: keeps its own mode
+    assert r.streaming["predict_mode"] == "method"

@@ -113,9 +113,13 @@ def prepare_settings(cfg: BenchConfig) -> PrepareSettings:
 
 
 def resolve_bundle(cfg: BenchConfig, lm, log: Callable[[str], None] = _log) -> tuple[Any, dict[str, Any]]:
-    """--bundle, else ``runs/prepare/<arch>_dplot.bundle`` made from the same weights, else a cached
-    bundle made here with ``prepare``'s defaults (``--quick``: its quick amounts)."""
+    """--bundle; else the committed bundle of the committed weights (the one the node loads); else
+    ``runs/prepare/<arch>_dplot.bundle`` made from the same weights; else a cached bundle made here
+    with ``prepare``'s defaults (``--quick``: its quick amounts). A bundle is only reused for the
+    weights it was prepared from, since DPLOT and RMT load its warmed student/teacher."""
     from ..engine.bundle import load_bundle, save_bundle
+    from ..models.checkpoint import read_manifest
+    from ..paths import WEIGHTS_DIR
 
     if cfg.bundle:
         b = load_bundle(cfg.bundle)
@@ -123,14 +127,20 @@ def resolve_bundle(cfg: BenchConfig, lm, log: Callable[[str], None] = _log) -> t
             log(f"warning: bundle {cfg.bundle} was prepared from other weights ({b.metadata.get('weights')}); "
                 "DPLOT/RMT load its warmed weights")
         return b, {"path": cfg.bundle, "how": "given (--bundle)"}
-    default = default_bundle_path(lm.arch)
-    if default.is_file():
+    entry = read_manifest().get(lm.arch, {}) if not cfg.weights and not cfg.random_init else {}
+    candidates = []
+    if entry.get("dplot_bundle", {}).get("file"):
+        candidates.append((WEIGHTS_DIR / entry["dplot_bundle"]["file"], "committed bundle of the committed weights"))
+    candidates.append((default_bundle_path(lm.arch), "tta-perception prepare output for these weights"))
+    for path, how in candidates:
+        if not path.is_file():
+            continue
         try:
-            b = load_bundle(default)
+            b = load_bundle(path)
         except Exception:
-            b = None
-        if b is not None and b.metadata.get("weights_id") == lm.weights_id:
-            return b, {"path": str(default), "how": "tta-perception prepare output for these weights"}
+            continue
+        if b.metadata.get("weights_id") == lm.weights_id:
+            return b, {"path": str(path), "how": how}
     s = prepare_settings(cfg)
     path = cached_bundle_path(Path(cfg.cache), lm.arch, s.key(lm.weights_id, lm.arch))
     if path.is_file():

@@ -55,8 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the committed source model)")
     p.add_argument("--random-init", action="store_true", help="untrained model (smoke tests only)")
     p.add_argument("--bundle", type=Path, default=None,
-                   help="DPLOT phase-A bundle (default: runs/prepare/<arch>_dplot.bundle for the same weights, else "
-                        "phase A runs once and is cached under --cache)")
+                   help="DPLOT phase-A bundle (default, for the same weights: the committed bundle, else "
+                        "runs/prepare/<arch>_dplot.bundle, else phase A runs once and is cached under --cache)")
     p.add_argument("--safety", action="store_true",
                    help="engine safety on (collapse reset, NaN guard); off = paper protocol")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
