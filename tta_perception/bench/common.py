@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import resolve_device  # noqa: F401  (re-exported for the bench modules)
+
 DEFAULT_ARCH = {"cls": "signnet", "seg": "driveseg"}
 EMBEDDED_ARCHS = ("signnet", "driveseg")
 DEFAULT_CACHE = Path("runs/cache")
@@ -108,15 +110,6 @@ def load_model(task: str, arch: str | None = None, weights: str | os.PathLike | 
     if task != model.task:
         raise ValueError(f"model {arch!r} is a {model.task} model, the task is {task}")
     return LoadedModel(model.to(device).eval(), arch, wid, desc)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return dev
 
 
 def sync(device: torch.device) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..devices import resolve_device  # noqa: F401  (used by the command modules)
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """'128x256' -> (128, 256) as (height, width)."""
@@ -17,14 +19,3 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available (use --device cpu or auto)")
-    return dev
