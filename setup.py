@@ -30,7 +30,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1", "torchvision>=0.16", "numpy>=1.21", "pyyaml>=5.4", "tqdm>=4.60",
-        "matplotlib>=3.5", "corrupt-tta>=0.1.7",
+        "matplotlib>=3.5", "scipy>=1.7", "pillow>=8", "corrupt-tta>=0.1.7",
     ],
     extras_require={
         "bags": ["rosbags>=0.10"],
