@@ -24,6 +24,17 @@ def _smooth(y: np.ndarray, k: int) -> np.ndarray:
     return num / np.maximum(den, 1)
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    plt = _plt()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_stream(path: str | Path, series: Mapping[str, Sequence[float]], frames: Sequence[int],
                 weather: Sequence[Mapping[str, float]], domains: Sequence[str], ylabel: str = "mIoU",
                 title: str = "", smooth: int = 25, samples: Sequence[np.ndarray] | None = None) -> Path:
@@ -65,12 +76,7 @@ def plot_stream(path: str | Path, series: Mapping[str, Sequence[float]], frames:
     if samples:
         axes[2].imshow(np.concatenate(list(samples), axis=1))
         axes[2].axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_bars(path: str | Path, values: Mapping[str, float], ylabel: str, title: str = "") -> Path:
@@ -81,9 +87,4 @@ def plot_bars(path: str | Path, values: Mapping[str, float], ylabel: str, title:
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=60, labelsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

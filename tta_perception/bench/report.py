@@ -191,12 +191,9 @@ def _plot_simple(path: Path, series: dict[str, list[float]], xs: list[int], doma
     ax.legend(loc="lower right", fontsize=8, ncol=min(len(series), 4))
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from ..plots import save_figure
+
+    return save_figure(fig, path)
 
 
 def to_jsonable(obj: Any) -> Any:

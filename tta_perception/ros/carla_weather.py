@@ -24,12 +24,11 @@ import time
 from typing import Any, Callable, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from .spin import ConfigError, spin_node
+from .spin import ConfigError, declare_parameters, publish_status, spin_node
 from .world_msgs import WEATHER_TOPIC, weather_json
 
 NODE_NAME = "carla_weather"
@@ -94,16 +93,7 @@ class CarlaWeather(Node):
     def __init__(self, node_name: str = NODE_NAME, carla_loader: Optional[Callable[[], Any]] = None,
                  **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        for name, (default, desc, extra) in PARAMS.items():
-            d = ParameterDescriptor(name=name, description=desc, read_only=True)
-            if "int_range" in extra:
-                d.integer_range = [IntegerRange(from_value=extra["int_range"][0], to_value=extra["int_range"][1],
-                                                step=0)]
-            if "float_range" in extra:
-                d.floating_point_range = [FloatingPointRange(from_value=float(extra["float_range"][0]),
-                                                             to_value=float(extra["float_range"][1]), step=0.0)]
-            self.declare_parameter(name, default, d)
-        self.cfg = {name: self.get_parameter(name).value for name in PARAMS}
+        self.cfg = declare_parameters(self, PARAMS)
         if self.cfg["time_source"] not in ("carla", "ros"):
             raise ConfigError(f"parameter 'time_source' must be carla or ros; got {self.cfg['time_source']!r}")
         if self.cfg["update_rate"] > MAX_UPDATE_RATE or self.cfg["update_rate"] <= 0:
@@ -293,10 +283,7 @@ class CarlaWeather(Node):
         status = DiagnosticStatus(level=level, name=f"tta_perception: {self.get_fully_qualified_name()}",
                                   message=message, hardware_id=f"carla://{d['host']}:{d['port']}")
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in d.items()]
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [status]
-        self.diag_pub.publish(arr)
+        publish_status(self, self.diag_pub, status)
 
     def stop(self) -> None:
         self._stop.set()

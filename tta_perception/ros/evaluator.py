@@ -25,7 +25,6 @@ from typing import Any, Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -35,7 +34,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from .scoring import StreamScorer, format_table
-from .spin import ConfigError, spin_node
+from .spin import ConfigError, declare_parameters, publish_status, spin_node
 from .world_msgs import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns
 
 NODE_NAME = "evaluator"
@@ -74,15 +73,7 @@ class Evaluator(Node):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        for name, (default, desc, extra) in PARAMS.items():
-            d = ParameterDescriptor(name=name, description=desc, read_only=True)
-            if "int_range" in extra:
-                d.integer_range = [IntegerRange(from_value=extra["int_range"][0], to_value=extra["int_range"][1],
-                                                step=0)]
-            if "float_range" in extra:
-                d.floating_point_range = [FloatingPointRange(from_value=float(extra["float_range"][0]),
-                                                             to_value=float(extra["float_range"][1]), step=0.0)]
-            self.declare_parameter(name, default, d)
+        declare_parameters(self, PARAMS)
         cfg = {}
         for name in PARAMS:
             try:
@@ -191,10 +182,7 @@ class Evaluator(Node):
                                   message=("scoring, phase " + st["current_domain"]) if scored
                                   else "waiting for ground truth and predictions", hardware_id="evaluator")
         status.values = values
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [status]
-        self.diag_pub.publish(arr)
+        publish_status(self, self.diag_pub, status)
 
     def write(self) -> dict[str, Path]:
         """The CSV / JSON / PNG files now (atomic; the last complete set stays if this fails)."""

@@ -546,7 +546,6 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     ax2.set_ylabel("RSS (MB)")
     ax2.set_xlabel("seconds since the first frame")
     ax2.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from ..plots import save_figure
+
+    return save_figure(fig, path)

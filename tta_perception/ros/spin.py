@@ -34,3 +34,38 @@ def spin_node(make_node: Callable[[], Any], name: str, args: Optional[list[str]]
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def declare_parameters(node: Any, table: dict[str, tuple[Any, str, dict[str, Any]]]) -> dict[str, Any]:
+    """Declare ``name -> (default, description, extra)`` read-only with their ranges
+    (``extra['int_range'|'float_range'] = (lo, hi)``) and return the values in force; a parameter
+    declared by type only and not set is left out (the caller decides what that means)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rclpy.exceptions import ParameterUninitializedException
+
+    for name, (default, desc, extra) in table.items():
+        d = ParameterDescriptor(name=name, description=desc, read_only=True)
+        if "int_range" in extra:
+            lo, hi = extra["int_range"]
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+        if "float_range" in extra:
+            lo, hi = extra["float_range"]
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+        node.declare_parameter(name, default, d)
+    values = {}
+    for name in table:
+        try:
+            values[name] = node.get_parameter(name).value
+        except ParameterUninitializedException:
+            pass
+    return values
+
+
+def publish_status(node: Any, publisher: Any, status: Any) -> None:
+    """Publish one ``DiagnosticStatus`` as a stamped ``DiagnosticArray`` on ``/diagnostics``."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    arr = DiagnosticArray()
+    arr.header.stamp = node.get_clock().now().to_msg()
+    arr.status = [status]
+    publisher.publish(arr)

@@ -26,14 +26,13 @@ import time
 from typing import Any, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
 from . import image_codec as codec
-from .spin import ConfigError, spin_node
+from .spin import ConfigError, declare_parameters, publish_status, spin_node
 from .world_msgs import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, stamp_to_ns, weather_json
 
 NODE_NAME = "weather_camera"
@@ -70,26 +69,12 @@ PARAMS: dict[str, tuple[Any, str, dict[str, Any]]] = {
 }
 
 
-def _descriptor(name: str, desc: str, extra: dict[str, Any]) -> ParameterDescriptor:
-    d = ParameterDescriptor(name=name, description=desc, read_only=True)
-    if "int_range" in extra:
-        lo, hi = extra["int_range"]
-        d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
-    if "float_range" in extra:
-        lo, hi = extra["float_range"]
-        d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
-    return d
-
-
-
 class WeatherCamera(Node):
     """See the module docstring."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        for name, (default, desc, extra) in PARAMS.items():
-            self.declare_parameter(name, default, _descriptor(name, desc, extra))
-        self.cfg = {name: self.get_parameter(name).value for name in PARAMS}
+        self.cfg = declare_parameters(self, PARAMS)
         self._check(self.cfg)
         from tta_perception.world.schedule import load_schedule
         from tta_perception.world.sequences import SequenceRenderer
@@ -245,10 +230,7 @@ class WeatherCamera(Node):
         status = DiagnosticStatus(level=level, name=f"tta_perception: {self.get_fully_qualified_name()}",
                                   message=message, hardware_id="embedded_world")
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [status]
-        self.diag_pub.publish(arr)
+        publish_status(self, self.diag_pub, status)
 
     def stop(self) -> None:
         self._stop.set()
