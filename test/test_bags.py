@@ -344,7 +344,7 @@ def test_params_file_sets_the_node_configuration(tmp_path):
     from tta_perception.bags.replay import load_params_file
 
     adapt = load_params_file(H.REPO / "config" / "adapt.yaml")
-    assert adapt["method"] == "dplot" and adapt["window"] == 16
+    assert adapt["method"] == "dplot" and adapt["window"] == 4
     path = tmp_path / "p.yaml"
     path.write_text("/**/tta_node:\n  ros__parameters:\n    method: tent\n    window: 8\n    lr: 1\n")
     cfg = node_config({"window": 4}, path)

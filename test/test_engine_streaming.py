@@ -146,3 +146,49 @@ def test_bad_frames_and_arguments():
         s.predict(torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError):
         StreamingAdapter(m, window=0)
+
+
+def test_predict_modes_use_the_named_model():
+    torch.manual_seed(0)
+    m = build_method("dplot", tiny_cls(), collapse_reset=False, blocks=["block1"])
+    x = frame(0)
+    with torch.no_grad():
+        m.teacher.fc.bias.add_(1.0)  # make the teacher differ from the student
+        want = {"student": m.model.eval()(x[None])[0], "teacher": m.teacher.eval()(x[None])[0]}
+    for mode, expected in want.items():
+        s = StreamingAdapter(m, background=False, predict_mode=mode)
+        assert s.stats()["predict_mode"] == mode
+        torch.testing.assert_close(s.predict(x), expected)
+    both = StreamingAdapter(m, background=False, predict_mode="method").predict(x)
+    assert not torch.allclose(both, want["student"])  # the paper's 4-pass ensemble differs
+    with pytest.raises(ValueError, match="predict_mode"):
+        StreamingAdapter(m, predict_mode="ensemble")
+    with pytest.raises(ValueError, match="has no teacher"):
+        StreamingAdapter(build_method("tent", tiny_cls()), predict_mode="teacher")
+
+
+def test_worker_priority_and_threads_stay_on_the_worker():
+    import os
+
+    m = build_method("tent", tiny_cls())
+    with pytest.raises(ValueError, match="adapt_nice"):
+        StreamingAdapter(m, adapt_nice=20)
+    with pytest.raises(ValueError, match="adapt_threads"):
+        StreamingAdapter(m, adapt_threads=-1)
+    main_threads = torch.get_num_threads()
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    s = StreamingAdapter(m, window=2, adapt_every=1, adapt_nice=min(19, main_nice + 5), adapt_threads=2)
+    try:
+        for i in range(3):
+            s.predict(frame(i))
+        assert s.wait_idle(GUARD)
+        st = s.stats()
+        assert st["adapt_steps"] >= 1 and st["worker_warning"] == ""
+        assert st["worker_nice"] == min(19, main_nice + 5) and st["worker_threads"] == 2
+        # neither leaks to the calling thread nor to threads that start torch later
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice
+        assert torch.get_num_threads() == main_threads
+        ok, later = call_in_thread(torch.get_num_threads)
+        assert ok and later == main_threads
+    finally:
+        s.close()

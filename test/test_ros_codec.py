@@ -335,3 +335,29 @@ def test_cuda_out_of_memory_at_load_falls_back_to_cpu(monkeypatch):
     cfg["device"] = "cuda"  # asked for explicitly: no silent fallback
     with pytest.raises(torch.cuda.OutOfMemoryError):
         PL.Pipeline(cfg)
+
+
+def test_adapter_options_resolve_predict_mode_and_worker_settings():
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "test"))
+    from engine_fixtures import tiny_seg
+    from tta_perception.engine import build_method
+    from tta_perception.ros.pipeline import ConfigError, adapter_options
+
+    cfg = P.defaults()
+    dplot = build_method("dplot", tiny_seg(), blocks=["block1"])
+    opts = adapter_options(cfg, dplot)  # defaults on a CPU
+    assert opts["predict_mode"] == "student" and opts["adapt_nice"] == cfg["adapt_nice"] == 10
+    assert opts["adapt_threads"] == max(1, torch.get_num_threads() // 2)
+    assert (opts["window"], opts["adapt_every"], opts["min_window"]) == (4, 4, 2)
+    assert adapter_options(cfg, build_method("cotta", tiny_seg()))["predict_mode"] == "method"  # teacher only
+    assert adapter_options(cfg, build_method("source", tiny_seg()))["predict_mode"] == "method"
+    cfg.update(predict_mode="method", adapt_threads=3, adapt_nice=0)
+    opts = adapter_options(cfg, dplot)
+    assert (opts["predict_mode"], opts["adapt_threads"], opts["adapt_nice"]) == ("method", 3, 0)
+    cfg["predict_mode"] = "teacher"
+    with pytest.raises(ConfigError, match="predict_mode.*'tent' has no teacher"):
+        adapter_options(cfg, build_method("tent", tiny_seg()))

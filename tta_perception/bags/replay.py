@@ -124,7 +124,7 @@ def node_config(overrides: Optional[dict[str, Any]] = None, params_file: Optiona
 
 def make_pipeline(cfg: dict[str, Any], background: bool = False):
     """``ros.pipeline.Pipeline`` for ``cfg``; with ``background=False`` its adapter steps inline."""
-    from tta_perception.ros.pipeline import Pipeline
+    from tta_perception.ros.pipeline import Pipeline, adapter_options
 
     pipe = Pipeline(cfg)
     if not background:
@@ -132,9 +132,7 @@ def make_pipeline(cfg: dict[str, Any], background: bool = False):
 
         enabled = pipe.adapter.enabled
         pipe.adapter.close()
-        window = int(cfg["window"])
-        pipe.adapter = StreamingAdapter(pipe.method, window=window, adapt_every=int(cfg["adapt_every"]),
-                                        background=False, min_window=min(2, window))
+        pipe.adapter = StreamingAdapter(pipe.method, **adapter_options(cfg, pipe.method), background=False)
         pipe.adapter.set_enabled(enabled)
     return pipe
 

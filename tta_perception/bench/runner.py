@@ -37,7 +37,7 @@ class RunOptions:
     window: int = 16
     adapt_every: int = 16
     background: bool = False
-    predict_mode: str = "method"      # streaming: the method's own prediction, or the student alone
+    predict_mode: str = "method"      # streaming: the method's own prediction, or the student/teacher alone
     safety: bool = False
     progress: bool = True
 
@@ -171,10 +171,11 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
         adapter = None
         if opts.streaming:
             from ..engine import StreamingAdapter
+            needs = {"student": "model", "teacher": "teacher"}.get(opts.predict_mode)
+            mode = opts.predict_mode if (method.ADAPTS and needs in method.inference_modules()) else "method"
             adapter = StreamingAdapter(method, window=opts.window, adapt_every=opts.adapt_every,
                                        background=opts.background, min_window=min(2, opts.window),
-                                       predict_mode=opts.predict_mode if (method.ADAPTS and "model" in
-                                                                          method.inference_modules()) else "method")
+                                       predict_mode=mode)
             if not method.ADAPTS:  # the source model: prediction only, no pointless steps in its time
                 adapter.set_enabled(False)
         bar = tqdm(total=stream.n_samples, desc=f"{name} on {stream.name}", unit=stream.x_label,

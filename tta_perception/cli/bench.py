@@ -30,9 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt-every", type=int, default=16, help="streaming: adapt once every N frames")
     p.add_argument("--background", action="store_true",
                    help="streaming: adapt in the background thread as the node does (not deterministic)")
-    p.add_argument("--predict", choices=("method", "student"), default="method",
+    p.add_argument("--predict", choices=("method", "student", "teacher"), default="method",
                    help="streaming: predict with the method's own ensemble (DPLOT: student + teacher on both views, "
-                        "4 passes) or with the student alone (1 pass; CoTTA keeps its teacher)")
+                        "4 passes) or with the student / the teacher alone (1 pass; a method without one keeps its own)")
     p.add_argument("--quick", action="store_true", help="smoke run of about a minute (few crops / frames)")
     p.add_argument("--seeds", default="0", help="comma list of seeds (each a full run; tables show the mean)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/bench/<task>_<setting>...)")

@@ -24,7 +24,10 @@ for an adaptation step (issue 3 §3):
   while a step is running, further requests coalesce into one (counted in ``coalesced``), and the
   next step uses the window as it is then. Memory is bounded by the window and the two copies.
 * **Background worker.** ``background=True``: one daemon thread runs ``method.step`` (on its own
-  CUDA stream on GPU, synchronised before publishing). ``background=False``: the step runs inline
+  CUDA stream on GPU, synchronised before publishing). On a CPU the worker competes with inference
+  for the same cores; ``adapt_nice`` lowers the worker's scheduling priority (Linux ``nice`` is per
+  thread; the worker's OpenMP team inherits it) and ``adapt_threads`` gives it its own intra-op
+  thread count, so predictions keep the cores they need and adaptation uses what is left. ``background=False``: the step runs inline
   after the prediction — deterministic, for tests and benchmarks; the returned prediction is still
   the one made *before* adapting on the frame, as in the background mode.
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import os
 import threading
 import time
 from typing import Any
@@ -46,25 +50,38 @@ from .base import TTAMethod
 from .model_utils import set_bn_mode
 
 STATE_FORMAT = "tta_perception.engine.streaming/1"
+#: what ``predict`` runs: the method's own prediction (DPLOT: student + teacher on both views, as
+#: the paper), or one forward pass of the student or of the EMA teacher (cheaper, for real time)
+PREDICT_MODES = ("method", "student", "teacher")
 
 
 class StreamingAdapter:
     """Predict each frame at once with the latest published weights; adapt on a window."""
 
     def __init__(self, method: TTAMethod, window: int = 16, adapt_every: int = 1, background: bool = True,
-                 min_window: int = 2, predict_mode: str = "method"):
+                 min_window: int = 2, predict_mode: str = "method", adapt_nice: int = 0,
+                 adapt_threads: int = 0):
         if window < 1 or adapt_every < 1 or not (1 <= min_window <= window):
             raise ValueError("need window >= 1, adapt_every >= 1 and 1 <= min_window <= window")
-        if predict_mode not in ("method", "student"):
-            raise ValueError("predict_mode must be 'method' (the method's own prediction) or 'student'")
-        if predict_mode == "student" and "model" not in method.inference_modules():
-            raise ValueError(f"predict_mode='student': method {method.name!r} predicts without the student")
+        if predict_mode not in PREDICT_MODES:
+            raise ValueError(f"predict_mode must be one of {', '.join(PREDICT_MODES)} ('method': the "
+                             f"method's own prediction), got {predict_mode!r}")
+        if predict_mode != "method":
+            key = "model" if predict_mode == "student" else "teacher"
+            if key not in method.inference_modules():
+                raise ValueError(f"predict_mode={predict_mode!r}: method {method.name!r} has no {predict_mode}")
+        if not 0 <= int(adapt_nice) <= 19:
+            raise ValueError(f"adapt_nice must be in 0..19, got {adapt_nice}")
+        if int(adapt_threads) < 0:
+            raise ValueError(f"adapt_threads must be >= 0 (0: torch's default), got {adapt_threads}")
         self.method = method
         self.window = int(window)
         self.adapt_every = int(adapt_every)
         self.background = bool(background)
         self.min_window = int(min_window)
         self.predict_mode = predict_mode
+        self.adapt_nice = int(adapt_nice)
+        self.adapt_threads = int(adapt_threads)
         self._frames: collections.deque[torch.Tensor] = collections.deque(maxlen=self.window)
         self._enabled = True
         self._lock = threading.Lock()                  # guards the fields below (short sections only)
@@ -82,6 +99,7 @@ class StreamingAdapter:
             "frames": 0, "adapt_requests": 0, "adapt_steps": 0, "coalesced": 0, "errors": 0,
             "last_error": "", "last_predict_ms": float("nan"), "mean_predict_ms": float("nan"),
             "last_adapt_ms": float("nan"), "mean_adapt_ms": float("nan"), "publishes": 0,
+            "worker_nice": 0, "worker_threads": 0, "worker_warning": "",
         }
         self._stream = None
         self._thread: threading.Thread | None = None
@@ -112,6 +130,8 @@ class StreamingAdapter:
             mods = self._copies[idx]
             if self.predict_mode == "student":
                 out = mods["model"](x)
+            elif self.predict_mode == "teacher":
+                out = mods["teacher"](x)
             else:
                 out = self.method.predict_with(mods, x)
         finally:
@@ -146,7 +166,33 @@ class StreamingAdapter:
         return out[0] if squeeze else out
 
     # ------------------------------------------------------------------ adaptation path
+    def _setup_worker_thread(self) -> None:
+        """Lower this (worker) thread's priority and set its own intra-op thread count."""
+        warnings = []
+        if self.adapt_nice and self.method.device.type == "cpu":
+            try:  # Linux: nice is per thread; threads this one starts (its OpenMP team) inherit it
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.adapt_nice)
+            except (AttributeError, OSError) as e:
+                warnings.append(f"adapt_nice not applied ({type(e).__name__}: {e})")
+        if self.adapt_threads:
+            default = torch.get_num_threads()
+            torch.set_num_threads(self.adapt_threads)  # this thread's OpenMP count, and the global
+            # ... whose global part would leak into threads that start torch later (the node's
+            # inference thread): restore it from a throw-away thread, keeping ours.
+            restore = threading.Thread(target=torch.set_num_threads, args=(default,))
+            restore.start()
+            restore.join()
+        with self._lock:
+            c = self._counters
+            try:
+                c["worker_nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            except (AttributeError, OSError):
+                c["worker_nice"] = 0
+            c["worker_threads"] = torch.get_num_threads()
+            c["worker_warning"] = "; ".join(warnings)
+
     def _worker(self) -> None:
+        self._setup_worker_thread()
         while True:
             with self._wake:
                 while not self._pending and not self._closed:
@@ -258,6 +304,7 @@ class StreamingAdapter:
             out = dict(self._counters)
             out.update(enabled=self._enabled, window_len=len(self._frames), window=self.window,
                        adapt_every=self.adapt_every, background=self.background,
+                       predict_mode=self.predict_mode,
                        busy=self._busy, pending=self._pending)
         out["method"] = self.method.stats
         return out

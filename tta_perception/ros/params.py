@@ -67,10 +67,21 @@ SPECS: tuple[Spec, ...] = (
          "(DPLOT: entropy step on the selected blocks, 1e-3).", "live", range=(0.0, 1.0)),
     Spec("lr_consistency", 0.0, "float", "Learning rate of DPLOT's consistency step on all parameters; "
          "0: method default (1e-4). Ignored by single-optimiser methods.", "live", range=(0.0, 1.0)),
-    Spec("window", 16, "int", "Frames in the sliding window the background adaptation steps on "
+    Spec("window", 4, "int", "Frames in the sliding window the background adaptation steps on "
          "(default: the benchmark's streaming protocol).", "reload", range=(1, 256)),
-    Spec("adapt_every", 16, "int", "Adapt once every N processed frames (default: the benchmark's "
+    Spec("adapt_every", 4, "int", "Adapt once every N processed frames (default: the benchmark's "
          "streaming protocol; 1 = after every frame).", "reload", range=(1, 10000)),
+    Spec("predict_mode", "auto", "str", "What each frame is predicted with: 'method' (the method's "
+         "own prediction; DPLOT: student + teacher on the frame and its mirror, 4 forward passes, as "
+         "the paper), 'student' or 'teacher' (one forward pass of that model), or 'auto' ('method' on "
+         "CUDA; on a CPU 'student' where the method's prediction costs more than one pass).",
+         "reload", choices=("auto", "method", "student", "teacher")),
+    Spec("adapt_nice", 10, "int", "Scheduling priority (Linux nice, per thread) of the background "
+         "adaptation thread on a CPU, so inference keeps the cores it needs; 0: same as inference.",
+         "reload", range=(0, 19)),
+    Spec("adapt_threads", 0, "int", "torch intra-op threads of the adaptation thread; 0: auto (on a "
+         "CPU half of torch's threads, at least 1; on CUDA torch's default).", "reload",
+         range=(0, 256)),
     Spec("resume_from", "", "str", "Adapted state written by ~/save, loaded at configure so an adapted "
          "model survives a restart; empty: start from the source state.", "startup"),
     Spec("save_path", "", "str", "Where ~/save writes the adapted state (atomically); empty: "

@@ -383,8 +383,7 @@ class Pipeline:
 
         window = int(cfg["window"])
         # as the benchmark's streaming runner builds it, so the node's numbers are the benchmark's
-        self.adapter = StreamingAdapter(self.method, window=window, adapt_every=int(cfg["adapt_every"]),
-                                        background=True, min_window=min(2, window))
+        self.adapter = StreamingAdapter(self.method, **adapter_options(cfg, self.method), background=True)
         self.adapts = bool(getattr(self.method, "ADAPTS", True))  # False for 'source'
 
         if resume:
@@ -535,6 +534,36 @@ class Pipeline:
         except Exception:  # statistics must never take the node down
             s = {}
         return s
+
+
+def adapter_options(cfg: dict[str, Any], method) -> dict[str, Any]:
+    """``StreamingAdapter`` keyword arguments from the node parameters (the node, replay and the
+    weather loop build their adapters alike)."""
+    import torch
+    from tta_perception.engine.streaming import PREDICT_MODES
+
+    window = int(cfg["window"])
+    mode = str(cfg["predict_mode"])
+    cpu = method.device.type == "cpu"
+    if mode == "auto":
+        # The paper's DPLOT prediction is 4 forward passes (student and teacher on x and flip(x)):
+        # cheap on a GPU, but 2.7x the source node's latency on a 2-core CPU, where the student
+        # alone is as accurate (docs/node_benchmark.md, docs/benchmark.md "--predict student").
+        mode = "student" if cpu and len(method.inference_modules()) > 1 and "model" in method.inference_modules() \
+            else "method"
+    if mode not in PREDICT_MODES:
+        raise ConfigError(f"parameter 'predict_mode' must be one of {', '.join(PREDICT_MODES)}, got {mode!r}")
+    if mode != "method":
+        key = "model" if mode == "student" else "teacher"
+        if key not in method.inference_modules():
+            raise ConfigError(f"parameter 'predict_mode' is {mode!r} but method {method.name!r} has no "
+                              f"{mode}; use 'method'" + (" or 'student'" if mode == "teacher" else ""))
+    threads = int(cfg["adapt_threads"])
+    if threads == 0 and cpu:  # auto: leave inference half of the cores
+        threads = max(1, torch.get_num_threads() // 2)
+    return {"window": window, "adapt_every": int(cfg["adapt_every"]), "min_window": min(2, window),
+            "predict_mode": mode, "adapt_nice": int(cfg["adapt_nice"]) if cpu else 0,
+            "adapt_threads": threads}
 
 
 def _optimizers(method) -> dict[str, Any]:

@@ -619,6 +619,9 @@ class TTANode(LifecycleNode):
         out["adaptation_errors"] = int(stats.get("errors", 0) or 0)
         out["adapt_coalesced"] = int(stats.get("coalesced", 0) or 0)
         out["mean_adapt_ms"] = float(stats.get("mean_adapt_ms", float("nan")))
+        out["predict_mode"] = str(stats.get("predict_mode", ""))
+        out["adapt_worker"] = (f"nice {stats.get('worker_nice', 0)}, {stats.get('worker_threads', 0)} threads"
+                               if stats.get("worker_threads") else "")
         for key in ("resets", "collapse_resets", "method_resets", "nan_skips"):
             out[key] = int(method.get(key, 0) or 0)
         out["adaptation_entropy"] = float(method.get("last_entropy", float("nan")))
