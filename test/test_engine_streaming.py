@@ -192,3 +192,27 @@ def test_worker_priority_and_threads_stay_on_the_worker():
         assert ok and later == main_threads
     finally:
         s.close()
+
+
+def test_bn_stats_frame_normalises_each_frame_with_its_own_statistics():
+    from tta_perception.engine.model_utils import set_bn_mode
+
+    seg = build_method("tent", tiny_seg())
+    assert StreamingAdapter(seg, background=False).bn_stats == "frame"  # auto: adapting segmentation
+    assert StreamingAdapter(build_method("tent", tiny_cls()), background=False).bn_stats == "running"
+    assert StreamingAdapter(build_method("source", tiny_seg()), background=False).bn_stats == "running"
+    with pytest.raises(ValueError, match="bn_stats"):
+        StreamingAdapter(seg, bn_stats="batch")
+    x = frame(1) * 0.3 + 0.6  # far from the source statistics
+    ref = tiny_seg()
+    with torch.no_grad():
+        set_bn_mode(ref, "batch")
+        own = ref(x[None])[0]
+        set_bn_mode(ref, "source")
+        running = ref(x[None])[0]
+    for mode, want in (("frame", own), ("running", running)):
+        s = StreamingAdapter(build_method("tent", tiny_seg()), background=False, bn_stats=mode)
+        s.set_enabled(False)
+        torch.testing.assert_close(s.predict(x), want)
+        torch.testing.assert_close(s.predict(x), want)  # and the buffers were not touched
+    assert not torch.allclose(own, running)

@@ -38,6 +38,7 @@ class RunOptions:
     adapt_every: int = 16
     background: bool = False
     predict_mode: str = "method"      # streaming: the method's own prediction, or the student/teacher alone
+    bn_stats: str = "auto"            # streaming: BN of a frame: its own statistics or the running EMA
     safety: bool = False
     progress: bool = True
 
@@ -175,7 +176,7 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
             mode = opts.predict_mode if (method.ADAPTS and needs in method.inference_modules()) else "method"
             adapter = StreamingAdapter(method, window=opts.window, adapt_every=opts.adapt_every,
                                        background=opts.background, min_window=min(2, opts.window),
-                                       predict_mode=mode)
+                                       predict_mode=mode, bn_stats=opts.bn_stats)
             if not method.ADAPTS:  # the source model: prediction only, no pointless steps in its time
                 adapter.set_enabled(False)
         bar = tqdm(total=stream.n_samples, desc=f"{name} on {stream.name}", unit=stream.x_label,

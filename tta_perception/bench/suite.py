@@ -45,10 +45,11 @@ class BenchConfig:
     stride: int = 1
     size: tuple[int, int] = (128, 256)
     streaming: bool = False
-    window: int = 16
-    adapt_every: int = 16
+    window: int = 4
+    adapt_every: int = 4
     background: bool = False
     predict: str = "method"
+    bn_stats: str = "auto"
     quick: bool = False
     seeds: list[int] = field(default_factory=lambda: [0])
     bundle: str | None = None
@@ -166,7 +167,9 @@ def fisher_source(cfg: BenchConfig):
 def default_out(cfg: BenchConfig) -> Path:
     parts = [cfg.task if cfg.dataset == "world" else cfg.dataset, cfg.setting]
     if cfg.streaming:
-        parts.append("stream" if cfg.predict == "method" else "stream_student")
+        parts.append("stream" if cfg.predict == "method" else f"stream_{cfg.predict}")
+        if cfg.bn_stats != "auto":
+            parts.append(f"bn_{cfg.bn_stats}")
     if cfg.quick:
         parts.append("quick")
     return Path("runs/bench") / "_".join(parts)
@@ -196,7 +199,7 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     if any(VARIANTS[m].method == "eata" for m in cfg.methods):
         fisher, fisher_desc = fisher_source(cfg)
     opts_base = dict(device=device, streaming=cfg.streaming, window=cfg.window, adapt_every=cfg.adapt_every,
-                     background=cfg.background, predict_mode=cfg.predict, safety=cfg.safety,
+                     background=cfg.background, predict_mode=cfg.predict, bn_stats=cfg.bn_stats, safety=cfg.safety,
                      progress=cfg.progress)
     runs = []
     src_fwd: dict[str, list[float]] = {}

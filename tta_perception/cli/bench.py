@@ -26,13 +26,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="batch protocol batch size (default: cls 64, seg 8)")
     p.add_argument("--stream", action="store_true",
                    help="streaming protocol: one frame at a time through StreamingAdapter")
-    p.add_argument("--window", type=int, default=16, help="streaming: frames in the adaptation window")
-    p.add_argument("--adapt-every", type=int, default=16, help="streaming: adapt once every N frames")
+    p.add_argument("--window", type=int, default=4, help="streaming: frames in the adaptation window")
+    p.add_argument("--adapt-every", type=int, default=4, help="streaming: adapt once every N frames")
     p.add_argument("--background", action="store_true",
                    help="streaming: adapt in the background thread as the node does (not deterministic)")
     p.add_argument("--predict", choices=("method", "student", "teacher"), default="method",
                    help="streaming: predict with the method's own ensemble (DPLOT: student + teacher on both views, "
                         "4 passes) or with the student / the teacher alone (1 pass; a method without one keeps its own)")
+    p.add_argument("--bn-stats", choices=("auto", "frame", "running"), default="auto",
+                   help="streaming: BatchNorm of a frame at inference: its own statistics (frame), the EMA kept "
+                        "by the adaptation steps (running); auto: frame for segmentation methods that adapt")
     p.add_argument("--quick", action="store_true", help="smoke run of about a minute (few crops / frames)")
     p.add_argument("--seeds", default="0", help="comma list of seeds (each a full run; tables show the mean)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/bench/<task>_<setting>...)")
@@ -103,6 +106,7 @@ def config_from_args(args: argparse.Namespace):
         batch_size=args.batch_size, severity=args.severity, corruptions=corr, n=args.n, start=args.start,
         frames=args.frames, stride=args.stride, size=parse_size(args.size), streaming=args.stream,
         window=args.window, adapt_every=args.adapt_every, background=args.background, predict=args.predict,
+        bn_stats=args.bn_stats,
         quick=args.quick,
         seeds=seeds, bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,

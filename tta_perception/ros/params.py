@@ -76,6 +76,11 @@ SPECS: tuple[Spec, ...] = (
          "the paper), 'student' or 'teacher' (one forward pass of that model), or 'auto' ('method' on "
          "CUDA; on a CPU 'student' where the method's prediction costs more than one pass).",
          "reload", choices=("auto", "method", "student", "teacher")),
+    Spec("bn_stats", "auto", "str", "How a frame is normalised (BatchNorm) at inference: 'frame' (its "
+         "own statistics: no lag after a weather change; for dense prediction), 'running' (an EMA of "
+         "recent frames' statistics kept by the adaptation steps), or 'auto' ('frame' for segmentation "
+         "methods that adapt, else 'running'; 'source' always keeps the source statistics).", "reload",
+         choices=("auto", "frame", "running")),
     Spec("adapt_nice", 10, "int", "Scheduling priority (Linux nice, per thread) of the background "
          "adaptation thread on a CPU, so inference keeps the cores it needs; 0: same as inference.",
          "reload", range=(0, 19)),

@@ -562,7 +562,8 @@ def adapter_options(cfg: dict[str, Any], method) -> dict[str, Any]:
     if threads == 0 and cpu:  # auto: leave inference half of the cores
         threads = max(1, torch.get_num_threads() // 2)
     return {"window": window, "adapt_every": int(cfg["adapt_every"]), "min_window": min(2, window),
-            "predict_mode": mode, "adapt_nice": int(cfg["adapt_nice"]) if cpu else 0,
+            "predict_mode": mode, "bn_stats": str(cfg["bn_stats"]),
+            "adapt_nice": int(cfg["adapt_nice"]) if cpu else 0,
             "adapt_threads": threads}
 
 
