@@ -17,7 +17,9 @@
 simulation time, ``tta_node`` listens to ``/carla/ego_vehicle/rgb_front/image`` (bgra8) with
 ``use_sim_time:=true``. The carla-ros-bridge (with its example ego vehicle, which carries the
 ``rgb_front`` camera) is included when its package is installed (``bridge:=auto``); otherwise start it
-yourself. No evaluator by default: the bridge's semantic camera publishes palette colours, not ids.
+yourself. The evaluator runs in CARLA mode when ``truth_topic`` names the bridge's semantic camera
+(e.g. ``/carla/ego_vehicle/semantic_segmentation_front/image``): its CityScapes palette colours are
+mapped to class ids (evaluator ``truth_encoding: carla_palette``).
 
 ``launch``/``launch_ros`` are imported inside the functions, so ``plan`` (the pure argument handling)
 is unit-tested where they are absent; the tta_node settings come from ``adapt.launch.py``'s
@@ -33,6 +35,7 @@ DEFAULT_PARAMS = str(CONFIG / "adapt.yaml")
 DEFAULT_WEATHER_PARAMS = str(CONFIG / "weather_loop.yaml")
 CARLA_IMAGE = "/carla/ego_vehicle/rgb_front/image"
 SYNTHETIC_IMAGE = "camera/image_raw"  # relative: follows namespace:=
+TRUTH_TOPIC = "camera/ground_truth/class_ids"  # the evaluator's (tta_perception.ros.world_msgs)
 BRIDGE_PACKAGE = "carla_ros_bridge"
 BRIDGE_LAUNCHES = ("carla_ros_bridge_with_example_ego_vehicle.launch.py", "carla_ros_bridge.launch.py")
 
@@ -52,7 +55,11 @@ ARGUMENTS = {
     "namespace": ("", "Namespace of all nodes and topics.", None),
     "image_topic": ("", f"Camera topic; '' = {SYNTHETIC_IMAGE} (synthetic) or {CARLA_IMAGE} (carla).", None),
     "use_sim_time": ("", "'' = false (synthetic) / true (carla).", ["", "true", "false"]),
-    "evaluator": ("", "Run the evaluator; '' = true (synthetic) / false (carla).", ["", "true", "false"]),
+    "evaluator": ("", "Run the evaluator; '' = true (synthetic) / true when truth_topic is set (carla).",
+                  ["", "true", "false"]),
+    "truth_topic": ("", "carla mode: the bridge's semantic camera topic (CityScapes palette, e.g. "
+                    "/carla/ego_vehicle/semantic_segmentation_front/image) the evaluator scores against; "
+                    "synthetic: '' = the camera's ground truth.", None),
     "output_dir": ("runs/weather_loop", "Evaluator output folder.", None),
     "duration": ("0", "Shut the launch down after this many seconds (0: run until Ctrl-C).", None),
     # synthetic camera
@@ -180,13 +187,19 @@ def plan(values: dict, find_share=None) -> list:
     tta = _adapt_launch().node_settings(adapt_values)  # a relative image topic resolves in namespace:=
     actions.append({"kind": "lifecycle_node", **tta})
 
-    if _bool(values["evaluator"], not carla):
+    truth = values.get("truth_topic", "").strip()
+    if _bool(values["evaluator"], (not carla) or bool(truth)):
+        if carla and not truth:
+            raise ValueError("evaluator:=true in carla mode needs truth_topic:=<the bridge's semantic "
+                             "camera topic> (e.g. /carla/ego_vehicle/semantic_segmentation_front/image)")
+        settings = {"use_sim_time": sim_time, "prediction_topics": ["class_ids"], "labels": [method],
+                    "prefix": f"{method}_", "output_dir": values["output_dir"],
+                    "title": f"{values['schedule']}: {method}"}
+        if carla:
+            settings["truth_encoding"] = "carla_palette"
         actions.append({"kind": "node", "package": PACKAGE, "executable": "evaluator", "name": "evaluator",
-                        "namespace": ns, "output": "screen",
-                        "parameters": [weather_file, {"use_sim_time": sim_time, "prediction_topics": ["class_ids"],
-                                                      "labels": [method], "prefix": f"{method}_",
-                                                      "output_dir": values["output_dir"],
-                                                      "title": f"{values['schedule']}: {method}"}],
+                        "namespace": ns, "output": "screen", "parameters": [weather_file, settings],
+                        "remappings": [(TRUTH_TOPIC, truth)] if truth else [],
                         "ros_arguments": log})
     duration = float(values["duration"] or 0)
     if duration < 0:

@@ -100,6 +100,20 @@ def test_carla_mode_drives_the_server_weather_and_reads_the_bridge_camera(tmp_pa
         m.plan(_values(m, mode="carla", bridge="true"), find_share=missing)
 
 
+def test_carla_mode_scores_against_the_semantic_camera_when_given():
+    m = _module("carla_weather.launch.py")
+    none = lambda package: (_ for _ in ()).throw(LookupError(package))  # noqa: E731
+    assert "evaluator" not in _by_exe(m.plan(_values(m, mode="carla"), find_share=none))
+    topic = "/carla/ego_vehicle/semantic_segmentation_front/image"
+    ev = _by_exe(m.plan(_values(m, mode="carla", truth_topic=topic), find_share=none))["evaluator"]
+    assert ev["parameters"][1]["truth_encoding"] == "carla_palette" and ev["parameters"][1]["use_sim_time"]
+    assert ev["remappings"] == [("camera/ground_truth/class_ids", topic)]
+    with pytest.raises(ValueError, match="truth_topic"):
+        m.plan(_values(m, mode="carla", evaluator="true"), find_share=none)
+    synthetic = _by_exe(m.plan(_values(m)))["evaluator"]
+    assert "truth_encoding" not in synthetic["parameters"][1] and synthetic["remappings"] == []
+
+
 # ------------------------------------------------------------------------------------- replay.launch
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):

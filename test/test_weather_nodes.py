@@ -238,6 +238,50 @@ def test_evaluator_matches_by_stamp_and_scores_per_phase(ros, tmp_path):
         ros.client.destroy_publisher(pub)
 
 
+def test_evaluator_scores_against_carla_palette_ground_truth(ros, tmp_path):
+    from tta_perception.world.carla_labels import CARLA_TAGS
+    from tta_perception.world.classes import CLASS_ID
+
+    ns = _ns(ros)
+    ev = ros.add(Evaluator(namespace=ns, context=ros.ctx, parameter_overrides=_params(
+        prediction_topics=[f"{ns}/m/class_ids"], truth_encoding="carla_palette", output_dir=str(tmp_path),
+        write_period=0.0, plot=False)))
+    truth_pub = ros.client.create_publisher(Image, f"{ns}/camera/ground_truth/class_ids", output_qos(50))
+    pred_pub = ros.client.create_publisher(Image, f"{ns}/m/class_ids", output_qos(50))
+    wpub = ros.client.create_publisher(String, f"{ns}/weather", output_qos(50))
+    for pub in (truth_pub, pred_pub, wpub):
+        H.wait_until(lambda: pub.get_subscription_count() > 0, what="evaluator subscriptions")
+    # left half CARLA 'road', right half 'truck' (-> vehicle), bottom row 'wall' (no counterpart)
+    rgb = np.zeros((8, 16, 3), np.uint8)
+    rgb[:, :8] = CARLA_TAGS["road"][0]
+    rgb[:, 8:] = CARLA_TAGS["truck"][0]
+    rgb[-1] = CARLA_TAGS["wall"][0]
+    h, w, step, data = codec.rgb_to_raw(rgb, "bgra8")  # as the bridge's semantic camera sends it
+    stamp = 5 * 10**9
+    sec, nsec = divmod(stamp, 10**9)
+    truth = Image(height=h, width=w, step=step, encoding="bgra8", data=data)
+    truth.header.stamp.sec, truth.header.stamp.nanosec = sec, nsec
+    pred = np.zeros((8, 16), np.uint8)
+    pred[:, :8] = CLASS_ID["road"]
+    pred[:, 8:] = CLASS_ID["sidewalk"]  # wrong on the truck
+    pred[-1] = CLASS_ID["sky"]  # not scored: wall is unlabeled
+    weather = load_schedule("clear").weather_at(0)
+    wpub.publish(String(data=weather_json(stamp, weather, "clear", frame=0)))
+    truth_pub.publish(truth)
+    pred_pub.publish(_img(pred, stamp))
+    H.wait_until(lambda: ev.scorer.frames_scored("m") >= 1, what="the frame scored")
+    row = ev.table()["m"]["clear"]
+    assert row["acc"] == pytest.approx(50.0)  # road right, truck wrong, the wall row not scored
+    assert row["miou"] == pytest.approx(100.0 / 3)  # IoU road 1, vehicle 0, sidewalk 0
+    bad = Image(height=2, width=2, step=3, encoding="bgra8", data=bytes(6))
+    bad.header.stamp.sec = 9
+    before = ev.bad_messages
+    truth_pub.publish(bad)
+    H.wait_until(lambda: ev.bad_messages > before, what="the malformed truth counted")
+    for pub in (truth_pub, pred_pub, wpub):
+        ros.client.destroy_publisher(pub)
+
+
 def test_evaluator_labels_and_bad_parameters(ros):
     from tta_perception.ros.evaluator import ConfigError
 

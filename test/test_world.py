@@ -169,3 +169,20 @@ def test_shipped_sequences_are_the_carlatta_ones():
     assert dyn.loop and len(dyn.domains) >= 4 and dyn.frames >= 2 * dyn.period * dyn.fps - 1
     with pytest.raises(ValueError, match="unknown sequence"):
         load_schedule("snowstorm")
+
+
+def test_carla_palette_maps_to_class_ids():
+    from tta_perception.world.carla_labels import CARLA_TAGS, palette_to_ids
+    from tta_perception.world.classes import CLASS_ID, IGNORE_INDEX, PALETTE
+
+    names = list(CARLA_TAGS)
+    rgb = np.array([[CARLA_TAGS[n][0] for n in names] + [(1, 2, 3)]], dtype=np.uint8)
+    ids = palette_to_ids(rgb)[0]
+    for n, got in zip(names, ids[:-1]):
+        want = CARLA_TAGS[n][1]
+        assert got == (IGNORE_INDEX if want is None else CLASS_ID[want]), n
+    assert ids[-1] == IGNORE_INDEX  # not a CARLA colour (e.g. blended by resizing)
+    # every class of the embedded world is reachable, and its own palette colour maps back to it
+    np.testing.assert_array_equal(palette_to_ids(PALETTE[None]), np.arange(len(PALETTE))[None])
+    with pytest.raises(ValueError, match="uint8"):
+        palette_to_ids(np.zeros((2, 2, 3), np.float32))

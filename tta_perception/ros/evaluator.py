@@ -33,17 +33,25 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from tta_perception.world.carla_labels import palette_to_ids
+
+from .image_codec import ImageError, raw_to_rgb
 from .scoring import StreamScorer, format_table
 from .spin import ConfigError, declare_parameters, publish_status, spin_node
 from .world_msgs import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns
 
 NODE_NAME = "evaluator"
+TRUTH_ENCODINGS = ("class_ids", "carla_palette")
 
 PARAMS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "prediction_topics": (["class_ids"], "mono8 class-id topics to score (tta_node's 'class_ids'; several "
                           "compare methods on the same frames).", {}),
     "labels": (Parameter.Type.STRING_ARRAY, "A name per prediction topic for tables and plots; unset: from "
                "the topic (its namespace, e.g. /dplot/class_ids -> dplot).", {}),
+    "truth_encoding": ("class_ids", "Ground truth on camera/ground_truth/class_ids: 'class_ids' (mono8 ids, as "
+                       "weather_camera and make-bag publish) or 'carla_palette' (the carla-ros-bridge semantic "
+                       "camera: CityScapes colours in bgra8/rgb8/..., mapped to the 12 classes; tags without a "
+                       "counterpart are not scored).", {}),
     "num_classes": (12, "Classes scored (ids >= num_classes and 255 are ignored); 12 = the embedded world.",
                     {"int_range": (1, 255)}),
     "output_dir": ("runs/evaluator", "Folder of the CSV / JSON / PNG files.", {}),
@@ -81,6 +89,9 @@ class Evaluator(Node):
             except ParameterUninitializedException:  # a typed array left unset
                 value = []
             cfg[name] = list(value) if isinstance(value, (list, tuple)) else value
+        if cfg["truth_encoding"] not in TRUTH_ENCODINGS:
+            raise ConfigError(f"parameter 'truth_encoding' must be one of {', '.join(TRUTH_ENCODINGS)}, "
+                              f"got {cfg['truth_encoding']!r}")
         topics = [t for t in (cfg["prediction_topics"] or []) if t]
         if not topics:
             raise ConfigError("parameter 'prediction_topics' must name at least one topic")
@@ -127,8 +138,19 @@ class Evaluator(Node):
             return None
         return data.reshape(h, step)[:, :w].copy()
 
+    def _truth_of(self, msg: Image) -> Optional[np.ndarray]:
+        if self.cfg["truth_encoding"] == "class_ids":
+            return self._labels_of(msg)
+        try:  # CARLA's semantic camera: palette colours
+            rgb = raw_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+        except ImageError as err:
+            self.bad_messages += 1
+            self.get_logger().warning(f"ground truth (carla_palette): {err}", throttle_duration_sec=5.0)
+            return None
+        return palette_to_ids(rgb)
+
     def _on_truth(self, msg: Image) -> None:
-        labels = self._labels_of(msg)
+        labels = self._truth_of(msg)
         if labels is None:
             return
         with self._lock:

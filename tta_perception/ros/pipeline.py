@@ -464,9 +464,12 @@ class Pipeline:
         return x.to(self.device)
 
     def infer(self, rgb: np.ndarray, output_size: str = "input", top_k: int = 5,
-              overlay_alpha: float = 0.5, overlay: bool = True, confidence_float: bool = False) -> Result:
+              overlay_alpha: float = 0.5, overlay: bool = True, confidence_float: bool = False,
+              confidence: bool = True) -> Result:
         """Predict one frame; segmentation maps are computed at model size and upsampled (nearest)
-        only at the end, so the cost at camera resolution is a few array takes."""
+        only at the end, so the cost at camera resolution is a few array takes. ``confidence`` /
+        ``overlay`` False skip those maps (the node asks for them only while someone subscribes);
+        the mean confidence and entropy for diagnostics then come from every 4th pixel."""
         import torch
 
         x = self.to_input(rgb)
@@ -488,20 +491,29 @@ class Pipeline:
         # Segmentation, in as few passes over (C, H, W) as possible: max -> ids, and
         # confidence = max softmax = 1 / sum(exp(l - max)); a NaN/Inf logit makes it non-finite.
         lmax, ids = logits.max(0)
-        conf = torch.exp(logits - lmax).sum(0).reciprocal_()
-        finite = torch.isfinite(conf) & torch.isfinite(lmax)
+        want_conf = confidence or confidence_float
+        if want_conf:
+            conf = torch.exp(logits - lmax).sum(0).reciprocal_()
+            finite = torch.isfinite(conf) & torch.isfinite(lmax)
+        else:  # a NaN logit makes the max NaN; +inf makes it inf
+            finite = torch.isfinite(lmax)
         nonfinite = not bool(finite.all())
         ids = torch.where(finite, ids, torch.full_like(ids, 255)).to(torch.uint8).cpu().numpy()
-        conf = torch.where(finite, conf, torch.zeros_like(conf)).cpu().numpy().astype(np.float32)
-        mean_conf = float(conf.mean())
-        # mean entropy for diagnostics only: every 4th pixel each way is plenty
+        # mean confidence / entropy for diagnostics only: every 4th pixel each way is plenty
         sub = logits[:, ::4, ::4]
         sub_ok = finite[::4, ::4]
         if bool(sub_ok.any()):
             logp = torch.log_softmax(sub[:, sub_ok], dim=0)
-            mean_ent = float(-(logp.exp() * logp).sum(0).mean())
+            p = logp.exp()
+            mean_ent = float(-(p * logp).sum(0).mean())
+            sub_conf = float(p.max(0).values.mean())
         else:
-            mean_ent = float("nan")
+            mean_ent = sub_conf = float("nan")
+        if want_conf:
+            conf = torch.where(finite, conf, torch.zeros_like(conf)).cpu().numpy().astype(np.float32)
+            mean_conf = float(conf.mean())
+        else:
+            conf, mean_conf = None, sub_conf
         if output_size == "input":
             height, width = rgb.shape[:2]
             base = rgb
@@ -512,10 +524,11 @@ class Pipeline:
         if overlay:  # colours looked up at model size, then upsampled with the ids (cheaper)
             colours = _nearest(self.palette.take(ids, axis=0), height, width)
             blend = _blend(np.ascontiguousarray(colours), np.ascontiguousarray(base), overlay_alpha)
-        conf8 = (conf * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+        conf8 = None
+        if confidence:
+            conf8 = np.ascontiguousarray(_nearest((conf * 255.0 + 0.5).clip(0, 255).astype(np.uint8), height, width))
         ids = _nearest(ids, height, width)
-        return Result(task=self.task, class_ids=np.ascontiguousarray(ids),
-                      confidence_u8=np.ascontiguousarray(_nearest(conf8, height, width)),
+        return Result(task=self.task, class_ids=np.ascontiguousarray(ids), confidence_u8=conf8,
                       confidence=np.ascontiguousarray(_nearest(conf, height, width)) if confidence_float else None,
                       overlay=blend,
                       mean_confidence=mean_conf, mean_entropy=mean_ent, nonfinite=nonfinite)

@@ -498,8 +498,11 @@ class TTANode(LifecycleNode):
             t0 = time.monotonic()
             try:
                 result = pipe.infer(rgb, output_size=cfg["output_size"], top_k=cfg["top_k"],
-                                    overlay_alpha=cfg["overlay_alpha"], overlay=cfg["publish_overlay"],
-                                    confidence_float=cfg["publish_confidence_float"])
+                                    overlay_alpha=cfg["overlay_alpha"],
+                                    overlay=cfg["publish_overlay"] and self._listened("overlay"),
+                                    confidence=cfg["publish_confidence"] and self._listened("confidence"),
+                                    confidence_float=(cfg["publish_confidence_float"]
+                                                      and self._listened("confidence_float")))
             except Exception as err:
                 if is_cuda_oom(err) and cfg["device"] == "auto" and pipe.device != "cpu":
                     self._health.count("cuda_oom")
@@ -515,6 +518,15 @@ class TTANode(LifecycleNode):
         self._last = {"confidence": result.mean_confidence, "entropy": result.mean_entropy}
         self._health.processed(time.monotonic() - t_arrival, model_s)
 
+    def _listened(self, name: str) -> bool:
+        """Whether an optional output has a subscriber: maps nobody reads are not computed (as
+        image_transport's lazy publishers), which keeps the per-frame cost to what is used."""
+        pub = self._pubs.get(name)
+        try:
+            return pub is not None and pub.get_subscription_count() > 0
+        except Exception:  # a publisher being destroyed by a reload: compute as asked
+            return True
+
     def _publish(self, result, header_in: Header, pipe) -> None:
         cfg, pubs = self._cfg, self._pubs
         header = Header(stamp=header_in.stamp, frame_id=header_in.frame_id)
@@ -522,7 +534,7 @@ class TTANode(LifecycleNode):
             if "class_ids" not in pubs:
                 return
             pubs["class_ids"].publish(_image(header, "mono8", *codec.mono8(result.class_ids)))
-            if cfg["publish_confidence"]:
+            if cfg["publish_confidence"] and result.confidence_u8 is not None:
                 pubs["confidence"].publish(_image(header, "mono8", *codec.mono8(result.confidence_u8)))
             if result.confidence is not None:
                 h, w, step, data, big = codec.float32c1(result.confidence)
