@@ -321,6 +321,61 @@ def test_a_failure_half_way_leaves_nothing_that_looks_complete(night_bag, tmp_pa
     assert not out.exists() and _no_partials(out)
 
 
+def test_an_interrupted_replay_resumes_to_the_same_output(night_bag, tmp_path):
+    import torch
+
+    from tta_perception.bags.replay import ReplayInterrupted, make_pipeline, resume_dir_of
+
+    full = _replay(night_bag, tmp_path / "full")  # no checkpoints
+    pipe = make_pipeline(node_config(CFG))
+    calls = {"n": 0}
+    real = pipe.infer
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    pipe.infer = interrupted
+    out = tmp_path / "out"
+    opts = dict(progress=False, plot=False, checkpoint_every=5)
+    try:
+        with pytest.raises(ReplayInterrupted, match="--resume"):
+            replay(night_bag, out, node_config(CFG), ReplayOptions(**opts), pipeline=pipe)
+    finally:
+        pipe.close()
+    rdir = resume_dir_of(out)
+    assert not out.exists() and _no_partials(out)
+    ckpt = torch.load(rdir / "checkpoint.pt", weights_only=True)
+    assert ckpt["progress"]["frames"] == 10 and ckpt["parts"] == ["part_0000", "part_0001"]
+    # without --resume the leftovers are never overwritten silently
+    with pytest.raises(B.BagError, match="--resume to continue it, or --overwrite"):
+        replay(night_bag, out, node_config(CFG), ReplayOptions(**opts))
+    with pytest.raises(B.BagError, match="other settings.*cfg"):
+        replay(night_bag, out, node_config({**CFG, "adapt_every": 3}), ReplayOptions(**opts, resume=True))
+    res = replay(night_bag, out, node_config(CFG), ReplayOptions(**opts, resume=True))
+    assert res.frames == 20 and res.stamps == full.stamps and not rdir.exists() and _no_partials(out)
+    for topic in ("/tta/class_ids", "/tta/confidence", "/camera/ground_truth/class_ids", "/weather"):
+        a, b = _messages(tmp_path / "full", topic), _messages(out, topic)
+        assert [log for _, log, _ in a] == [log for _, log, _ in b], topic
+        if topic.endswith(("class_ids", "confidence")):  # bit-identical: the state was restored exactly
+            assert all(np.array_equal(B.decode_labels(x), B.decode_labels(y)) for (_, _, x), (_, _, y) in zip(a, b))
+    assert res.table["tent"]["all"] == pytest.approx(full.table["tent"]["all"])
+    info = yaml.safe_load((out / "replay.json").read_text())
+    assert info["resumed_from_frame"] == 10 and info["adapter"]["adapt_steps"] == full_steps(tmp_path / "full")
+    # a damaged checkpoint is named, not loaded
+    shutil.rmtree(out)
+    rdir.mkdir()
+    (rdir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(B.BagError, match="cannot be read.*--overwrite"):
+        replay(night_bag, out, node_config(CFG), ReplayOptions(**opts, resume=True))
+
+
+def full_steps(path):
+    return yaml.safe_load((path / "replay.json").read_text())["adapter"]["adapt_steps"]
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def test_cli_make_bag_and_replay(tmp_path, capsys):
     bag, out = tmp_path / "bag", tmp_path / "out"

@@ -29,3 +29,20 @@ def test_node_bench_few_frames(tmp_path):
     assert nd["frames_received"] == 8
     assert r["growth"]["rss_end_mb"] > 0
     assert r["node_exit_code"] is not None
+
+
+def test_node_bench_overhead_only(tmp_path):
+    from tta_perception.cli.main import main
+
+    rc = main(["node-bench", "--overhead-only", "--overhead-repeats", "3", "--size", "64x128",
+               "--torch-threads", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "node_bench.json").read_text())
+    assert report["methods"] == {}
+    lean, full = report["overhead"], report["overhead_all_outputs"]
+    assert lean["outputs"] == ["class_ids"] and full["outputs"] == ["class_ids", "confidence", "overlay"]
+    for o in (lean, full):
+        parts = o["decode_ms"] + o["to_input_ms"] + o["postprocess_ms"] + o["messages_ms"] + o["publish_ms"]
+        assert o["overhead_ms"] == pytest.approx(parts) and o["model_forward_ms"] > 0
+        assert o["overhead_pct_of_model"] == pytest.approx(100 * o["overhead_ms"] / o["model_forward_ms"])
+    assert not (tmp_path / "node_bench.png").exists()

@@ -300,9 +300,9 @@ def test_pipeline_postprocessing_matches_softmax_and_marks_nan_unlabeled():
         lean = pipe.infer(rgb, output_size="model", overlay=False, confidence=False)  # nobody listens
         np.testing.assert_array_equal(lean.class_ids, expect_ids)
         assert lean.confidence_u8 is None and lean.overlay is None and lean.nonfinite
-        sub = prob[:, ::4, ::4].max(0).values.numpy()
+        sub = prob[:, ::8, ::8].max(0).values.numpy()
         sub = sub[np.isfinite(sub)]
-        assert lean.mean_confidence == pytest.approx(float(sub.mean()), abs=1e-4)  # every 4th pixel
+        assert lean.mean_confidence == pytest.approx(float(sub.mean()), abs=1e-4)  # every 8th pixel
     finally:
         pipe.close()
     cfg.update(input_size=[0, 0])  # the model's own size: the embedded segmentation size here

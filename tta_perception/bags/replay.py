@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ class ReplayOptions:
     progress: bool = True
     copy_truth: bool = True
     plot: bool = True
+    checkpoint_every: int = 0              # frames per checkpoint (0: none, the run cannot be resumed)
+    resume: bool = False                   # continue an interrupted checkpointed run into the same out
 
 
 @dataclass
@@ -176,10 +179,129 @@ def _out(prefix: str, name: str) -> str:
     return f"{prefix}/{name}"
 
 
+# ------------------------------------------------------------------------------------- output
+CHECKPOINT_FORMAT = "tta_perception.replay.checkpoint/1"
+
+
+def resume_dir_of(out: str | Path) -> Path:
+    """Where an interrupted replay into ``out`` keeps its finished parts and its checkpoint."""
+    out = Path(out).expanduser().absolute()
+    return out.parent / f"{out.name}.resume"
+
+
+class _Sink:
+    """Where the replay's messages go.
+
+    Without checkpoints: straight into the output bag (written in a temporary folder, renamed into
+    place when complete). With ``checkpoint_every``: into part bags under ``<out>.resume/``; at
+    each checkpoint the current part is closed and the adaptation state saved next to it, so an
+    interrupted replay continues from there (``resume``); when the input is done the parts are
+    merged into the output bag and the folder is removed. Either way nothing half-written ever
+    sits at the output path.
+    """
+
+    def __init__(self, out_path: Path, opts: ReplayOptions, topics: dict[str, str], parts: list[str]):
+        self.out_path, self.opts, self.topics = out_path, opts, topics
+        self.parts = list(parts)
+        self.dir = resume_dir_of(out_path)
+        self.final: Optional[B.BagWriter] = None
+        self.part: Optional[B.BagWriter] = None
+        if opts.checkpoint_every > 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._open_part()
+        else:
+            self.final = self._writer(out_path, overwrite=opts.overwrite)
+
+    def _writer(self, path: Path, overwrite: bool = False) -> B.BagWriter:
+        w = B.BagWriter(path, storage=self.opts.storage, version=self.opts.version, overwrite=overwrite)
+        for t, ty in self.topics.items():
+            w.add_topic(t, ty)
+        return w
+
+    def _open_part(self) -> None:
+        name = f"part_{len(self.parts):04d}"
+        shutil.rmtree(self.dir / name, ignore_errors=True)  # left by a crash between commit and save
+        self.part = self._writer(self.dir / name)
+        self._part_name = name
+
+    def write(self, topic: str, log_ns: int, msg: Any) -> None:
+        (self.part or self.final).write(topic, log_ns, msg)
+
+    def checkpoint(self, save: Any) -> None:
+        """Close the current part, then ``save(parts)`` the state that goes with it."""
+        if self.part is None:
+            return
+        self.part.commit()
+        self.parts.append(self._part_name)
+        save(list(self.parts))
+        self._open_part()
+
+    def finish(self) -> B.BagWriter:
+        """The output bag, complete but not yet committed (side files can still be added)."""
+        if self.final is not None:
+            return self.final
+        self.part.commit()
+        self.parts.append(self._part_name)
+        self.part = None
+        self.final = self._writer(self.out_path, overwrite=self.opts.overwrite)
+        for name in self.parts:
+            with B.BagReader(self.dir / name) as reader:
+                for t, log_ns, data in reader.messages(list(reader.topics), raw=True):
+                    self.final.write_raw(t, log_ns, data)
+        return self.final
+
+    def commit(self) -> None:
+        self.final.commit()
+        if self.opts.checkpoint_every > 0:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Drop what is not complete; finished parts and their checkpoint stay for ``resume``."""
+        for w in (self.part, self.final):
+            if w is not None:
+                w.abort()
+
+
+def _fingerprint(bag_path: Path, topic: str, cfg: dict[str, Any], opts: ReplayOptions) -> dict[str, Any]:
+    """What must not change between an interrupted replay and its resumption."""
+    keep = {k: v for k, v in cfg.items() if k not in ("device",)}
+    return {"bag": str(bag_path.absolute()), "topic": topic, "cfg": json.dumps(_jsonable(keep), sort_keys=True),
+            "limit": -1 if opts.limit is None else int(opts.limit), "checkpoint_every": int(opts.checkpoint_every),
+            "storage": opts.storage, "version": int(opts.version), "prefix": opts.prefix,
+            "overlay": bool(opts.overlay), "skip_bad": bool(opts.skip_bad), "copy_truth": bool(opts.copy_truth)}
+
+
+def _load_checkpoint(path: Path, fingerprint: dict[str, Any], out_path: Path) -> Optional[dict[str, Any]]:
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise B.BagError(f"checkpoint {path} of an interrupted replay cannot be read "
+                         f"({B._one_line(err)[:200]}); pass --overwrite to start again") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise B.BagError(f"{path} is not a replay checkpoint; pass --overwrite to start again")
+    old = state.get("fingerprint", {})
+    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if diff:
+        raise B.BagError(f"the interrupted replay into {out_path} used other settings ({', '.join(diff)} "
+                         "differ); rerun it with the same ones, or pass --overwrite to start again")
+    return state
+
+
 # ------------------------------------------------------------------------------------- replay
 def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOptions = ReplayOptions(),
            pipeline=None) -> ReplayResult:
-    """Run the pipeline over the image topic of ``bag``; write ``out`` (a new bag) atomically."""
+    """Run the pipeline over the image topic of ``bag``; write ``out`` (a new bag) atomically.
+
+    With ``opts.checkpoint_every`` the run can be interrupted (Ctrl-C, a crash, a power cut) and
+    continued with ``opts.resume``: the adaptation state, the frame window and the RNG are restored at
+    the last checkpoint and the frames after it are replayed, so the output equals an uninterrupted
+    run (inline adaptation; with ``background`` the steps depend on timing anyway).
+    """
+    import torch
     from tqdm.auto import tqdm
 
     from tta_perception.ros import image_codec as codec
@@ -191,125 +313,204 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
     if out_path.absolute() == bag_path.absolute() or bag_path.absolute() in out_path.absolute().parents:
         raise B.BagError(f"output {out_path} would overwrite or nest inside the input bag {bag_path}")
     B.check_output(out_path, opts.overwrite)  # before loading the model
+    rdir = resume_dir_of(out_path)
+    if rdir.exists():
+        if opts.overwrite and not opts.resume:
+            shutil.rmtree(rdir)
+        elif not opts.resume:
+            raise B.BagError(f"an interrupted replay into {out_path} left {rdir}: pass --resume to continue "
+                             "it, or --overwrite to start again (nothing was written)")
+    if opts.resume and opts.checkpoint_every <= 0:
+        raise B.BagError("resume needs checkpoints: pass --checkpoint-every N (the same N as the "
+                         "interrupted run)")
     with B.BagReader(bag_path) as reader:
         topic, msgtype, truth_topic, weather_topic = resolve_topics(reader, opts)
         total = reader.count(topic) if opts.limit is None else min(reader.count(topic), int(opts.limit))
+        fingerprint = _fingerprint(bag_path, topic, cfg, opts)
+        state = _load_checkpoint(rdir / "checkpoint.pt", fingerprint, out_path) if opts.resume else None
         pipe = pipeline if pipeline is not None else make_pipeline(cfg, background=opts.background)
         label = cfg["method"]
         scorer = StreamScorer([label], num_classes=len(pipe.class_names)) if truth_topic else None
         seg = pipe.task == "segmentation"
         names = {n: _out(opts.prefix, n) for n in OUTPUT_NAMES}
-        frames = bad = seen = 0
-        model_s = 0.0
-        stamps: list[int] = []
+        topics: dict[str, str] = {}
+        if seg:
+            topics[names["class_ids"]] = B.TYPE_IMAGE
+            topics[names["confidence"]] = B.TYPE_IMAGE
+            if opts.overlay:
+                topics[names["overlay"]] = B.TYPE_IMAGE
+        else:
+            topics[names["classification_json"]] = B.TYPE_STRING
+        copy = [t for t in (truth_topic, weather_topic) if t and opts.copy_truth]
+        for t in copy:
+            topics[t] = reader.topics[t][0]
+        run = {"frames": 0, "bad": 0, "seen": 0, "consumed": 0, "model_s": 0.0, "wall_s": 0.0, "stamps": []}
+        parts: list[str] = []
+        if state is not None:
+            run.update({k: state["progress"][k] for k in run})
+            run["stamps"] = list(run["stamps"])
+            parts = list(state["parts"])
+            pipe.adapter.load_state_dict(state["adapter"])
+            pipe.adapter.load_stream_state(state["stream"])
+            torch.set_rng_state(state["rng"])
+        done_preds = _predictions_of(rdir, parts, names["class_ids"]) if (state and scorer and seg) else {}
         t_start = time.perf_counter()
-        try:
-            with B.BagWriter(out_path, storage=opts.storage, version=opts.version,
-                             overwrite=opts.overwrite) as writer:
-                if seg:
-                    writer.add_topic(names["class_ids"], B.TYPE_IMAGE)
-                    writer.add_topic(names["confidence"], B.TYPE_IMAGE)
-                    if opts.overlay:
-                        writer.add_topic(names["overlay"], B.TYPE_IMAGE)
-                else:
-                    writer.add_topic(names["classification_json"], B.TYPE_STRING)
-                copy = [t for t in (truth_topic, weather_topic) if t and opts.copy_truth]
-                for t in copy:
-                    writer.add_topic(t, reader.topics[t][0])
-                read = [topic] + [t for t in (truth_topic, weather_topic) if t]
-                bar = tqdm(total=total, desc=f"replay {label}", unit="frame", disable=not opts.progress)
-                last_log = None
+        wall_before = float(run["wall_s"])
+
+        def save(parts_now: list[str]) -> None:
+            run["wall_s"] = wall_before + time.perf_counter() - t_start
+            ckpt = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "parts": parts_now,
+                    "progress": {k: (list(v) if isinstance(v, list) else v) for k, v in run.items()},
+                    "adapter": pipe.adapter.state_dict(), "stream": pipe.adapter.stream_state(),
+                    "rng": torch.get_rng_state()}
+            tmp = rdir / ".checkpoint.pt.tmp"
+            torch.save(ckpt, tmp)
+            os.replace(tmp, rdir / "checkpoint.pt")
+
+        def feed_context(t: str, log_ns: int, msg: Any) -> None:
+            """Ground truth and weather into the scorer (and the output when copied)."""
+            if t == truth_topic and scorer is not None:
                 try:
-                    for t, log_ns, msg in reader.messages(read):
-                        if opts.limit is not None and frames >= opts.limit and (last_log is None or log_ns > last_log):
-                            break  # past the last frame asked for (its truth/weather are read)
+                    scorer.add_truth(B.stamp_ns_of(msg), B.decode_labels(msg))
+                except ValueError as err:
+                    raise B.BagError(f"bag {bag_path}: ground-truth topic {t!r}: {err}") from None
+            elif t == weather_topic and scorer is not None:
+                try:
+                    stamp_w, payload = parse_weather(msg.data)
+                except ValueError as err:
+                    raise B.BagError(f"bag {bag_path}: weather topic {t!r}: {err}") from None
+                scorer.add_weather(stamp_w if stamp_w is not None else log_ns, payload)
+
+        sink = None
+        try:
+            sink = _Sink(out_path, opts, topics, parts)
+            read = [topic] + [t for t in (truth_topic, weather_topic) if t]
+            bar = tqdm(total=total, initial=run["seen"], desc=f"replay {label}", unit="frame",
+                       disable=not opts.progress)
+            skip = int(run["consumed"])
+            last_log = None
+            frames_limit = opts.limit
+            try:
+                for index, (t, log_ns, msg) in enumerate(reader.messages(read)):
+                    if index < skip:  # done before the checkpoint: only the scorer catches up
                         if t == topic:
-                            if opts.limit is not None and frames >= opts.limit:
-                                continue
-                            seen += 1
                             last_log = log_ns
-                            stamp = B.stamp_ns_of(msg)
-                            try:
-                                rgb = B.decode_image(msg, msgtype, int(cfg["max_image_pixels"]))
-                            except codec.ImageError as err:
-                                if opts.skip_bad:
-                                    bad += 1
-                                    continue
-                                raise B.BagError(f"bag {bag_path}: topic {topic!r}: frame at stamp {stamp} "
-                                                 f"cannot be used ({err.reason}): {err}") from None
-                            t0 = time.perf_counter()
-                            result = pipe.infer(rgb, output_size=cfg["output_size"], top_k=cfg["top_k"],
-                                                overlay_alpha=cfg["overlay_alpha"], overlay=opts.overlay)
-                            model_s += time.perf_counter() - t0
-                            frame_id = msg.header.frame_id
-                            if seg:
-                                writer.write(names["class_ids"], log_ns,
-                                             B.mono8_message(stamp, frame_id, result.class_ids))
-                                writer.write(names["confidence"], log_ns,
-                                             B.mono8_message(stamp, frame_id, result.confidence_u8))
-                                if opts.overlay and result.overlay is not None:
-                                    writer.write(names["overlay"], log_ns,
-                                                 B.rgb_image_message(stamp, frame_id, result.overlay, "rgb8"))
-                                if scorer is not None:
-                                    scorer.add_prediction(label, stamp, result.class_ids)
-                            else:
-                                writer.write(names["classification_json"], log_ns,
-                                             B.string_message(json.dumps(_classification(result, pipe, stamp,
-                                                                                         frame_id))))
-                            stamps.append(stamp)
-                            frames += 1
-                            bar.update(1)
-                        elif t == truth_topic:
-                            if t in copy:
-                                writer.write(t, log_ns, msg)
-                            if scorer is not None:
-                                try:
-                                    scorer.add_truth(B.stamp_ns_of(msg), B.decode_labels(msg))
-                                except ValueError as err:
-                                    raise B.BagError(f"bag {bag_path}: ground-truth topic {t!r}: {err}") from None
-                        elif t == weather_topic:
-                            if t in copy:
-                                writer.write(t, log_ns, msg)
-                            if scorer is not None:
-                                try:
-                                    stamp_w, payload = parse_weather(msg.data)
-                                except ValueError as err:
-                                    raise B.BagError(f"bag {bag_path}: weather topic {t!r}: {err}") from None
-                                scorer.add_weather(stamp_w if stamp_w is not None else log_ns, payload)
+                            pred = done_preds.pop(B.stamp_ns_of(msg), None)
+                            if pred is not None:
+                                scorer.add_prediction(label, B.stamp_ns_of(msg), pred)
+                        else:
+                            feed_context(t, log_ns, msg)
                         if scorer is not None:
                             scorer.process()
-                finally:
-                    bar.close()
-                if seen < total:  # a damaged chunk can end a storage file's data without an exception
-                    raise B.BagError(f"bag {bag_path}: topic {topic!r}: only {seen} of the {total} messages "
-                                     "listed in the bag's index could be read (corrupt or truncated file?)")
-                if frames == 0:
-                    raise B.BagError(f"bag {bag_path}: topic {topic!r}: no frame could be used "
-                                     f"({bad} bad)")
-                if opts.background:
-                    pipe.adapter.wait_idle()
-                wall = time.perf_counter() - t_start
-                files: dict[str, str] = {}
-                table: dict[str, Any] = {}
-                if scorer is not None:
-                    written = scorer.write(writer.tmp_path, prefix="replay_", plot=opts.plot,
-                                           title=f"replay of {bag_path.name}")
-                    table = scorer.table()
-                    files = {k: str(out_path / p.name) for k, p in written.items()}
-                info = {"bag": str(bag_path), "topic": topic, "message_type": msgtype,
-                        "truth_topic": truth_topic, "weather_topic": weather_topic, "method": label,
-                        "model": cfg["model"], "device": pipe.device, "frames": frames, "bad_frames": bad,
-                        "wall_s": round(wall, 3), "fps": round(frames / wall, 3) if wall > 0 else None,
-                        "model_fps": round(frames / model_s, 3) if model_s > 0 else None,
-                        "background": opts.background, "window": cfg["window"],
-                        "adapt_every": cfg["adapt_every"], "outputs": sorted(writer.counts), "table": table,
-                        "adapter": _jsonable(pipe.stats())}
-                _write_json(writer.extra_file("replay.json"), info)
-                files["replay"] = str(out_path / "replay.json")
+                        continue
+                    if frames_limit is not None and run["seen"] >= frames_limit and (last_log is None or log_ns > last_log):
+                        break  # past the last frame asked for (its truth/weather are read)
+                    run["consumed"] = index + 1
+                    if t == topic:
+                        if frames_limit is not None and run["seen"] >= frames_limit:
+                            continue
+                        run["seen"] += 1
+                        last_log = log_ns
+                        stamp = B.stamp_ns_of(msg)
+                        try:
+                            rgb = B.decode_image(msg, msgtype, int(cfg["max_image_pixels"]))
+                        except codec.ImageError as err:
+                            if opts.skip_bad:
+                                run["bad"] += 1
+                                bar.update(1)
+                                continue
+                            raise B.BagError(f"bag {bag_path}: topic {topic!r}: frame at stamp {stamp} "
+                                             f"cannot be used ({err.reason}): {err}") from None
+                        t0 = time.perf_counter()
+                        result = pipe.infer(rgb, output_size=cfg["output_size"], top_k=cfg["top_k"],
+                                            overlay_alpha=cfg["overlay_alpha"], overlay=opts.overlay)
+                        run["model_s"] += time.perf_counter() - t0
+                        frame_id = msg.header.frame_id
+                        if seg:
+                            sink.write(names["class_ids"], log_ns, B.mono8_message(stamp, frame_id, result.class_ids))
+                            sink.write(names["confidence"], log_ns,
+                                       B.mono8_message(stamp, frame_id, result.confidence_u8))
+                            if opts.overlay and result.overlay is not None:
+                                sink.write(names["overlay"], log_ns,
+                                           B.rgb_image_message(stamp, frame_id, result.overlay, "rgb8"))
+                            if scorer is not None:
+                                scorer.add_prediction(label, stamp, result.class_ids)
+                        else:
+                            sink.write(names["classification_json"], log_ns,
+                                       B.string_message(json.dumps(_classification(result, pipe, stamp, frame_id))))
+                        run["stamps"].append(stamp)
+                        run["frames"] += 1
+                        bar.update(1)
+                        if opts.checkpoint_every > 0 and run["frames"] % opts.checkpoint_every == 0:
+                            if opts.background:
+                                pipe.adapter.wait_idle()
+                            sink.checkpoint(save)
+                    else:
+                        if t in copy:
+                            sink.write(t, log_ns, msg)
+                        feed_context(t, log_ns, msg)
+                    if scorer is not None:
+                        scorer.process()
+            finally:
+                bar.close()
+            if run["seen"] < total:  # a damaged chunk can end a storage file's data without an exception
+                raise B.BagError(f"bag {bag_path}: topic {topic!r}: only {run['seen']} of the {total} messages "
+                                 "listed in the bag's index could be read (corrupt or truncated file?)")
+            if run["frames"] == 0:
+                raise B.BagError(f"bag {bag_path}: topic {topic!r}: no frame could be used "
+                                 f"({run['bad']} bad)")
+            if opts.background:
+                pipe.adapter.wait_idle()
+            wall = wall_before + time.perf_counter() - t_start
+            writer = sink.finish()
+            files: dict[str, str] = {}
+            table: dict[str, Any] = {}
+            if scorer is not None:
+                written = scorer.write(writer.tmp_path, prefix="replay_", plot=opts.plot,
+                                       title=f"replay of {bag_path.name}")
+                table = scorer.table()
+                files = {k: str(out_path / p.name) for k, p in written.items()}
+            frames, model_s = int(run["frames"]), float(run["model_s"])
+            info = {"bag": str(bag_path), "topic": topic, "message_type": msgtype,
+                    "truth_topic": truth_topic, "weather_topic": weather_topic, "method": label,
+                    "model": cfg["model"], "device": pipe.device, "frames": frames, "bad_frames": run["bad"],
+                    "wall_s": round(wall, 3), "fps": round(frames / wall, 3) if wall > 0 else None,
+                    "model_fps": round(frames / model_s, 3) if model_s > 0 else None,
+                    "background": opts.background, "window": cfg["window"],
+                    "adapt_every": cfg["adapt_every"], "predict_mode": pipe.adapter.predict_mode,
+                    "bn_stats": pipe.adapter.bn_stats, "checkpoint_every": opts.checkpoint_every,
+                    "resumed_from_frame": int(state["progress"]["frames"]) if state else None,
+                    "outputs": sorted(writer.counts), "table": table, "adapter": _jsonable(pipe.stats())}
+            _write_json(writer.extra_file("replay.json"), info)
+            files["replay"] = str(out_path / "replay.json")
+            sink.commit()
+        except BaseException as err:
+            if sink is not None:
+                sink.abort()
+            if isinstance(err, KeyboardInterrupt) and opts.checkpoint_every > 0 and (rdir / "checkpoint.pt").is_file():
+                raise ReplayInterrupted(f"replay interrupted; {rdir} holds the output up to the last checkpoint: "
+                                        "run the same command with --resume to continue") from None
+            raise
         finally:
             if pipeline is None:
                 pipe.close()
-    return ReplayResult(out_path, frames, bad, wall, model_s, label, table, files, stamps)
+    return ReplayResult(out_path, frames, int(run["bad"]), wall, model_s, label, table, files, list(run["stamps"]))
+
+
+class ReplayInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a checkpointed replay: what to run to continue it."""
+
+
+def _predictions_of(rdir: Path, parts: list[str], class_topic: str) -> dict[int, np.ndarray]:
+    """stamp -> class ids already written into the finished parts (the scorer catches up on them)."""
+    out: dict[int, np.ndarray] = {}
+    for name in parts:
+        with B.BagReader(rdir / name) as reader:
+            if class_topic not in reader.topics:
+                continue
+            for _, _, msg in reader.messages([class_topic]):
+                out[B.stamp_ns_of(msg)] = B.decode_labels(msg)
+    return out
 
 
 def _classification(result, pipe, stamp: int, frame_id: str) -> dict[str, Any]:

@@ -53,7 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra tta_node parameter NAME=VALUE (repeatable)")
     p.add_argument("--window", type=float, default=60.0,
                    help="seconds of the first/last window compared for latency growth")
-    p.add_argument("--no-overhead", action="store_true", help="skip the in-process overhead measurement")
+    g2 = p.add_mutually_exclusive_group()
+    g2.add_argument("--no-overhead", action="store_true", help="skip the in-process overhead measurement")
+    g2.add_argument("--overhead-only", action="store_true",
+                    help="only the in-process overhead measurement (no node process, no DDS run)")
     p.add_argument("--overhead-repeats", type=int, default=60, help="frames timed for the overhead")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node")
     p.add_argument("--no-plot", action="store_true", help="no PNG")
@@ -69,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from ..ros.node_bench import run_node_bench
 
     methods = [m.strip() for item in (args.method or ["source,dplot"]) for m in item.split(",") if m.strip()]
+    if args.overhead_only:
+        methods = []
     duration = args.duration if args.duration is not None else (None if args.frames else 120.0)
     report = run_node_bench(methods, duration=duration, frames=args.frames, rate=args.rate, size=args.size,
                             out=args.out, schedule=args.schedule, stride=args.stride,

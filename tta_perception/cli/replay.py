@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                         "'module:function'")
     p.add_argument("--bundle", default=None, help="DPLOT phase-A bundle (default: as the node finds it)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the node's, auto)")
-    p.add_argument("--window", type=int, default=None, help="adaptation window (node default 16)")
-    p.add_argument("--adapt-every", type=int, default=None, help="adapt every N frames (node default 16)")
+    p.add_argument("--window", type=int, default=None, help="adaptation window (node default 4)")
+    p.add_argument("--adapt-every", type=int, default=None, help="adapt every N frames (node default 4)")
     p.add_argument("--seed", type=int, default=None, help="seed of the adaptation")
     p.add_argument("--output-size", choices=("input", "model"), default=None,
                    help="outputs at the camera size (default) or the model size")
@@ -44,10 +44,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output bag (only once the new one is complete)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="frames between checkpoints (finished output part + adaptation state in "
+                        "<out>.resume/), so an interrupted replay can be resumed; 0: none")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted replay into --out from its last checkpoint (same options)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bags.replay import ReplayOptions, node_config, replay
+    from ..bags.replay import ReplayInterrupted, ReplayOptions, node_config, replay
     from ..ros.scoring import format_table
 
     if args.limit is not None and args.limit <= 0:
@@ -60,8 +65,14 @@ def run(args: argparse.Namespace) -> int:
                          prefix=args.prefix, storage=args.storage, version=args.bag_version,
                          overwrite=args.overwrite, overlay=args.overlay, background=args.background,
                          limit=args.limit, skip_bad=args.skip_bad, progress=not args.no_progress,
-                         plot=not args.no_plot)
-    res = replay(args.bag, args.out, cfg, opts)
+                         plot=not args.no_plot, checkpoint_every=args.checkpoint_every, resume=args.resume)
+    if args.checkpoint_every < 0:
+        raise ValueError("--checkpoint-every must be >= 0")
+    try:
+        res = replay(args.bag, args.out, cfg, opts)
+    except ReplayInterrupted as err:
+        print(f"\n{err}")
+        return 130
     print(f"replayed {res.frames} frames of {args.bag} with {res.method!r}: {res.fps:.1f} frames/s "
           f"overall, {res.model_fps:.1f} frames/s in the model"
           + (f", {res.bad_frames} bad frames skipped" if res.bad_frames else ""))

@@ -340,6 +340,29 @@ class StreamingAdapter:
             self._publish()
             self._publish()
 
+    def stream_state(self) -> dict[str, Any]:
+        """The frame window, the frames since the last request and the counters: with
+        ``state_dict`` everything needed to continue a stream exactly where it stopped (replay
+        checkpoints). Tensors on the CPU; loadable with ``weights_only=True``."""
+        with self._lock:
+            counters = {k: v for k, v in self._counters.items()
+                        if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+            return {"format": STATE_FORMAT, "frames": [f.detach().cpu().clone() for f in self._frames],
+                    "since_adapt": int(self._since_adapt), "counters": counters}
+
+    def load_stream_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``stream_state`` saved (after ``load_state_dict``, which clears the window)."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError("not a StreamingAdapter stream state")
+        with self._lock:
+            self._frames.clear()
+            for f in state["frames"][-self.window:]:
+                self._frames.append(f.to(self.method.device))
+            self._since_adapt = int(state["since_adapt"])
+            for k, v in state.get("counters", {}).items():
+                if k in self._counters and not k.startswith("worker_"):
+                    self._counters[k] = v
+
     def close(self) -> None:
         """Stop the worker (finishes a running step first). Idempotent."""
         with self._wake:

@@ -435,8 +435,8 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
                    torch_threads: int = 0,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     methods = list(methods)
-    if not methods or len(set(methods)) != len(methods):
-        raise ValueError(f"methods must be distinct and non-empty, got {methods}")
+    if len(set(methods)) != len(methods) or not (methods or overhead):
+        raise ValueError(f"methods must be distinct and non-empty (or measure the overhead only), got {methods}")
     if rate <= 0:
         raise ValueError("--rate must be positive")
     n_frames = int(frames) if frames else int(round(float(duration or 0) * rate))
@@ -449,7 +449,7 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
         # a private domain (0..101 is the safe range on Linux) unless the caller chose one
         domain_id = int(env_id) if env_id.isdigit() else random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    rendered = render_frames(schedule, min(n_frames, unique_frames), size, stride, log=log)
+    rendered = render_frames(schedule, min(n_frames, unique_frames) if methods else 1, size, stride, log=log)
     report: dict[str, Any] = {
         "settings": {"methods": methods, "frames": n_frames, "rate_hz": rate, "size": list(size),
                      "schedule": schedule, "frame_stride": stride, "unique_frames": len(rendered),
@@ -496,7 +496,7 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
     tmp.write_text(json.dumps(report, indent=1, default=_json_default))
     tmp.replace(path)
     files = {"json": str(path)}
-    if plot:
+    if plot and methods:
         files["png"] = str(plot_report(report, out / "node_bench.png"))
     report["files"] = files
     log(report["text"])

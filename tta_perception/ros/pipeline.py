@@ -270,6 +270,17 @@ class Result:
     nonfinite: bool = False  # some logits were NaN/Inf (those pixels are 255 = unlabeled)
 
 
+def _max_and_index(logits):
+    """``logits.max(0)`` (values, uint8 indices) for (C, H, W), C <= 255, about 2x faster on a CPU:
+    torch's max-with-indices over the outer dimension takes a slow path, while ``amax`` and the
+    one-hot trick below are vectorised. On (float) ties the largest index wins (torch: unspecified)."""
+    import torch
+
+    lmax = logits.amax(0)
+    index = torch.arange(logits.shape[0], dtype=torch.uint8, device=logits.device).view(-1, 1, 1)
+    return lmax, ((logits == lmax) * index).amax(0)
+
+
 def _nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize (class ids must not be interpolated); two 1-D takes, which is
     several times faster than one 2-D fancy index on camera-sized images."""
@@ -490,7 +501,7 @@ class Pipeline:
                           nonfinite=nonfinite)
         # Segmentation, in as few passes over (C, H, W) as possible: max -> ids, and
         # confidence = max softmax = 1 / sum(exp(l - max)); a NaN/Inf logit makes it non-finite.
-        lmax, ids = logits.max(0)
+        lmax, ids = _max_and_index(logits)
         want_conf = confidence or confidence_float
         if want_conf:
             conf = torch.exp(logits - lmax).sum(0).reciprocal_()
@@ -499,9 +510,9 @@ class Pipeline:
             finite = torch.isfinite(lmax)
         nonfinite = not bool(finite.all())
         ids = torch.where(finite, ids, torch.full_like(ids, 255)).to(torch.uint8).cpu().numpy()
-        # mean confidence / entropy for diagnostics only: every 4th pixel each way is plenty
-        sub = logits[:, ::4, ::4]
-        sub_ok = finite[::4, ::4]
+        # mean confidence / entropy for diagnostics only: every 8th pixel each way is plenty
+        sub = logits[:, ::8, ::8]
+        sub_ok = finite[::8, ::8]
         if bool(sub_ok.any()):
             logp = torch.log_softmax(sub[:, sub_ok], dim=0)
             p = logp.exp()
