@@ -409,3 +409,13 @@ def test_params_file_sets_the_node_configuration(tmp_path):
         node_config({}, path)
     with pytest.raises(ValueError, match="parameter 'window' must be in"):
         node_config({"window": 0})
+
+
+def test_phase_table_keeps_columns_apart_for_many_methods():
+    from tta_perception.ros.scoring import format_table
+
+    row = {"miou": 34.6, "acc": 50.0, "frames": 457}
+    table = {m: {"night": row, "all": row} for m in ("source", "norm", "dplot")}
+    lines = format_table(table).splitlines()
+    assert lines[0].split() == ["phase", "source", "norm", "dplot", "frames"]
+    assert lines[-1].split() == ["all", "34.6", "34.6", "34.6", "457/457/457"]

@@ -349,15 +349,18 @@ def format_table(table: Mapping[str, Mapping[str, Mapping[str, float]]], metric:
                 domains.append(d)
     domains.append("all")
     width = max([10] + [len(m) + 2 for m in methods])
-    head = f"{'phase':<12}" + "".join(f"{m:>{width}}" for m in methods) + f"{'frames':>10}"
-    lines = [head, "-" * len(head)]
+    rows = []
     for d in domains:
         cells, frames = [], []
         for m in methods:
             v = table[m].get(d)
             cells.append(f"{v[metric]:>{width}.1f}" if v and not math.isnan(v[metric]) else f"{'-':>{width}}")
             frames.append(str(int(v["frames"])) if v else "0")
-        lines.append(f"{d:<12}" + "".join(cells) + f"{'/'.join(frames):>10}")
+        rows.append((d, cells, "/".join(frames)))
+    fw = max([8] + [len(f) for _, _, f in rows]) + 2  # the frames column never runs into the last method
+    head = f"{'phase':<12}" + "".join(f"{m:>{width}}" for m in methods) + f"{'frames':>{fw}}"
+    lines = [head, "-" * len(head)]
+    lines += [f"{d:<12}" + "".join(cells) + f"{frames:>{fw}}" for d, cells, frames in rows]
     return "\n".join(lines)
 
 
