@@ -42,7 +42,9 @@ def test_node_bench_overhead_only(tmp_path):
     lean, full = report["overhead"], report["overhead_all_outputs"]
     assert lean["outputs"] == ["class_ids"] and full["outputs"] == ["class_ids", "confidence", "overlay"]
     for o in (lean, full):
-        parts = o["decode_ms"] + o["to_input_ms"] + o["postprocess_ms"] + o["messages_ms"] + o["publish_ms"]
-        assert o["overhead_ms"] == pytest.approx(parts) and o["model_forward_ms"] > 0
+        conversion = o["decode_ms"] + o["to_input_ms"] + o["messages_ms"] + o["publish_ms"]
+        assert o["conversion_publishing_ms"] == pytest.approx(conversion) and o["model_forward_ms"] > 0
+        assert o["overhead_ms"] == pytest.approx(conversion + o["postprocess_ms"])
         assert o["overhead_pct_of_model"] == pytest.approx(100 * o["overhead_ms"] / o["model_forward_ms"])
+        assert o["conversion_publishing_pct_of_model"] < o["overhead_pct_of_model"]
     assert not (tmp_path / "node_bench.png").exists()

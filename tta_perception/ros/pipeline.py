@@ -480,12 +480,23 @@ class Pipeline:
         """Predict one frame; segmentation maps are computed at model size and upsampled (nearest)
         only at the end, so the cost at camera resolution is a few array takes. ``confidence`` /
         ``overlay`` False skip those maps (the node asks for them only while someone subscribes);
-        the mean confidence and entropy for diagnostics then come from every 4th pixel."""
+        the mean confidence and entropy for diagnostics then come from every 8th pixel."""
         import torch
 
         x = self.to_input(rgb)
         with torch.no_grad():
             logits = self.adapter.predict(x)
+        return self.postprocess(logits, rgb, x, output_size=output_size, top_k=top_k,
+                                overlay_alpha=overlay_alpha, overlay=overlay,
+                                confidence_float=confidence_float, confidence=confidence)
+
+    def postprocess(self, logits, rgb: np.ndarray, x, output_size: str = "input", top_k: int = 5,
+                    overlay_alpha: float = 0.5, overlay: bool = True, confidence_float: bool = False,
+                    confidence: bool = True) -> Result:
+        """Logits of one frame -> the node's outputs (``infer`` after the model; timed on its own by
+        ``node-bench``)."""
+        import torch
+
         logits = logits.detach().float()
         if logits.dim() in (2, 4):  # tolerate a batch axis of one
             logits = logits[0]
@@ -511,13 +522,13 @@ class Pipeline:
         nonfinite = not bool(finite.all())
         ids = torch.where(finite, ids, torch.full_like(ids, 255)).to(torch.uint8).cpu().numpy()
         # mean confidence / entropy for diagnostics only: every 8th pixel each way is plenty
-        sub = logits[:, ::8, ::8]
-        sub_ok = finite[::8, ::8]
+        # (a small contiguous copy; non-finite pixels drop out of the means)
+        logp = torch.log_softmax(logits[:, ::8, ::8].contiguous(), dim=0)
+        p = logp.exp()
+        ent, pmax = -(p * logp).sum(0), p.amax(0)
+        sub_ok = torch.isfinite(ent) & torch.isfinite(pmax)
         if bool(sub_ok.any()):
-            logp = torch.log_softmax(sub[:, sub_ok], dim=0)
-            p = logp.exp()
-            mean_ent = float(-(p * logp).sum(0).mean())
-            sub_conf = float(p.max(0).values.mean())
+            mean_ent, sub_conf = float(ent[sub_ok].mean()), float(pmax[sub_ok].mean())
         else:
             mean_ent = sub_conf = float("nan")
         if want_conf:
