@@ -121,8 +121,12 @@ class StreamingAdapter:
         if self.background:
             if self.method.device.type == "cuda":
                 self._stream = torch.cuda.Stream(device=self.method.device)
+            self._ready = threading.Event()
             self._thread = threading.Thread(target=self._worker, name="tta-adapt", daemon=True)
             self._thread.start()
+            # the worker sets its priority/threads (and briefly torch's global thread count) first:
+            # nothing else of ours runs torch before that is done
+            self._ready.wait(10.0)
 
     # ------------------------------------------------------------------ inference path
     @torch.no_grad()
@@ -207,7 +211,10 @@ class StreamingAdapter:
             c["worker_warning"] = "; ".join(warnings)
 
     def _worker(self) -> None:
-        self._setup_worker_thread()
+        try:
+            self._setup_worker_thread()
+        finally:
+            self._ready.set()
         while True:
             with self._wake:
                 while not self._pending and not self._closed:
