@@ -392,7 +392,6 @@ class Pipeline:
             raise ConfigError(f"method {cfg['method']!r}: {_one_line(err)}") from None
         from tta_perception.engine.streaming import StreamingAdapter
 
-        window = int(cfg["window"])
         # as the benchmark's streaming runner builds it, so the node's numbers are the benchmark's
         self.adapter = StreamingAdapter(self.method, **adapter_options(cfg, self.method), background=True)
         self.adapts = bool(getattr(self.method, "ADAPTS", True))  # False for 'source'
@@ -582,8 +581,9 @@ def adapter_options(cfg: dict[str, Any], method) -> dict[str, Any]:
     cpu = method.device.type == "cpu"
     if mode == "auto":
         # The paper's DPLOT prediction is 4 forward passes (student and teacher on x and flip(x)):
-        # cheap on a GPU, but 2.7x the source node's latency on a 2-core CPU, where the student
-        # alone is as accurate (docs/node_benchmark.md, docs/benchmark.md "--predict student").
+        # cheap on a GPU, but 3.0x the source node's latency on a 2-core CPU (96 vs 32 ms), where
+        # the student alone costs 0.6 mIoU in the streaming benchmark (docs/node_benchmark.md,
+        # docs/benchmark.md "--predict student"). A deliberate, documented deviation for CPUs.
         mode = "student" if cpu and len(method.inference_modules()) > 1 and "model" in method.inference_modules() \
             else "method"
     if mode not in PREDICT_MODES:
