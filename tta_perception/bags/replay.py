@@ -368,7 +368,7 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
             os.replace(tmp, rdir / "checkpoint.pt")
 
         def feed_context(t: str, log_ns: int, msg: Any) -> None:
-            """Ground truth and weather into the scorer (and the output when copied)."""
+            """Ground truth and weather into the scorer."""
             if t == truth_topic and scorer is not None:
                 try:
                     scorer.add_truth(B.stamp_ns_of(msg), B.decode_labels(msg))
@@ -389,7 +389,6 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                        disable=not opts.progress)
             skip = int(run["consumed"])
             last_log = None
-            frames_limit = opts.limit
             try:
                 for index, (t, log_ns, msg) in enumerate(reader.messages(read)):
                     if index < skip:  # done before the checkpoint: only the scorer catches up
@@ -403,11 +402,11 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                         if scorer is not None:
                             scorer.process()
                         continue
-                    if frames_limit is not None and run["seen"] >= frames_limit and (last_log is None or log_ns > last_log):
+                    if opts.limit is not None and run["seen"] >= opts.limit and (last_log is None or log_ns > last_log):
                         break  # past the last frame asked for (its truth/weather are read)
                     run["consumed"] = index + 1
                     if t == topic:
-                        if frames_limit is not None and run["seen"] >= frames_limit:
+                        if opts.limit is not None and run["seen"] >= opts.limit:
                             continue
                         run["seen"] += 1
                         last_log = log_ns
