@@ -203,6 +203,16 @@ class TTAMethod:
         self._on_nonfinite()
         return False
 
+    def _minimise(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> bool:
+        """One optimiser step on ``loss``, skipped (False; last good state restored, counted) when
+        the loss is NaN/Inf. The caller commits/EMA-updates after a True."""
+        if not self._loss_ok(loss):
+            return False
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return True
+
     def _commit(self) -> bool:
         """After an update: if parameters/buffers went non-finite restore the last good state,
         otherwise remember this state as the last good one."""

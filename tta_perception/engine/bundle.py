@@ -115,3 +115,14 @@ def resolve_bundle(bundle: Bundle | str | os.PathLike | None) -> Bundle | None:
     if bundle is None or isinstance(bundle, Bundle):
         return bundle
     return load_bundle(bundle)
+
+
+def apply_bundle(model, bundle: Bundle | str | os.PathLike | None) -> Bundle | None:
+    """Resolve ``bundle``, check it was made for ``model`` and load its warmed-up student weights
+    (what the mean-teacher methods do first in ``setup``); the bundle, or None without one."""
+    b = resolve_bundle(bundle)
+    if b is not None:
+        b.check_model(model)
+        if b.student_state is not None:
+            model.load_state_dict(b.student_state)
+    return b

@@ -21,6 +21,7 @@ from . import params as P
 STATE_FORMAT = "tta_perception.ros/1"
 
 
+from .scoring import nearest_resize  # noqa: E402
 from .spin import ConfigError  # noqa: E402,F401  (re-exported: the node's refusals)
 
 
@@ -281,17 +282,6 @@ def _max_and_index(logits):
     return lmax, ((logits == lmax) * index).amax(0)
 
 
-def _nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize (class ids must not be interpolated); two 1-D takes, which is
-    several times faster than one 2-D fancy index on camera-sized images."""
-    h, w = array.shape[:2]
-    if (h, w) == (height, width):
-        return array
-    rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(np.intp)
-    cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(np.intp)
-    return array.take(rows, axis=0).take(cols, axis=1)
-
-
 def _blend(colours: np.ndarray, base: np.ndarray, alpha: float) -> np.ndarray:
     """``alpha * colours + (1 - alpha) * base`` in uint8 (OpenCV when present: ~3x faster)."""
     try:
@@ -543,14 +533,15 @@ class Pipeline:
             base = (x.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
         blend = None
         if overlay:  # colours looked up at model size, then upsampled with the ids (cheaper)
-            colours = _nearest(self.palette.take(ids, axis=0), height, width)
+            colours = nearest_resize(self.palette.take(ids, axis=0), height, width)
             blend = _blend(np.ascontiguousarray(colours), np.ascontiguousarray(base), overlay_alpha)
         conf8 = None
         if confidence:
-            conf8 = np.ascontiguousarray(_nearest((conf * 255.0 + 0.5).clip(0, 255).astype(np.uint8), height, width))
-        ids = _nearest(ids, height, width)
+            conf8 = (conf * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+            conf8 = np.ascontiguousarray(nearest_resize(conf8, height, width))
+        ids = nearest_resize(ids, height, width)
         return Result(task=self.task, class_ids=np.ascontiguousarray(ids), confidence_u8=conf8,
-                      confidence=np.ascontiguousarray(_nearest(conf, height, width)) if confidence_float else None,
+                      confidence=np.ascontiguousarray(nearest_resize(conf, height, width)) if confidence_float else None,
                       overlay=blend,
                       mean_confidence=mean_conf, mean_entropy=mean_ent, nonfinite=nonfinite)
 

@@ -30,7 +30,9 @@ WEATHER_KEYS = ("fog_density", "precipitation", "cloudiness", "sun_altitude_angl
 
 
 def nearest_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Class ids at another size without mixing ids (nearest neighbour)."""
+    """Class ids at another size without mixing ids (nearest neighbour); two 1-D takes, several
+    times faster than one 2-D fancy index on camera-sized images (the node upsamples every output
+    with it)."""
     h, w = array.shape[:2]
     if (h, w) == (height, width):
         return array

@@ -104,11 +104,8 @@ class CoTTA(TTAMethod):
             out = self.model(x)
             per = cross_entropy_soft(out, target) if c.loss == "ce" else symmetric_cross_entropy(out, target)
             loss = per.mean()
-            if not self._loss_ok(loss):
+            if not self._minimise(loss, opt):
                 return target.detach()
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
         ema_update(self.teacher, self.model, c.mt)
         if c.rst > 0:  # stochastic restore towards the source weights
             src = self._source["modules"]["model"]

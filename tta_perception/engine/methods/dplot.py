@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..base import TTAMethod
-from ..bundle import Bundle, resolve_bundle
+from ..bundle import Bundle, apply_bundle
 from ..config import MethodConfig, _check
 from ..losses import ema_update, hflip, softmax_entropy, symmetric_cross_entropy
 from ..model_utils import named_norm_params, named_params_of_blocks, set_bn_mode
@@ -62,11 +62,7 @@ class DPLOT(TTAMethod):
 
     def setup(self, bundle: Bundle | str | None = None) -> None:
         c = self.cfg
-        b = resolve_bundle(bundle)
-        if b is not None:
-            b.check_model(self.model)
-            if b.student_state is not None:
-                self.model.load_state_dict(b.student_state)
+        b = apply_bundle(self.model, bundle)
         set_bn_mode(self.model, "batch_ema", c.bn_momentum)
         self.model.requires_grad_(True)  # dplot.py: the consistency step trains every parameter
         self.teacher = copy.deepcopy(self.model).requires_grad_(False)

@@ -115,10 +115,7 @@ class EATA(TTAMethod):
                 ewc = sum((self.fishers[n][0] * (p - self.fishers[n][1]) ** 2).sum()
                           for n, p in self.model.named_parameters() if n in self.fishers)
                 loss = loss + self.cfg.fisher_alpha * ewc
-            if self._loss_ok(loss):
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            if self._minimise(loss, opt):
                 self._commit()
         return out.detach()
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..augment import cotta_augment, invertible_augment
 from ..base import TTAMethod
-from ..bundle import Bundle, resolve_bundle
+from ..bundle import Bundle, apply_bundle
 from ..config import MethodConfig, _check, check_optimizer
 from ..losses import ema_update, symmetric_cross_entropy
 from ..model_utils import forward_with_features, set_bn_mode
@@ -58,13 +58,9 @@ class RMT(TTAMethod):
 
     def setup(self, bundle: Bundle | str | None = None, prototypes: torch.Tensor | None = None) -> None:
         c = self.cfg
-        b = resolve_bundle(bundle)
-        if b is not None:
-            b.check_model(self.model)
-            if b.student_state is not None:
-                self.model.load_state_dict(b.student_state)
-            if prototypes is None:
-                prototypes = b.prototypes
+        b = apply_bundle(self.model, bundle)
+        if b is not None and prototypes is None:
+            prototypes = b.prototypes
         set_bn_mode(self.model, "batch_ema", c.bn_momentum)
         self.model.requires_grad_(True)
         self.teacher = copy.deepcopy(self.model).requires_grad_(False)
@@ -134,10 +130,7 @@ class RMT(TTAMethod):
                 else:
                     fa, fb = f.flatten(1), f_aug.flatten(1)
                 loss = loss + c.lambda_cont * self._contrastive(fa, fb)
-            if self._loss_ok(loss):
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            if self._minimise(loss, opt):
                 ema_update(self.teacher, self.model, c.mt)
                 self._commit()
         return (out + t).detach()

@@ -33,9 +33,6 @@ class Tent(TTAMethod):
         with torch.enable_grad():
             out = self.model(x)
             loss = softmax_entropy(out).mean()  # per sample / per pixel, then mean
-            if self._loss_ok(loss):
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            if self._minimise(loss, opt):
                 self._commit()
         return out.detach()
