@@ -35,7 +35,7 @@ DEFAULT_PARAMS = str(CONFIG / "adapt.yaml")
 DEFAULT_WEATHER_PARAMS = str(CONFIG / "weather_loop.yaml")
 CARLA_IMAGE = "/carla/ego_vehicle/rgb_front/image"
 SYNTHETIC_IMAGE = "camera/image_raw"  # relative: follows namespace:=
-TRUTH_TOPIC = "camera/ground_truth/class_ids"  # the evaluator's (tta_perception.ros.world_msgs)
+TRUTH_TOPIC = "camera/ground_truth/class_ids"  # the evaluator's (tta_perception.runtime.messages)
 BRIDGE_PACKAGE = "carla_ros_bridge"
 BRIDGE_LAUNCHES = ("carla_ros_bridge_with_example_ego_vehicle.launch.py", "carla_ros_bridge.launch.py")
 

@@ -18,7 +18,9 @@ import test_ros_helpers as H  # noqa: E402
 
 from tta_perception.bags import io as B  # noqa: E402
 from tta_perception.bags.make import BagTopics, make_bag  # noqa: E402
-from tta_perception.bags.replay import ReplayOptions, node_config, replay  # noqa: E402
+from tta_perception.bags.replay import ReplayOptions, replay  # noqa: E402
+from tta_perception.runtime import image_codec as codec  # noqa: E402
+from tta_perception.runtime.params import node_config  # noqa: E402
 from tta_perception.cli.main import main as cli  # noqa: E402
 from tta_perception.world.sequences import SequenceRenderer  # noqa: E402
 
@@ -96,7 +98,7 @@ def test_every_encoding_round_trips(tmp_path, encoding):
     msgtype = B.TYPE_COMPRESSED if encoding in ("png", "jpeg") else B.TYPE_IMAGE
     out = B.decode_image(msg, msgtype)
     if encoding == "mono8":
-        assert np.array_equal(out[..., 0], B.to_grey(rgb)) and np.array_equal(out[..., 0], out[..., 2])
+        assert np.array_equal(out[..., 0], codec.to_grey(rgb)) and np.array_equal(out[..., 0], out[..., 2])
     elif encoding == "jpeg":
         assert np.abs(out.astype(int) - rgb).mean() < 12  # lossy
     else:
@@ -163,7 +165,7 @@ def test_replay_is_repeatable(night_bag, tmp_path):
     ids_b = [B.decode_labels(m) for _, _, m in _messages(tmp_path / "b", "/tta/class_ids")]
     assert all(np.array_equal(x, y) for x, y in zip(ids_a, ids_b))
     assert a.table["tent"]["all"]["miou"] == pytest.approx(b.table["tent"]["all"]["miou"])
-    from tta_perception.ros.scoring import plot_frame_csvs
+    from tta_perception.metrics import plot_frame_csvs
 
     png = plot_frame_csvs(tmp_path / "cmp.png", {"a": tmp_path / "a" / "replay_frames.csv",
                                                  "b": tmp_path / "b" / "replay_frames.csv"}, title="a vs b")
@@ -299,7 +301,7 @@ def test_truncated_and_corrupt_bags_give_clear_errors_and_no_output(night_bag, t
 
 
 def test_a_failure_half_way_leaves_nothing_that_looks_complete(night_bag, tmp_path):
-    from tta_perception.bags.replay import make_pipeline
+    from tta_perception.runtime.pipeline import make_pipeline
 
     pipe = make_pipeline(node_config(CFG))
     calls = {"n": 0}
@@ -324,7 +326,8 @@ def test_a_failure_half_way_leaves_nothing_that_looks_complete(night_bag, tmp_pa
 def test_an_interrupted_replay_resumes_to_the_same_output(night_bag, tmp_path):
     import torch
 
-    from tta_perception.bags.replay import ReplayInterrupted, make_pipeline, resume_dir_of
+    from tta_perception.bags.replay import ReplayInterrupted, resume_dir_of
+    from tta_perception.runtime.pipeline import make_pipeline
 
     full = _replay(night_bag, tmp_path / "full")  # no checkpoints
     pipe = make_pipeline(node_config(CFG))
@@ -396,7 +399,7 @@ def test_cli_make_bag_and_replay(tmp_path, capsys):
 
 
 def test_params_file_sets_the_node_configuration(tmp_path):
-    from tta_perception.bags.replay import load_params_file
+    from tta_perception.runtime.params import load_params_file
 
     adapt = load_params_file(H.REPO / "config" / "adapt.yaml")
     assert adapt["method"] == "dplot" and adapt["window"] == 4
@@ -412,7 +415,7 @@ def test_params_file_sets_the_node_configuration(tmp_path):
 
 
 def test_phase_table_keeps_columns_apart_for_many_methods():
-    from tta_perception.ros.scoring import format_table
+    from tta_perception.metrics import format_table
 
     row = {"miou": 34.6, "acc": 50.0, "frames": 457}
     table = {m: {"night": row, "all": row} for m in ("source", "norm", "dplot")}

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tta_perception.bench import report, streams
-from tta_perception.bench.common import PeakMemory, load_model
+from tta_perception.bench.common import PeakMemory
+from tta_perception.runtime.model_loader import load_model
 from tta_perception.bench.runner import RunOptions, run_method
 from tta_perception.bench.variants import VARIANTS, build_variant, resolve_methods
 from tta_perception.cli.main import main
@@ -41,18 +42,18 @@ def test_method_names_and_groups():
 def test_variants_use_the_bundle_blocks(tmp_path):
     from tta_perception.engine.bundle import Bundle
 
-    lm = load_model("cls", random_init=True)
+    lm = load_model(architecture="signnet", random_init=True)
     b = Bundle(selected_blocks=["layer1.0"])
     m = build_variant("tent+bs", lm.model, bundle=b)
     names = {n for n, p in lm.model.named_parameters() if p.requires_grad}
     assert names and all(n.startswith("layer1.0.") for n in names)     # all of the block, nothing else
     assert m.cfg.collapse_reset is False and m.cfg.nan_guard is False  # paper protocol by default
-    d = build_variant("dplot-nopair", load_model("cls", random_init=True).model, bundle=b)
+    d = build_variant("dplot-nopair", load_model(architecture="signnet", random_init=True).model, bundle=b)
     assert d.cfg.paired_views is False and d.blocks == ("layer1.0",)
-    d = build_variant("dplot-nobs", load_model("cls", random_init=True).model, bundle=b)
+    d = build_variant("dplot-nobs", load_model(architecture="signnet", random_init=True).model, bundle=b)
     assert d.cfg.block_selection is False and len(d.entropy_param_names) > 20
     with pytest.raises(ValueError, match="bundle"):
-        build_variant("dplot", load_model("cls", random_init=True).model)
+        build_variant("dplot", load_model(architecture="signnet", random_init=True).model)
     assert all(not VARIANTS[n].prior for n in ("dplot", "dplot-nobs", "tent+bs"))
 
 
@@ -88,7 +89,7 @@ def test_cls_settings_order(tmp_path):
 
 
 def test_reset_each_shift_resets_the_method(tmp_path):
-    lm = load_model("cls", random_init=True)
+    lm = load_model(architecture="signnet", random_init=True)
     st = streams.world_cls_stream(n=4, batch_size=2, setting="reset_each_shift", corruptions=CHEAP,
                                   cache_dir=tmp_path, progress=False)
     r = run_method("tent", lm.model, st, RunOptions(device=torch.device("cpu"), progress=False))
@@ -233,7 +234,7 @@ def test_public_dataset_route(tmp_path):
 
 
 def test_streaming_predict_student_mode(tmp_path):
-    lm = load_model("seg", random_init=True)
+    lm = load_model(architecture="driveseg", random_init=True)
     st = streams.world_seg_stream("clear2fog", setting="continual", batch_size=1, stride=300, size=(32, 64),
                                   cache_dir=tmp_path, workers=1, progress=False)
     opts = RunOptions(device=torch.device("cpu"), streaming=True, window=2, adapt_every=2, predict_mode="student",

@@ -30,12 +30,12 @@ def test_prepare_writes_bundle_that_dplot_loads(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "selected blocks" in text and "deviations from the official phase A" in text
 
-    from tta_perception.bench.common import load_model
+    from tta_perception.runtime.model_loader import load_model
     from tta_perception.engine import build_method
     from tta_perception.engine.bundle import load_bundle
 
     b = load_bundle(out)
-    lm = load_model("cls", random_init=True)
+    lm = load_model(architecture="signnet", random_init=True)
     cands = list(lm.model.candidate_blocks)
     assert list(b.scores) == cands                      # every candidate block scored
     assert b.selected_blocks and set(b.selected_blocks) <= set(cands)

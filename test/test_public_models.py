@@ -256,7 +256,7 @@ def test_gpu_bench_quick_on_cpu(tmp_path):
     pytest.importorskip("tta_perception.engine")
     import json
 
-    from tta_perception import gpu_bench
+    from tta_perception.bench import gpu as gpu_bench
     rc = gpu_bench.main(["--quick", "--device", "cpu", "--methods", "source,tent", "--steps", "1",
                          "--warmup", "0", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "gpu_bench.json").read_text())

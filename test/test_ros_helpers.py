@@ -254,7 +254,7 @@ def image_msg(rgb: np.ndarray, encoding: str = "rgb8", stamp=(12, 345), frame_id
 
     from sensor_msgs.msg import Image
 
-    from tta_perception.ros import image_codec
+    from tta_perception.runtime import image_codec
 
     h, w, step, data = image_codec.rgb_to_raw(rgb, encoding)
     msg = Image(height=h, width=w, encoding=encoding, step=step)

@@ -43,7 +43,10 @@ def prefix(tmp_path_factory):
             shutil.copytree(path, src / name, ignore=ignore, symlinks=True)
         elif path.is_file():
             shutil.copy2(path, src / name)
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix), str(src)]
+    # --ignore-installed: never uninstall the copy in the environment running the tests (pip would,
+    # since it is the same distribution): tests do not change the environment they run in
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--prefix",
+           str(prefix), str(src)]
     if importlib.util.find_spec("setuptools") is not None:  # offline: build with the venv's setuptools
         cmd[5:5] = ["--no-build-isolation", "--no-index"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -31,12 +31,12 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from tta_perception.metrics import ConfusionMatrix  # noqa: E402
-from tta_perception.ros import image_codec as codec  # noqa: E402
+from tta_perception.runtime import image_codec as codec  # noqa: E402
 from tta_perception.ros.carla_weather import CarlaWeather, backoff_delays  # noqa: E402
 from tta_perception.ros.evaluator import Evaluator, label_of  # noqa: E402
 from tta_perception.ros.qos import output_qos  # noqa: E402
 from tta_perception.ros.weather_camera import WeatherCamera  # noqa: E402
-from tta_perception.ros.world_msgs import stamp_to_ns, weather_json  # noqa: E402
+from tta_perception.runtime.messages import stamp_to_ns, weather_json  # noqa: E402
 from tta_perception.world.schedule import load_schedule  # noqa: E402
 from tta_perception.world.sequences import SequenceRenderer  # noqa: E402
 
@@ -103,7 +103,7 @@ def test_camera_publishes_frames_truth_and_weather_with_one_stamp(ros, encoding)
         assert img.step == 64 * codec.ENCODINGS[encoding][0]
         rgb = codec.raw_to_rgb(img.encoding, img.height, img.width, img.step, img.data)
         if encoding == "mono8":
-            from tta_perception.bags.io import to_grey
+            from tta_perception.runtime.image_codec import to_grey
             assert np.array_equal(rgb[..., 0], to_grey(f.rgb))
         else:
             assert np.array_equal(rgb, f.rgb)

@@ -1,4 +1,5 @@
-"""Run a model (optionally under an adaptation method) over a world sequence and score it per domain."""
+"""Run a model (optionally under an adaptation method) over a world sequence and score it per domain
+(``metrics.DomainScores``, the scoring every command shares)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -9,20 +10,27 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import ConfusionMatrix
-from .training import to_tensor
+from .metrics import ConfusionMatrix, DomainScores
+from .runtime.preprocess import to_tensor
 from .world.sequences import DEFAULT_SIZE, Frame, iter_sequence
 
 
 @dataclass
 class SequenceResult:
     name: str
-    domains: "OrderedDict[str, ConfusionMatrix]"
-    total: ConfusionMatrix
+    scores: DomainScores
     frame_index: list[int] = field(default_factory=list)
     frame_miou: list[float] = field(default_factory=list)   # per-frame mIoU (for plots)
     frame_domain: list[str] = field(default_factory=list)
     frame_weather: list[dict] = field(default_factory=list)
+
+    @property
+    def domains(self) -> "dict[str, ConfusionMatrix]":
+        return self.scores.per_domain
+
+    @property
+    def total(self) -> ConfusionMatrix:
+        return self.scores.total
 
     def table(self) -> "OrderedDict[str, float]":
         out = OrderedDict((d, cm.miou()) for d, cm in self.domains.items())
@@ -30,27 +38,20 @@ class SequenceResult:
         return out
 
 
-def frame_miou(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    cm = ConfusionMatrix(num_classes)
-    cm.update(pred, labels)
-    return cm.miou()
-
-
 def evaluate_frames(frames: Iterable[Frame], predict: Callable[[torch.Tensor], torch.Tensor], num_classes: int,
                     name: str = "sequence", batch_size: int = 1, progress: bool = True,
                     total: int | None = None) -> SequenceResult:
     """``predict(x)`` gets (B, 3, H, W) in [0, 1] and returns logits; frames are scored as they come."""
-    res = SequenceResult(name, OrderedDict(), ConfusionMatrix(num_classes))
+    res = SequenceResult(name, DomainScores(num_classes))
     pending: list[Frame] = []
 
     def flush():
         x = to_tensor(np.stack([f.rgb for f in pending]))
         pred = predict(x).argmax(1).cpu().numpy()
         for f, p in zip(pending, pred):
-            res.domains.setdefault(f.domain, ConfusionMatrix(num_classes)).update(p, f.labels)
-            res.total.update(p, f.labels)
+            frame = res.scores.add_frame(p, f.labels, f.domain)
             res.frame_index.append(f.index)
-            res.frame_miou.append(frame_miou(p, f.labels, num_classes))
+            res.frame_miou.append(frame.miou())
             res.frame_domain.append(f.domain)
             res.frame_weather.append(f.weather.as_dict())
         pending.clear()

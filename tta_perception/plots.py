@@ -25,13 +25,16 @@ def _smooth(y: np.ndarray, k: int) -> np.ndarray:
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Lay out, write (creating the folder) and close a figure."""
+    """Lay out, write atomically (creating the folder) and close a figure."""
+    from .atomic import atomic_write
+
     plt = _plt()
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .metrics import Accuracy, ConfusionMatrix
 from .models import build_model
+from .runtime.preprocess import to_tensor
 from .world.classes import IGNORE_INDEX, NUM_CLASSES
 from .world.effects import compose
 from .world.render import Renderer
@@ -52,11 +53,6 @@ def render_cls_set(n: int, seed: int, weathers=None):
     rng = np.random.default_rng([seed, 12])
     weathers = weathers or [clear_weather(rng) for _ in range(64)]
     return render_sign_crops(n, weathers, seed=TRAIN_SEED_BASE + seed)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 @dataclass
@@ -155,5 +151,5 @@ def evaluate_arrays(model, images: np.ndarray, labels: np.ndarray, task: str, ba
     return {"accuracy": round(metric.accuracy(), 4)}
 
 
-__all__ = ["TrainConfig", "train_source", "evaluate_arrays", "render_seg_set", "render_cls_set", "to_tensor",
+__all__ = ["TrainConfig", "train_source", "evaluate_arrays", "render_seg_set", "render_cls_set",
            "clear_weather", "NUM_SIGNS"]

@@ -82,20 +82,14 @@ def image_message(stamp_ns: int, frame_id: str, encoding: str, height: int, widt
 
 def rgb_image_message(stamp_ns: int, frame_id: str, rgb: np.ndarray, encoding: str = "rgb8"):
     """An (H, W, 3) RGB frame as ``sensor_msgs/Image`` in any encoding the node reads."""
-    from tta_perception.ros import image_codec as codec
+    from tta_perception.runtime import image_codec as codec
 
     if encoding == "mono8":
-        grey = to_grey(rgb)
+        grey = codec.to_grey(rgb)
         h, w, step, data = codec.mono8(grey)
     else:
         h, w, step, data = codec.rgb_to_raw(rgb, encoding)
     return image_message(stamp_ns, frame_id, encoding, h, w, step, data)
-
-
-def to_grey(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R BT.601 luma, what a mono camera would see of the scene."""
-    rgb = np.asarray(rgb, np.float32)
-    return np.clip(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114 + 0.5, 0, 255).astype(np.uint8)
 
 
 def mono8_message(stamp_ns: int, frame_id: str, array: np.ndarray):
@@ -357,7 +351,7 @@ def _one_line(err: BaseException) -> str:
 
 def decode_image(msg: Any, msgtype: str, max_pixels: int | None = None) -> np.ndarray:
     """RGB (H, W, 3) uint8 of an Image / CompressedImage message (the node's decoder)."""
-    from tta_perception.ros import image_codec as codec
+    from tta_perception.runtime import image_codec as codec
 
     limit = max_pixels or codec.DEFAULT_MAX_PIXELS
     if msgtype == TYPE_COMPRESSED:
@@ -367,14 +361,10 @@ def decode_image(msg: Any, msgtype: str, max_pixels: int | None = None) -> np.nd
 
 
 def decode_labels(msg: Any) -> np.ndarray:
-    """(H, W) uint8 class ids of a mono8 label image; ValueError otherwise."""
-    if str(msg.encoding).lower() not in ("mono8", "8uc1"):
-        raise ValueError(f"ground truth must be mono8 class ids, got encoding {msg.encoding!r}")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.asarray(msg.data, np.uint8)
-    if step < w or data.size != step * h:
-        raise ValueError(f"ground truth {w}x{h} step {step} does not fit {data.size} bytes")
-    return data.reshape(h, step)[:, :w].copy()
+    """(H, W) uint8 class ids of a mono8 label image; ValueError (``ImageError``) otherwise."""
+    from tta_perception.runtime.image_codec import raw_to_labels
+
+    return raw_to_labels(msg.encoding, msg.height, msg.width, msg.step, np.asarray(msg.data, np.uint8))
 
 
 def info(path: str | Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def make_bag(sequence: str, out: str | Path, *, storage: str = "mcap", frames: O
     """
     from tqdm.auto import tqdm
 
-    from tta_perception.ros.world_msgs import weather_json
+    from tta_perception.runtime.messages import weather_json
     from tta_perception.world.schedule import load_schedule
 
     if encoding not in ENCODINGS:

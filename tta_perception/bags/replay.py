@@ -1,8 +1,8 @@
 """Replay a recorded camera bag through the adaptation, offline: the node's pipeline on every frame,
 outputs written to a new bag with the input stamps, metrics when the bag carries ground truth.
 
-The frames go through ``ros.pipeline.Pipeline``, built from the node's parameter table
-(``ros.params``) and, if given, the node's own YAML file, so a replay computes what ``tta_node``
+The frames go through ``runtime.pipeline.Pipeline``, built from the node's parameter table
+(``runtime.params``) and, if given, the node's own YAML file, so a replay computes what ``tta_node``
 would publish for the same frames. The one difference is on purpose: by default the adaptation step
 runs synchronously after each prediction (``background=False``, the benchmark's deterministic
 streaming protocol: the prediction for a frame is still made before adapting on it), so a replay is
@@ -12,7 +12,6 @@ thread exactly as the node does.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..atomic import atomic_torch_save, atomic_write_text
 from . import io as B
 
 DEFAULT_TRUTH = "/camera/ground_truth/class_ids"
@@ -72,74 +72,6 @@ class ReplayResult:
 
 
 # ------------------------------------------------------------------------------------- config
-def load_params_file(path: str | Path, node: str = "tta_node") -> dict[str, Any]:
-    """The ``ros__parameters`` of ``node`` in a ROS parameter file (``config/adapt.yaml`` format)."""
-    import yaml
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"parameter file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"parameter file {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"parameter file {path}: expected '<node>: ros__parameters: ...'")
-    for key in (f"/**/{node}", node, f"/{node}", "/**"):
-        entry = data.get(key)
-        if isinstance(entry, dict) and isinstance(entry.get("ros__parameters"), dict):
-            return dict(entry["ros__parameters"])
-    for key, entry in data.items():
-        if str(key).rstrip("/").endswith(node) and isinstance(entry, dict) and "ros__parameters" in entry:
-            return dict(entry["ros__parameters"])
-    raise ValueError(f"parameter file {path} has no 'ros__parameters' for {node!r} "
-                     f"(keys: {', '.join(map(str, data))})")
-
-
-def node_config(overrides: Optional[dict[str, Any]] = None, params_file: Optional[str | Path] = None,
-                ) -> dict[str, Any]:
-    """The node's configuration: defaults < parameter file < overrides; checked like the node does."""
-    from tta_perception.ros import params as P
-
-    cfg = P.defaults()
-    layers = []
-    if params_file:
-        layers.append((f"parameter file {params_file}", load_params_file(params_file)))
-    if overrides:
-        layers.append(("option", {k: v for k, v in overrides.items() if v is not None}))
-    for where, values in layers:
-        unknown = sorted(k for k in values if k not in P.SPEC and k != "use_sim_time")
-        if unknown:
-            raise ValueError(f"{where}: unknown node parameter(s) {unknown}")
-        for k, v in values.items():
-            if k == "use_sim_time":
-                continue
-            if isinstance(v, tuple):
-                v = list(v)
-            if P.SPEC[k].type == "float" and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            cfg[k] = v
-    problems = P.check_all(cfg)
-    if problems:
-        raise ValueError(problems[0])
-    return cfg
-
-
-def make_pipeline(cfg: dict[str, Any], background: bool = False):
-    """``ros.pipeline.Pipeline`` for ``cfg``; with ``background=False`` its adapter steps inline."""
-    from tta_perception.ros.pipeline import Pipeline, adapter_options
-
-    pipe = Pipeline(cfg)
-    if not background:
-        from tta_perception.engine.streaming import StreamingAdapter
-
-        enabled = pipe.adapter.enabled
-        pipe.adapter.close()
-        pipe.adapter = StreamingAdapter(pipe.method, **adapter_options(cfg, pipe.method), background=False)
-        pipe.adapter.set_enabled(enabled)
-    return pipe
-
-
 # ------------------------------------------------------------------------------------- topics
 def resolve_topics(reader: B.BagReader, opts: ReplayOptions) -> tuple[str, str, Optional[str], Optional[str]]:
     """(image topic, its type, truth topic or None, weather topic or None), with clear errors."""
@@ -304,9 +236,11 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
     import torch
     from tqdm.auto import tqdm
 
-    from tta_perception.ros import image_codec as codec
-    from tta_perception.ros.scoring import StreamScorer
-    from tta_perception.ros.world_msgs import parse_weather
+    from tta_perception.metrics import StreamScorer
+    from tta_perception.runtime import image_codec as codec
+    from tta_perception.runtime.messages import parse_weather
+    from tta_perception.runtime.pipeline import make_pipeline
+    from tta_perception.runtime.postprocess import classification_payload
 
     bag_path = Path(bag).expanduser()
     out_path = Path(out).expanduser()
@@ -363,9 +297,7 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                     "progress": {k: (list(v) if isinstance(v, list) else v) for k, v in run.items()},
                     "adapter": pipe.adapter.state_dict(), "stream": pipe.adapter.stream_state(),
                     "rng": torch.get_rng_state()}
-            tmp = rdir / ".checkpoint.pt.tmp"
-            torch.save(ckpt, tmp)
-            os.replace(tmp, rdir / "checkpoint.pt")
+            atomic_torch_save(ckpt, rdir / "checkpoint.pt")
 
         def feed_context(t: str, log_ns: int, msg: Any) -> None:
             """Ground truth and weather into the scorer."""
@@ -436,7 +368,8 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                                 scorer.add_prediction(label, stamp, result.class_ids)
                         else:
                             sink.write(names["classification_json"], log_ns,
-                                       B.string_message(json.dumps(_classification(result, pipe, stamp, frame_id))))
+                                       B.string_message(json.dumps(classification_payload(result, pipe.class_names, stamp,
+                                                                                    frame_id))))
                         run["stamps"].append(stamp)
                         run["frames"] += 1
                         bar.update(1)
@@ -512,16 +445,6 @@ def _predictions_of(rdir: Path, parts: list[str], class_topic: str) -> dict[int,
     return out
 
 
-def _classification(result, pipe, stamp: int, frame_id: str) -> dict[str, Any]:
-    """The node's ``classification_json`` payload."""
-    names = pipe.class_names
-    top = [{"class_id": i, "class_name": names[i], "score": s}
-           for i, s in zip(result.topk_ids, result.topk_scores)]
-    best = top[0] if top else {"class_id": -1, "class_name": "", "score": float("nan")}
-    return {"stamp": {"sec": stamp // 1_000_000_000, "nanosec": stamp % 1_000_000_000}, "frame_id": frame_id,
-            "label": best["class_id"], "class_name": best["class_name"], "score": best["score"], "top_k": top}
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -538,6 +461,4 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Helpers shared by ``prepare`` and ``bench``: model loading, on-disk caches, peak memory, machine."""
+"""Helpers shared by ``prepare`` and ``bench``: the model options, on-disk caches, peak memory, machine."""
 from __future__ import annotations
 
 import ctypes
@@ -10,18 +10,14 @@ import platform
 import resource
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..devices import resolve_device  # noqa: F401  (re-exported for the bench modules)
+from ..atomic import atomic_write
 
-DEFAULT_ARCH = {"cls": "signnet", "seg": "driveseg"}
-EMBEDDED_ARCHS = ("signnet", "driveseg")
 DEFAULT_CACHE = Path("runs/cache")
 CACHE_VERSION = 1  # bump when a cached artefact's content changes for the same key
 
@@ -46,70 +42,26 @@ def cached_npz(path: Path, build: Callable[[], dict[str, np.ndarray]]) -> dict[s
         except Exception:  # truncated / foreign file: rebuild below
             pass
     data = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez(tmp, **data), suffix=".npz")
     return data
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def model_spec(task: str, arch: str | None = None, weights: str | os.PathLike | None = None,
+               random_init: bool = False) -> dict[str, Any]:
+    """``runtime.model_loader.load_model`` arguments for the benchmark's ``--model/--weights/
+    --random-init``: the ``weights`` file loaded into ``arch``, else the committed embedded weights of
+    ``arch`` (the task's embedded model by default), else (``random_init``, for smoke tests) a seeded
+    untrained model, or torchvision's published weights for ``torchvision:<arch>``."""
+    from ..runtime.model_loader import EMBEDDED_FOR_TASK
 
-
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    arch: str
-    weights_id: str     # identifies the weights (sha256 or 'random-init:...'), keys bundle caches
-    weights_desc: str   # for people: where the weights came from
-
-
-def load_model(task: str, arch: str | None = None, weights: str | os.PathLike | None = None, *,
-               random_init: bool = False, num_classes: int | None = None, seed: int = 0,
-               device: torch.device | str = "cpu") -> LoadedModel:
-    """The source model: ``weights`` file, else the committed embedded weights, else (only with
-    ``random_init``, for smoke tests) a seeded untrained model."""
-    from ..models import build_model
-    from ..models.checkpoint import CheckpointError, MANIFEST, load_checkpoint, read_manifest
-    from ..paths import WEIGHTS_DIR
-
-    arch = arch or DEFAULT_ARCH[task]
-    kwargs = {} if num_classes is None or arch in EMBEDDED_ARCHS else {"num_classes": num_classes}
+    arch = arch or EMBEDDED_FOR_TASK[task]
     if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist")
-        if arch in EMBEDDED_ARCHS:
-            model = load_checkpoint(path, arch=arch)
-        else:
-            model = build_model(arch, checkpoint=path, **kwargs)
-        wid, desc = sha256_file(path), str(path)
-    elif random_init:
-        torch.manual_seed(seed)
-        model = build_model(arch, **kwargs)
-        wid, desc = f"random-init:{arch}:seed{seed}", f"untrained {arch} (random init, seed {seed})"
-    elif arch.startswith("torchvision:"):  # torchvision's published weights (downloaded once by torch.hub)
-        model = build_model(arch, **kwargs)
-        wid, desc = arch, f"{arch} (torchvision's published weights)"
-    else:
-        if arch not in EMBEDDED_ARCHS:
-            raise ValueError(f"model {arch!r} has no embedded weights: give --weights PATH")
-        entry = read_manifest().get(arch)
-        if entry is None:
-            raise CheckpointError(f"no committed weights for {arch!r} ({MANIFEST} missing or without it): "
-                                  "train them (`tta-perception train-source`), pass --weights, or use "
-                                  "--random-init for a smoke run")
-        path = WEIGHTS_DIR / entry["file"]
-        model = load_checkpoint(path, arch=arch)
-        wid, desc = entry.get("sha256") or sha256_file(path), f"committed {arch} ({path.name})"
-    if task != model.task:
-        raise ValueError(f"model {arch!r} is a {model.task} model, the task is {task}")
-    return LoadedModel(model.to(device).eval(), arch, wid, desc)
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"weights file {weights} does not exist")
+        return {"model": str(weights), "architecture": arch}
+    if random_init or arch.startswith("torchvision:"):
+        return {"architecture": arch, "random_init": random_init}
+    return {"model": arch}
 
 
 def sync(device: torch.device) -> None:

@@ -136,7 +136,7 @@ class ArrayBatches:
         return self.length
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from ..training import to_tensor
+        from ..runtime.preprocess import to_tensor
 
         for i in range(self.length):
             j = (i % self.epoch_batches) * self.batch_size

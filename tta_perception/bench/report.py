@@ -13,13 +13,14 @@ not prior methods): ``(err_best - err_dplot) / err_best``. For segmentation the 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from .runner import MethodRun
 from .streams import BenchStream
 from .variants import VARIANTS
@@ -137,17 +138,18 @@ def format_costs(rows: dict[str, Any], source_fwd_ms: float, streaming: bool) ->
 
 
 def write_csv(path: Path, rows: dict[str, Any], columns: Sequence[str], extra: Sequence[str] = ()) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        stream_cols = ["predict_ms", "adapt_ms_per_step"] if any("streaming" in r for r in rows.values()) else []
-        w.writerow(["method", *columns, "mean", *extra, "ms_per_frame", "x_source_forward", "peak_mem_mib",
-                    "mem_kind", *stream_cols])
-        for m, r in rows.items():
-            s = r.get("streaming", {})
-            w.writerow([m, *(f"{r['cells'][c]:.2f}" for c in columns), f"{r['mean']:.2f}",
-                        *(f"{r.get(e, float('nan')):.2f}" for e in extra), f"{r['ms_per_frame']:.3f}",
-                        f"{r['x_source_forward']:.3f}", f"{r['peak_mem_mib']:.1f}", r["mem_kind"],
-                        *(f"{s.get(k, float('nan')):.3f}" for k in stream_cols)])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    stream_cols = ["predict_ms", "adapt_ms_per_step"] if any("streaming" in r for r in rows.values()) else []
+    w.writerow(["method", *columns, "mean", *extra, "ms_per_frame", "x_source_forward", "peak_mem_mib",
+                "mem_kind", *stream_cols])
+    for m, r in rows.items():
+        s = r.get("streaming", {})
+        w.writerow([m, *(f"{r['cells'][c]:.2f}" for c in columns), f"{r['mean']:.2f}",
+                    *(f"{r.get(e, float('nan')):.2f}" for e in extra), f"{r['ms_per_frame']:.3f}",
+                    f"{r['x_source_forward']:.3f}", f"{r['peak_mem_mib']:.1f}", r["mem_kind"],
+                    *(f"{s.get(k, float('nan')):.3f}" for k in stream_cols)])
+    atomic_write_text(path, buf.getvalue())
 
 
 def plot_runs(path: Path, stream: BenchStream, runs: list[MethodRun], title: str) -> Path:
@@ -194,22 +196,3 @@ def _plot_simple(path: Path, series: dict[str, list[float]], xs: list[int], doma
     from ..plots import save_figure
 
     return save_figure(fig, path)
-
-
-def to_jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return None if math.isnan(v) or math.isinf(v) else round(v, 4)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(to_jsonable(payload), indent=1) + "\n")

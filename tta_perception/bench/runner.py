@@ -76,15 +76,13 @@ def seed_everything(seed: int) -> None:
 
 
 class _Scorer:
-    """Per-domain accumulators and the per-point series of the plot."""
+    """The stream's scores per domain (``metrics.DomainScores``) and the per-point series of the plot."""
 
     def __init__(self, task: str, num_classes: int):
-        from ..metrics import ConfusionMatrix
+        from ..metrics import DomainScores
 
-        self.task, self.nc = task, num_classes
-        self.cm = ConfusionMatrix
-        self.dom: dict[str, Any] = {}
-        self.total = ConfusionMatrix(num_classes) if task == "seg" else [0, 0]
+        self.task = task
+        self.scores = DomainScores(num_classes, task)
         self.x: list[int] = []
         self.y: list[float] = []
         self.d: list[str] = []
@@ -94,38 +92,23 @@ class _Scorer:
         pred = logits.argmax(1).cpu().numpy()
         lab = chunk.label_array()
         if self.task == "cls":
-            ok = pred == lab
-            for dm, o in zip(chunk.domains, ok):
-                acc = self.dom.setdefault(dm, [0, 0])
-                acc[0] += int(o)
-                acc[1] += 1
-            self.total[0] += int(ok.sum())
-            self.total[1] += len(ok)
+            self.y.append(self.scores.add_samples(pred, lab, chunk.domains))
             self.x.append(int(chunk.index[-1]))
-            self.y.append(100.0 * (1.0 - float(ok.mean())))
             self.d.append(chunk.domains[-1])
             return
-        from ..evaluation import frame_miou
         for i, (p, t) in enumerate(zip(pred, lab)):
             dm = chunk.domains[i]
-            self.dom.setdefault(dm, self.cm(self.nc)).update(p, t)
-            self.total.update(p, t)
             self.x.append(int(chunk.index[i]))
-            self.y.append(100.0 * frame_miou(p, t, self.nc))
+            self.y.append(100.0 * self.scores.add_frame(p, t, dm).miou())
             self.d.append(dm)
             if chunk.weather is not None:
                 self.w.append(chunk.weather[i])
 
     def domains(self) -> dict[str, float]:
-        if self.task == "cls":
-            return {k: 100.0 * (1 - c / n) for k, (c, n) in self.dom.items()}
-        return {k: 100.0 * cm.miou() for k, cm in self.dom.items()}
+        return self.scores.domains()
 
     def overall(self) -> float:
-        if self.task == "cls":
-            c, n = self.total
-            return 100.0 * (1 - c / n) if n else float("nan")
-        return 100.0 * self.total.miou()
+        return self.scores.overall()
 
 
 @torch.no_grad()
@@ -170,15 +153,12 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
         method = build_variant(name, model, bundle=bundle, fisher_batches=fisher_batches, safety=opts.safety)
         setup_s = time.perf_counter() - t_setup
         adapter = None
-        if opts.streaming:
-            from ..engine import StreamingAdapter
-            needs = {"student": "model", "teacher": "teacher"}.get(opts.predict_mode)
-            mode = opts.predict_mode if (method.ADAPTS and needs in method.inference_modules()) else "method"
-            adapter = StreamingAdapter(method, window=opts.window, adapt_every=opts.adapt_every,
-                                       background=opts.background, min_window=min(2, opts.window),
-                                       predict_mode=mode, bn_stats=opts.bn_stats)
-            if not method.ADAPTS:  # the source model: prediction only, no pointless steps in its time
-                adapter.set_enabled(False)
+        if opts.streaming:  # as the node builds it; the source model only predicts (no pointless steps)
+            from ..runtime.adapter import build_adapter, resolve_predict_mode
+
+            adapter = build_adapter(method, window=opts.window, adapt_every=opts.adapt_every,
+                                    background=opts.background, bn_stats=opts.bn_stats,
+                                    predict_mode=resolve_predict_mode(opts.predict_mode, method, strict=False))
         bar = tqdm(total=stream.n_samples, desc=f"{name} on {stream.name}", unit=stream.x_label,
                    disable=not opts.progress, leave=False)
         try:

@@ -46,7 +46,7 @@ class Chunk:
     def tensor(self) -> torch.Tensor:
         if isinstance(self.images, torch.Tensor):
             return self.images.float()
-        from ..training import to_tensor
+        from ..runtime.preprocess import to_tensor
         return to_tensor(self.images)
 
     def label_array(self) -> np.ndarray:

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from .common import DEFAULT_CACHE, load_model, machine_info, resolve_device
+from ..runtime.devices import resolve_device
+from ..runtime.model_loader import load_model
+from .common import DEFAULT_CACHE, machine_info, model_spec
 from .prepare import (PrepareSettings, cached_bundle_path, default_bundle_path, run_prepare, source_batches)
+from .output import write_json
 from .report import (add_ratios, aggregate, format_costs, format_headline, format_table, headline, plot_runs,
-                     write_csv, write_json)
+                     write_csv)
 from .runner import RunOptions, run_method, source_forward_ms
 from .streams import SEG_SEQUENCES, public_stream, world_cls_stream, world_seg_stream
 from .variants import VARIANTS, needs_bundle
@@ -176,15 +179,15 @@ def default_out(cfg: BenchConfig) -> Path:
 
 
 def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "--device")
     machine = machine_info(device)  # at the start: the load average before this run adds to it
     t_start = time.perf_counter()
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     out.mkdir(parents=True, exist_ok=True)
     streams0 = build_streams(cfg, cfg.seeds[0])
     task = streams0[0].task
-    lm = load_model(task, cfg.model, cfg.weights, random_init=cfg.random_init,
-                    num_classes=streams0[0].num_classes, device=device)
+    lm = load_model(**model_spec(task, cfg.model, cfg.weights, cfg.random_init), task=task,
+                    num_classes=streams0[0].num_classes, device=device, label="--model", architecture_label="--model")
     if getattr(lm.model, "num_classes", None) != streams0[0].num_classes:
         raise ValueError(f"model {lm.arch} has {lm.model.num_classes} classes, the stream {streams0[0].num_classes}")
     bundle, bundle_info = (None, {})

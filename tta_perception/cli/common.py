@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..devices import resolve_device  # noqa: F401  (used by the command modules)
-
 
 def parse_size(text: str) -> tuple[int, int]:
     """'128x256' -> (128, 256) as (height, width)."""
@@ -19,3 +17,19 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+
+
+def device_of(args: argparse.Namespace):
+    """The ``torch.device`` of ``--device`` (``runtime.devices``: the rule every command shares)."""
+    from ..runtime.devices import resolve_device
+
+    return resolve_device(args.device, "--device")
+
+
+def source_model(task: str, weights=None, device="cpu"):
+    """The committed source model of ``task`` ('seg'/'cls'), or ``weights`` loaded into it."""
+    from ..bench.common import model_spec
+    from ..runtime.model_loader import load_model
+
+    return load_model(**model_spec(task, None, weights), task=task, device=device, label="--weights",
+                      architecture_label="--weights").model

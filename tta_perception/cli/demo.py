@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_device, resolve_device
+from .common import add_device, device_of, source_model
 
 HELP = ("drive the embedded world through changing weather: camera -> adaptation nodes (source vs dplot) -> "
         "evaluator over DDS; per-phase mIoU table + plot")
@@ -50,15 +50,16 @@ def run(args: argparse.Namespace) -> int:
 
 def run_offline(args: argparse.Namespace) -> int:
     import numpy as np
+    import torch
 
     from ..evaluation import evaluate_sequence
     from ..plots import plot_stream
+    from ..runtime.preprocess import frame_to_input
     from ..world.classes import colorize
     from ..world.sequences import SequenceRenderer
-    from .evaluate import load_model
 
-    device = resolve_device(args.device)
-    model = load_model("seg", None, device)
+    device = device_of(args)
+    model = source_model("seg", device=device)
     res = evaluate_sequence(model, args.sequence, stride=args.stride, frames=args.frames, workers=args.workers)
     table = res.table()
     print(f"\n{res.name}: source model mIoU per domain ({len(res.frame_index)} frames, device {device})")
@@ -71,10 +72,8 @@ def run_offline(args: argparse.Namespace) -> int:
     samples = []
     for i in picks:
         f = sr.frame(res.frame_index[i])
-        import torch
         with torch.no_grad():
-            x = torch.from_numpy(f.rgb).permute(2, 0, 1)[None].float().div(255).to(device)
-            pred = model(x).argmax(1)[0].cpu().numpy().astype(np.uint8)
+            pred = model(frame_to_input(f.rgb, device=device)[None]).argmax(1)[0].cpu().numpy().astype(np.uint8)
         samples.append(np.concatenate([f.rgb, colorize(pred)], axis=0))
     plot = plot_stream(args.out / f"{res.name}_source.png", {"source": res.frame_miou}, res.frame_index,
                        res.frame_weather, res.frame_domain, title=f"{res.name}: per-frame mIoU",

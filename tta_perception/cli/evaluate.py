@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_device, resolve_device
+from .common import add_device, device_of, source_model
 
 HELP = "score the source model per domain: seg sequences (mIoU), sign crops under weather / corruptions (error)"
 
@@ -25,14 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="render processes")
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="folder for JSON + plots")
     add_device(p)
-
-
-def load_model(task: str, weights: Path | None, device):
-    from ..models.checkpoint import load_checkpoint, load_source_model
-
-    arch = "driveseg" if task == "seg" else "signnet"
-    model = load_source_model(arch) if weights is None else load_checkpoint(weights, arch=arch)
-    return model.to(device).eval()
 
 
 def heldout_clear_score(model, task: str, frames: int | None = None) -> dict:
@@ -105,8 +97,8 @@ def _cls(args, model) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..plots import plot_bars
 
-    device = resolve_device(args.device)
-    model = load_model(args.task, args.weights, device)
+    device = device_of(args)
+    model = source_model(args.task, args.weights, device)
     result = _seg(args, model) if args.task == "seg" else _cls(args, model)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"source_{args.task}.json"

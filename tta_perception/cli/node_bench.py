@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overhead-repeats", type=int, default=60, help="frames timed for the overhead")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node")
     p.add_argument("--no-plot", action="store_true", help="no PNG")
-    p.add_argument("--out", type=Path, default=Path("runs/node_bench"), help="output folder (JSON + PNG)")
+    p.add_argument("--out", type=Path, default=Path("runs/node_bench"),
+                   help="output folder (node_bench .txt/.md/.json/.csv + .png)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     ok, why = available()
     if not ok:
         raise ValueError(f"rclpy is not importable: {why}")
-    from ..ros.node_bench import run_node_bench
+    from ..bench.node import run_node_bench
+    from ..ros import node_bench as client
 
     methods = [m.strip() for item in (args.method or ["source,dplot"]) for m in item.split(",") if m.strip()]
     if args.overhead_only:
@@ -81,6 +83,6 @@ def run(args: argparse.Namespace) -> int:
                             node_params=dict(args.node_param), window_s=args.window,
                             overhead=not args.no_overhead, overhead_repeats=args.overhead_repeats,
                             startup_timeout=args.startup_timeout, plot=not args.no_plot,
-                            torch_threads=args.torch_threads)
+                            torch_threads=args.torch_threads, client=client)
     print("wrote " + ", ".join(report["files"].values()))
     return 0

@@ -59,17 +59,18 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..bench.common import load_model, resolve_device
+    from ..bench.common import model_spec
+    from ..runtime.model_loader import load_model
     from ..bench.prepare import PrepareSettings, default_bundle_path, run_prepare, score_table
     from ..engine.bundle import save_bundle
-    from .common import parse_size
+    from .common import device_of, parse_size
 
     if args.official and args.quick:
         raise ValueError("--official and --quick exclude each other")
     if args.threads:
         torch.set_num_threads(args.threads)
     task = task_of(args)
-    device = resolve_device(args.device)
+    device = device_of(args)
     num_classes = None
     if args.dataset != "world":
         if args.data_root is None:
@@ -77,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None:
             raise ValueError("--model is required with a public dataset")
         num_classes = {"cifar10_c": 10, "cifar100_c": 100, "carlatta": 14}.get(args.dataset)
-    lm = load_model(task, args.model, args.weights, random_init=args.random_init, num_classes=num_classes,
-                    seed=args.seed, device=device)
+    lm = load_model(**model_spec(task, args.model, args.weights, args.random_init), task=task,
+                    num_classes=num_classes, seed=args.seed, device=device, label="--model",
+                    architecture_label="--model")
     # public data: a reproduction (normally on a GPU) gets the official amounts by default
     profile = "official" if args.official or (args.dataset != "world" and not args.quick) else \
         "quick" if args.quick else "default"

@@ -52,8 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bags.replay import ReplayInterrupted, ReplayOptions, node_config, replay
-    from ..ros.scoring import format_table
+    from ..bags.replay import ReplayInterrupted, ReplayOptions, replay
+    from ..metrics import format_table
+    from ..runtime.params import node_config
 
     if args.limit is not None and args.limit <= 0:
         raise ValueError("--limit must be positive")

@@ -24,7 +24,7 @@ from torch import nn
 from ..models.base import check_model
 from .config import MethodConfig, config_keys, make_config
 from .losses import predicted_classes, softmax_entropy
-from .model_utils import all_finite, bn_modules, copy_into, model_device
+from .model_utils import all_finite, bn_modules, copy_into, map_tensors, model_device
 
 STATE_FORMAT = "tta_perception.engine.method/1"
 
@@ -317,10 +317,4 @@ class TTAMethod:
 
 
 def _clone_tree(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone_tree(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone_tree(v) for v in obj)
-    return copy.deepcopy(obj)
+    return map_tensors(obj, lambda t: t.detach().clone(), copy.deepcopy)

@@ -11,7 +11,7 @@ source model, so checkpoints and bundles stay interchangeable.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -139,3 +139,16 @@ def copy_into(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
     except (RuntimeError, AttributeError):
         for d, s in zip(dst, src):
             d.copy_(s)
+
+
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor],
+                other: Callable[[Any], Any] = lambda x: x) -> Any:
+    """The same nested dict/list/tuple with ``fn`` applied to every tensor and ``other`` to every
+    other leaf (state snapshots: clones, CPU copies)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn, other) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(v, fn, other) for v in obj)
+    return other(obj)

@@ -1,8 +1,11 @@
-"""Thin ROS 2 layer over the engine.
+"""The ROS 2 layer: only what imports rclpy or message types, thin over the ROS-free ``runtime``.
 
-The nodes (``tta_node``, ``weather_camera``, ``carla_weather``, ``evaluator``), ``qos``,
-``weather_loop`` and ``node_bench`` import rclpy; the conversions (``image_codec``), the parameter
-table (``params``), the frame pipeline (``pipeline``), the statistics (``health``), stamp matching
-(``scoring``) and topic/weather message helpers (``world_msgs``) are plain Python/NumPy, so they are
-testable and reusable without ROS (e.g. by the bag replay).
+- nodes: ``tta_node`` (lifecycle adaptation node over ``runtime.session``), ``weather_camera``,
+  ``carla_weather``, ``evaluator``;
+- ``convert``: message <-> array conversion (images in, a frame's outputs out as messages);
+- ``qos``: the QoS profiles; ``spin``: what every node's ``main`` shares;
+- ``weather_loop``: the synthetic weather loop in one process (the demo);
+- ``node_bench``: the DDS side of ``tta-perception node-bench`` (its protocol and report: ``bench.node``).
+
+Nothing outside ``ros/`` and ``cli/`` imports this package (a test walks the imports).
 """

@@ -29,7 +29,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import String
 
 from .spin import ConfigError, declare_parameters, publish_status, spin_node
-from .world_msgs import WEATHER_TOPIC, weather_json
+from ..runtime.messages import WEATHER_TOPIC, weather_json
 
 NODE_NAME = "carla_weather"
 MAX_UPDATE_RATE = 10.0  # Hz of simulation time, CARLA's dynamic_day_night_weather_cycle.py rate

@@ -4,7 +4,7 @@ Subscribes to the ground-truth class ids (``camera/ground_truth/class_ids``), th
 (``weather``) and one or more prediction topics (``prediction_topics``, mono8 class ids as
 ``tta_node`` publishes them; several topics compare methods on the same frames). Predictions are
 matched to ground truth by header stamp (``tta_node`` copies the camera header), scored with the
-benchmark's confusion matrix per weather phase (``scoring.StreamScorer``), and the running table is
+benchmark's confusion matrix per weather phase (``metrics.StreamScorer``), and the running table is
 published on ``~/metrics`` (JSON) and ``/diagnostics``.
 
 At shutdown (and every ``write_period`` seconds, and on ``~/write``) it writes, atomically, into
@@ -35,10 +35,11 @@ from std_srvs.srv import Trigger
 
 from tta_perception.world.carla_labels import palette_to_ids
 
-from .image_codec import ImageError, raw_to_rgb
-from .scoring import StreamScorer, format_table
+from ..metrics import StreamScorer, format_table
+from ..runtime.image_codec import DEFAULT_MAX_PIXELS, ImageError
+from ..runtime.messages import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns
+from .convert import labels_of, rgb_of
 from .spin import ConfigError, declare_parameters, publish_status, spin_node
-from .world_msgs import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns
 
 NODE_NAME = "evaluator"
 TRUTH_ENCODINGS = ("class_ids", "carla_palette")
@@ -123,31 +124,16 @@ class Evaluator(Node):
                                f"against {self.resolve_topic_name(TRUTH_TOPIC)}; files in {self.out_dir}")
 
     # ------------------------------------------------------------------ inputs
-    def _labels_of(self, msg: Image) -> Optional[np.ndarray]:
-        if msg.encoding.lower() not in ("mono8", "8uc1"):
-            self.bad_messages += 1
-            self.get_logger().warning(f"expected mono8 class ids, got {msg.encoding!r}",
-                                      throttle_duration_sec=5.0)
-            return None
-        h, w, step = int(msg.height), int(msg.width), int(msg.step)
-        data = np.frombuffer(memoryview(msg.data).cast("B"), np.uint8)
-        if step < w or data.size != step * h or h == 0 or w == 0:
-            self.bad_messages += 1
-            self.get_logger().warning(f"class-id image {w}x{h} step {step} does not fit {data.size} bytes",
-                                      throttle_duration_sec=5.0)
-            return None
-        return data.reshape(h, step)[:, :w].copy()
-
     def _truth_of(self, msg: Image) -> Optional[np.ndarray]:
-        if self.cfg["truth_encoding"] == "class_ids":
-            return self._labels_of(msg)
-        try:  # CARLA's semantic camera: palette colours
-            rgb = raw_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+        try:
+            if self.cfg["truth_encoding"] == "class_ids":
+                return labels_of(msg)
+            return palette_to_ids(rgb_of(msg, False, DEFAULT_MAX_PIXELS))  # CARLA's semantic camera colours
         except ImageError as err:
             self.bad_messages += 1
-            self.get_logger().warning(f"ground truth (carla_palette): {err}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"ground truth ({self.cfg['truth_encoding']}): {err}",
+                                      throttle_duration_sec=5.0)
             return None
-        return palette_to_ids(rgb)
 
     def _on_truth(self, msg: Image) -> None:
         labels = self._truth_of(msg)
@@ -169,8 +155,11 @@ class Evaluator(Node):
             self.scorer.process()
 
     def _on_prediction(self, label: str, msg: Image) -> None:
-        ids = self._labels_of(msg)
-        if ids is None:
+        try:
+            ids = labels_of(msg)
+        except ImageError as err:
+            self.bad_messages += 1
+            self.get_logger().warning(f"prediction on {label}: {err}", throttle_duration_sec=5.0)
             return
         with self._lock:
             self.scorer.add_prediction(label, stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec), ids)

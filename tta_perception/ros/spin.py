@@ -1,12 +1,11 @@
-"""What every node shares: the refusal error and the ``main`` that spins one node until shutdown."""
+"""What every node shares: declaring read-only parameters, publishing a status, and the ``main`` that
+spins one node until shutdown (a refusal, ``runtime.errors.ConfigError``, is one line and exit 2)."""
 from __future__ import annotations
 
 import sys
 from typing import Any, Callable, Optional
 
-
-class ConfigError(ValueError):
-    """A configuration a node refuses; the message is one line meant for the user (names the parameter)."""
+from ..runtime.errors import ConfigError  # noqa: F401  (the nodes' refusals; one home: runtime.errors)
 
 
 def spin_node(make_node: Callable[[], Any], name: str, args: Optional[list[str]] = None,

@@ -18,7 +18,6 @@ callback only converts and publishes; if rendering falls behind, a tick is skipp
 """
 from __future__ import annotations
 
-import array
 import queue
 import sys
 import threading
@@ -31,9 +30,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
-from . import image_codec as codec
+from ..runtime import image_codec as codec
+from ..runtime.messages import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, stamp_to_ns, weather_json
+from .convert import mono8_image, rgb_image
 from .spin import ConfigError, declare_parameters, publish_status, spin_node
-from .world_msgs import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, stamp_to_ns, weather_json
 
 NODE_NAME = "weather_camera"
 ENCODINGS = tuple(codec.ENCODINGS)  # rgb8, bgr8, rgba8, bgra8, mono8
@@ -193,16 +193,9 @@ class WeatherCamera(Node):
         """Image, ground truth and weather of one frame, with one stamp."""
         header = Header(frame_id=str(self.cfg["frame_id"]))
         header.stamp.sec, header.stamp.nanosec = stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000
-        encoding = self.cfg["encoding"]
-        if encoding == "mono8":
-            from tta_perception.bags.io import to_grey
-
-            h, w, step, data = codec.mono8(to_grey(frame.rgb))
-        else:
-            h, w, step, data = codec.rgb_to_raw(frame.rgb, encoding)
-        self.image_pub.publish(_image(header, encoding, h, w, step, data))
+        self.image_pub.publish(rgb_image(header, frame.rgb, self.cfg["encoding"]))
         if self.truth_pub is not None:
-            self.truth_pub.publish(_image(header, "mono8", *codec.mono8(frame.labels)))
+            self.truth_pub.publish(mono8_image(header, frame.labels))
         text = weather_json(stamp_to_ns(header.stamp.sec, header.stamp.nanosec), frame.weather, frame.domain,
                             schedule=self.schedule.name, time=frame.time, frame=frame.index,
                             frame_id=header.frame_id)
@@ -235,14 +228,6 @@ class WeatherCamera(Node):
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5.0)
-
-
-def _image(header: Header, encoding: str, height: int, width: int, step: int, data: bytes) -> Image:
-    msg = Image(header=header, height=height, width=width, encoding=encoding, is_bigendian=False, step=step)
-    buf = array.array("B")
-    buf.frombytes(data)
-    msg.data = buf
-    return msg
 
 
 def main(args: Optional[list[str]] = None) -> int:

@@ -81,7 +81,7 @@ def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
     from rclpy.parameter import Parameter
 
     from .evaluator import Evaluator
-    from .scoring import format_table
+    from ..metrics import format_table
     from .tta_node import TTANode
     from .weather_camera import WeatherCamera
 
@@ -121,9 +121,9 @@ def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
             tta_nodes[m] = node
             log(f"[weather_loop] loading {m!r} ({model}) ...")
             node.start()
-            if node._lc_state != "active":
+            if node.session.state != "active":
                 raise LoopError(f"tta_node for method {m!r} did not start: "
-                                f"{node._config_error or node._lc_state}")
+                                f"{node.session.config_error or node.session.state}")
         evaluator = Evaluator(namespace=ns, context=ctx, use_global_arguments=False, parameter_overrides=params(
             prediction_topics=[f"{ns}/{m}/class_ids" for m in methods], labels=methods,
             num_classes=int(num_classes), output_dir=str(out), prefix="loop_",

@@ -63,7 +63,7 @@ _KEYS, _VALUES = (np.array(v) for v in zip(*sorted(_lut().items())))
 def palette_to_ids(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB in CARLA's CityScapes palette -> (H, W) uint8 class ids (255: unlabeled).
 
-    Decode the bridge's bgra8 first (``ros.image_codec.raw_to_rgb``). Colours that are no CARLA tag
+    Decode the bridge's bgra8 first (``runtime.image_codec.raw_to_rgb``). Colours that are no CARLA tag
     (e.g. blended by resizing) are unlabeled.
     """
     rgb = np.asarray(rgb)

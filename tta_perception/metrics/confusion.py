@@ -1,11 +1,23 @@
-"""Metrics: streaming confusion matrix (mIoU as in CarlaTTA, accumulated over a whole sequence or
-domain) and classification error."""
+"""Confusion matrix (mIoU as in CarlaTTA, accumulated over a whole sequence or domain) and top-1
+accuracy: the formulas every score of the package is computed with.
+
+NumPy only (tensors are accepted and moved to the CPU), so the evaluator node can score without
+importing torch.
+"""
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import Any
 
-from .world.classes import IGNORE_INDEX
+import numpy as np
+
+from ..world.classes import IGNORE_INDEX
+
+
+def as_array(values: Any) -> np.ndarray:
+    """A NumPy view of an array or a (CPU/GPU) tensor."""
+    if hasattr(values, "detach"):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
 
 
 class ConfusionMatrix:
@@ -16,8 +28,7 @@ class ConfusionMatrix:
         self.mat = np.zeros((self.num_classes, self.num_classes), np.int64)
 
     def update(self, pred, target) -> None:
-        pred = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
-        target = target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
+        pred, target = as_array(pred), as_array(target)
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {pred.shape} != target shape {target.shape}")
         valid = (target != IGNORE_INDEX) & (target < self.num_classes) & (pred >= 0) & (pred < self.num_classes)
@@ -43,6 +54,13 @@ class ConfusionMatrix:
         return float(np.trace(self.mat) / total) if total else float("nan")
 
 
+def frame_miou(pred, labels, num_classes: int) -> float:
+    """mIoU of one frame on its own (the per-frame curve of the plots)."""
+    cm = ConfusionMatrix(num_classes)
+    cm.update(pred, labels)
+    return cm.miou()
+
+
 class Accuracy:
     """Running top-1 accuracy of class predictions."""
 
@@ -51,10 +69,9 @@ class Accuracy:
         self.total = 0
 
     def update(self, pred, target) -> None:
-        pred = torch.as_tensor(pred).cpu()
-        target = torch.as_tensor(target).cpu()
+        pred, target = as_array(pred), as_array(target)
         self.correct += int((pred == target).sum())
-        self.total += int(target.numel())
+        self.total += int(target.size)
 
     def accuracy(self) -> float:
         return self.correct / self.total if self.total else float("nan")

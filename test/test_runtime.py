@@ -1,5 +1,6 @@
-"""The ROS layer's pure parts (no rclpy, no DDS): image conversions, the parameter table and
-config/adapt.yaml, the newest-frame mailbox and statistics, the launch file's argument handling."""
+"""The ROS-free runtime (no rclpy, no DDS): image conversions, the parameter table and
+config/adapt.yaml, the newest-frame mailbox and statistics, the pipeline; and the launch file's
+argument handling."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from tta_perception.ros import image_codec as codec
-from tta_perception.ros import params as P
-from tta_perception.ros.health import Health, LatestSlot, percentile
+from tta_perception.runtime import image_codec as codec
+from tta_perception.runtime import params as P
+from tta_perception.runtime.frames import LatestSlot
+from tta_perception.runtime.health import Health, percentile
 
 REPO = Path(__file__).resolve().parents[1]
 RGB = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
@@ -270,7 +272,7 @@ def test_pipeline_postprocessing_matches_softmax_and_marks_nan_unlabeled():
 
     sys.path.insert(0, str(REPO / "test"))
     import test_ros_helpers as H
-    from tta_perception.ros.pipeline import Pipeline
+    from tta_perception.runtime.pipeline import Pipeline
 
     cfg = P.defaults()
     cfg.update(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), method="source", device="cpu",
@@ -320,16 +322,16 @@ def test_cuda_out_of_memory_at_load_falls_back_to_cpu(monkeypatch):
 
     sys.path.insert(0, str(REPO / "test"))
     import test_ros_helpers as H
-    from tta_perception.ros import pipeline as PL
+    from tta_perception.runtime import pipeline as PL
 
     real = PL.load_model
 
-    def load(cfg, device):
+    def load(model, architecture, device="cpu", **kw):
         if device != "cpu":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(cfg, device)
+        return real(model, architecture, device=device, **kw)
 
-    monkeypatch.setattr(PL, "resolve_device", lambda requested: ("cuda", None))
+    monkeypatch.setattr(PL, "resolve_device", lambda requested, label: torch.device("cuda"))
     monkeypatch.setattr(PL, "load_model", load)
     cfg = P.defaults()
     cfg.update(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), method="tent", device="auto")
@@ -351,7 +353,8 @@ def test_adapter_options_resolve_predict_mode_and_worker_settings():
     sys.path.insert(0, str(REPO / "test"))
     from engine_fixtures import tiny_seg
     from tta_perception.engine import build_method
-    from tta_perception.ros.pipeline import ConfigError, adapter_options
+    from tta_perception.runtime.adapter import adapter_options
+    from tta_perception.runtime.errors import ConfigError
 
     cfg = P.defaults()
     dplot = build_method("dplot", tiny_seg(), blocks=["block1"])

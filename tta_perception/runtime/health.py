@@ -1,4 +1,4 @@
-"""Bounded bookkeeping for the node: the newest-frame mailbox and the statistics behind /diagnostics.
+"""The statistics behind /diagnostics: counters, input rate and latency percentiles.
 
 Pure Python and bounded in memory (fixed-size deques), so a 10-minute or 10-hour run cannot grow.
 """
@@ -7,62 +7,22 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 
-class LatestSlot:
-    """A one-item mailbox: ``put`` replaces an item not yet taken (that frame is dropped).
-
-    This is how a perception node stays current when the model is slower than the camera: the worker
-    always gets the newest frame and queues never build up.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Any = None
-        self._full = False
-        self._closed = False
-
-    def put(self, item: Any) -> bool:
-        """Store ``item``; return True when it replaced an unprocessed one (a drop)."""
-        with self._cond:
-            dropped = self._full
-            self._item, self._full = item, True
-            self._cond.notify()
-            return dropped
-
-    def take(self, timeout: Optional[float] = None) -> Any:
-        """Newest item, or None after ``timeout`` seconds or once closed."""
-        with self._cond:
-            if not self._full and not self._closed:
-                self._cond.wait(timeout)
-            if not self._full:
-                return None
-            item, self._item, self._full = self._item, None, False
-            return item
-
-    def clear(self) -> bool:
-        with self._cond:
-            had, self._item, self._full = self._full, None, False
-            return had
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (no NumPy needed; NaN when empty)."""
-    if not values:
+def percentile(values: Sequence[float], q: float, interpolate: bool = False) -> float:
+    """Percentile ``q`` (0-100) of ``values``, NaN when empty (no NumPy needed): nearest rank (the
+    node's diagnostics), or linear between the closest ranks (``interpolate``: NumPy's default, the
+    benchmarks')."""
+    if not len(values):
         return float("nan")
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, int(round(q / 100.0 * (len(ordered) - 1)))))
-    return ordered[rank]
+    ordered = sorted(float(v) for v in values)
+    pos = min(len(ordered) - 1, max(0.0, q / 100.0 * (len(ordered) - 1)))
+    if not interpolate:
+        return ordered[int(round(pos))]
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 class Health:

@@ -2,9 +2,8 @@
 weather phase (the schedule's ``domain``), written as CSV + JSON + a plot.
 
 Pure Python/NumPy (no rclpy) so the ``evaluator`` node and ``tta-perception replay`` score the same
-way; the confusion matrix is the benchmark's (``metrics.ConfusionMatrix``), so the node's mIoU, the
-replay's and the benchmark's are the same formula (accumulated per domain, not a mean of per-frame
-values).
+way; the accumulation is the benchmark's (``DomainScores``), so the node's mIoU, the replay's and
+the benchmark's are the same formula (accumulated per domain, not a mean of per-frame values).
 
 Messages arrive in any order across topics (and processes), so nothing is scored until the phase of
 the frame is known: the weather message with the same stamp, or the latest earlier one once a later
@@ -18,27 +17,18 @@ import collections
 import csv
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write, atomic_write_text
+from .domains import DomainScores
+from .resize import nearest_resize
+
 UNKNOWN_DOMAIN = "unknown"
 WEATHER_KEYS = ("fog_density", "precipitation", "cloudiness", "sun_altitude_angle", "wetness")
-
-
-def nearest_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Class ids at another size without mixing ids (nearest neighbour); two 1-D takes, several
-    times faster than one 2-D fancy index on camera-sized images (the node upsamples every output
-    with it)."""
-    h, w = array.shape[:2]
-    if (h, w) == (height, width):
-        return array
-    rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(np.intp)
-    cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(np.intp)
-    return array.take(rows, axis=0).take(cols, axis=1)
 
 
 @dataclass
@@ -59,13 +49,10 @@ class StreamScorer:
 
     def __init__(self, methods: Sequence[str], num_classes: int, max_pending: int = 300,
                  max_rows: int = 100_000, max_weather: int = 5000):
-        from tta_perception.metrics import ConfusionMatrix
-
         if not methods:
             raise ValueError("StreamScorer needs at least one method name")
         if len(set(methods)) != len(methods):
             raise ValueError(f"method names must be unique, got {list(methods)}")
-        self._CM = ConfusionMatrix
         self.methods = list(methods)
         self.num_classes = int(num_classes)
         self.max_pending, self.max_rows = int(max_pending), int(max_rows)
@@ -78,10 +65,8 @@ class StreamScorer:
         self._w_payloads: list[dict[str, Any]] = []
         self._max_weather = int(max_weather)
         self.rows: "collections.OrderedDict[int, FrameRow]" = collections.OrderedDict()
-        self.cm: dict[str, dict[str, Any]] = {m: {} for m in self.methods}
-        self.total: dict[str, Any] = {m: ConfusionMatrix(self.num_classes) for m in self.methods}
+        self.scores: dict[str, DomainScores] = {m: DomainScores(self.num_classes) for m in self.methods}
         self.domain_order: list[str] = []
-        self._nframes: "collections.Counter[tuple[str, str]]" = collections.Counter()
         self.counts: dict[str, int] = collections.Counter()
         self.first_stamp: Optional[int] = None
         self.current_domain: str = UNKNOWN_DOMAIN
@@ -207,13 +192,8 @@ class StreamScorer:
             self.counts[f"resized_{method}"] += 1
         if domain not in self.domain_order:
             self.domain_order.append(domain)
-        per = self.cm[method].setdefault(domain, self._CM(self.num_classes))
-        per.update(pred, truth)
-        self.total[method].update(pred, truth)
-        frame = self._CM(self.num_classes)
-        frame.update(pred, truth)
+        frame = self.scores[method].add_frame(pred, truth, domain)
         self.counts[f"scored_{method}"] += 1
-        self._nframes[(method, domain)] += 1
         row = self.rows.get(stamp_ns)
         if row is not None:
             if row.domain is None:
@@ -226,12 +206,9 @@ class StreamScorer:
         """``{method: {domain: {miou, acc, frames}, ..., all: {...}}}``, mIoU/accuracy in percent."""
         out: dict[str, dict[str, dict[str, float]]] = {}
         for m in self.methods:
-            per: dict[str, dict[str, float]] = {}
-            for d in self.domain_order:
-                cm = self.cm[m].get(d)
-                if cm is not None:
-                    per[d] = _summary(cm, self._nframes[(m, d)])
-            per["all"] = _summary(self.total[m], self.frames_scored(m))
+            scores = self.scores[m]
+            per = {d: scores.summary(d) for d in self.domain_order if d in scores.per_domain}
+            per["all"] = scores.summary()
             out[m] = per
         return out
 
@@ -273,7 +250,7 @@ class StreamScorer:
         _atomic_csv(paths["domains"], ["method", "domain", "frames", "miou", "acc"], dom_lines)
         summary = {"methods": self.methods, "num_classes": self.num_classes, "domains": self.domain_order,
                    "table": table, "counts": dict(self.counts), "frames": len(rows)}
-        _atomic_text(paths["summary"], json.dumps(summary, indent=2, sort_keys=False, default=_json_default) + "\n")
+        atomic_write_text(paths["summary"], json.dumps(summary, indent=2, sort_keys=False, default=_json_default) + "\n")
         if plot and rows and any(r.miou for r in rows):
             paths["plot"] = self.plot(out_dir / f"{prefix}plot.png", title=title)
         return paths
@@ -295,16 +272,9 @@ class StreamScorer:
         table = self.table()
         label = ", ".join(f"{m} {table[m]['all']['miou']:.1f}" for m in self.methods)
         smooth = max(1, min(25, len(rows) // 20))
-        tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp.png")
-        try:
-            plot_stream(tmp, series, frames, weather, [r.domain or UNKNOWN_DOMAIN for r in rows],
-                        ylabel="mIoU %", title=(title + " " if title else "") + f"(overall mIoU: {label})",
-                        smooth=smooth)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return Path(path)
+        return plot_stream(path, series, frames, weather, [r.domain or UNKNOWN_DOMAIN for r in rows],
+                           ylabel="mIoU %", title=(title + " " if title else "") + f"(overall mIoU: {label})",
+                           smooth=smooth)
 
 
 def plot_frame_csvs(path: str | Path, runs: Mapping[str, str | Path], title: str = "") -> Path:
@@ -366,10 +336,6 @@ def format_table(table: Mapping[str, Mapping[str, Mapping[str, float]]], metric:
     return "\n".join(lines)
 
 
-def _summary(cm, frames: int) -> dict[str, float]:
-    return {"miou": 100.0 * cm.miou(), "acc": 100.0 * cm.accuracy(), "frames": int(frames)}
-
-
 def _stamp_of(payload: Mapping[str, Any]) -> Optional[int]:
     stamp = payload.get("stamp")
     if isinstance(stamp, Mapping) and "sec" in stamp:
@@ -392,24 +358,11 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _atomic_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(header)
             writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, write)

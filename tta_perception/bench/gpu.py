@@ -1,6 +1,6 @@
 """Speed and memory of every adaptation method on the two deployment workloads.
 
-``python -m tta_perception.gpu_bench [--out DIR]`` on a CUDA machine (a few minutes): methods ×
+``python -m tta_perception.bench.gpu [--out DIR]`` on a CUDA machine (a few minutes): methods ×
 - ``cls``: ImageNet ResNet-50, batch 64 at 224×224 (the paper's ImageNet-C setting),
 - ``seg``: DeepLabV3-MobileNetV3-Large, 14 classes (CarlaTTA), one 512×1024 frame per step,
 × precision ``fp32``, ``amp`` (torch.autocast, bfloat16 where supported, else float16) and
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import statistics
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
+from .output import write_report
 
 WORKLOADS = {
     # name: (model, num_classes, batch, (H, W)), quick variant
@@ -79,8 +80,8 @@ def method_options(name: str, model) -> dict:
 
 def run_one(workload: str, method: str, precision: str, *, device: torch.device, quick: bool,
             steps: int, warmup: int) -> Result:
-    from .engine import build_method
-    from .models import build_model
+    from ..engine import build_method
+    from ..models import build_model
 
     spec = dict(WORKLOADS[workload])
     if quick:
@@ -170,8 +171,34 @@ def markdown(results: list[Result], info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_results(results: list[Result], info: dict, path: Path) -> Path:
+    """ms per adaptation step per method, one bar per precision, one panel per workload."""
+    from ..plots import _plt, save_figure
+
+    plt = _plt()
+    workloads = list(dict.fromkeys(r.workload for r in results))
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 3.6), squeeze=False)
+    for ax, wl in zip(axes[0], workloads):
+        rs = [r for r in results if r.workload == wl]
+        methods = list(dict.fromkeys(r.method for r in rs))
+        precisions = list(dict.fromkeys(r.precision for r in rs))
+        width = 0.8 / max(1, len(precisions))
+        for j, prec in enumerate(precisions):
+            ys = [next((r.ms_per_step for r in rs if r.method == m and r.precision == prec), float("nan"))
+                  for m in methods]
+            ax.bar([i + j * width for i in range(len(methods))], ys, width, label=prec)
+        ax.set_xticks([i + width * (len(precisions) - 1) / 2 for i in range(len(methods))], methods,
+                      rotation=30, fontsize=8)
+        ax.set_ylabel("ms per adaptation step")
+        ax.set_title(f"{wl} ({rs[0].arch}, {rs[0].batch} × {rs[0].size[0]}×{rs[0].size[1]})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"adaptation cost on {info.get('gpu') or 'CPU'}", fontsize=10)
+    return save_figure(fig, path)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tta_perception.gpu_bench", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m tta_perception.bench.gpu", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes, few steps, fp32 on CPU (for tests)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available; "
@@ -184,14 +211,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; 1 quick)")
     p.add_argument("--time-budget", type=float, default=420.0,
                    help="seconds; runs not started by then are reported as skipped")
-    p.add_argument("--out", default="runs/gpu_bench", help="folder for gpu_bench.json and gpu_bench.md")
+    p.add_argument("--out", default="runs/gpu_bench",
+                   help="folder for gpu_bench .md/.txt/.json/.csv and gpu_bench.png")
     return p.parse_args(argv)
 
 
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
     try:
-        from .engine import list_methods
+        from ..engine import list_methods
     except ImportError as err:
         print(f"gpu_bench: the adaptation engine is not available ({err})", file=sys.stderr)
         return 2
@@ -238,10 +266,13 @@ def main(argv: Optional[list] = None) -> int:
     info.update(steps=steps, warmup=warmup, quick=args.quick)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_bench.json").write_text(json.dumps({"info": info, "results": [asdict(r) for r in results]},
-                                                   indent=2, default=str))
-    (out / "gpu_bench.md").write_text(markdown(results, info))
-    print(f"wrote {out / 'gpu_bench.json'} and {out / 'gpu_bench.md'} in {info['wall_s']} s")
+    table = markdown(results, info)
+    files = write_report(out, "gpu_bench", text=table, markdown=table,
+                         payload={"info": info, "results": [asdict(r) for r in results]},
+                         rows=[{k: v for k, v in asdict(r).items() if k != "notes"} for r in results])
+    if any(r.status == "ok" for r in results):
+        files["png"] = str(plot_results(results, info, out / "gpu_bench.png"))
+    print(f"wrote {', '.join(files.values())} in {info['wall_s']} s")
     return 0 if all(r.status != "error" for r in results) else 1
 
 

@@ -1,4 +1,5 @@
-"""The node's parameters: one table, used to declare them, to check them and to test config/adapt.yaml.
+"""The node's parameters: one typed table, used to declare them (``ros.tta_node``), to check them, to
+render ``config/adapt.yaml`` and to read a parameter file without ROS (``replay --params-file``).
 
 Pure Python (no rclpy) so the checks run anywhere. Each parameter says *when* a change takes effect:
 
@@ -11,17 +12,17 @@ Pure Python (no rclpy) so the checks run anywhere. Each parameter says *when* a 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Optional
+
+from .devices import DEVICE_RE
 
 TASKS = ("auto", "segmentation", "classification")
 TASK_OF_MODEL = {"seg": "segmentation", "cls": "classification"}
-EMBEDDED_FOR_TASK = {"segmentation": "driveseg", "classification": "signnet"}
 DEFAULT_INPUT_SIZE = {"segmentation": (128, 256), "classification": (32, 32)}
 RELIABILITY = ("best_effort", "reliable", "system_default")
 OUTPUT_SIZES = ("input", "model")
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Used only when the engine cannot be imported to list its methods (message wording, never behaviour).
 KNOWN_METHODS = ("source", "norm", "tent", "eata", "sar", "cotta", "rmt", "dplot")
 
@@ -201,9 +202,10 @@ def render_yaml(node: str = "/**/tta_node") -> str:
         return str(v)
 
     lines = [
-        "# Parameters of tta_node, generated from tta_perception/ros/params.py (the same table declares",
-        "# them, with ranges; `python -c \"from tta_perception.ros.params import render_yaml as r;",
-        "# print(r(), end='')\" > config/adapt.yaml` rewrites this file; a test keeps them equal).",
+        "# Parameters of tta_node, generated from tta_perception/runtime/params.py (the same table",
+        "# declares them, with ranges; `python -c \"from tta_perception.runtime.params import",
+        "# render_yaml as r; print(r(), end='')\" > config/adapt.yaml` rewrites this file; a test keeps",
+        "# them equal).",
         "# `/**/tta_node` matches the node in any namespace (a plain `tta_node:` key would not apply",
         "# once launched with namespace:=...).",
         "# Use: ros2 launch tta_perception adapt.launch.py params_file:=<this file>",
@@ -228,3 +230,54 @@ def render_yaml(node: str = "/**/tta_node") -> str:
         else:
             lines.append(f"    {s.name}: {value(s.default)}")
     return "\n".join(lines) + "\n"
+
+
+def load_params_file(path: str | Path, node: str = "tta_node") -> dict[str, Any]:
+    """The ``ros__parameters`` of ``node`` in a ROS parameter file (``config/adapt.yaml`` format)."""
+    import yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"parameter file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"parameter file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"parameter file {path}: expected '<node>: ros__parameters: ...'")
+    for key in (f"/**/{node}", node, f"/{node}", "/**"):
+        entry = data.get(key)
+        if isinstance(entry, dict) and isinstance(entry.get("ros__parameters"), dict):
+            return dict(entry["ros__parameters"])
+    for key, entry in data.items():
+        if str(key).rstrip("/").endswith(node) and isinstance(entry, dict) and "ros__parameters" in entry:
+            return dict(entry["ros__parameters"])
+    raise ValueError(f"parameter file {path} has no 'ros__parameters' for {node!r} "
+                     f"(keys: {', '.join(map(str, data))})")
+
+
+def node_config(overrides: Optional[dict[str, Any]] = None, params_file: Optional[str | Path] = None,
+                ) -> dict[str, Any]:
+    """The node's configuration: defaults < parameter file < overrides; checked like the node does."""
+    cfg = defaults()
+    layers = []
+    if params_file:
+        layers.append((f"parameter file {params_file}", load_params_file(params_file)))
+    if overrides:
+        layers.append(("option", {k: v for k, v in overrides.items() if v is not None}))
+    for where, values in layers:
+        unknown = sorted(k for k in values if k not in SPEC and k != "use_sim_time")
+        if unknown:
+            raise ValueError(f"{where}: unknown node parameter(s) {unknown}")
+        for k, v in values.items():
+            if k == "use_sim_time":
+                continue
+            if isinstance(v, tuple):
+                v = list(v)
+            if SPEC[k].type == "float" and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            cfg[k] = v
+    problems = check_all(cfg)
+    if problems:
+        raise ValueError(problems[0])
+    return cfg

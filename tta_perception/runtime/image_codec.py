@@ -1,8 +1,11 @@
-"""sensor_msgs/Image and CompressedImage <-> NumPy, with the checks a camera driver cannot be trusted on.
+"""Camera images as bytes + encoding (the fields of sensor_msgs/Image and CompressedImage) <-> NumPy,
+with the checks a camera driver cannot be trusted on.
 
-Pure NumPy (no rclpy, no cv_bridge: cv_bridge is absent from PyPI and its PyPI namesake breaks under
-NumPy 2). Every rejection raises :class:`ImageError` whose ``reason`` is a short counter key the node
-reports in its diagnostics, so a bad camera shows up as a number rather than a log flood.
+It works on the fields, not on messages, so the node (``ros.convert``), the bags and the replay
+decode alike. Pure NumPy (no rclpy, no cv_bridge: cv_bridge is absent from PyPI and its PyPI
+namesake breaks under NumPy 2). Every rejection raises :class:`ImageError` whose ``reason`` is a
+short counter key the node reports in its diagnostics, so a bad camera shows up as a number rather
+than a log flood.
 """
 from __future__ import annotations
 
@@ -76,6 +79,22 @@ def raw_to_rgb(encoding: str, height: int, width: int, step: int, data: Any,
     return np.ascontiguousarray(rows[:, :, :3])
 
 
+LABEL_ENCODINGS = ("mono8", "8uc1")
+
+
+def raw_to_labels(encoding: str, height: int, width: int, step: int, data: Any) -> np.ndarray:
+    """(H, W) uint8 class ids of a mono8 label image (ground truth, the node's ``class_ids``)."""
+    if str(encoding).lower() not in LABEL_ENCODINGS:
+        raise ImageError(REASON_ENCODING, f"class ids must be mono8, got encoding {encoding!r}")
+    h, w, step = int(height), int(width), int(step)
+    buf = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+    if h <= 0 or w <= 0:
+        raise ImageError(REASON_EMPTY, f"zero-sized class-id image {w}x{h}")
+    if step < w or buf.size != step * h:
+        raise ImageError(REASON_SIZE, f"class-id image {w}x{h} step {step} does not fit {buf.size} bytes")
+    return buf.reshape(h, step)[:, :w].copy()
+
+
 def compressed_to_rgb(fmt: str, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a ``sensor_msgs/CompressedImage`` (jpeg/png, image_transport format strings) to RGB.
 
@@ -130,6 +149,12 @@ def rgb_to_raw(rgb: np.ndarray, encoding: str = "rgb8") -> tuple[int, int, int, 
     out = np.ascontiguousarray(out)
     h, w = out.shape[:2]
     return h, w, w * channels, out.tobytes()
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma, what a mono camera would see of the scene."""
+    rgb = np.asarray(rgb, np.float32)
+    return np.clip(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114 + 0.5, 0, 255).astype(np.uint8)
 
 
 def mono8(array: np.ndarray) -> tuple[int, int, int, bytes]:

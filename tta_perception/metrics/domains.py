@@ -1,0 +1,73 @@
+"""Per-domain scoring: one accumulator per weather phase or corruption, plus the whole stream.
+
+Every command scores a stream the same way (``evaluate``, ``bench``, ``replay``, the evaluator node,
+``node-bench``): segmentation accumulates one confusion matrix per domain and one over everything
+(mIoU over the whole domain, as CarlaTTA, not a mean of per-frame values); classification counts
+correct samples per domain. Domains keep the order in which they first appear.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Sequence
+
+from .confusion import Accuracy, ConfusionMatrix, as_array
+
+TASKS = ("seg", "cls")
+
+
+class DomainScores:
+    """Scores per domain and in total; ``task`` 'seg' (mIoU) or 'cls' (error)."""
+
+    def __init__(self, num_classes: int, task: str = "seg"):
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.task, self.num_classes = task, int(num_classes)
+        self.per_domain: dict[str, Any] = {}
+        self.total = self._new()
+        self.frames: Counter[str] = Counter()
+
+    def _new(self):
+        return ConfusionMatrix(self.num_classes) if self.task == "seg" else Accuracy()
+
+    def add_frame(self, pred, labels, domain: str) -> ConfusionMatrix:
+        """A segmentation frame; returns its own confusion matrix (per-frame mIoU / accuracy)."""
+        frame = ConfusionMatrix(self.num_classes)
+        frame.update(pred, labels)
+        self.per_domain.setdefault(domain, self._new()).merge(frame)
+        self.total.merge(frame)
+        self.frames[domain] += 1
+        return frame
+
+    def add_samples(self, preds, labels, domains: Sequence[str]) -> float:
+        """Classified samples with their domains; returns the error % of this batch."""
+        ok = as_array(preds) == as_array(labels)
+        for domain, o in zip(domains, ok):
+            acc = self.per_domain.setdefault(domain, self._new())
+            acc.correct += int(o)
+            acc.total += 1
+            self.frames[domain] += 1
+        self.total.correct += int(ok.sum())
+        self.total.total += len(ok)
+        return 100.0 * (1.0 - float(ok.mean()))
+
+    @staticmethod
+    def _percent(acc) -> float:
+        """mIoU % (seg) or error % (cls) of one accumulator."""
+        if isinstance(acc, ConfusionMatrix):
+            return 100.0 * acc.miou()
+        return 100.0 * (1 - acc.correct / acc.total) if acc.total else float("nan")
+
+    def domains(self) -> dict[str, float]:
+        """Domain -> mIoU % (seg) or error % (cls), in order of appearance."""
+        return {d: self._percent(acc) for d, acc in self.per_domain.items()}
+
+    def overall(self) -> float:
+        """mIoU % over the whole stream (seg) or error % over every sample (cls)."""
+        return self._percent(self.total)
+
+    def summary(self, domain: str | None = None) -> dict[str, float]:
+        """Segmentation: ``{miou, acc, frames}`` in percent of one domain (None: everything)."""
+        cm = self.total if domain is None else self.per_domain[domain]
+        frames = sum(self.frames.values()) if domain is None else self.frames[domain]
+        return {"miou": 100.0 * cm.miou(), "acc": 100.0 * cm.accuracy(), "frames": int(frames)}
+

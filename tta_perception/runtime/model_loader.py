@@ -1,0 +1,178 @@
+"""The one model loader: every command, the benchmark, the replay and the node get their source model
+here, so a name means the same network with the same weights everywhere.
+
+A model is named by two strings, as the node's parameters ``model`` and ``architecture``:
+
+- ``model`` an embedded name (``driveseg``, ``signnet``): the committed clear-weather weights,
+  checked against the sha256 of ``weights/manifest.json``;
+- ``model`` a checkpoint path and no ``architecture``: a checkpoint that records its architecture
+  (``models.checkpoint`` format, written by ``train-source``);
+- ``architecture`` a registered name (``models.list_models()``: the embedded ones, ``resnet50``,
+  ``deeplabv3_mobilenet_v3_large``, ..., ``torchvision:<arch>`` for torchvision's published
+  weights) or ``module:function``: built, then the checkpoint ``model`` (a plain or wrapped state
+  dict) loaded into it; ``model`` empty or repeating the architecture: no checkpoint, the builder's
+  own weights (``random_init``: seeded, for smoke runs).
+
+Errors are :class:`ConfigError` lines that name the option (``label``).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ConfigError, one_line
+
+#: the embedded source model of each task (``bench --task``, the node's ``task``)
+EMBEDDED_FOR_TASK = {"seg": "driveseg", "cls": "signnet"}
+
+
+@dataclass
+class LoadedModel:
+    model: Any          # a TTAModel in eval mode on the requested device
+    arch: str           # architecture name (registered name, 'module:function' or the checkpoint's)
+    weights_id: str     # identifies the weights (sha256 or 'random-init:...'): keys the bundle caches
+    weights_desc: str   # for people: where the weights came from
+
+
+def looks_like_path(name: str) -> bool:
+    return os.sep in name or name.endswith((".pt", ".pth", ".ckpt")) or Path(name).exists()
+
+
+def embedded_models() -> list[str]:
+    """Names with committed weights (the manifest's entries)."""
+    from ..models.checkpoint import read_manifest
+
+    return sorted(read_manifest())
+
+
+def _build(architecture: str, num_classes: Optional[int], label: str):
+    """A registered architecture, or ``module:function`` returning a TTAModel (user models)."""
+    if ":" in architecture and not architecture.startswith("torchvision:"):
+        module_name, _, attr = architecture.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"{label}: cannot import {architecture!r} ({err})") from None
+        return fn()
+    from ..models import build_model, list_models
+
+    if architecture not in list_models():
+        raise ConfigError(f"{label} must be one of {', '.join(list_models()) or '(none)'} or "
+                          f"'module:function'; got {architecture!r}")
+    kwargs = {} if num_classes is None or architecture in EMBEDDED_FOR_TASK.values() else \
+        {"num_classes": int(num_classes)}
+    return build_model(architecture, **kwargs)
+
+
+def _load_into(model, architecture: str, path: Path, label: str) -> None:
+    """Strict, weights-only load of ``path`` into ``model``; errors name the file and the keys."""
+    from ..models.checkpoint import CheckpointError, load_checkpoint
+    from ..models.public import load_weights
+
+    try:
+        if architecture in EMBEDDED_FOR_TASK.values():
+            load_checkpoint(path, model=model)
+        else:
+            load_weights(model, path, strict=True)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError, CheckpointError) as err:
+        raise ConfigError(f"{label}: {one_line(err)}") from None
+
+
+def _checkpoint(path: Path, label: str, architecture_label: str):
+    from ..models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+
+    try:
+        arch = read_checkpoint(path).get("arch")
+        if not arch:
+            raise ConfigError(f"{label}: checkpoint {str(path)!r} records no architecture: set "
+                              f"{architecture_label}")
+        return load_checkpoint(path), str(arch)
+    except ConfigError:
+        raise
+    except (ValueError, RuntimeError, KeyError, CheckpointError) as err:
+        raise ConfigError(f"{label}: {one_line(err)}") from None
+
+
+def _embedded(name: str, label: str):
+    from ..models.checkpoint import CheckpointError, load_source_model, read_manifest
+
+    manifest = read_manifest()
+    if name not in manifest:
+        raise ConfigError(f"{label} must be one of {', '.join(sorted(manifest)) or '(no embedded weights)'}"
+                          f" or a checkpoint path; got {name!r}")
+    try:
+        model = load_source_model(name, "cpu")
+    except (FileNotFoundError, ValueError, RuntimeError, CheckpointError) as err:
+        raise ConfigError(f"{label}: {one_line(err)}") from None
+    return model, manifest[name]
+
+
+def load_model(model: str = "", architecture: str = "", *, task: Optional[str] = None,
+               random_init: bool = False, num_classes: Optional[int] = None, seed: int = 0,
+               device: Any = "cpu", label: str = "parameter 'model'",
+               architecture_label: str = "parameter 'architecture'") -> LoadedModel:
+    """The source model (see the module docstring), checked against the TTAModel contract and, when
+    ``task`` ('seg'/'cls') is given, against the task; in eval mode on ``device``."""
+    import torch
+
+    from ..models import check_model
+    from ..models.checkpoint import sha256_of
+
+    name, arch = (model or "").strip(), (architecture or "").strip()
+    if arch:
+        if name and name != arch:
+            net = _build(arch, num_classes, architecture_label)
+            path = Path(os.path.expanduser(name))
+            if not path.is_file():
+                raise ConfigError(f"{label}: checkpoint {str(path)!r} not found")
+            _load_into(net, arch, path, label)
+            wid, desc = sha256_of(path), str(path)
+        else:
+            if random_init:
+                torch.manual_seed(seed)
+            net = _build(arch, num_classes, architecture_label)
+            if random_init:
+                wid, desc = f"random-init:{arch}:seed{seed}", f"untrained {arch} (random init, seed {seed})"
+            elif arch.startswith("torchvision:"):
+                wid, desc = arch, f"{arch} (torchvision's published weights)"
+            else:
+                wid, desc = f"builder:{arch}", f"{arch} as its builder makes it"
+    elif not name:
+        raise ConfigError(f"{label} must name an embedded model or a checkpoint path; got ''")
+    elif looks_like_path(name):
+        path = Path(os.path.expanduser(name))
+        if not path.is_file():
+            raise ConfigError(f"{label}: checkpoint {str(path)!r} not found")
+        net, arch = _checkpoint(path, label, architecture_label)
+        wid, desc = sha256_of(path), str(path)
+    else:
+        net, entry = _embedded(name, label)
+        arch = name
+        wid, desc = entry.get("sha256") or "", f"committed {name} ({entry['file']})"
+    try:
+        check_model(net)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{label}: {err}") from None
+    if task is not None and net.task != task:
+        raise ConfigError(f"{label}: {arch!r} is a {net.task} model, the task is {task}")
+    return LoadedModel(net.to(device).eval(), arch, wid, desc)
+
+
+def default_bundle(model: str, architecture: str = "") -> Optional[str]:
+    """The phase-A bundle to use when none is given, for an embedded model: the one committed beside
+    its weights, else the output of ``tta-perception prepare`` in its default place
+    (runs/prepare/<model>_dplot.bundle, relative to the working directory, where the benchmark
+    looks for it)."""
+    name = (model or "").strip()
+    if (architecture or "").strip() or looks_like_path(name):
+        return None
+    from ..models.checkpoint import default_bundle as shipped
+
+    found = shipped(name)
+    if found:
+        return str(found)
+    candidate = Path("runs") / "prepare" / f"{name}_dplot.bundle"
+    return str(candidate.resolve()) if candidate.is_file() else None

@@ -1,0 +1,249 @@
+"""One frame in, the outputs out: the source model, the engine's method and its streaming adapter for
+one configuration of the node's parameters.
+
+The node (``ros.tta_node``), the replay (``bags.replay``), ``node-bench`` and the weather loop all
+run frames through :class:`Pipeline`, so what the node publishes is what the replay writes and what
+the streaming benchmark scores (``StreamingAdapter.predict`` on the same [0, 1] frames). Heavy
+imports (torch, the engine, the models) happen when a pipeline is built, i.e. in the node's
+configure transition.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from . import params as P
+from .adapter import adapter_options, build_adapter
+from .devices import fallback_warning, is_cuda_oom, resolve_device
+from .errors import ConfigError, one_line
+from .model_loader import EMBEDDED_FOR_TASK, default_bundle, load_model
+from .postprocess import Result, classification_result, palette_for, segmentation_result
+from .preprocess import frame_to_input
+from .state import STATE_FORMAT, load_state_file, save_state_file, to_cpu
+
+__all__ = ["Pipeline", "ConfigError", "Result", "make_pipeline"]
+
+
+class Pipeline:
+    """Model + engine method + streaming adapter for one configuration.
+
+    ``infer`` runs on the caller's thread (the node's worker); adaptation happens on the adapter's
+    background thread, so inference never waits for it (the engine's streaming protocol), unless
+    ``background=False`` (the replay's and the benchmark's deterministic inline steps).
+    """
+
+    def __init__(self, cfg: dict[str, Any], background: bool = True):
+        import torch
+
+        problems = P.check_all(cfg)
+        if problems:
+            raise ConfigError(problems[0])
+        from ..engine import list_methods
+
+        methods = sorted(list_methods())
+        if cfg["method"] not in methods:
+            raise ConfigError(f"parameter 'method' must be one of {', '.join(methods)}; "
+                              f"got {cfg['method']!r}")
+        bundle = cfg["bundle"].strip()
+        if bundle and not Path(os.path.expanduser(bundle)).exists():
+            raise ConfigError(f"parameter 'bundle': {bundle!r} not found (write it with "
+                              "`tta-perception prepare`)")
+        resume = cfg["resume_from"].strip()
+        if resume and not Path(os.path.expanduser(resume)).is_file():
+            raise ConfigError(f"parameter 'resume_from': {resume!r} not found")
+
+        device = str(resolve_device(cfg["device"], "parameter 'device'"))
+        try:
+            self._build(cfg, device, fallback_warning(cfg["device"], device), background)
+        except Exception as err:  # CUDA out of memory with device 'auto': the same on the CPU
+            if device == "cpu" or cfg["device"] != "auto" or not is_cuda_oom(err):
+                raise
+            self.__dict__.clear()
+            torch.cuda.empty_cache()
+            self._build(cfg, "cpu", "device 'auto': CUDA out of memory, running on CPU", background)
+
+    def _build(self, cfg: dict[str, Any], device: str, device_warning: Optional[str],
+               background: bool) -> None:
+        import torch
+
+        from ..engine import build_method, method_class
+        from ..engine.config import config_keys
+
+        bundle, resume = cfg["bundle"].strip(), cfg["resume_from"].strip()
+        self.device, self.device_warning = device, device_warning
+        self.model = load_model(cfg["model"], cfg["architecture"], device=self.device).model
+        model_task = P.TASK_OF_MODEL[self.model.task]
+        if cfg["task"] not in ("auto", model_task):
+            embedded = EMBEDDED_FOR_TASK[next(k for k, v in P.TASK_OF_MODEL.items() if v == cfg["task"])]
+            raise ConfigError(f"parameter 'task' is {cfg['task']!r} but model {cfg['model']!r} does "
+                              f"{model_task} (the embedded {cfg['task']} model is {embedded!r})")
+        self.task = model_task
+        names = list(cfg["class_names"]) or list(getattr(self.model, "class_names", ()) or ())
+        if not names:
+            names = [f"class_{i}" for i in range(self.model.num_classes)]
+        if len(names) != self.model.num_classes:
+            raise ConfigError(f"parameter 'class_names' has {len(names)} names but the model has "
+                              f"{self.model.num_classes} classes")
+        self.class_names = names
+        self.palette = palette_for(names)
+        size = tuple(int(v) for v in cfg["input_size"])
+        if size == (0, 0):  # the model's own size
+            size = tuple(getattr(self.model, "input_size", None) or P.DEFAULT_INPUT_SIZE[model_task])
+        self.input_size = (int(size[0]), int(size[1]))
+
+        cls = method_class(cfg["method"])
+        keys = set(config_keys(cls.Config))
+        overrides: dict[str, Any] = {}
+        for param, candidates in (("lr", ("lr", "lr_entropy")), ("lr_consistency", ("lr_consistency",))):
+            key = next((k for k in candidates if k in keys), None)
+            if key and cfg[param] > 0:
+                overrides[key] = float(cfg[param])
+        self.warnings: list[str] = [self.device_warning] if self.device_warning else []
+        self.bundle = ""
+        if "bundle" in getattr(cls, "RESOURCES", ()):
+            self.bundle = os.path.expanduser(bundle) if bundle else \
+                (default_bundle(cfg["model"], cfg["architecture"]) or "")
+            if self.bundle:
+                overrides["bundle"] = self.bundle
+        elif bundle:
+            self.warnings.append(f"method {cfg['method']!r} takes no bundle: 'bundle' ignored")
+        torch.manual_seed(int(cfg["seed"]))
+        try:
+            self.method = build_method(cfg["method"], self.model, None, **overrides)
+        except (ValueError, FileNotFoundError) as err:  # bad bundle, missing blocks, bad option
+            raise ConfigError(f"method {cfg['method']!r}: {one_line(err)}") from None
+        # as the benchmark's streaming runner builds it, so the node's numbers are the benchmark's
+        self.adapter = build_adapter(self.method, **adapter_options(cfg, self.method), background=background)
+        self.adapts = bool(getattr(self.method, "ADAPTS", True))  # False for 'source'
+
+        if resume:
+            self.load_state(Path(os.path.expanduser(resume)))
+        self.set_learning_rates(cfg["lr"], cfg["lr_consistency"])
+        self.set_enabled(bool(cfg["enable"]))
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Adaptation on/off; a method that does not adapt ('source') never runs pointless steps."""
+        self.adapter.set_enabled(bool(enabled) and self.adapts)
+
+    # ---- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "method": type(self.method).__name__,
+                "class_names": self.class_names, "adapter": self.adapter.state_dict()}
+
+    def load_state(self, path: Path) -> None:
+        """``resume_from``: the adapted state a ``~/save`` wrote."""
+        try:
+            self.load_state_dict(load_state_file(path))
+        except Exception as err:
+            raise ConfigError(f"parameter 'resume_from': {str(path)!r} cannot be loaded: "
+                              f"{one_line(err)}") from None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError("not a tta_node state (format marker missing)")
+        self.adapter.load_state_dict(state["adapter"])
+
+    def cpu_state_dict(self) -> dict[str, Any]:
+        """The whole adapted state with tensors on the CPU (kept while the node is inactive)."""
+        return to_cpu(self.state_dict())
+
+    def save_state(self, path: Path) -> None:
+        save_state_file(self.state_dict(), path)
+
+    def set_learning_rates(self, lr: float, lr_consistency: float) -> list[str]:
+        """Apply non-zero learning rates to the method's optimisers at run time.
+
+        ``lr_consistency`` goes to an optimiser named ``consistency`` (DPLOT's step on all
+        parameters), ``lr`` to every other one. The method's source snapshot is patched too, so a
+        reset (by the service or by collapse detection) keeps the rates the user set.
+        """
+        changed = []
+        for name, opt in _optimizers(self.method).items():
+            value = lr_consistency if name == "consistency" else lr
+            if not value or value <= 0:
+                continue
+            for group in opt.param_groups:
+                group["lr"] = float(value)
+            snapshot = getattr(self.method, "_source", None)
+            try:
+                for group in snapshot["optimizers"][name]["param_groups"]:
+                    group["lr"] = float(value)
+            except (TypeError, KeyError):
+                pass
+            changed.append(f"{name}={value:g}")
+        return changed
+
+    def close(self) -> None:
+        self.adapter.close()
+
+    # ---- frames
+    def to_input(self, rgb: np.ndarray):
+        """(H, W, 3) uint8 -> (3, h, w) float in [0, 1] at the model size (bilinear, antialiased)."""
+        return frame_to_input(rgb, self.input_size, self.device)
+
+    def infer(self, rgb: np.ndarray, output_size: str = "input", top_k: int = 5,
+              overlay_alpha: float = 0.5, overlay: bool = True, confidence_float: bool = False,
+              confidence: bool = True) -> Result:
+        """Predict one frame. ``confidence`` / ``overlay`` False skip those maps (the node asks for
+        them only while someone subscribes); the mean confidence and entropy for diagnostics then
+        come from every 8th pixel."""
+        import torch
+
+        x = self.to_input(rgb)
+        with torch.no_grad():
+            logits = self.adapter.predict(x)
+        return self.postprocess(logits, rgb, x, output_size=output_size, top_k=top_k,
+                                overlay_alpha=overlay_alpha, overlay=overlay,
+                                confidence_float=confidence_float, confidence=confidence)
+
+    def postprocess(self, logits, rgb: np.ndarray, x, output_size: str = "input", top_k: int = 5,
+                    overlay_alpha: float = 0.5, overlay: bool = True, confidence_float: bool = False,
+                    confidence: bool = True) -> Result:
+        """Logits of one frame -> the outputs (``infer`` after the model; timed on its own by
+        ``node-bench``); segmentation maps at the input size (``output_size='input'``, pixel-aligned
+        with the camera) or at the model size."""
+        logits = logits.detach().float()
+        if logits.dim() in (2, 4):  # tolerate a batch axis of one
+            logits = logits[0]
+        if self.task == "classification":
+            return classification_result(logits, top_k)
+        if output_size == "input":
+            out_size, base = rgb.shape[:2], (rgb if overlay else None)
+        else:
+            out_size = self.input_size
+            base = (x.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8) if overlay else None
+        return segmentation_result(logits, out_size, base, self.palette, overlay_alpha=overlay_alpha,
+                                   overlay=overlay, confidence_float=confidence_float, confidence=confidence)
+
+    def selected_blocks(self) -> list[str]:
+        """Blocks the method adapts selectively (DPLOT's domain-specific blocks), if any."""
+        for owner, attr in ((self.method, "blocks"), (getattr(self.method, "cfg", None), "blocks")):
+            blocks = getattr(owner, attr, None)
+            if blocks:
+                return [str(b) for b in blocks]
+        return []
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            s = dict(self.adapter.stats())
+        except Exception:  # statistics must never take the node down
+            s = {}
+        return s
+
+
+def make_pipeline(cfg: dict[str, Any], background: bool = False) -> Pipeline:
+    """A pipeline for ``cfg``; ``background=False`` steps inline after each prediction (the replay's
+    and the benchmark's repeatable protocol; the prediction is still made before adapting)."""
+    return Pipeline(cfg, background=background)
+
+
+def _optimizers(method) -> dict[str, Any]:
+    """The method's optimisers by name (the engine keeps them in ``method.optimizers``)."""
+    found = getattr(method, "optimizers", None)
+    if isinstance(found, dict):
+        return dict(found)
+    single = getattr(method, "optimizer", None)
+    return {"opt": single} if single is not None else {}

@@ -1,0 +1,370 @@
+"""The adaptation node without ROS: its configuration, the pipeline it runs, reloads, frames, services
+and the diagnostics it reports. ``ros.tta_node`` only declares the parameters, converts messages,
+publishes and maps lifecycle transitions onto this class, so everything here is testable without a
+ROS install.
+
+Threads: frames are inferred on the node's worker thread; the adapter adapts on its own thread; a
+model reload (a ``reload`` parameter change) builds the new pipeline on a short-lived thread while
+the old one keeps serving. ``infer_lock`` serialises inference with reset/save/swap, so a service
+never sees a half-finished frame.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+from . import image_codec as codec
+from . import params as P
+from .errors import ConfigError, one_line
+from .health import Health
+
+# Counters always present in /diagnostics (0 until something happens), so tools can rely on them.
+COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "frames_during_reload",
+            *codec.REASONS, "inference_errors", "nonfinite_outputs", "cuda_oom", "reload_failures",
+            "resets_requested", "saves")
+
+
+class Log(Protocol):
+    def info(self, message: str) -> None: ...
+    def warning(self, message: str, throttle: bool = False) -> None: ...
+    def error(self, message: str, throttle: bool = False) -> None: ...
+
+
+def registered_methods() -> Optional[list[str]]:
+    try:
+        from ..engine import list_methods
+
+        return list_methods()
+    except ImportError:
+        return None
+
+
+def release_cuda_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Session:
+    """State and behaviour of one ``tta_node`` (see the module docstring).
+
+    ``on_swap(new, old)`` is called after a reload replaced the pipeline (the node remakes its
+    publishers when the task or the class names changed).
+    """
+
+    def __init__(self, cfg: dict[str, Any], log: Log,
+                 on_swap: Callable[[Any, Optional[Any]], None] = lambda new, old: None) -> None:
+        self.log, self.on_swap = log, on_swap
+        self.health = Health()
+        self.infer_lock = threading.RLock()
+        self._cfg_lock = threading.Lock()
+        self._cfg = dict(cfg)
+        self.reloading = threading.Event()
+        self._reload_gen = 0
+        self.pipeline = None
+        self.parked: Optional[dict[str, Any]] = None  # adapted state kept while inactive
+        self.state = "unconfigured"
+        self.device_override: Optional[str] = None
+        self.config_error = ""
+        self.reload_error = ""
+        self.last_task: Optional[tuple[str, list[str]]] = None
+        self._last: dict[str, float] = {"confidence": float("nan"), "entropy": float("nan")}
+
+    # ================================================================== configuration
+    @property
+    def cfg(self) -> dict[str, Any]:
+        """The parameters in force (a copy)."""
+        with self._cfg_lock:
+            return dict(self._cfg)
+
+    def effective_cfg(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.device_override:
+            cfg["device"] = self.device_override
+        return cfg
+
+    @staticmethod
+    def check(name: str, value: Any) -> Optional[str]:
+        """Why ``value`` is refused for parameter ``name`` (None: accepted). Missing files are
+        rejected at once rather than failing a background reload later."""
+        reason = P.check(name, value, registered_methods() if name == "method" else None)
+        if reason is None and name in ("bundle", "resume_from") and value \
+                and not Path(os.path.expanduser(value)).exists():
+            reason = f"parameter {name!r}: {value!r} not found"
+        return reason
+
+    def update(self, updates: dict[str, Any]) -> set[str]:
+        """Apply accepted parameter values: live ones at once, a background reload for ``reload``
+        ones; returns the change modes involved (the node re-subscribes for ``subscription``)."""
+        if not updates:
+            return set()
+        with self._cfg_lock:
+            self._cfg.update(updates)
+            cfg = dict(self._cfg)
+        pipe = self.pipeline
+        if pipe is not None:
+            if "enable" in updates:
+                pipe.set_enabled(bool(updates["enable"]))
+                self.log.info(f"adaptation {'enabled' if updates['enable'] else 'disabled'}")
+            if "lr" in updates or "lr_consistency" in updates:
+                changed = pipe.set_learning_rates(cfg["lr"], cfg["lr_consistency"])
+                if changed:
+                    self.log.info(f"learning rates updated: {', '.join(changed)}")
+        whens = {P.SPEC[n].when for n in updates}
+        if "reload" in whens and pipe is not None:
+            self.start_reload("parameters " + ", ".join(n for n in updates if P.SPEC[n].when == "reload"))
+        return whens
+
+    # ================================================================== lifecycle
+    def _build(self, cfg: dict[str, Any]):
+        """A pipeline for ``cfg``, or the one-line reason it cannot be built."""
+        from .pipeline import Pipeline
+
+        try:
+            return Pipeline(cfg), ""
+        except ConfigError as err:
+            return None, str(err)
+        except Exception as err:  # engine/model errors: still one line
+            return None, f"{type(err).__name__}: {one_line(err)}"
+
+    def configure(self, startup_errors: list[str] = ()) -> Optional[str]:
+        """Load the model; the refusal message, or None once ``inactive``."""
+        self.config_error = ""
+        if startup_errors:
+            self.config_error = startup_errors[0]
+            return self.config_error
+        cfg = self.effective_cfg()
+        pipe, error = self._build(cfg)
+        if pipe is None:
+            self.config_error = error
+            return error
+        for warning in pipe.warnings:
+            self.log.warning(warning)
+        with self.infer_lock:
+            self.pipeline = pipe
+        self.state = "inactive"
+        self.log.info(
+            f"configured: {pipe.task} model {cfg['model']!r} method {cfg['method']!r} on {pipe.device}, "
+            f"input {pipe.input_size[0]}x{pipe.input_size[1]}"
+            + (f", bundle {pipe.bundle!r}" if pipe.bundle else "")
+            + (f", resumed from {cfg['resume_from']!r}" if cfg["resume_from"] else ""))
+        return None
+
+    def activate(self) -> Optional[str]:
+        """Back to a loaded model after a deactivate (with the adapted state it had); the refusal
+        message, or None."""
+        if self.pipeline is None:
+            pipe, error = self._build(self.effective_cfg())
+            if pipe is None:
+                self.config_error = error
+                return error
+            parked, self.parked = self.parked, None
+            if parked is not None:
+                try:
+                    pipe.load_state_dict(parked)
+                except Exception as err:  # e.g. the method was changed while inactive
+                    self.log.warning(f"adapted state not restored ({one_line(err)}): starting from the "
+                                     "source state")
+            with self.infer_lock:
+                self.pipeline = pipe
+        self.state = "active"
+        return None
+
+    def deactivate(self) -> None:
+        """Free the model (GPU memory) as yolo_ros does; the adapted state is kept on the CPU."""
+        with self.infer_lock:
+            pipe = self.pipeline
+            self.parked = pipe.cpu_state_dict() if pipe is not None else None
+        self.free()
+        self.state = "inactive"
+
+    def cleanup(self, state: str = "unconfigured") -> None:
+        self.parked = None
+        self.free()
+        self.state = state
+
+    def free(self) -> None:
+        """Drop the model, freeing (GPU) memory; a reload still running is discarded. Idempotent."""
+        with self.infer_lock:
+            self._reload_gen += 1
+            self.reloading.clear()
+            pipe, self.pipeline = self.pipeline, None
+        if pipe is not None:
+            self.last_task = (pipe.task, pipe.class_names)
+            pipe.close()
+        del pipe
+        gc.collect()
+        release_cuda_cache()
+
+    # ================================================================== reload
+    def start_reload(self, why: str) -> None:
+        with self.infer_lock:
+            self._reload_gen += 1
+            gen = self._reload_gen
+            self.reloading.set()
+        self.log.info(f"reloading the model ({why})")
+        threading.Thread(target=self._reload, args=(gen, self.effective_cfg()), name="tta_reload",
+                         daemon=True).start()
+
+    def _reload(self, gen: int, cfg: dict[str, Any]) -> None:
+        new, error = self._build(cfg)
+        old = None
+        with self.infer_lock:
+            if gen != self._reload_gen:  # superseded by a newer reload or a cleanup
+                if new is not None:
+                    new.close()
+                return
+            if new is not None:
+                # live settings changed while it was building win over the snapshot it was built from
+                live = self.cfg
+                new.set_enabled(bool(live["enable"]))
+                new.set_learning_rates(live["lr"], live["lr_consistency"])
+                old, self.pipeline = self.pipeline, new
+                self.reload_error = ""
+            else:
+                self.reload_error = error
+            self.reloading.clear()
+        if new is None:
+            self.health.count("reload_failures")
+            self.log.error(f"reload failed, still running the previous model: {error}")
+            return
+        for warning in new.warnings:
+            self.log.warning(warning)
+        if old is not None:
+            old.close()
+        self.on_swap(new, old)
+        self.log.info(f"reloaded: {new.task} method {cfg['method']!r} on {new.device}")
+
+    # ================================================================== frames
+    def arrival(self) -> None:
+        self.health.arrival()
+
+    def rejected(self, err: codec.ImageError) -> None:
+        """A frame that could not be decoded: counted by reason."""
+        self.health.count(err.reason)
+        self.log.warning(f"bad frame ({err.reason}): {err}", throttle=True)
+
+    def infer(self, rgb, **outputs: Any):
+        """(result, pipeline, model seconds) of one decoded frame, or None when there is no model to
+        run (a reload, CUDA out of memory: counted)."""
+        from .devices import is_cuda_oom
+
+        with self.infer_lock:
+            pipe = self.pipeline
+            if pipe is None or self.reloading.is_set():
+                self.health.count("frames_during_reload")
+                return None
+            t0 = time.monotonic()
+            try:
+                result = pipe.infer(rgb, **outputs)
+            except Exception as err:
+                if is_cuda_oom(err) and self.cfg["device"] == "auto" and pipe.device != "cpu":
+                    self.health.count("cuda_oom")
+                    self.log.warning("CUDA out of memory: falling back to CPU")
+                    self.device_override = "cpu"
+                    self.start_reload("CUDA out of memory")
+                    return None
+                raise
+            model_s = time.monotonic() - t0
+        return result, pipe, model_s
+
+    def done(self, result, t_arrival: float, model_s: float) -> None:
+        """Book-keeping once a frame's outputs are published."""
+        if result.nonfinite:
+            self.health.count("nonfinite_outputs")
+        self._last = {"confidence": result.mean_confidence, "entropy": result.mean_entropy}
+        self.health.processed(time.monotonic() - t_arrival, model_s)
+
+    def frame_failed(self, err: BaseException) -> None:
+        self.health.count("inference_errors")
+        self.log.error(f"frame failed: {type(err).__name__}: {one_line(err)}", throttle=True)
+
+    # ================================================================== services
+    def set_enabled(self, enabled: bool) -> None:
+        pipe = self.pipeline
+        if pipe is not None:
+            pipe.set_enabled(enabled)
+
+    def reset(self) -> tuple[bool, str]:
+        with self.infer_lock:
+            if self.state not in ("inactive", "active"):
+                return False, "not configured"
+            if self.pipeline is None:
+                self.parked = None  # inactive: the next activate starts from the source state
+            else:
+                self.pipeline.adapter.reset()
+        self.health.count("resets_requested")
+        self.log.info("reset to the source state")
+        return True, "reset to the source state"
+
+    def save(self, path: Path) -> tuple[bool, str]:
+        """Write the adapted state atomically to ``path``; (success, path or why not)."""
+        from .state import save_state_file
+
+        with self.infer_lock:
+            pipe, parked = self.pipeline, self.parked
+            if pipe is None and parked is None:
+                return False, ("not configured" if self.state not in ("inactive", "active")
+                               else "inactive and reset: nothing adapted to save")
+            try:
+                save_state_file(pipe.state_dict() if pipe is not None else parked, path)
+            except Exception as err:
+                message = f"save failed: {one_line(err)}"
+                self.log.error(message)
+                return False, message
+        self.health.count("saves")
+        self.log.info(f"adapted state saved to {path}")
+        return True, str(path)
+
+    # ================================================================== diagnostics
+    def diagnostics(self) -> dict[str, Any]:
+        """Everything /diagnostics reports, as a dict (also handy in tests and tools)."""
+        snap = self.health.snapshot()
+        pipe = self.pipeline
+        out: dict[str, Any] = {k: snap.get(k, 0) for k in COUNTERS}
+        out.update({k: snap[k] for k in ("input_rate_hz", "latency_p50_ms", "latency_p95_ms",
+                                         "model_p50_ms")})
+        cfg = self.cfg
+        out.update({"state": self.state,
+                    "task": pipe.task if pipe else cfg["task"], "model": cfg["model"],
+                    "method": cfg["method"], "device": pipe.device if pipe else cfg["device"],
+                    "adaptation_enabled": bool(cfg["enable"]), "reloading": self.reloading.is_set(),
+                    "confidence": self._last["confidence"], "entropy": self._last["entropy"]})
+        stats = pipe.stats() if pipe else {}  # the engine's StreamingAdapter.stats()
+        method = stats.get("method") if isinstance(stats.get("method"), dict) else {}
+        out["adaptation_steps"] = int(stats.get("adapt_steps", 0) or 0)
+        out["adaptation_errors"] = int(stats.get("errors", 0) or 0)
+        out["adapt_coalesced"] = int(stats.get("coalesced", 0) or 0)
+        out["mean_adapt_ms"] = float(stats.get("mean_adapt_ms", float("nan")))
+        out["predict_mode"] = str(stats.get("predict_mode", ""))
+        out["adapt_worker"] = (f"nice {stats.get('worker_nice', 0)}, {stats.get('worker_threads', 0)} threads"
+                               if stats.get("worker_threads") else "")
+        for key in ("resets", "collapse_resets", "method_resets", "nan_skips"):
+            out[key] = int(method.get(key, 0) or 0)
+        out["adaptation_entropy"] = float(method.get("last_entropy", float("nan")))
+        out["selected_blocks"] = ",".join(pipe.selected_blocks() if pipe else [])
+        out["config_error"] = self.config_error
+        out["reload_error"] = self.reload_error
+        return out
+
+    def status(self, last_bad_total: int) -> tuple[str, str, int, dict[str, Any]]:
+        """(level 'ok'/'warn'/'error', message, bad-frame total, values) of the diagnostics status."""
+        d = self.diagnostics()
+        bad = sum(int(d[r]) for r in codec.REASONS) + int(d["inference_errors"])
+        level, message = "ok", "adapting" if d["adaptation_enabled"] else "inference only"
+        if d["config_error"]:
+            level, message = "error", f"configure refused: {d['config_error']}"
+        elif d["state"] != "active":
+            level, message = "warn", d["state"]
+        elif d["reload_error"]:
+            level, message = "warn", f"reload failed: {d['reload_error']}"
+        elif bad > last_bad_total:
+            level, message = "warn", "bad frames received (see counters)"
+        if level == "ok" and d["frames_processed"]:
+            message += f", {d['input_rate_hz']:.1f} Hz in, p50 {d['latency_p50_ms']:.0f} ms"
+        return level, message, bad, d
