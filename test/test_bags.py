@@ -29,7 +29,7 @@ COMMITTED = DATA / "night_mini_sqlite3"
 SIZE = (32, 64)
 START = 1_700_000_000.0
 # the tiny test model, adapting every 2 frames on a window of 4 (adaptation really runs in a short bag)
-CFG = dict(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), method="tent", device="cpu",
+CFG = dict(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), allow_code_architecture=True, method="tent", device="cpu",
            input_size=[32, 64], window=4, adapt_every=2)
 
 

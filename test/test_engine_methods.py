@@ -236,3 +236,43 @@ def test_input_validation():
         m.step(torch.rand(3, 16, 16))
     with pytest.raises(ValueError, match="float"):
         m.step(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("task", ["cls", "seg"])
+@pytest.mark.parametrize("name", ALL)
+def test_a_nan_frame_never_reaches_the_state_on_any_path(name, task):
+    """Every method, every path that can change state: a NaN frame in the batch (which also makes
+    EATA's and SAR's entropy filters reject every sample, the path that used to skip the guard)
+    leaves every module tensor finite and equal to the state before the step."""
+    kw = {"e_margin": 0.4} if name in ("eata", "sar") else {}  # the official threshold: NaN entropy fails it
+    m = make(name, task, **kw)
+    m.step(images(4))
+    before = params_of(m)
+    bad = images(4, seed=1)
+    bad[:, :, 0, 0] = float("nan")  # every sample: the filters reject them all
+    out = m.step(bad)
+    assert not torch.isfinite(out).all()  # the prediction of a NaN frame is what it is
+    now = params_of(m)
+    assert all(torch.isfinite(v).all() for v in now.values() if v.is_floating_point())
+    assert all(torch.equal(before[k], now[k]) for k in before), [k for k in before if not torch.equal(before[k], now[k])]
+    if name != "source":
+        assert m.stats["nan_skips"] >= 1
+    clean = m.step(images(4, seed=2))  # and the next clean batch is predicted finitely
+    assert torch.isfinite(clean).all() and torch.isfinite(m.predict(images(4, seed=3))).all()
+
+
+def test_nan_batches_do_not_feed_collapse_detection():
+    m = make("tent", collapse_reset=True, collapse_window=3, collapse_max_fraction=0.9)
+    m.step(images(4))
+    bad = images(4, seed=1)
+    bad[:, :, 0, 0] = float("nan")
+    for _ in range(12):
+        m.step(bad)
+    assert m.stats["nan_skips"] == 12 and m.stats["collapse_resets"] == 0 and m.stats["resets"] == 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_predictors_are_the_inference_modules(name):
+    from tta_perception.engine import method_class
+
+    assert tuple(make(name).inference_modules()) == method_class(name).PREDICTORS

@@ -26,7 +26,7 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from tta_perception.ros.qos import latched_qos, output_qos  # noqa: E402
 
-SEG = dict(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), method="tent",
+SEG = dict(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), allow_code_architecture=True, method="tent",
            input_size=[32, 64], qos_reliability="reliable", qos_depth=20, window=4, adapt_every=1)
 
 
@@ -141,7 +141,7 @@ def test_segmentation_outputs_every_encoding_with_the_input_header(ros):
 
 
 def test_classification_json_and_top_k(ros):
-    rig = Rig(ros, model=H.arch("tiny_cls"), architecture=H.arch("tiny_cls"), method="tent",
+    rig = Rig(ros, model=H.arch("tiny_cls"), architecture=H.arch("tiny_cls"), allow_code_architecture=True, method="tent",
               input_size=[16, 16], top_k=3, qos_reliability="reliable")
     import json
 

@@ -275,7 +275,7 @@ def test_pipeline_postprocessing_matches_softmax_and_marks_nan_unlabeled():
     from tta_perception.runtime.pipeline import Pipeline
 
     cfg = P.defaults()
-    cfg.update(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), method="source", device="cpu",
+    cfg.update(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), allow_code_architecture=True, method="source", device="cpu",
                input_size=[32, 64])
     pipe = Pipeline(cfg)
     try:
@@ -334,7 +334,7 @@ def test_cuda_out_of_memory_at_load_falls_back_to_cpu(monkeypatch):
     monkeypatch.setattr(PL, "resolve_device", lambda requested, label: torch.device("cuda"))
     monkeypatch.setattr(PL, "load_model", load)
     cfg = P.defaults()
-    cfg.update(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), method="tent", device="auto")
+    cfg.update(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), allow_code_architecture=True, method="tent", device="auto")
     pipe = PL.Pipeline(cfg)
     try:
         assert pipe.device == "cpu" and "out of memory" in pipe.warnings[0]

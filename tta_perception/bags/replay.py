@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .. import weights_only
 from ..atomic import atomic_torch_save, atomic_write_text
 from . import io as B
 
@@ -204,15 +205,13 @@ def _fingerprint(bag_path: Path, topic: str, cfg: dict[str, Any], opts: ReplayOp
 
 
 def _load_checkpoint(path: Path, fingerprint: dict[str, Any], out_path: Path) -> Optional[dict[str, Any]]:
-    import torch
-
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+        state = weights_only.load(path)
+    except weights_only.WeightsOnlyError as err:
         raise B.BagError(f"checkpoint {path} of an interrupted replay cannot be read "
-                         f"({B._one_line(err)[:200]}); pass --overwrite to start again") from None
+                         f"({err.reason}); pass --overwrite to start again") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise B.BagError(f"{path} is not a replay checkpoint; pass --overwrite to start again")
     old = state.get("fingerprint", {})

@@ -1,8 +1,6 @@
 """Helpers shared by ``prepare`` and ``bench``: the model options, on-disk caches, peak memory, machine."""
 from __future__ import annotations
 
-import ctypes
-import gc
 import hashlib
 import json
 import os
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..runtime.memory import release_freed_memory, rss_mb
 
 DEFAULT_CACHE = Path("runs/cache")
 CACHE_VERSION = 1  # bump when a cached artefact's content changes for the same key
@@ -71,21 +70,8 @@ def sync(device: torch.device) -> None:
 
 # ----------------------------------------------------------------------------------- memory
 def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _release_freed_memory() -> None:
-    """Give freed heap pages back to the OS so the next RSS baseline is not inflated by memory an
-    earlier method freed but glibc kept (which would hide the next method's growth)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    mb = rss_mb()
+    return None if mb != mb else int(mb * (1 << 20))
 
 
 class PeakMemory:
@@ -107,7 +93,7 @@ class PeakMemory:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "PeakMemory":
-        _release_freed_memory()
+        release_freed_memory()
         if self.device.type == "cuda":
             self.kind = "cuda_max_allocated"
             torch.cuda.synchronize(self.device)

@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "settings; options below override it")
     p.add_argument("--method", default=None, help="adaptation method (default: the node's, dplot)")
     p.add_argument("--model", default=None, help="embedded model name or checkpoint path (default driveseg)")
-    p.add_argument("--architecture", default=None, help="architecture for a plain state dict, or "
-                                                        "'module:function'")
+    p.add_argument("--architecture", default=None, help="architecture for a plain state dict: a registered "
+                   "name, or 'module:function' (your own code, imported: only when given here)")
     p.add_argument("--bundle", default=None, help="DPLOT phase-A bundle (default: as the node finds it)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the node's, auto)")
     p.add_argument("--window", type=int, default=None, help="adaptation window (node default 4)")
@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"method": args.method, "model": args.model, "architecture": args.architecture,
                  "bundle": args.bundle, "device": args.device, "window": args.window,
                  "adapt_every": args.adapt_every, "seed": args.seed, "output_size": args.output_size}
+    if args.architecture and ":" in args.architecture:  # the user's own command line: trusted
+        overrides["allow_code_architecture"] = True
     cfg = node_config(overrides, args.params_file)
     opts = ReplayOptions(topic=args.topic, truth_topic=args.truth_topic, weather_topic=args.weather_topic,
                          prefix=args.prefix, storage=args.storage, version=args.bag_version,

@@ -58,6 +58,9 @@ class TTAMethod:
     # modules that never change after setup (e.g. CoTTA's anchor): saved in state_dict, but left
     # out of the per-step NaN check and last-good snapshot
     STATIC_MODULES: ClassVar[tuple[str, ...]] = ()
+    # the keys of ``inference_modules()``: what a prediction can be made with alone ("model" = the
+    # student; "teacher"), known before a method is built (the node checks predict_mode with it)
+    PREDICTORS: ClassVar[tuple[str, ...]] = ("model",)
 
     def __init__(self, model: nn.Module, cfg: Any = None, **overrides: Any):
         check_model(model)
@@ -79,6 +82,7 @@ class TTAMethod:
             "dominant_fraction": float("nan"), "marginal_entropy": float("nan"),
         }
         self._pred_window: collections.deque[torch.Tensor] = collections.deque(maxlen=self.cfg.collapse_window)
+        self._verified = False  # the state was checked finite since the last forward (by _commit)
         self.setup(**resources)
         self._source = self._capture()
         self._good = self._capture() if self.cfg.nan_guard else None
@@ -122,16 +126,21 @@ class TTAMethod:
             self._restore(self._source)
         t0 = time.perf_counter()
         logits = None
+        skips_before = self._stats["nan_skips"]
         with torch.inference_mode(False):  # adaptation needs autograd even if the caller is in inference mode
             if x.is_inference():
                 x = x.clone()
             for _ in range(self.cfg.steps):
+                self._verified = False
                 logits = self._adapt(x)
+                self._verify()
         assert logits is not None
         logits = logits.detach()
         self._stats["steps"] += 1
         self._stats["last_step_ms"] = (time.perf_counter() - t0) * 1e3
-        self._monitor(logits)
+        # a skipped batch (NaN loss or state) or a non-finite prediction says nothing about collapse
+        if self._stats["nan_skips"] == skips_before and bool(torch.isfinite(logits).all()):
+            self._monitor(logits)
         return logits
 
     @torch.no_grad()
@@ -219,14 +228,30 @@ class TTAMethod:
         self._stats["updates"] += 1
         if not self.cfg.nan_guard:
             return True
-        tensors = [t for k, m in self.modules.items() if k not in self.STATIC_MODULES
-                   for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point()]
-        if not all_finite(tensors):
+        if not self._state_finite():
             self._stats["updates"] -= 1
             self._on_nonfinite()
             return False
+        self._verified = True
         self._save_good()
         return True
+
+    def _state_finite(self) -> bool:
+        tensors = [t for k, m in self.modules.items() if k not in self.STATIC_MODULES
+                   for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point()]
+        return all_finite(tensors)
+
+    def _verify(self) -> None:
+        """After every ``_adapt``, whatever path it took (a filtered batch, a skipped loss): the
+        forward alone changes BatchNorm running statistics, so a NaN frame can poison the state
+        without any update. Not committed: non-finite -> restore the last good state, finite -> it
+        becomes the last good state (the BatchNorm statistics of a filtered batch are kept)."""
+        if not self.cfg.nan_guard or self._verified:
+            return
+        if self._state_finite():
+            self._save_good()
+        else:
+            self._on_nonfinite()
 
     def _method_reset(self) -> None:
         """A reset the method itself asks for (e.g. SAR's model recovery)."""
@@ -240,6 +265,7 @@ class TTAMethod:
             o.zero_grad(set_to_none=True)
         if self._good is not None:
             self._restore(self._good)
+            self._verified = True  # the state is the last good one again
 
     def _capture(self) -> dict[str, Any]:
         return {

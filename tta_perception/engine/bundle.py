@@ -13,6 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import weights_only
+from ..atomic import atomic_torch_save
+
 BUNDLE_FORMAT = "tta_perception.dplot_bundle"
 BUNDLE_VERSION = 1
 
@@ -71,12 +74,7 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> None:
         "prototypes": None if bundle.prototypes is None else bundle.prototypes.detach().cpu().clone(),
         "metadata": meta,
     }
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(obj, path)
 
 
 def load_bundle(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Bundle:
@@ -85,9 +83,9 @@ def load_bundle(path: str | os.PathLike, map_location: str | torch.device = "cpu
     if not os.path.isfile(path):
         raise FileNotFoundError(f"DPLOT bundle not found: {path} (create it with `tta-perception prepare`)")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, or disallowed (pickled) objects
-        raise BundleError(f"cannot read DPLOT bundle {path}: {type(e).__name__}: {e}") from e
+        obj = weights_only.load(path, map_location=map_location)
+    except weights_only.WeightsOnlyError as e:  # truncated file, not a torch file, pickled objects
+        raise BundleError(f"cannot read DPLOT bundle {path}: {e.reason}") from None
     if not isinstance(obj, dict) or obj.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path} is not a DPLOT bundle (format marker missing)")
     if obj.get("version") != BUNDLE_VERSION:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import weights_only
+from ..atomic import atomic_write
 from ..paths import WEIGHTS_DIR
 from .registry import build_model
 
@@ -36,16 +36,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, arch: str, meta: dict[st
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"arch": arch, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "meta": json.loads(json.dumps(meta or {}))}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is shared data
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, str(tmp)), mode=0o644)  # shared data
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -54,10 +45,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, random bytes, pickled code refused by weights_only
+        data = weights_only.load(path)
+    except weights_only.WeightsOnlyError as err:  # truncated zip, random bytes, pickled code
         raise CheckpointError(f"checkpoint {path} is corrupt or not a weights-only torch file: "
-                              f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+                              f"{err.reason}") from None
     if isinstance(data, dict) and "state_dict" in data:
         return data
     if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):

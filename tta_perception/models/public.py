@@ -16,8 +16,6 @@ machine with internet access (tests never do).
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import weights_only
 from .base import Normalize, TTAModel
 from .registry import register_model
 
@@ -339,15 +338,12 @@ def _numpy_scalar_globals() -> list:
 
 
 def _torch_load(path: Path):
-    safe = getattr(torch.serialization, "safe_globals", None)
-    if safe is None:  # torch < 2.5
-        return torch.load(path, map_location="cpu", weights_only=True)
     try:
-        ctx = safe(_numpy_scalar_globals())
-    except (TypeError, ValueError):  # a torch without (callable, name) entries
-        ctx = safe(_numpy_scalar_globals()[:-1])
-    with ctx:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return weights_only.load(path, allowed_globals=_numpy_scalar_globals())
+    except (TypeError, ValueError) as err:  # a torch without (callable, name) entries
+        if isinstance(err, weights_only.WeightsOnlyError):
+            raise
+        return weights_only.load(path, allowed_globals=_numpy_scalar_globals()[:-1])
 
 
 def _read_checkpoint(path: Path) -> dict:
@@ -356,11 +352,8 @@ def _read_checkpoint(path: Path) -> dict:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         obj = _torch_load(path)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
-            AttributeError, TypeError, KeyError, IndexError, ImportError) as err:
-        raise ValueError(f"{path}: cannot read checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                         "the file is truncated or corrupt, or holds objects beyond tensors and "
-                         "containers (only those load, with weights_only=True)") from err
+    except weights_only.WeightsOnlyError as err:
+        raise ValueError(f"{path}: cannot read checkpoint: {err.reason}") from None
     for _ in range(3):  # {'state_dict': {...}}, {'model': {...}}, possibly nested
         if isinstance(obj, dict):
             inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)

@@ -25,21 +25,11 @@ import numpy as np
 from sensor_msgs.msg import Image
 
 from ..runtime.health import percentile
+from ..runtime.memory import rss_mb
 from ..metrics import DomainScores, nearest_resize
 from . import convert
 
 NUM_CLASSES = 12
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
 
 
 def measure_overhead(method: str = "source", size: tuple[int, int] = (128, 256), repeats: int = 60,
@@ -274,13 +264,13 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
                 raise RuntimeError(f"tta_node ({method}) did not start: " + " | ".join(node_log[-5:]))
             time.sleep(0.1)
         time.sleep(0.5)  # let the node's output publishers match ours
-        rss_start_idle = _rss_mb(proc.pid)
+        rss_start_idle = rss_mb(proc.pid)
         log(f"[node-bench] {method}: node ready (pid {proc.pid}, RSS {rss_start_idle:.0f} MB); "
             f"publishing {n_frames} frames at {rate:g} Hz")
 
         def sample_rss() -> None:
             while not stop.is_set():
-                rss.append(((time.monotonic_ns() - t0[0]) / 1e9, _rss_mb(proc.pid)))
+                rss.append(((time.monotonic_ns() - t0[0]) / 1e9, rss_mb(proc.pid)))
                 stop.wait(1.0)
         period = 1.0 / rate
         t0[0] = time.monotonic_ns()
@@ -314,14 +304,14 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
                 with rec.lock:
                     lat = [s[1] for s in rec.samples[-300:]]
                 log(f"[node-bench] {method}: {k + 1}/{n_frames} sent, {len(rec.matched)} outputs, "
-                    f"recent p50 {percentile(lat, 50, True):.0f} ms, node RSS {_rss_mb(proc.pid):.0f} MB")
+                    f"recent p50 {percentile(lat, 50, True):.0f} ms, node RSS {rss_mb(proc.pid):.0f} MB")
         wall = time.monotonic() - start
         time.sleep(drain_s)  # outputs in flight, and one more /diagnostics
         n_diag = len(rec.diag_timeline)
         wait_until = time.monotonic() + 3.0
         while len(rec.diag_timeline) == n_diag and time.monotonic() < wait_until:
             time.sleep(0.1)
-        rss_end = _rss_mb(proc.pid)
+        rss_end = rss_mb(proc.pid)
         if proc.poll() is not None:
             raise RuntimeError(f"tta_node ({method}) exited early: " + " | ".join(node_log[-5:]))
         with rec.lock:

@@ -14,6 +14,7 @@ import array
 import json
 import math
 import sys
+import threading
 from typing import Any, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -43,6 +44,9 @@ _PARAM_TYPES = {
     "int_array": ParameterType.PARAMETER_INTEGER_ARRAY,
     "str_array": ParameterType.PARAMETER_STRING_ARRAY,
 }
+_TYPES = {"str": Parameter.Type.STRING, "bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER,
+          "float": Parameter.Type.DOUBLE, "int_array": Parameter.Type.INTEGER_ARRAY,
+          "str_array": Parameter.Type.STRING_ARRAY}
 _LEVELS = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN, "error": DiagnosticStatus.ERROR}
 
 
@@ -83,9 +87,10 @@ class TTANode(LifecycleNode):
         self._last_bad_total = 0
         self._vm = _vision_msgs()
 
+        self._rollback_thread: Optional[int] = None  # the thread putting rolled-back values back
         self._startup_errors = self._declare_parameters()
         self.session = Session({s.name: self._read(s.name) for s in P.SPECS}, _Log(self.get_logger()),
-                               on_swap=self._on_swap)
+                               on_swap=self._on_swap, on_rollback=self._on_rollback)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -107,7 +112,7 @@ class TTANode(LifecycleNode):
         errors = []
         for spec in P.SPECS:
             desc = ParameterDescriptor(name=spec.name, type=_PARAM_TYPES[spec.type],
-                                       description=spec.description)
+                                       description=spec.description, read_only=spec.read_only)
             notes = [f"changes: {spec.when}"]
             if spec.choices:
                 notes.append("one of " + ", ".join(spec.choices))
@@ -140,7 +145,8 @@ class TTANode(LifecycleNode):
         return list(value) if isinstance(value, (list, tuple, array.array)) else value
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """Validate (the message names the parameter and the allowed values), then apply."""
+        """A transaction: validate every value (the message names the parameter and what it allows)
+        and what can be told against the running model, then apply all or nothing."""
         updates: dict[str, Any] = {}
         for p in params:
             if p.name not in P.SPEC:
@@ -150,14 +156,25 @@ class TTANode(LifecycleNode):
                 value = list(value)
             if value is None and P.SPEC[p.name].type.endswith("array"):
                 value = []
-            reason = self.session.check(p.name, value)
-            if reason:
-                self.get_logger().warning(f"rejected: {reason}")
-                return SetParametersResult(successful=False, reason=reason)
             updates[p.name] = value
+        if self._rollback_thread == threading.get_ident():  # the session holds these values already
+            return SetParametersResult(successful=True)
+        reason = self.session.check_updates(updates)
+        if reason:
+            self.get_logger().warning(f"rejected: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
         if "subscription" in self.session.update(updates) and self._worker is not None:
             self._subscribe()
         return SetParametersResult(successful=True)
+
+    def _on_rollback(self, values: dict[str, Any]) -> None:
+        """A failed reload put ``values`` back in the session: the parameters follow."""
+        params = [Parameter(k, _TYPES[P.SPEC[k].type], v) for k, v in values.items()]
+        self._rollback_thread = threading.get_ident()
+        try:
+            self.set_parameters(params)
+        finally:
+            self._rollback_thread = None
 
     # ================================================================== lifecycle
     def start(self) -> None:

@@ -111,7 +111,9 @@ def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
     t_start = time.monotonic()
     try:
         for m in methods:
+            # the caller's own process and code: a 'module:function' architecture may be imported
             overrides = {"model": model, "architecture": architecture, "method": m, "device": device,
+                         "allow_code_architecture": ":" in architecture,
                          "diagnostics_period": 1.0}
             overrides.update(node_params or {})
             node = TTANode(namespace=f"{ns}/{m}", context=ctx, parameter_overrides=params(**overrides),

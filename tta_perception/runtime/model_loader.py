@@ -9,7 +9,8 @@ A model is named by two strings, as the node's parameters ``model`` and ``archit
   (``models.checkpoint`` format, written by ``train-source``);
 - ``architecture`` a registered name (``models.list_models()``: the embedded ones, ``resnet50``,
   ``deeplabv3_mobilenet_v3_large``, ..., ``torchvision:<arch>`` for torchvision's published
-  weights) or ``module:function``: built, then the checkpoint ``model`` (a plain or wrapped state
+  weights), or ``module:function`` where the caller allows imports (the node: only from its parameter
+  file at start-up, behind ``allow_code_architecture``): built, then the checkpoint ``model`` (a plain or wrapped state
   dict) loaded into it; ``model`` empty or repeating the architecture: no checkpoint, the builder's
   own weights (``random_init``: seeded, for smoke runs).
 
@@ -48,23 +49,38 @@ def embedded_models() -> list[str]:
     return sorted(read_manifest())
 
 
-def _build(architecture: str, num_classes: Optional[int], label: str):
-    """A registered architecture, or ``module:function`` returning a TTAModel (user models)."""
-    if ":" in architecture and not architecture.startswith("torchvision:"):
+def _build(architecture: str, num_classes: Optional[int], label: str, allow_import: bool):
+    """A registered architecture (``models.list_models()``: this package's and those installed
+    packages declare), or, only with ``allow_import``, ``module:function`` returning a TTAModel."""
+    from ..models import build_model, list_models
+
+    code = ":" in architecture and not architecture.startswith("torchvision:")
+    if code and not allow_import:
+        raise ConfigError(f"{label} {architecture!r}: 'module:function' imports code, so it is taken only "
+                          "from the parameter file at start-up with allow_code_architecture: true; "
+                          "otherwise use a registered name (" + ", ".join(list_models()) + ") or "
+                          "declare yours in the entry-point group 'tta_perception.architectures'")
+    if code:
         module_name, _, attr = architecture.partition(":")
         try:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as err:
             raise ConfigError(f"{label}: cannot import {architecture!r} ({err})") from None
-        return fn()
-    from ..models import build_model, list_models
-
-    if architecture not in list_models():
-        raise ConfigError(f"{label} must be one of {', '.join(list_models()) or '(none)'} or "
-                          f"'module:function'; got {architecture!r}")
-    kwargs = {} if num_classes is None or architecture in EMBEDDED_FOR_TASK.values() else \
-        {"num_classes": int(num_classes)}
-    return build_model(architecture, **kwargs)
+        kwargs: dict[str, Any] = {}
+    else:
+        if architecture not in list_models():
+            raise ConfigError(f"{label} must be one of {', '.join(list_models()) or '(none)'} or "
+                              f"'module:function'; got {architecture!r}")
+        kwargs = {} if num_classes is None or architecture in EMBEDDED_FOR_TASK.values() else \
+            {"num_classes": int(num_classes)}
+        fn = lambda **kw: build_model(architecture, **kw)  # noqa: E731
+    try:
+        return fn(**kwargs)
+    except ConfigError:
+        raise
+    except (Exception, SystemExit) as err:  # user code: even sys.exit() is a refusal, not an exit
+        raise ConfigError(f"{label}: building {architecture!r} failed: {type(err).__name__}: "
+                          f"{one_line(err)}") from None
 
 
 def _load_into(model, architecture: str, path: Path, label: str) -> None:
@@ -113,9 +129,10 @@ def _embedded(name: str, label: str):
 def load_model(model: str = "", architecture: str = "", *, task: Optional[str] = None,
                random_init: bool = False, num_classes: Optional[int] = None, seed: int = 0,
                device: Any = "cpu", label: str = "parameter 'model'",
-               architecture_label: str = "parameter 'architecture'") -> LoadedModel:
+               architecture_label: str = "parameter 'architecture'", allow_import: bool = False) -> LoadedModel:
     """The source model (see the module docstring), checked against the TTAModel contract and, when
-    ``task`` ('seg'/'cls') is given, against the task; in eval mode on ``device``."""
+    ``task`` ('seg'/'cls') is given, against the task; in eval mode on ``device``. ``allow_import``:
+    an ``architecture`` of the form ``module:function`` may import that module (start-up only)."""
     import torch
 
     from ..models import check_model
@@ -124,7 +141,7 @@ def load_model(model: str = "", architecture: str = "", *, task: Optional[str] =
     name, arch = (model or "").strip(), (architecture or "").strip()
     if arch:
         if name and name != arch:
-            net = _build(arch, num_classes, architecture_label)
+            net = _build(arch, num_classes, architecture_label, allow_import)
             path = Path(os.path.expanduser(name))
             if not path.is_file():
                 raise ConfigError(f"{label}: checkpoint {str(path)!r} not found")
@@ -133,7 +150,7 @@ def load_model(model: str = "", architecture: str = "", *, task: Optional[str] =
         else:
             if random_init:
                 torch.manual_seed(seed)
-            net = _build(arch, num_classes, architecture_label)
+            net = _build(arch, num_classes, architecture_label, allow_import)
             if random_init:
                 wid, desc = f"random-init:{arch}:seed{seed}", f"untrained {arch} (random init, seed {seed})"
             elif arch.startswith("torchvision:"):

@@ -8,6 +8,9 @@ Pure Python (no rclpy) so the checks run anywhere. Each parameter says *when* a 
   arrive meanwhile are counted as ``frames_during_reload``);
 - ``subscription``: the image subscription is recreated (topic type, QoS);
 - ``startup``: read at configure only (a change needs cleanup + configure, or a restart).
+
+``read_only`` parameters (what guards the node: code imports, the memory budget) are taken from the
+parameter file / command line at start-up and refused at run time, so no DDS peer can change them.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ class Spec:
     choices: Optional[tuple] = None
     range: Optional[tuple] = None  # inclusive (lo, hi) for numbers and for array items
     length: Optional[int] = None  # exact length of an array
+    read_only: bool = False  # set at start-up only; a change at run time is refused
 
 
 SPECS: tuple[Spec, ...] = (
@@ -47,8 +51,14 @@ SPECS: tuple[Spec, ...] = (
          "Embedded source model (driveseg, signnet) or a checkpoint path (one written by "
          "train-source records its architecture; a plain state dict needs 'architecture').", "reload"),
     Spec("architecture", "", "str",
-         "Architecture to build for 'model': a registered model name or 'module:function' returning "
-         "a TTAModel (your own network). Empty: from the checkpoint or the embedded model.", "reload"),
+         "Architecture to build for 'model': a registered name (this package's, or one an installed "
+         "package declares in the entry-point group 'tta_perception.architectures'), or "
+         "'module:function' returning a TTAModel (your own code: only from the parameter file at "
+         "start-up, with allow_code_architecture). Empty: from the checkpoint or the embedded model.",
+         "reload"),
+    Spec("allow_code_architecture", False, "bool", "Allow 'architecture' to be 'module:function', "
+         "which imports that module; read at start-up only, refused at run time.", "startup",
+         read_only=True),
     Spec("bundle", "", "str", "DPLOT/RMT phase-A bundle written by `tta-perception prepare` (selected "
          "blocks, warmed-up teacher); empty: the one shipped for an embedded model, else "
          "runs/prepare/<model>_dplot.bundle (prepare's default output) if present.", "reload"),
@@ -100,8 +110,13 @@ SPECS: tuple[Spec, ...] = (
          choices=RELIABILITY),
     Spec("qos_depth", 5, "int", "Image subscription queue depth (keep last).", "subscription",
          range=(1, 100)),
-    Spec("max_image_pixels", 4096 * 4096, "int", "Frames with more pixels are rejected (huge_image).",
-         "live", range=(1, 2**31 - 1)),
+    Spec("max_image_pixels", 4096 * 4096, "int", "Frames with more pixels are rejected (huge_image); "
+         "counted in the memory estimate (a frame is decoded and converted at full size).", "live",
+         range=(1, 8192 * 8192)),
+    Spec("max_memory_mb", 2048, "int", "Memory budget of the node in MB (host RAM; on CUDA the GPU's "
+         "free memory too): a configuration whose estimated peak (weights and copies, optimiser state, "
+         "an adaptation step's activations, frames up to max_image_pixels) exceeds it is refused. "
+         "Read at start-up only, refused at run time.", "startup", range=(256, 1 << 20), read_only=True),
     # --- output ---
     Spec("top_k", 5, "int", "Classification: hypotheses published per frame.", "live", range=(1, 1000)),
     Spec("output_size", "input", "str", "Segmentation outputs at the input image size (pixel-aligned "
@@ -211,7 +226,7 @@ def render_yaml(node: str = "/**/tta_node") -> str:
         "# Use: ros2 launch tta_perception adapt.launch.py params_file:=<this file>",
         "#      ros2 run tta_perception tta_node --ros-args --params-file config/adapt.yaml",
         "# [when] a new value takes effect: live (at once), reload (model rebuilt in the background),",
-        "# subscription (input re-subscribed), startup (next configure).",
+        "# subscription (input re-subscribed), startup (next configure); read-only: start-up only.",
         f"{node}:",
         "  ros__parameters:",
     ]
@@ -219,7 +234,7 @@ def render_yaml(node: str = "/**/tta_node") -> str:
     for s in SPECS:
         if s.name in groups:
             lines.append(f"    # --- {groups[s.name]} ---")
-        text = f"{s.description} [{s.when}]"
+        text = f"{s.description} [{s.when}{', read-only' if s.read_only else ''}]"
         if s.choices:
             text += " One of: " + ", ".join(s.choices) + "."
         elif s.range:

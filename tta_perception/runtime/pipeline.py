@@ -74,7 +74,9 @@ class Pipeline:
 
         bundle, resume = cfg["bundle"].strip(), cfg["resume_from"].strip()
         self.device, self.device_warning = device, device_warning
-        self.model = load_model(cfg["model"], cfg["architecture"], device=self.device).model
+        self.cfg = dict(cfg)  # what this pipeline was built from (the node reports it)
+        self.model = load_model(cfg["model"], cfg["architecture"], device=self.device,
+                                allow_import=bool(cfg["allow_code_architecture"])).model
         model_task = P.TASK_OF_MODEL[self.model.task]
         if cfg["task"] not in ("auto", model_task):
             embedded = EMBEDDED_FOR_TASK[next(k for k, v in P.TASK_OF_MODEL.items() if v == cfg["task"])]
@@ -93,6 +95,11 @@ class Pipeline:
         if size == (0, 0):  # the model's own size
             size = tuple(getattr(self.model, "input_size", None) or P.DEFAULT_INPUT_SIZE[model_task])
         self.input_size = (int(size[0]), int(size[1]))
+        from .memory import check_budget
+
+        problem = check_budget(cfg, self.model, input_size=self.input_size)  # before the method allocates
+        if problem:
+            raise ConfigError(problem)
 
         cls = method_class(cfg["method"])
         keys = set(config_keys(cls.Config))

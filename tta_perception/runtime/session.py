@@ -10,7 +10,6 @@ never sees a half-finished frame.
 """
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import threading
@@ -23,10 +22,37 @@ from . import params as P
 from .errors import ConfigError, one_line
 from .health import Health
 
+# parameters that change the memory a configuration needs
+MEMORY_PARAMS = {"input_size", "window", "method", "max_image_pixels", "device"}
+
+
+def _model_problem(model: str, architecture: str) -> Optional[str]:
+    """What is wrong with naming this model/architecture, as far as it can be told without loading."""
+    from .model_loader import embedded_models, looks_like_path
+
+    if architecture:
+        if not architecture.startswith("torchvision:") and ":" not in architecture:
+            from ..models import list_models
+
+            if architecture not in list_models():
+                return (f"parameter 'architecture' must be one of {', '.join(list_models())}; "
+                        f"got {architecture!r}")
+        if model and model != architecture and not Path(os.path.expanduser(model)).is_file():
+            return f"parameter 'model': checkpoint {model!r} not found"
+        return None
+    if looks_like_path(model):
+        return None if Path(os.path.expanduser(model)).is_file() else \
+            f"parameter 'model': checkpoint {model!r} not found"
+    names = embedded_models()
+    if model not in names:
+        return f"parameter 'model' must be one of {', '.join(names)} or a checkpoint path; got {model!r}"
+    return None
+
+
 # Counters always present in /diagnostics (0 until something happens), so tools can rely on them.
 COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "frames_during_reload",
             *codec.REASONS, "inference_errors", "nonfinite_outputs", "cuda_oom", "reload_failures",
-            "resets_requested", "saves")
+            "rollbacks", "resets_requested", "saves")
 
 
 class Log(Protocol):
@@ -44,7 +70,11 @@ def registered_methods() -> Optional[list[str]]:
         return None
 
 
-def release_cuda_cache() -> None:
+def release_memory() -> None:
+    """After a model is dropped: freed heap back to the OS (RSS near its baseline), CUDA cache too."""
+    from .memory import release_freed_memory
+
+    release_freed_memory()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -54,12 +84,14 @@ class Session:
     """State and behaviour of one ``tta_node`` (see the module docstring).
 
     ``on_swap(new, old)`` is called after a reload replaced the pipeline (the node remakes its
-    publishers when the task or the class names changed).
+    publishers when the task or the class names changed); ``on_rollback(values)`` after a failed
+    reload put ``values`` back (the node sets its parameters to them).
     """
 
     def __init__(self, cfg: dict[str, Any], log: Log,
-                 on_swap: Callable[[Any, Optional[Any]], None] = lambda new, old: None) -> None:
-        self.log, self.on_swap = log, on_swap
+                 on_swap: Callable[[Any, Optional[Any]], None] = lambda new, old: None,
+                 on_rollback: Callable[[dict[str, Any]], None] = lambda values: None) -> None:
+        self.log, self.on_swap, self.on_rollback = log, on_swap, on_rollback
         self.health = Health()
         self.infer_lock = threading.RLock()
         self._cfg_lock = threading.Lock()
@@ -72,6 +104,7 @@ class Session:
         self.device_override: Optional[str] = None
         self.config_error = ""
         self.reload_error = ""
+        self.good_cfg: Optional[dict[str, Any]] = None  # the configuration the running model came from
         self.last_task: Optional[tuple[str, list[str]]] = None
         self._last: dict[str, float] = {"confidence": float("nan"), "entropy": float("nan")}
 
@@ -90,13 +123,66 @@ class Session:
 
     @staticmethod
     def check(name: str, value: Any) -> Optional[str]:
-        """Why ``value`` is refused for parameter ``name`` (None: accepted). Missing files are
-        rejected at once rather than failing a background reload later."""
+        """Why ``value`` is refused for parameter ``name`` on its own (None: accepted). Missing files
+        are rejected at once rather than failing a background reload later."""
         reason = P.check(name, value, registered_methods() if name == "method" else None)
         if reason is None and name in ("bundle", "resume_from") and value \
                 and not Path(os.path.expanduser(value)).exists():
             reason = f"parameter {name!r}: {value!r} not found"
         return reason
+
+    def check_updates(self, updates: dict[str, Any]) -> Optional[str]:
+        """Why a run-time change of several parameters at once is refused (None: accepted): each
+        value on its own, then what can be decided before a reload against the running model
+        (architecture imports, model names and files, the device, the method's predictors, task and
+        class names of the running model, the memory budget). What only a reload can tell is rolled
+        back if the reload fails."""
+        for name, value in updates.items():
+            if P.SPEC[name].read_only and value != self.cfg[name]:
+                return f"parameter {name!r} is read-only: it is taken at start-up only"
+            reason = self.check(name, value)
+            if reason:
+                return reason
+        cfg = {**self.cfg, **updates}
+        changed = set(updates)
+        arch, model = cfg["architecture"].strip(), cfg["model"].strip()
+        if "architecture" in changed and ":" in arch and not arch.startswith("torchvision:"):
+            from ..models import list_models
+
+            return (f"parameter 'architecture' {arch!r}: 'module:function' imports code, so it is taken only "
+                    "from the parameter file at start-up (allow_code_architecture: true); at run time use "
+                    f"a registered name: {', '.join(list_models())}")
+        if changed & {"architecture", "model"}:
+            reason = _model_problem(model, arch)
+            if reason:
+                return reason
+        if "device" in changed:
+            from .devices import resolve_device
+
+            try:
+                resolve_device(cfg["device"], "parameter 'device'")
+            except ConfigError as err:
+                return str(err)
+        if changed & {"predict_mode", "method"} and cfg["predict_mode"] in ("student", "teacher"):
+            from ..engine import method_class
+
+            need = "model" if cfg["predict_mode"] == "student" else "teacher"
+            if need not in method_class(cfg["method"]).PREDICTORS:
+                return (f"parameter 'predict_mode' is {cfg['predict_mode']!r} but method {cfg['method']!r} "
+                        f"has no {cfg['predict_mode']}; use 'method' or 'auto'")
+        pipe = self.pipeline
+        if pipe is not None and not changed & {"architecture", "model"}:
+            if cfg["task"] not in ("auto", pipe.task):
+                return (f"parameter 'task' is {cfg['task']!r} but the running model "
+                        f"{pipe.cfg['model']!r} does {pipe.task}; change 'model' with it")
+            if cfg["class_names"] and len(cfg["class_names"]) != pipe.model.num_classes:
+                return (f"parameter 'class_names' has {len(cfg['class_names'])} names but the running "
+                        f"model has {pipe.model.num_classes} classes")
+        if pipe is not None and changed & MEMORY_PARAMS:
+            from .memory import check_budget
+
+            return check_budget(cfg, pipe.model, running=pipe)
+        return None
 
     def update(self, updates: dict[str, Any]) -> set[str]:
         """Apply accepted parameter values: live ones at once, a background reload for ``reload``
@@ -129,7 +215,11 @@ class Session:
             return Pipeline(cfg), ""
         except ConfigError as err:
             return None, str(err)
-        except Exception as err:  # engine/model errors: still one line
+        except KeyboardInterrupt:
+            if threading.current_thread() is threading.main_thread():
+                raise
+            return None, "KeyboardInterrupt while building the model"
+        except BaseException as err:  # engine/model/user code, SystemExit included: one line, no wedge
             return None, f"{type(err).__name__}: {one_line(err)}"
 
     def configure(self, startup_errors: list[str] = ()) -> Optional[str]:
@@ -147,6 +237,7 @@ class Session:
             self.log.warning(warning)
         with self.infer_lock:
             self.pipeline = pipe
+            self.good_cfg = dict(cfg)
         self.state = "inactive"
         self.log.info(
             f"configured: {pipe.task} model {cfg['model']!r} method {cfg['method']!r} on {pipe.device}, "
@@ -198,8 +289,7 @@ class Session:
             self.last_task = (pipe.task, pipe.class_names)
             pipe.close()
         del pipe
-        gc.collect()
-        release_cuda_cache()
+        release_memory()
 
     # ================================================================== reload
     def start_reload(self, why: str) -> None:
@@ -225,20 +315,40 @@ class Session:
                 new.set_enabled(bool(live["enable"]))
                 new.set_learning_rates(live["lr"], live["lr_consistency"])
                 old, self.pipeline = self.pipeline, new
+                self.good_cfg = dict(cfg)
                 self.reload_error = ""
+                reverted: dict[str, Any] = {}
             else:
-                self.reload_error = error
+                reverted = self._roll_back()
+                self.reload_error = error + (f" (rolled back: {_listing(reverted)})" if reverted else "")
             self.reloading.clear()
         if new is None:
+            release_memory()  # what the failed build allocated
             self.health.count("reload_failures")
-            self.log.error(f"reload failed, still running the previous model: {error}")
+            self.log.error(f"reload failed, still running the previous model: {self.reload_error}")
+            if reverted:
+                self.health.count("rollbacks")
+                self.on_rollback(reverted)
             return
         for warning in new.warnings:
             self.log.warning(warning)
         if old is not None:
             old.close()
         self.on_swap(new, old)
+        del old
+        release_memory()
         self.log.info(f"reloaded: {new.task} method {cfg['method']!r} on {new.device}")
+
+    def _roll_back(self) -> dict[str, Any]:
+        """Put the reload parameters back to the configuration the running model came from; the
+        values that changed. Without one (nothing loaded yet) nothing is rolled back."""
+        if self.good_cfg is None:
+            return {}
+        with self._cfg_lock:
+            reverted = {k: self.good_cfg[k] for k, v in self._cfg.items()
+                        if P.SPEC[k].when == "reload" and v != self.good_cfg.get(k)}
+            self._cfg.update(reverted)
+        return reverted
 
     # ================================================================== frames
     def arrival(self) -> None:
@@ -330,9 +440,12 @@ class Session:
         out.update({k: snap[k] for k in ("input_rate_hz", "latency_p50_ms", "latency_p95_ms",
                                          "model_p50_ms")})
         cfg = self.cfg
+        running = pipe.cfg if pipe else cfg  # what actually runs, not what was last asked for
         out.update({"state": self.state,
-                    "task": pipe.task if pipe else cfg["task"], "model": cfg["model"],
-                    "method": cfg["method"], "device": pipe.device if pipe else cfg["device"],
+                    "task": pipe.task if pipe else cfg["task"], "model": running["model"],
+                    "architecture": running["architecture"], "method": running["method"],
+                    "device": pipe.device if pipe else cfg["device"],
+                    "input_size": "x".join(map(str, pipe.input_size)) if pipe else "",
                     "adaptation_enabled": bool(cfg["enable"]), "reloading": self.reloading.is_set(),
                     "confidence": self._last["confidence"], "entropy": self._last["entropy"]})
         stats = pipe.stats() if pipe else {}  # the engine's StreamingAdapter.stats()
@@ -368,3 +481,7 @@ class Session:
         if level == "ok" and d["frames_processed"]:
             message += f", {d['input_rate_hz']:.1f} Hz in, p50 {d['latency_p50_ms']:.0f} ms"
         return level, message, bad, d
+
+
+def _listing(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in values.items())

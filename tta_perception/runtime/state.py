@@ -25,9 +25,9 @@ def save_state_file(state: dict[str, Any], path: Path) -> None:
 
 def load_state_file(path: Path) -> dict[str, Any]:
     """A state written by :func:`save_state_file` (weights only: no code runs while loading)."""
-    import torch
+    from .. import weights_only
 
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = weights_only.load(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError("not a tta_node state (format marker missing)")
     return state

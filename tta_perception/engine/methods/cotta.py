@@ -53,6 +53,7 @@ class CoTTAConfig(MethodConfig):
 @register_method("cotta")
 class CoTTA(TTAMethod):
     Config = CoTTAConfig
+    PREDICTORS = ("teacher",)
     STATIC_MODULES = ("anchor",)
 
     def setup(self) -> None:

@@ -58,6 +58,7 @@ class DPLOTConfig(MethodConfig):
 @register_method("dplot")
 class DPLOT(TTAMethod):
     Config = DPLOTConfig
+    PREDICTORS = ("model", "teacher")
     RESOURCES = ("bundle",)
 
     def setup(self, bundle: Bundle | str | None = None) -> None:

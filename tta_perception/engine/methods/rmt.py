@@ -54,6 +54,7 @@ class RMTConfig(MethodConfig):
 @register_method("rmt")
 class RMT(TTAMethod):
     Config = RMTConfig
+    PREDICTORS = ("model", "teacher")
     RESOURCES = ("bundle", "prototypes")
 
     def setup(self, bundle: Bundle | str | None = None, prototypes: torch.Tensor | None = None) -> None:
