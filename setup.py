@@ -33,7 +33,7 @@ setup(
         "matplotlib>=3.5", "scipy>=1.7", "pillow>=8", "corrupt-tta>=0.1.7",
     ],
     extras_require={
-        "bags": ["rosbags>=0.10"],
+        "bags": ["rosbags>=0.10", "mcap>=1.0"],  # mcap: MCAP CRCs written and checked
         "ros": ROS_WHEELS,
         "dev": ["pytest>=7"],
     },

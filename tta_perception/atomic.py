@@ -75,7 +75,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, str(tmp)))
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (ours counts as running)."""
     if pid == os.getpid():
         return True
     try:
@@ -98,7 +99,7 @@ def remove_orphans(directory: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         match = _TMP_RE.match(entry.name)
-        if match is None or _alive(int(match["pid"])) or not entry.is_file():
+        if match is None or pid_alive(int(match["pid"])) or not entry.is_file():
             continue
         try:
             entry.unlink()

@@ -13,18 +13,27 @@ No rclpy or ROS import here, so ``make-bag`` and ``replay`` run on any machine. 
   distro.
 
 Nothing half-written looks complete: a bag is written into a hidden temporary folder next to its
-destination and renamed into place only when it has been closed (metadata written); a failure
-removes the temporary folder.
+destination and renamed into place only when it has been closed (metadata written) and, for MCAP, its
+CRCs filled in (``integrity.seal_mcap``: rosbags writes none); a failure removes the temporary folder,
+and one left by a killed process is removed by the next writer of the same path.
+
+Reading checks first (``integrity``): MCAP files against their CRCs and index, sqlite3 files with
+``PRAGMA quick_check``; damage is a one-line ``BagError`` naming the bag, the file, the byte offset and
+the topics the damaged chunk held, or, with ``skip_damaged``, the damaged chunks are left out and
+counted. A byte flipped inside a sqlite3 message blob (no checksum there) cannot be detected.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from . import integrity as I
 
 TYPE_IMAGE = "sensor_msgs/msg/Image"
 TYPE_COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -157,12 +166,13 @@ class BagWriter:
         self.path = Path(path).expanduser().absolute()
         check_output(self.path, overwrite)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_root = self.path.parent / f".{self.path.name}.partial-{uuid.uuid4().hex[:8]}"
-        self._tmp_root.mkdir()
+        _remove_dead_partials(self.path)
+        self._tmp_root = self.path.parent / f".{self.path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp_path = self._tmp_root / self.path.name  # the storage file is named after this folder
         self.storage = storage
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         try:
+            self._tmp_root.mkdir()
             self._writer = Writer(self.tmp_path, version=int(version), storage_plugin=plugin)
             self._writer.open()
         except BaseException:
@@ -200,22 +210,38 @@ class BagWriter:
         return self.tmp_path / name
 
     def commit(self) -> Path:
-        """Close (metadata written), then rename into place; replaces an old bag only now."""
+        """Close (metadata written), seal the MCAP CRCs, then rename into place; an old bag is
+        replaced only now, and put back if the rename fails."""
         if self._done:
             return self.path
         try:
             self._writer.close()
+            self._seal()
             old = None
             if self.path.exists():
                 old = self._tmp_root / (self.path.name + ".old")
                 os.replace(self.path, old)
-            os.replace(self.tmp_path, self.path)
+            try:
+                os.replace(self.tmp_path, self.path)
+            except BaseException:
+                if old is not None:
+                    os.replace(old, self.path)
+                raise
         except BaseException:
             self.abort()
             raise
         self._done = True
         shutil.rmtree(self._tmp_root, ignore_errors=True)
         return self.path
+
+    def _seal(self) -> None:
+        if self.storage != "mcap":
+            return
+        if not I.mcap_available():
+            I.warn_once(I.MCAP_MISSING)
+            return
+        for f in sorted(self.tmp_path.glob("*.mcap")):
+            I.seal_mcap(f)
 
     def abort(self) -> None:
         if self._done:
@@ -237,6 +263,24 @@ class BagWriter:
             self.abort()
 
 
+_PARTIAL_RE = re.compile(r"\.partial-(\d+)-[0-9a-f]+$")
+
+
+def _remove_dead_partials(path: Path) -> None:
+    """Temporary folders of ``path`` left by a process that was killed (its pid is gone)."""
+    from tta_perception.atomic import pid_alive
+
+    prefix = f".{path.name}.partial-"
+    try:
+        entries = [e for e in path.parent.iterdir() if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        m = _PARTIAL_RE.search(entry.name)
+        if m and entry.is_dir() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def check_output(path: str | Path, overwrite: bool) -> None:
     """BagError unless ``path`` may be written: absent, or with ``overwrite`` a bag folder
     (metadata.yaml) or an empty folder — never an arbitrary folder or file given by mistake."""
@@ -252,9 +296,18 @@ def check_output(path: str | Path, overwrite: bool) -> None:
 
 # --------------------------------------------------------------------------------------- reader
 class BagReader:
-    """A bag opened with ``rosbags.highlevel.AnyReader``; every error names the bag (and topic)."""
+    """A bag opened with ``rosbags.highlevel.AnyReader``, checked first; every error names the bag
+    (and topic).
 
-    def __init__(self, path: str | Path):
+    Before rosbags opens the bag its storage files are checked (``integrity``): damage is a
+    ``BagError`` naming the file, the byte offset and the topics of the damaged chunk. With
+    ``skip_damaged`` (``replay --skip-bad``) damaged MCAP chunks are left out instead: ``damage`` lists
+    them, ``skipped(topic)`` counts their messages, and a message that cannot be deserialised is
+    skipped and counted in ``undecodable``. Damage to a file's footer or index, or to a sqlite3
+    database, is never skippable.
+    """
+
+    def __init__(self, path: str | Path, skip_damaged: bool = False):
         _require_rosbags()
         from rosbags.highlevel import AnyReader
 
@@ -266,6 +319,13 @@ class BagReader:
         if not (self.path / "metadata.yaml").is_file():
             raise BagError(f"bag {self.path}: no metadata.yaml (not a ROS 2 bag folder, or a recording "
                            "that did not finish; `ros2 bag reindex` can rebuild it)")
+        self.storage = _storage_of(self.path)
+        self.files = _storage_files(self.path, self.storage)
+        self.skip_damaged = bool(skip_damaged)
+        self.checks: list[I.FileCheck] = []
+        self.damage: list[I.Damage] = []
+        self.undecodable = 0
+        self._check()
         try:
             self._reader = AnyReader([self.path], default_typestore=typestore())
             self._reader.open()
@@ -275,7 +335,48 @@ class BagReader:
         for conn in self._reader.connections:
             msgtype, count = self.topics.get(conn.topic, (conn.msgtype, 0))
             self.topics[conn.topic] = (conn.msgtype, count + int(conn.msgcount or 0))
-        self.storage = _storage_of(self.path)
+
+    def _check(self) -> None:
+        """Check every storage file; raise on damage unless it is skippable and skipping was asked."""
+        if self.storage == "mcap":
+            if not I.mcap_available():
+                I.warn_once(I.MCAP_MISSING)
+                return
+            check = I.check_mcap
+        elif self.storage == "sqlite3":
+            check = I.check_sqlite
+        else:
+            return
+        for f in self.files:
+            if not f.is_file():
+                continue  # rosbags names the missing file
+            try:
+                self.checks.append(check(f))
+            except OSError as err:
+                raise BagError(f"bag {self.path}: file {f.name} cannot be read: {_one_line(err)}") from None
+        found = [d for c in self.checks for d in c.damage]
+        fatal = [d for d in found if not d.skippable]
+        if fatal or (found and not self.skip_damaged):
+            first = (fatal or found)[0]
+            more = f" (and {len(found) - 1} more damaged part(s))" if len(found) > 1 else ""
+            hint = "" if fatal else ("; pass --skip-bad to replay without the damaged chunks"
+                                     if any(d.what == "chunk" for d in found) else "; pass --skip-bad to replay anyway")
+            raise BagError(f"bag {self.path}: {first.describe()}{more}{hint}")
+        self.damage = found
+        for c in self.checks:
+            if c.checked == "structure" and not c.damage:
+                I.warn_once(f"bag {self.path}: file {c.file} stores no CRCs: only its structure was checked, "
+                            "damage inside a chunk cannot be detected")
+
+    def skipped(self, topic: str) -> int:
+        """Messages on ``topic`` left out with the damaged chunks (from the bag's index)."""
+        return sum(d.count([topic]) for d in self.damage)
+
+    def integrity(self) -> dict[str, Any]:
+        """What was checked and found, for ``replay.json``."""
+        return {"storage": self.storage, "files": [c.as_dict() for c in self.checks],
+                "damaged_chunks": sum(d.what == "chunk" for d in self.damage),
+                "undecodable_messages": self.undecodable}
 
     def close(self) -> None:
         try:
@@ -308,25 +409,41 @@ class BagReader:
     def count(self, topic: str) -> int:
         return self.topics.get(topic, ("", 0))[1]
 
+    def _raw(self, topics: Sequence[str]) -> Iterator[tuple[str, str, int, Any]]:
+        """(topic, msgtype, log_time, data): rosbags' reader, or around the damaged MCAP chunks."""
+        skip: dict[str, set[int]] = {}
+        for d in self.damage:
+            if d.what == "chunk":
+                skip.setdefault(d.file, set()).add(d.offset)
+        if skip:
+            for topic, log_time, data in I.iter_mcap_messages(self.files, topics, skip):
+                yield topic, self.topics[topic][0], log_time, data
+            return
+        conns = [c for c in self._reader.connections if c.topic in topics]
+        for conn, log_time, data in self._reader.messages(connections=conns):
+            yield conn.topic, conn.msgtype, log_time, data
+
     def messages(self, topics: Sequence[str], raw: bool = False) -> Iterator[tuple[str, int, Any]]:
         """``(topic, log_time_ns, message)`` in log-time order; raw bytes instead of messages if asked.
 
         A corrupt or truncated file raises BagError naming the bag and the topic being read.
         """
-        conns = [c for c in self._reader.connections if c.topic in topics]
         current = topics[0] if topics else "?"
         try:
-            for conn, log_time, data in self._reader.messages(connections=conns):
-                current = conn.topic
+            for topic, msgtype, log_time, data in self._raw(topics):
+                current = topic
                 if raw:
-                    yield conn.topic, int(log_time), bytes(data)
+                    yield topic, int(log_time), bytes(data)
                     continue
                 try:
-                    msg = self._reader.deserialize(data, conn.msgtype)
+                    msg = self._reader.deserialize(data, msgtype)
                 except Exception as err:
-                    raise BagError(f"bag {self.path}: topic {conn.topic!r}: message at {log_time} ns cannot "
-                                   f"be decoded as {conn.msgtype}: {_one_line(err)}") from None
-                yield conn.topic, int(log_time), msg
+                    if self.skip_damaged:
+                        self.undecodable += 1
+                        continue
+                    raise BagError(f"bag {self.path}: topic {topic!r}: message at {log_time} ns cannot "
+                                   f"be decoded as {msgtype}: {_one_line(err)}") from None
+                yield topic, int(log_time), msg
         except BagError:
             raise
         except GeneratorExit:
@@ -334,6 +451,21 @@ class BagReader:
         except Exception as err:  # truncated chunk, bad CRC, sqlite "database disk image is malformed"
             raise BagError(f"bag {self.path}: reading topic {current!r} failed (corrupt or truncated "
                            f"file?): {_one_line(err)}") from None
+
+
+def _storage_files(path: Path, storage: str) -> list[Path]:
+    """The bag's storage files in the order of its metadata (rosbags reads them in that order)."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        files = [path / Path(str(p)).name for p in meta["relative_file_paths"]]
+    except Exception:  # rosbags reports a bad metadata.yaml itself
+        files = []
+    suffix = {"mcap": ".mcap", "sqlite3": ".db3"}.get(storage)
+    if not suffix:
+        return files
+    return [f for f in files if f.suffix == suffix] or sorted(path.glob(f"*{suffix}"))
 
 
 def _storage_of(path: Path) -> str:

@@ -8,6 +8,13 @@ runs synchronously after each prediction (``background=False``, the benchmark's 
 streaming protocol: the prediction for a frame is still made before adapting on it), so a replay is
 repeatable and independent of the machine's speed; ``background=True`` runs it on the adapter's
 thread exactly as the node does.
+
+Damaged input is found before the model is loaded (``io.BagReader`` checks MCAP CRCs and index,
+sqlite3 structure): the replay stops with one line naming the bag, file, byte offset and topics, and
+nothing is written; with ``skip_bad`` the damaged MCAP chunks are left out and counted
+(``bad_chunks``, ``skipped_messages``, ``skipped_frames`` in the result and ``replay.json``). A run that
+fails leaves no output, no temporary folder and no ``<out>.resume/`` unless that holds a finished
+checkpoint to resume from.
 """
 from __future__ import annotations
 
@@ -62,6 +69,10 @@ class ReplayResult:
     table: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     stamps: list[int] = field(default_factory=list)
+    bad_chunks: int = 0                  # damaged chunks left out (skip_bad)
+    skipped_messages: int = 0            # messages of the topics read that were in them, or undecodable
+    skipped_frames: int = 0              # of which on the image topic
+    damage: list[str] = field(default_factory=list)  # one line per damaged part left out
 
     @property
     def fps(self) -> float:
@@ -130,7 +141,8 @@ class _Sink:
     each checkpoint the current part is closed and the adaptation state saved next to it, so an
     interrupted replay continues from there (``resume``); when the input is done the parts are
     merged into the output bag and the folder is removed. Either way nothing half-written ever
-    sits at the output path.
+    sits at the output path, and a failure before the first checkpoint removes ``<out>.resume/``
+    (nothing there to resume, and its presence would make the next run ask for --resume).
     """
 
     def __init__(self, out_path: Path, opts: ReplayOptions, topics: dict[str, str], parts: list[str]):
@@ -139,16 +151,24 @@ class _Sink:
         self.dir = resume_dir_of(out_path)
         self.final: Optional[B.BagWriter] = None
         self.part: Optional[B.BagWriter] = None
-        if opts.checkpoint_every > 0:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._open_part()
-        else:
-            self.final = self._writer(out_path, overwrite=opts.overwrite)
+        try:
+            if opts.checkpoint_every > 0:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self._open_part()
+            else:
+                self.final = self._writer(out_path, overwrite=opts.overwrite)
+        except BaseException:
+            self.abort()
+            raise
 
     def _writer(self, path: Path, overwrite: bool = False) -> B.BagWriter:
         w = B.BagWriter(path, storage=self.opts.storage, version=self.opts.version, overwrite=overwrite)
-        for t, ty in self.topics.items():
-            w.add_topic(t, ty)
+        try:
+            for t, ty in self.topics.items():
+                w.add_topic(t, ty)
+        except BaseException:
+            w.abort()
+            raise
         return w
 
     def _open_part(self) -> None:
@@ -189,10 +209,13 @@ class _Sink:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def abort(self) -> None:
-        """Drop what is not complete; finished parts and their checkpoint stay for ``resume``."""
+        """Drop what is not complete; finished parts and their checkpoint stay for ``resume``, and
+        ``<out>.resume/`` goes when it holds no checkpoint."""
         for w in (self.part, self.final):
             if w is not None:
                 w.abort()
+        if self.opts.checkpoint_every > 0 and not (self.dir / "checkpoint.pt").is_file():
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _fingerprint(bag_path: Path, topic: str, cfg: dict[str, Any], opts: ReplayOptions) -> dict[str, Any]:
@@ -256,9 +279,10 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
     if opts.resume and opts.checkpoint_every <= 0:
         raise B.BagError("resume needs checkpoints: pass --checkpoint-every N (the same N as the "
                          "interrupted run)")
-    with B.BagReader(bag_path) as reader:
+    with B.BagReader(bag_path, skip_damaged=opts.skip_bad) as reader:
         topic, msgtype, truth_topic, weather_topic = resolve_topics(reader, opts)
         total = reader.count(topic) if opts.limit is None else min(reader.count(topic), int(opts.limit))
+        readable = reader.count(topic) - reader.skipped(topic)  # the rest was in damaged chunks
         fingerprint = _fingerprint(bag_path, topic, cfg, opts)
         state = _load_checkpoint(rdir / "checkpoint.pt", fingerprint, out_path) if opts.resume else None
         pipe = pipeline if pipeline is not None else make_pipeline(cfg, background=opts.background)
@@ -384,9 +408,10 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                         scorer.process()
             finally:
                 bar.close()
-            if run["seen"] < total:  # a damaged chunk can end a storage file's data without an exception
-                raise B.BagError(f"bag {bag_path}: topic {topic!r}: only {run['seen']} of the {total} messages "
-                                 "listed in the bag's index could be read (corrupt or truncated file?)")
+            if run["seen"] < min(total, readable):  # damage that neither the check nor rosbags noticed
+                raise B.BagError(f"bag {bag_path}: topic {topic!r}: only {run['seen']} of the "
+                                 f"{min(total, readable)} messages listed in the bag's index could be read "
+                                 "(corrupt or truncated file?)")
             if run["frames"] == 0:
                 raise B.BagError(f"bag {bag_path}: topic {topic!r}: no frame could be used "
                                  f"({run['bad']} bad)")
@@ -402,6 +427,9 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                 table = scorer.table()
                 files = {k: str(out_path / p.name) for k, p in written.items()}
             frames, model_s = int(run["frames"]), float(run["model_s"])
+            damage = {"bad_chunks": sum(d.what == "chunk" for d in reader.damage),
+                      "skipped_messages": sum(d.count(read) for d in reader.damage) + reader.undecodable,
+                      "skipped_frames": reader.skipped(topic), "damage": [d.describe() for d in reader.damage]}
             info = {"bag": str(bag_path), "topic": topic, "message_type": msgtype,
                     "truth_topic": truth_topic, "weather_topic": weather_topic, "method": label,
                     "model": cfg["model"], "device": pipe.device, "frames": frames, "bad_frames": run["bad"],
@@ -411,7 +439,8 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                     "adapt_every": cfg["adapt_every"], "predict_mode": pipe.adapter.predict_mode,
                     "bn_stats": pipe.adapter.bn_stats, "checkpoint_every": opts.checkpoint_every,
                     "resumed_from_frame": int(state["progress"]["frames"]) if state else None,
-                    "outputs": sorted(writer.counts), "table": table, "adapter": _jsonable(pipe.stats())}
+                    "outputs": sorted(writer.counts), "table": table, "adapter": _jsonable(pipe.stats()),
+                    **damage, "integrity": reader.integrity()}
             _write_json(writer.extra_file("replay.json"), info)
             files["replay"] = str(out_path / "replay.json")
             sink.commit()
@@ -425,7 +454,8 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
         finally:
             if pipeline is None:
                 pipe.close()
-    return ReplayResult(out_path, frames, int(run["bad"]), wall, model_s, label, table, files, list(run["stamps"]))
+    return ReplayResult(out_path, frames, int(run["bad"]), wall, model_s, label, table, files, list(run["stamps"]),
+                        damage["bad_chunks"], damage["skipped_messages"], damage["skipped_frames"], damage["damage"])
 
 
 class ReplayInterrupted(KeyboardInterrupt):

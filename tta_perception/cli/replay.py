@@ -3,6 +3,7 @@ and write the outputs to a new bag with the same stamps; metrics when the bag ha
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "replay a camera bag through the adaptation; outputs to a new bag, metrics if it has ground truth"
@@ -39,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="adapt on a background thread as the node does (default: inline, repeatable)")
     p.add_argument("--limit", type=int, default=None, help="only the first N frames")
     p.add_argument("--skip-bad", action="store_true",
-                   help="skip frames that cannot be decoded (default: stop with an error)")
+                   help="skip frames that cannot be decoded and the MCAP chunks that fail their CRC or "
+                        "cannot be read, counting them (default: stop with a one-line error, nothing "
+                        "written)")
     p.add_argument("--no-plot", action="store_true", help="no PNG plot of the metrics")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output bag (only once the new one is complete)")
@@ -76,9 +79,15 @@ def run(args: argparse.Namespace) -> int:
     except ReplayInterrupted as err:
         print(f"\n{err}")
         return 130
+    for line in res.damage:
+        print(f"tta-perception replay: warning: bag {args.bag}: {line}", file=sys.stderr)
     print(f"replayed {res.frames} frames of {args.bag} with {res.method!r}: {res.fps:.1f} frames/s "
           f"overall, {res.model_fps:.1f} frames/s in the model"
-          + (f", {res.bad_frames} bad frames skipped" if res.bad_frames else ""))
+          + (f", {res.bad_frames} bad frames skipped" if res.bad_frames else "")
+          + (f", {res.bad_chunks} damaged chunk(s) skipped ({res.skipped_messages} messages, "
+             f"{res.skipped_frames} frames)" if res.bad_chunks else "")
+          + (f", {res.skipped_messages} damaged message(s) skipped" if res.skipped_messages and not res.bad_chunks
+             else ""))
     if res.table:
         print("\nmIoU % per weather phase (pixel accuracy in replay_domains.csv):")
         print(format_table(res.table))

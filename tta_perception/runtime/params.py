@@ -252,12 +252,22 @@ def load_params_file(path: str | Path, node: str = "tta_node") -> dict[str, Any]
     import yaml
 
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"parameter file {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"parameter file {path} is not a file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:  # a binary file given by mistake: say which, in one line
+        raise ValueError(f"parameter file {path} is not a text YAML file (byte {err.start} is not UTF-8)") from None
+    except OSError as err:
+        raise ValueError(f"parameter file {path} cannot be read: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"parameter file {path} is not valid YAML: {err}") from None
+        raise ValueError(f"parameter file {path} is not valid YAML: {_yaml_problem(err)}") from None
+    except RecursionError:
+        raise ValueError(f"parameter file {path} is not valid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError(f"parameter file {path}: expected '<node>: ros__parameters: ...'")
     for key in (f"/**/{node}", node, f"/{node}", "/**"):
@@ -271,6 +281,15 @@ def load_params_file(path: str | Path, node: str = "tta_node") -> dict[str, Any]
                      f"(keys: {', '.join(map(str, data))})")
 
 
+def _yaml_problem(err: Exception) -> str:
+    """A YAML error in one line (PyYAML's own text spans several, with a quoted excerpt)."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(err).split())
+
+
 def node_config(overrides: Optional[dict[str, Any]] = None, params_file: Optional[str | Path] = None,
                 ) -> dict[str, Any]:
     """The node's configuration: defaults < parameter file < overrides; checked like the node does."""
@@ -280,6 +299,7 @@ def node_config(overrides: Optional[dict[str, Any]] = None, params_file: Optiona
         layers.append((f"parameter file {params_file}", load_params_file(params_file)))
     if overrides:
         layers.append(("option", {k: v for k, v in overrides.items() if v is not None}))
+    source: dict[str, str] = {}
     for where, values in layers:
         unknown = sorted(k for k in values if k not in SPEC and k != "use_sim_time")
         if unknown:
@@ -292,7 +312,10 @@ def node_config(overrides: Optional[dict[str, Any]] = None, params_file: Optiona
             if SPEC[k].type == "float" and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
             cfg[k] = v
-    problems = check_all(cfg)
-    if problems:
-        raise ValueError(problems[0])
+            source[k] = where
+    for s in SPECS:  # the first problem, naming the parameter file when the value came from it
+        problem = check(s.name, cfg.get(s.name, s.default))
+        if problem:
+            where = source.get(s.name, "")
+            raise ValueError(f"{where}: {problem}" if where.startswith("parameter file") else problem)
     return cfg
