@@ -31,7 +31,7 @@ IMAGE = "/camera/image_raw"
 FRAMES = 24
 # 128x256 frames: rosbags closes a chunk past 1 MiB, so 24 frames make 3 chunks of 8 frames (+ a tail)
 SIZE = (128, 256)
-CFG = dict(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), method="tent", device="cpu",
+CFG = dict(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), allow_code_architecture=True, method="tent", device="cpu",
            input_size=[32, 64], window=4, adapt_every=2)
 CLI_MODEL = ["--model", H.arch("tiny_seg"), "--architecture", H.arch("tiny_seg"), "--method", "tent",
              "--device", "cpu", "--no-progress", "--no-plot"]
