@@ -108,6 +108,28 @@ def gated_seg() -> TinyNet:
     return tiny_seg()
 
 
+class _SlowNet(TinyNet):
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(1.5)  # a frame in flight when shutdown starts: the worker is still busy
+        return super().forward_features(x)
+
+
+def slow_seg() -> TinyNet:
+    """A model that takes 1.5 s per forward (shutdown while a frame is in flight)."""
+    return _seeded(lambda: _SlowNet("seg", SEG_CLASSES))
+
+
+_BUILDS = {"exit": 0}
+
+
+def exit_on_rebuild() -> TinyNet:
+    """User code that calls sys.exit() when built a second time (a reload): must not wedge the node."""
+    _BUILDS["exit"] += 1
+    if _BUILDS["exit"] > 1:
+        sys.exit(3)
+    return tiny_seg()
+
+
 REGISTERED_SEG = "ros_test_tiny_seg"  # registered by a test (monkeypatch) so a checkpoint can name it
 
 

@@ -199,3 +199,33 @@ def test_bad_configuration_is_one_clear_line(prefix):
     assert len(refused) == 1 and "parameter 'method' must be one of" in refused[0], proc.text
     assert "dplot" in refused[0] and "tent" in refused[0]
     assert "Traceback" not in proc.text
+
+
+def test_repeated_sigint_during_shutdown_is_quiet(prefix, tmp_path):
+    """Ctrl-C twice (or timeout's signal on top of the user's) while a frame is in flight: the
+    shutdown finishes once, quietly, with status 0 (no traceback, no C++ terminate)."""
+    import time
+
+    ns = f"/xsig{os.getpid()}"
+    proc = Proc(_node_cmd(prefix, [
+        "-r", f"__ns:={ns}", "-r", f"image:={ns}/camera/image_raw",
+        "-p", "model:=test_ros_helpers:slow_seg", "-p", "architecture:=test_ros_helpers:slow_seg",
+        "-p", "allow_code_architecture:=true", "-p", "method:=source", "-p", "device:=cpu",
+        "-p", "input_size:=[32,64]"]), _env(prefix))
+    h = H.Harness()
+    try:
+        pub = h.client.create_publisher(Image, f"{ns}/camera/image_raw", output_qos())
+        H.wait_until(lambda: pub.get_subscription_count() > 0 or proc.p.poll() is not None, timeout=120,
+                     what="the node to subscribe")
+        assert proc.p.poll() is None, proc.text[-3000:]
+        pub.publish(H.image_msg(H.frame(32, 64), "rgb8"))
+        time.sleep(0.5)  # the slow forward is running
+        for _ in range(20):
+            proc.p.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        code = proc.p.wait(60)
+    finally:
+        h.close()
+        proc.stop()
+    assert code == 0, proc.text[-3000:]
+    assert "Traceback" not in proc.text and "terminate called" not in proc.text, proc.text[-3000:]

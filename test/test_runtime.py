@@ -370,3 +370,31 @@ def test_adapter_options_resolve_predict_mode_and_worker_settings():
     cfg["predict_mode"] = "teacher"
     with pytest.raises(ConfigError, match="predict_mode.*'tent' has no teacher"):
         adapter_options(cfg, build_method("tent", tiny_seg()))
+
+
+def test_memory_estimate_refuses_what_cannot_fit_and_accepts_the_defaults():
+    from tta_perception.runtime import memory
+    from tta_perception.runtime.model_loader import load_model
+
+    model = load_model("driveseg").model
+    cfg = P.defaults()
+    cfg.update(device="cpu")
+    assert memory.check_budget(cfg, model) is None  # dplot at 128x256, window 4
+    small, big = memory.estimate(cfg, model), memory.estimate({**cfg, "input_size": [256, 512]}, model)
+    assert big["adaptation_step"] == pytest.approx(4 * small["adaptation_step"])  # linear in the pixels
+    assert memory.estimate({**cfg, "window": 8}, model)["adaptation_step"] == pytest.approx(2 * small["adaptation_step"])
+    assert memory.estimate({**cfg, "method": "source"}, model)["adaptation_step"] == 0
+    reason = memory.check_budget({**cfg, "input_size": [1024, 2048]}, model)
+    assert reason and "max_memory_mb=2048" in reason and "adaptation step" in reason
+    assert memory.check_budget({**cfg, "input_size": [1024, 2048], "max_memory_mb": 1 << 20}, model) is None
+    # the model's own activation size, probed once: driveseg keeps ~518 bytes per input pixel
+    assert 400 < memory.activation_bytes_per_pixel(model) < 700
+
+
+def test_a_pipeline_over_the_budget_is_refused_before_allocating():
+    from tta_perception.runtime.pipeline import ConfigError, Pipeline
+
+    cfg = P.defaults()
+    cfg.update(device="cpu", input_size=[2048, 4096])
+    with pytest.raises(ConfigError, match="max_memory_mb"):
+        Pipeline(cfg)

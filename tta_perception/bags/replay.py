@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import weights_only
-from ..atomic import atomic_torch_save, atomic_write_text
+from ..atomic import atomic_torch_save, atomic_write_text, remove_orphans
 from . import io as B
 
 DEFAULT_TRUTH = "/camera/ground_truth/class_ids"
@@ -270,6 +270,9 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
         raise B.BagError(f"output {out_path} would overwrite or nest inside the input bag {bag_path}")
     B.check_output(out_path, opts.overwrite)  # before loading the model
     rdir = resume_dir_of(out_path)
+    remove_orphans(rdir)  # checkpoint writes of a killed run (the checkpoint itself is kept)
+    if rdir.exists() and not (rdir / "checkpoint.pt").is_file():
+        shutil.rmtree(rdir, ignore_errors=True)  # killed before its first checkpoint: nothing to resume
     if rdir.exists():
         if opts.overwrite and not opts.resume:
             shutil.rmtree(rdir)

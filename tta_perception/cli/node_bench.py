@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g2.add_argument("--no-overhead", action="store_true", help="skip the in-process overhead measurement")
     g2.add_argument("--overhead-only", action="store_true",
                     help="only the in-process overhead measurement (no node process, no DDS run)")
+    g2.add_argument("--memory", action="store_true",
+                    help="instead: the node's RSS under the extreme parameter values it accepts (every method's "
+                         "largest input size and window, the largest frame), refusals, RSS after a return to "
+                         "the default (bench/memory.py); --method limits the methods")
     p.add_argument("--overhead-repeats", type=int, default=60, help="frames timed for the overhead")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node")
     p.add_argument("--no-plot", action="store_true", help="no PNG")
@@ -73,6 +77,15 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.node import run_node_bench
     from ..ros import node_bench as client
 
+    if args.memory:
+        from ..bench.memory import METHODS, run_memory_bench
+
+        chosen = [m.strip() for item in (args.method or []) for m in item.split(",") if m.strip()]
+        out = args.out if args.out != Path("runs/node_bench") else Path("runs/node_bench_memory")
+        report = run_memory_bench(out=out, methods=chosen or METHODS, device=args.device,
+                                  torch_threads=args.torch_threads, client=client)
+        print("wrote " + ", ".join(report["files"].values()))
+        return 0
     methods = [m.strip() for item in (args.method or ["source,dplot"]) for m in item.split(",") if m.strip()]
     if args.overhead_only:
         methods = []

@@ -117,6 +117,38 @@ def measure_overhead(method: str = "source", size: tuple[int, int] = (128, 256),
 # ====================================================================== one method over DDS
 
 
+class NodeProcess:
+    """``tta_node`` in its own process (``python -m tta_perception.ros.tta_node``) under namespace
+    ``ns`` on a private domain, its output collected by a thread; ``stop`` is SIGINT, then kill."""
+
+    def __init__(self, ns: str, params: dict[str, Any], domain_id: int, torch_threads: int,
+                 log: Callable[[str], None], label: str = "") -> None:
+        env = dict(os.environ)
+        env["ROS_DOMAIN_ID"] = str(domain_id)
+        env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        if torch_threads > 0:  # intra-op threads of the node's torch (OMP/MKL read it at start-up)
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(torch_threads))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
+                                                        env.get("PYTHONPATH", "")) if p)
+        cmd = [sys.executable, "-m", "tta_perception.ros.tta_node", "--ros-args", "-r", f"__ns:={ns}"]
+        for k, v in params.items():
+            cmd += ["-p", f"{k}:={json.dumps(v) if isinstance(v, (list, bool)) else v}"]
+        log(f"[node-bench] {label}: starting {' '.join(cmd[1:])}")
+        self.cmd, self.env, self.log = cmd, env, []
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=lambda: [self.log.append(line.rstrip()) for line in self.proc.stdout],
+                         daemon=True).start()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def measure_overheads(size: tuple[int, int], repeats: int, encoding: str, frame: np.ndarray, domain_id: int,
                       torch_threads: int = 0) -> dict[str, Any]:
     """``overhead`` (the outputs node-bench subscribes to: class_ids) and ``overhead_all_outputs``
@@ -211,24 +243,10 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     from .qos import output_qos
 
     ns = f"/node_bench_{os.getpid()}_{method}"
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(domain_id)
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    if torch_threads > 0:  # intra-op threads of the node's torch (OMP/MKL read it at start-up)
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(torch_threads))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
-                                                    env.get("PYTHONPATH", "")) if p)
     params = {"method": method, "device": device, "diagnostics_period": 1.0}
     params.update(node_params)
-    cmd = [sys.executable, "-m", "tta_perception.ros.tta_node", "--ros-args", "-r", f"__ns:={ns}"]
-    for k, v in params.items():
-        cmd += ["-p", f"{k}:={json.dumps(v) if isinstance(v, (list, bool)) else v}"]
-    log(f"[node-bench] {method}: starting {' '.join(cmd[1:])}")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    node_log: list[str] = []
-    log_thread = threading.Thread(target=lambda: [node_log.append(line.rstrip()) for line in proc.stdout],
-                                  daemon=True)
-    log_thread.start()
+    node_proc = NodeProcess(ns, params, domain_id, torch_threads, log, label=method)
+    proc, node_log, cmd, env = node_proc.proc, node_proc.log, node_proc.cmd, node_proc.env
 
     ctx = Context()
     rclpy.init(context=ctx, domain_id=domain_id)
@@ -364,13 +382,7 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
             f"{result['node_diagnostics']['frames_dropped']}, mIoU {result['miou']:.1f}")
     finally:
         stop.set()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        node_proc.stop()
         spinner.join(timeout=2.0)
         executor.shutdown()
         node.destroy_node()
@@ -381,3 +393,146 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
 
 
 # ====================================================================== the whole benchmark
+
+
+def run_memory_sweep(steps: Sequence[dict[str, Any]], *, node_params: dict[str, Any], domain_id: int,
+                     log: Callable[[str], None], torch_threads: int = 0, rate: float = 4.0,
+                     frames_per_step: int = 10, step_timeout: float = 240.0,
+                     startup_timeout: float = 120.0) -> dict[str, Any]:
+    """One node process taken through ``steps`` over DDS (the protocol is ``bench.memory``).
+
+    A step is ``{"name", "candidates": [params, ...], "frame_size": (H, W) or "input"}``: the
+    candidates are offered in turn with ``set_parameters_atomically`` until the node accepts one
+    (each refusal is recorded with its reason); the accepted configuration then runs
+    ``frames_per_step`` frames (of the model's input size for ``"input"``) until it has adapted at
+    least once. The node's RSS is sampled every 50 ms: the peak and the end value of each step."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rcl_interfaces.srv import SetParametersAtomically
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Header
+
+    ns = f"/node_bench_mem_{os.getpid()}"
+    node_proc = NodeProcess(ns, {"diagnostics_period": 0.5, **node_params}, domain_id, torch_threads, log,
+                            label="memory")
+    proc = node_proc.proc
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=domain_id)
+    node = Node(f"node_bench_mem_{os.getpid()}", context=ctx)
+    pub = node.create_publisher(Image, f"{ns}/image", QoSProfile(
+        depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE))
+    diag: dict[str, str] = {}
+    diag_count = [0]
+
+    def on_diag(msg: Any) -> None:
+        for st in msg.status:
+            if ns in st.name and "tta_node" in st.name:
+                diag.clear()
+                diag.update({kv.key: kv.value for kv in st.values})
+                diag_count[0] += 1
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 20)
+    client = node.create_client(SetParametersAtomically, f"{ns}/tta_node/set_parameters_atomically")
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    stop = threading.Event()
+    peak = [0.0]
+
+    def spin() -> None:
+        while not stop.is_set() and ctx.ok():
+            try:
+                executor.spin_once(timeout_sec=0.05)
+            except Exception:  # shutdown races
+                if stop.is_set():
+                    return
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], rss_mb(proc.pid) or 0.0)
+
+    def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("tta_node exited: " + " | ".join(node_proc.log[-5:]))
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def offer(params: dict[str, Any]) -> tuple[bool, str]:
+        request = SetParametersAtomically.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in params.items()])
+        future = client.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda _f: done.set())
+        if not done.wait(60):
+            raise RuntimeError("no answer from set_parameters_atomically")
+        result = future.result().result
+        return bool(result.successful), str(result.reason)
+
+    threading.Thread(target=spin, daemon=True).start()
+    threading.Thread(target=sample, daemon=True).start()
+    rows: list[dict[str, Any]] = []
+    try:
+        if not wait_for(lambda: pub.get_subscription_count() > 0 and client.service_is_ready()
+                        and diag.get("state") == "active", startup_timeout):
+            raise RuntimeError("tta_node did not start: " + " | ".join(node_proc.log[-5:]))
+        baseline = rss_mb(proc.pid)
+        log(f"[node-bench] memory: node ready, RSS {baseline:.0f} MB")
+        rng = np.random.default_rng(0)
+        stamp = 1
+        for step in steps:
+            row: dict[str, Any] = {"name": step["name"], "refused": []}
+            accepted = None
+            for params in step["candidates"]:
+                ok, reason = offer(params) if params else (True, "")
+                if ok:
+                    accepted = params
+                    break
+                row["refused"].append({"params": params, "reason": reason})
+            row["params"] = accepted
+            if accepted is None:
+                row.update(accepted=False, rss_end_mb=rss_mb(proc.pid))
+                log(f"[node-bench] memory: {step['name']}: every candidate refused")
+                rows.append(row)
+                continue
+            seen = diag_count[0]
+            wait_for(lambda: diag_count[0] >= seen + 2 and diag.get("reloading") == "false", step_timeout)
+            size = tuple(diag.get("input_size", "128x256").split("x"))
+            h, w = (int(size[0]), int(size[1])) if step.get("frame_size", "input") == "input" else step["frame_size"]
+            base = (rng.random((h // 8 + 1, w // 8 + 1, 3)) * 255).astype(np.uint8)
+            rgb = np.ascontiguousarray(base.repeat(8, 0).repeat(8, 1)[:h, :w])
+            steps_before = int(float(diag.get("adaptation_steps", 0) or 0))
+            peak[0] = rss_mb(proc.pid)
+            t0 = time.monotonic()
+            for _ in range(frames_per_step):
+                header = Header(frame_id="camera")
+                header.stamp.sec = stamp
+                stamp += 1
+                pub.publish(convert.rgb_image(header, rgb, "rgb8"))
+                time.sleep(1.0 / rate)
+            adapts = diag.get("method") not in ("source",)
+            wait_for(lambda: not adapts or int(float(diag.get("adaptation_steps", 0) or 0)) > steps_before,
+                     step_timeout)
+            wait_for(lambda: int(float(diag.get("frames_processed", 0) or 0)) > 0, 5.0)
+            row.update(accepted=True, frame_size=[h, w], input_size=diag.get("input_size"),
+                       method=diag.get("method"), window=step.get("window"),
+                       adaptation_steps=int(float(diag.get("adaptation_steps", 0) or 0)) - steps_before,
+                       rss_peak_mb=peak[0], rss_end_mb=rss_mb(proc.pid), seconds=time.monotonic() - t0,
+                       reload_failures=int(float(diag.get("reload_failures", 0) or 0)))
+            log(f"[node-bench] memory: {step['name']}: {accepted} -> peak RSS {row['rss_peak_mb']:.0f} MB "
+                f"({row['adaptation_steps']} adaptation steps)")
+            rows.append(row)
+    finally:
+        stop.set()
+        node_proc.stop()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    return {"baseline_rss_mb": baseline if rows else float("nan"), "steps": rows,
+            "node_exit_code": proc.returncode, "node_log_tail": node_proc.log[-8:]}

@@ -8,6 +8,19 @@ from typing import Any, Callable, Optional
 from ..runtime.errors import ConfigError  # noqa: F401  (the nodes' refusals; one home: runtime.errors)
 
 
+def ignore_further_signals() -> None:
+    """Shutdown has begun (Ctrl-C, launch, timeout): further SIGINT/SIGTERM (a second Ctrl-C, timeout's
+    signal on top of the user's) must not interrupt the clean-up halfway, which would print a
+    traceback and leave threads for the C++ runtime to abort. Clean-up waits are bounded; SIGKILL
+    still ends a process that hangs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def spin_node(make_node: Callable[[], Any], name: str, args: Optional[list[str]] = None,
               finish: Callable[[Any], None] = lambda node: None) -> int:
     """``rclpy.init``, build and spin the node, and on shutdown (Ctrl-C, launch) call ``finish(node)``.
@@ -28,6 +41,7 @@ def spin_node(make_node: Callable[[], Any], name: str, args: Optional[list[str]]
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        ignore_further_signals()
         if node is not None:
             finish(node)
             node.destroy_node()

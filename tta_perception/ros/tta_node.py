@@ -28,6 +28,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import SetBool, Trigger
 
+from ..atomic import remove_orphans
 from ..runtime import image_codec as codec
 from ..runtime import params as P
 from ..runtime.errors import one_line
@@ -36,6 +37,7 @@ from ..runtime.session import Session
 from ..runtime.state import default_save_path
 from . import convert
 from .qos import image_qos, latched_qos, output_qos
+from .spin import ignore_further_signals
 
 NODE_NAME = "tta_node"
 _PARAM_TYPES = {
@@ -186,6 +188,10 @@ class TTANode(LifecycleNode):
             self.trigger_activate()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        removed = remove_orphans(self._save_path().parent)  # left by a process killed during a save
+        if removed:
+            self.get_logger().info(f"removed {len(removed)} unfinished save(s) of killed processes: "
+                                   + ", ".join(p.name for p in removed))
         error = self.session.configure(self._startup_errors)
         if error:
             self.get_logger().error(f"configure refused: {error}")
@@ -352,10 +358,12 @@ class TTANode(LifecycleNode):
         response.success, response.message = self.session.reset()
         return response
 
-    def _srv_save(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+    def _save_path(self):
         configured = self.session.cfg["save_path"].strip()
-        path = default_save_path(self.get_name()) if not configured else _expand(configured)
-        response.success, response.message = self.session.save(path)
+        return default_save_path(self.get_name()) if not configured else _expand(configured)
+
+    def _srv_save(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self.session.save(self._save_path())
         return response
 
     # ================================================================== diagnostics
@@ -412,6 +420,7 @@ def main(args: Optional[list[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        ignore_further_signals()
         if node is not None:
             node._stop_processing()
             node._free()
