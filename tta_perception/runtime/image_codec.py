@@ -2,20 +2,35 @@
 with the checks a camera driver cannot be trusted on.
 
 It works on the fields, not on messages, so the node (``ros.convert``), the bags and the replay
-decode alike. Pure NumPy (no rclpy, no cv_bridge: cv_bridge is absent from PyPI and its PyPI
-namesake breaks under NumPy 2). Every rejection raises :class:`ImageError` whose ``reason`` is a
-short counter key the node reports in its diagnostics, so a bad camera shows up as a number rather
-than a log flood.
+decode alike. No rclpy, no cv_bridge (absent from PyPI; its PyPI namesake breaks under NumPy 2).
+Every rejection raises :class:`ImageError` whose ``reason`` is a short counter key the node reports in
+its diagnostics, so a bad camera shows up as a number rather than a log flood.
+
+Raw images (:func:`raw_to_rgb`, names from sensor_msgs/image_encodings.h, case-insensitive):
+
+- ``rgb8 bgr8 rgba8 bgra8 mono8`` and the OpenCV names ``8UC1`` (mono8), ``8UC3`` (bgr8, as cv_bridge
+  reads it), ``8UC4`` (bgra8): pure NumPy, alpha dropped;
+- ``rgb16 bgr16 rgba16 bgra16 mono16``, ``16UC1`` (mono16): pure NumPy, ``is_bigendian`` gives the byte
+  order, scaled to 8 bits by keeping the high byte (``>> 8``, i.e. / 256 rounded down);
+- ``bayer_rggb8 bayer_bggr8 bayer_gbrg8 bayer_grbg8`` and their ``*16`` variants: demosaiced by OpenCV
+  (bilinear ``cvtColor``; 16-bit ones are scaled to 8 bits first);
+- ``yuv422`` (UYVY byte order, alias ``uyvy``) and ``yuv422_yuy2`` (YUYV, alias ``yuyv``): converted by
+  OpenCV (BT.601, video range Y 16-235).
+
+OpenCV is imported only for Bayer and YUV.
+
+:data:`ENCODINGS` is what :func:`rgb_to_raw` writes (and ``ros.weather_camera`` offers);
+:data:`INPUT_ENCODINGS` is everything :func:`raw_to_rgb` reads.
 """
 from __future__ import annotations
 
 import io
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-# encoding -> (channels, channel order of the first three channels)
+# encoding -> (channels, channel order of the first three channels): the encodings rgb_to_raw writes
 ENCODINGS: dict[str, tuple[int, str]] = {
     "rgb8": (3, "rgb"),
     "bgr8": (3, "bgr"),
@@ -42,6 +57,36 @@ class ImageError(ValueError):
         self.reason = reason
 
 
+class _Layout(NamedTuple):
+    channels: int  # samples per pixel in the buffer (2 for YUV 4:2:2: one luma + one chroma byte)
+    depth: int     # bytes per sample
+    kind: str      # "rgb" / "bgr" / "mono" channel order, "bayer_xxxx" pattern, or "uyvy" / "yuyv"
+
+
+_RAW: dict[str, _Layout] = {name: _Layout(ch, 1, order) for name, (ch, order) in ENCODINGS.items()}
+_RAW.update({
+    "8uc1": _RAW["mono8"], "8uc3": _RAW["bgr8"], "8uc4": _RAW["bgra8"],
+    "rgb16": _Layout(3, 2, "rgb"), "bgr16": _Layout(3, 2, "bgr"),
+    "rgba16": _Layout(4, 2, "rgb"), "bgra16": _Layout(4, 2, "bgr"),
+    "mono16": _Layout(1, 2, "mono"), "16uc1": _Layout(1, 2, "mono"),
+    "yuv422": _Layout(2, 1, "uyvy"), "uyvy": _Layout(2, 1, "uyvy"),
+    "yuv422_yuy2": _Layout(2, 1, "yuyv"), "yuyv": _Layout(2, 1, "yuyv"),
+})
+for _pattern in ("rggb", "bggr", "gbrg", "grbg"):
+    _RAW[f"bayer_{_pattern}8"] = _Layout(1, 1, f"bayer_{_pattern}")
+    _RAW[f"bayer_{_pattern}16"] = _Layout(1, 2, f"bayer_{_pattern}")
+INPUT_ENCODINGS: tuple[str, ...] = tuple(_RAW)
+
+# OpenCV names a Bayer pattern by the 2x2 block starting at (1, 1), ROS by the one at (0, 0): ROS
+# bayer_rggb is OpenCV's "BG". These legacy names mean the same in OpenCV 3, 4 and 5 (checked by
+# test_codec_encodings against a mosaic made by hand).
+_CV_CODES = {
+    "bayer_rggb": "COLOR_BayerBG2RGB", "bayer_bggr": "COLOR_BayerRG2RGB",
+    "bayer_gbrg": "COLOR_BayerGR2RGB", "bayer_grbg": "COLOR_BayerGB2RGB",
+    "uyvy": "COLOR_YUV2RGB_UYVY", "yuyv": "COLOR_YUV2RGB_YUYV",
+}
+
+
 def _check_dims(height: int, width: int, max_pixels: int) -> None:
     if height <= 0 or width <= 0:
         raise ImageError(REASON_EMPTY, f"zero-sized image {width}x{height}")
@@ -50,33 +95,59 @@ def _check_dims(height: int, width: int, max_pixels: int) -> None:
 
 
 def raw_to_rgb(encoding: str, height: int, width: int, step: int, data: Any,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a raw ``sensor_msgs/Image`` into a contiguous (H, W, 3) uint8 RGB array.
+               max_pixels: int = DEFAULT_MAX_PIXELS, is_bigendian: bool = False) -> np.ndarray:
+    """Decode a raw ``sensor_msgs/Image`` into a contiguous, writable (H, W, 3) uint8 RGB array.
 
-    ``data`` is anything exposing the buffer protocol (rclpy gives ``array.array('B')``); it is viewed,
-    not copied, until the final channel reorder. Rows may be padded (``step > width * channels``) but the
-    buffer must be exactly ``step * height`` bytes, as REP 118 / image_transport produce.
+    Accepts :data:`INPUT_ENCODINGS` (see the module docstring for how each is decoded); 16-bit samples
+    keep their high byte, whose position ``is_bigendian`` gives. ``data`` is anything exposing the
+    buffer protocol (rclpy gives ``array.array('B')``); it is viewed, not copied, until the final
+    conversion. Rows may be padded (``step > width * bytes per pixel``) but the buffer must be exactly
+    ``step * height`` bytes, as REP 118 / image_transport produce. All sizes are checked before the
+    data is touched.
     """
     enc = (encoding or "").lower()
-    if enc not in ENCODINGS:
+    layout = _RAW.get(enc)
+    if layout is None:
         raise ImageError(REASON_ENCODING,
-                         f"unsupported encoding {encoding!r}; supported: {', '.join(ENCODINGS)}")
-    channels, order = ENCODINGS[enc]
+                         f"unsupported encoding {encoding!r}; supported: {', '.join(INPUT_ENCODINGS)}")
     height, width, step = int(height), int(width), int(step)
     _check_dims(height, width, max_pixels)
-    row = width * channels
+    if layout.kind in ("uyvy", "yuyv") and width % 2:
+        raise ImageError(REASON_SIZE, f"{enc} needs an even width (pixel pairs share chroma), got {width}")
+    row = width * layout.channels * layout.depth
     if step < row:
-        raise ImageError(REASON_SIZE, f"step {step} < width*channels {row} for {enc} {width}x{height}")
+        raise ImageError(REASON_SIZE, f"step {step} < width*bytes per pixel {row} for {enc} {width}x{height}")
     buf = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
     if buf.size != step * height:
         raise ImageError(REASON_SIZE, f"data has {buf.size} bytes, expected step*height = "
                                       f"{step}*{height} = {step * height}")
-    rows = buf.reshape(height, step)[:, :row].reshape(height, width, channels)
-    if order == "mono":
-        return np.repeat(rows, 3, axis=2)
-    if order == "bgr":
-        return np.ascontiguousarray(rows[:, :, 2::-1])
-    return np.ascontiguousarray(rows[:, :, :3])
+    rows = buf.reshape(height, step)[:, :row]
+    if layout.depth == 2:  # the high byte of each sample: value >> 8
+        rows = rows.reshape(height, width * layout.channels, 2)[:, :, 0 if is_bigendian else 1]
+    pixels = rows.reshape(height, width, layout.channels)
+    if layout.kind == "mono":
+        return np.repeat(pixels, 3, axis=2)
+    if layout.kind == "bgr":
+        return np.ascontiguousarray(pixels[:, :, 2::-1])
+    if layout.kind == "rgb":
+        return np.ascontiguousarray(pixels[:, :, :3])
+    return _opencv_convert(enc, layout.kind, pixels)
+
+
+def _opencv_convert(enc: str, kind: str, pixels: np.ndarray) -> np.ndarray:
+    """Bayer demosaicing and YUV 4:2:2 through ``cv2.cvtColor`` (imported here: only these need it)."""
+    try:
+        import cv2
+    except ImportError:
+        raise ImageError(REASON_ENCODING, f"encoding {enc!r} needs OpenCV: "
+                                          "pip install opencv-python-headless") from None
+    src = np.ascontiguousarray(pixels[:, :, 0] if kind.startswith("bayer") else pixels)
+    try:
+        out = cv2.cvtColor(src, getattr(cv2, _CV_CODES[kind]))
+    except cv2.error as err:
+        raise ImageError(REASON_DECODE, f"OpenCV cannot convert {enc} {src.shape[1]}x{src.shape[0]}: "
+                                        f"{str(err).strip().splitlines()[-1]}") from None
+    return np.ascontiguousarray(out)
 
 
 LABEL_ENCODINGS = ("mono8", "8uc1")
