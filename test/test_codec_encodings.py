@@ -2,12 +2,18 @@
 
 Raw: every encoding beyond rgb8/bgr8/rgba8/bgra8/mono8 is checked against a known image encoded here
 by hand (Bayer mosaics in ROS pattern naming, BT.601 UYVY/YUYV, 16-bit in both byte orders, padded
-rows), so a swapped OpenCV code or byte order shows up as a large error.
+rows), so a swapped OpenCV code or byte order shows up as a large error. Compressed: only JPEG and PNG
+are decoded, the declared format must match the magic bytes, and sizes are refused from the header.
 """
 from __future__ import annotations
 
+import io
 import sys
+import time
+import tracemalloc
 import types
+import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -15,6 +21,7 @@ import pytest
 from tta_perception.runtime import image_codec as codec
 
 pytest.importorskip("cv2")
+PIL_Image = pytest.importorskip("PIL.Image")
 
 RNG_SEED = 1234
 
@@ -212,3 +219,184 @@ def test_callers_pass_is_bigendian():
     ros_msg = Image(**fields)
     ros_msg.data = samples.tobytes()
     np.testing.assert_array_equal(convert.rgb_of(ros_msg, False, codec.DEFAULT_MAX_PIXELS), rgb)
+
+
+# ----------------------------------------------------------------------------------- compressed
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+       b"newpath 0 0 moveto 8 8 lineto stroke showpage\n%%EOF\n")
+
+
+def _encode(img, fmt: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    (img if isinstance(img, PIL_Image.Image) else PIL_Image.fromarray(img)).save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def _refused(fmt, data, reason, **kwargs):
+    with pytest.raises(codec.ImageError) as err:
+        codec.compressed_to_rgb(fmt, data, **kwargs)
+    assert err.value.reason == reason, str(err.value)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "", "rgb8; jpeg compressed bgr8"])
+def test_eps_never_reaches_ghostscript(fmt, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    opened = []
+
+    def spy(self):
+        opened.append(self)
+        raise SyntaxError("EPS plugin reached")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", spy)
+    message = _refused(fmt, EPS, codec.REASON_ENCODING)
+    assert not opened and "%!PS" in message
+
+
+def _other_formats():
+    rgb = _scene(16, 16)
+    out = {}
+    for fmt in ("TIFF", "BMP", "GIF", "WEBP", "PCX", "SGI", "TGA", "ICO", "QOI"):
+        try:
+            out[fmt] = _encode(rgb, fmt)
+        except (KeyError, OSError):  # this Pillow cannot write it
+            pass
+    return out
+
+
+OTHER = _other_formats()
+
+
+def test_other_image_formats_are_refused_whatever_the_label():
+    assert {"TIFF", "BMP", "GIF", "PCX", "SGI", "TGA", "ICO"} <= set(OTHER)  # WEBP, QOI: if Pillow writes
+    for kind, data in OTHER.items():
+        for fmt in ("jpeg", "png", "", "bgr8; png compressed bgr8"):
+            message = _refused(fmt, data, codec.REASON_ENCODING)
+            assert "found data starting" in message, (kind, fmt, message)
+
+
+def test_declared_format_must_match_the_magic_bytes():
+    rgb = _scene()
+    png, jpeg = _encode(rgb, "PNG"), _encode(rgb, "JPEG")
+    message = _refused("jpeg", png, codec.REASON_ENCODING)
+    assert "declared JPEG" in message and "found PNG" in message
+    _refused("bgr8; png compressed bgr8", jpeg, codec.REASON_ENCODING)
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "h264", "bgr8; tiff compressed bgr8", "jpeg2000", "gif"])
+def test_unknown_format_strings_are_refused_even_with_good_data(fmt):
+    _refused(fmt, _encode(_scene(), "PNG"), codec.REASON_ENCODING)
+
+
+@pytest.mark.parametrize("fmt,kind", [("rgb8; jpeg compressed bgr8", "JPEG"),
+                                      ("bgr8; png compressed bgr8", "PNG"),
+                                      ("jpg", "JPEG"), ("PNG", "PNG"), ("", "PNG"), ("", "JPEG")])
+def test_image_transport_formats_decode_and_are_read(fmt, kind):
+    rgb = _scene()
+    out = codec.compressed_to_rgb(fmt, _encode(rgb, kind, **({"quality": 95} if kind == "JPEG" else {})))
+    _check_output(out, rgb.shape)
+    assert np.abs(out.astype(int) - rgb).mean() < (3 if kind == "JPEG" else 1e-9)
+    if fmt:  # the declared format is binding: the other one's bytes are refused
+        _refused(fmt, _encode(rgb, "PNG" if kind == "JPEG" else "JPEG"), codec.REASON_ENCODING)
+    else:  # no format: the magic bytes decide, still only between JPEG and PNG
+        _refused(fmt, OTHER["BMP"], codec.REASON_ENCODING)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return (len(payload).to_bytes(4, "big") + kind + payload
+            + (zlib.crc32(kind + payload) & 0xFFFFFFFF).to_bytes(4, "big"))
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A well-formed PNG header (valid CRCs) claiming a size; the image data is one tiny row."""
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(bytes(4)))
+            + _png_chunk(b"IEND", b""))
+
+
+def test_png_declaring_a_huge_size_is_refused_from_the_header_without_allocating():
+    bomb = _png_declaring(100_000, 100_000)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        for limit in (codec.DEFAULT_MAX_PIXELS, 10**12):  # the caller's limit, then Pillow's
+            message = _refused("png", bomb, codec.REASON_HUGE, max_pixels=limit)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 1.0 and peak < 1 << 20
+    assert "MAX_IMAGE_PIXELS" in message
+
+
+def test_pillows_bomb_warning_range_is_a_refusal_not_a_warning():
+    side = int((PIL_Image.MAX_IMAGE_PIXELS * 1.5) ** 0.5)  # between Pillow's warning and error sizes
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _refused("png", _png_declaring(side, side), codec.REASON_HUGE, max_pixels=10**12)
+    assert not [w for w in seen if issubclass(w.category, PIL_Image.DecompressionBombWarning)]
+
+
+def test_jpeg_size_is_read_from_the_frame_header():
+    jpeg = bytearray(_encode(_scene(), "JPEG"))
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = (60_000).to_bytes(2, "big") * 2  # height, width
+    _refused("jpeg", bytes(jpeg), codec.REASON_HUGE)
+    _refused("jpeg", _encode(_scene(), "JPEG"), codec.REASON_HUGE, max_pixels=100)
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG"])
+def test_truncated_or_corrupt_images_are_undecodable(kind):
+    data = _encode(np.random.default_rng(RNG_SEED).integers(0, 256, (64, 64, 3), dtype=np.uint8), kind)
+    for broken in (data[: len(data) // 2], data[:40], data[:12]):
+        _refused(kind.lower(), broken, codec.REASON_DECODE)
+        _refused("", broken, codec.REASON_DECODE)
+    damaged = bytes([data[0] ^ 0x01]) + data[1:]  # a broken signature is no JPEG/PNG: no decoder runs
+    _refused(kind.lower(), damaged, codec.REASON_ENCODING)
+    _refused("", damaged, codec.REASON_ENCODING)
+
+
+def _png_cases():
+    rng = np.random.default_rng(RNG_SEED)
+    rgb = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    grey = rgb[..., 0]
+    grey16 = rng.integers(0, 65536, (8, 10), dtype=np.uint16)
+    palette = PIL_Image.fromarray(rgb).quantize(16)
+    rgba = np.concatenate([rgb, rng.integers(0, 256, (8, 10, 1), dtype=np.uint8)], axis=2)
+    import cv2
+
+    rgb16 = rng.integers(0, 65536, (8, 10, 3), dtype=np.uint16)
+    png_rgb16 = cv2.imencode(".png", np.ascontiguousarray(rgb16[:, :, ::-1]))[1].tobytes()
+    return {
+        "grey": (_encode(grey, "PNG"), np.repeat(grey[:, :, None], 3, axis=2)),
+        "grey_alpha": (_encode(PIL_Image.fromarray(rgba[..., ::3].copy(), "LA"), "PNG"),
+                       np.repeat(grey[:, :, None], 3, axis=2)),
+        "rgba": (_encode(rgba, "PNG"), rgb),
+        "palette": (_encode(palette, "PNG"), np.array(palette.convert("RGB"))),
+        "grey16": (_encode(PIL_Image.fromarray(grey16), "PNG"),
+                   np.repeat((grey16 >> 8).astype(np.uint8)[:, :, None], 3, axis=2)),
+        "rgb16": (png_rgb16, (rgb16 >> 8).astype(np.uint8)),
+    }
+
+
+PNGS = _png_cases()
+
+
+def test_png_modes_come_out_as_rgb():
+    for name, (data, expected) in PNGS.items():  # grey16 is the one Pillow's own convert clips
+        out = codec.compressed_to_rgb("png", data)
+        _check_output(out, expected.shape)
+        np.testing.assert_array_equal(out, expected, err_msg=name)
+
+
+def test_opencv_fallback_has_the_same_checks(monkeypatch):
+    rgb = _scene()
+    png, jpeg = _encode(rgb, "PNG"), _encode(rgb, "JPEG", quality=95)
+    monkeypatch.setitem(sys.modules, "PIL", None)  # from PIL import Image -> ImportError
+    np.testing.assert_array_equal(codec.compressed_to_rgb("png", png), rgb)
+    assert np.abs(codec.compressed_to_rgb("", jpeg).astype(int) - rgb).mean() < 3
+    _refused("jpeg", EPS, codec.REASON_ENCODING)
+    _refused("png", OTHER["TIFF"], codec.REASON_ENCODING)
+    _refused("png", _png_declaring(100_000, 100_000), codec.REASON_HUGE)
+    _refused("jpeg", jpeg[: len(jpeg) // 2], codec.REASON_DECODE)
