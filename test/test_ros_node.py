@@ -167,8 +167,8 @@ def test_bad_frames_are_counted_and_the_node_keeps_running(ros):
     good = H.frame(32, 64)
     rig.node.set_parameters([Parameter("max_image_pixels", value=10_000)])
     cases = [
-        ("bad_encoding", H.raw_msg("yuv422", 32, 64, 128, bytes(32 * 128))),
-        ("bad_encoding", H.raw_msg("16UC1", 4, 4, 8, bytes(32))),
+        ("bad_encoding", H.raw_msg("16SC1", 32, 64, 128, bytes(32 * 128))),  # yuv422, 16UC1 are read now
+        ("bad_encoding", H.raw_msg("32FC1", 4, 4, 16, bytes(64))),
         ("bad_size", H.raw_msg("rgb8", 32, 64, 64 * 3, bytes(100))),          # data too short
         ("bad_size", H.raw_msg("rgb8", 32, 64, 10, bytes(320))),               # step < width*3
         ("empty_image", H.raw_msg("rgb8", 0, 0, 0, b"")),

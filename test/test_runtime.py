@@ -59,8 +59,8 @@ def test_encoding_is_case_insensitive_and_buffers_are_accepted():
 
 
 @pytest.mark.parametrize("args,reason", [
-    (("yuv422", 4, 6, 12, bytes(48)), codec.REASON_ENCODING),
-    (("16UC1", 4, 6, 12, bytes(48)), codec.REASON_ENCODING),
+    (("32FC1", 4, 6, 24, bytes(96)), codec.REASON_ENCODING),  # yuv422, 16UC1: now read, test_codec_encodings
+    (("nv21", 4, 6, 6, bytes(36)), codec.REASON_ENCODING),
     (("rgb8", 4, 6, 17, bytes(68)), codec.REASON_SIZE),        # step < width * 3
     (("rgb8", 4, 6, 18, bytes(71)), codec.REASON_SIZE),        # data shorter than step * height
     (("rgb8", 4, 6, 18, bytes(73)), codec.REASON_SIZE),        # data longer

@@ -489,7 +489,7 @@ def decode_image(msg: Any, msgtype: str, max_pixels: int | None = None) -> np.nd
     if msgtype == TYPE_COMPRESSED:
         return codec.compressed_to_rgb(msg.format, np.asarray(msg.data, np.uint8), limit)
     return codec.raw_to_rgb(msg.encoding, msg.height, msg.width, msg.step, np.asarray(msg.data, np.uint8),
-                            limit)
+                            limit, is_bigendian=bool(msg.is_bigendian))
 
 
 def decode_labels(msg: Any) -> np.ndarray:

@@ -48,7 +48,8 @@ def rgb_of(msg: Any, compressed: bool, max_pixels: int) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an Image or CompressedImage; ``codec.ImageError`` when unusable."""
     if compressed:
         return codec.compressed_to_rgb(msg.format, msg.data, max_pixels)
-    return codec.raw_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data, max_pixels)
+    return codec.raw_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data, max_pixels,
+                            is_bigendian=bool(msg.is_bigendian))
 
 
 def labels_of(msg: Image) -> np.ndarray:

@@ -36,7 +36,7 @@ from .convert import mono8_image, rgb_image
 from .spin import ConfigError, declare_parameters, publish_status, spin_node
 
 NODE_NAME = "weather_camera"
-ENCODINGS = tuple(codec.ENCODINGS)  # rgb8, bgr8, rgba8, bgra8, mono8
+ENCODINGS = tuple(codec.ENCODINGS)  # what codec.rgb_to_raw writes, not every INPUT_ENCODINGS
 
 # name -> (default, description, extra descriptor fields)
 PARAMS: dict[str, tuple[Any, str, dict[str, Any]]] = {
