@@ -1,4 +1,8 @@
-"""ament_python package that also installs with plain pip (see README: Install)."""
+"""ament_python package that also installs with plain pip (see README: Install).
+
+Metadata lives here (colcon runs this file directly); pyproject.toml only names the build backend, so
+that every pip takes the PEP 517/660 path. ``python -m tta_perception.install_ament`` reads
+``data_files`` from this file for editable installs, which skip them."""
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -10,27 +14,37 @@ ROS_WHEELS = [  # ROS 2 Kilted from PyPI, for machines without a ROS install
     "ros-diagnostic-msgs", "ros-lifecycle-msgs",
 ]
 
+# launch_ros and `ros2 run` look for executables in <prefix>/lib/<package>/. colcon puts the console
+# scripts there itself (setup.cfg); pip puts them in <prefix>/bin, so these equivalent launchers are
+# installed there as data. They also ship inside the package (package_data), as before.
+LAUNCHERS = [f"{PACKAGE}/ros/bin/tta_node", f"{PACKAGE}/ros/bin/weather_camera",
+             f"{PACKAGE}/ros/bin/carla_weather", f"{PACKAGE}/ros/bin/evaluator"]
+
 setup(
     name=PACKAGE,
     version="0.1.0",
+    # weights/ and ros/bin/ hold only data; their __init__.py makes them packages, so setuptools installs
+    # their files as package data without its "absent from the packages configuration" warning
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["weights/*.pt", "weights/*.bundle", "weights/*.json"]},
-    include_package_data=True,
+    # every data file named here (no include_package_data): the install does not depend on a manifest
+    package_data={f"{PACKAGE}.weights": ["*.pt", "*.bundle", "*.json"],
+                  f"{PACKAGE}.ros.bin": [path.rsplit("/", 1)[1] for path in LAUNCHERS]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
-        (f"share/{PACKAGE}/config/sequences", glob("config/sequences/*.yaml")),
-        # pip installs: put tta_node where launch_ros looks (<prefix>/lib/<package>/); colcon puts the
-        # console script there itself (setup.cfg), this launcher is equivalent.
-        (f"lib/{PACKAGE}", [f"{PACKAGE}/ros/bin/tta_node", f"{PACKAGE}/ros/bin/weather_camera",
-                            f"{PACKAGE}/ros/bin/carla_weather", f"{PACKAGE}/ros/bin/evaluator"]),
+        (f"share/{PACKAGE}/launch", sorted(glob("launch/*.launch.py"))),
+        (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml"))),
+        (f"share/{PACKAGE}/config/sequences", sorted(glob("config/sequences/*.yaml"))),
+        (f"lib/{PACKAGE}", LAUNCHERS),
     ],
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1", "torchvision>=0.16", "numpy>=1.21", "pyyaml>=5.4", "tqdm>=4.60",
         "matplotlib>=3.5", "scipy>=1.7", "pillow>=8", "corrupt-tta>=0.1.7",
+        # the image codec (Bayer/YUV). Not opencv-python-headless: corrupt-tta requires opencv-python,
+        # and two OpenCV distributions in one environment overwrite each other's cv2/ (uninstalling
+        # either breaks it); naming the same distribution keeps exactly one cv2.
+        "opencv-python>=4.5",
     ],
     extras_require={
         "bags": ["rosbags>=0.10", "mcap>=1.0"],  # mcap: MCAP CRCs written and checked
@@ -42,7 +56,6 @@ setup(
     maintainer_email="dev@tta-perception.invalid",
     description="Online test-time adaptation (DPLOT and baselines) for ROS 2 camera perception.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "tta-perception = tta_perception.cli.main:main",

@@ -26,6 +26,7 @@ is unit-tested where they are absent; the tta_node settings come from ``adapt.la
 ``node_settings``, so both launch files configure the node the same way.
 """
 import importlib.util
+import math
 from pathlib import Path
 
 PACKAGE = "tta_perception"
@@ -91,6 +92,20 @@ def _adapt_launch():
 def _bool(text: str, default: bool) -> bool:
     text = (text or "").strip().lower()
     return default if not text else text == "true"
+
+
+def number(values: dict, key: str, cast=float):
+    """The launch argument ``key`` as an int (``cast=int``) or a finite float; else a ValueError that
+    names the argument and its value (launch prints it as the one line of the failure)."""
+    text = str(values[key]).strip()
+    kind = "an integer" if cast is int else "a number"
+    try:
+        value = cast(text)
+    except ValueError:
+        raise ValueError(f"launch argument '{key}' must be {kind}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"launch argument '{key}' must be a finite number, got {text!r}")
+    return value
 
 
 def method_of(values: dict) -> str:
@@ -162,15 +177,16 @@ def plan(values: dict, find_share=None) -> list:
                         "name": "carla_weather", "namespace": ns, "output": "screen",
                         "parameters": [weather_file, {"use_sim_time": sim_time,
                                                       "schedule": values["schedule"],
-                                                      "host": values["host"], "port": int(values["port"]),
-                                                      "timeout": float(values["timeout"])}],
+                                                      "host": values["host"],
+                                                      "port": number(values, "port", int),
+                                                      "timeout": number(values, "timeout")}],
                         "ros_arguments": log})
     else:
         camera = {"use_sim_time": sim_time, "schedule": values["schedule"]}
         for key, cast in (("rate", float), ("frame_stride", int), ("max_frames", int), ("encoding", str),
                           ("width", int), ("height", int)):
             if values[key].strip():
-                camera[key] = cast(values[key].strip())
+                camera[key] = values[key].strip() if cast is str else number(values, key, cast)
         # frames published before tta_node has loaded (seconds) or the evaluator listens would be lost
         camera["wait_for_subscribers"] = 1
         camera["wait_for_truth_subscribers"] = 1 if _bool(values["evaluator"], True) else 0
@@ -201,7 +217,7 @@ def plan(values: dict, find_share=None) -> list:
                         "namespace": ns, "output": "screen", "parameters": [weather_file, settings],
                         "remappings": [(TRUTH_TOPIC, truth)] if truth else [],
                         "ros_arguments": log})
-    duration = float(values["duration"] or 0)
+    duration = number(values, "duration") if values["duration"].strip() else 0.0
     if duration < 0:
         raise ValueError(f"launch argument 'duration' must be >= 0, got {duration}")
     if duration > 0:

@@ -79,6 +79,10 @@ def plan(values: dict, topics: dict | None = None) -> list:
     bag = values["bag"].strip()
     if not bag:
         raise ValueError("launch argument 'bag' is required: bag:=<bag folder>")
+    carla_launch = _sibling("carla_weather.launch.py", "tta_carla_weather_launch")
+    rate, delay, drain = (carla_launch.number(values, key) for key in ("rate", "start_delay", "drain"))
+    if rate <= 0:
+        raise ValueError(f"launch argument 'rate' must be > 0, got {values['rate'].strip()!r}")
     topics = bag_topics(bag) if topics is None else topics
     image = values["image_topic"].strip()
     if not image:
@@ -97,7 +101,6 @@ def plan(values: dict, topics: dict | None = None) -> list:
         raise ValueError(f"bag {bag}: topic {image!r} is {topics[image]}, not an Image or CompressedImage")
     compressed = topics[image] == COMPRESSED
     ns = values["namespace"].strip()
-    carla_launch = _sibling("carla_weather.launch.py", "tta_carla_weather_launch")
     method = carla_launch.method_of(values)
     adapt_values = {"image_topic": image, "namespace": ns, "params_file": values["params_file"], "task": "",
                     "method": values["method"], "device": values["device"], "model": values["model"],
@@ -120,11 +123,10 @@ def plan(values: dict, topics: dict | None = None) -> list:
                                         "output_dir": values["output_dir"],
                                         "title": f"{Path(bag).name}: {method}"}],
                         "ros_arguments": ["--log-level", values["log_level"]]})
-    cmd = ["ros2", "bag", "play", str(Path(bag).expanduser()), "--clock", "--rate", str(float(values["rate"]))]
+    cmd = ["ros2", "bag", "play", str(Path(bag).expanduser()), "--clock", "--rate", str(rate)]
     if values["qos_file"].strip():
         cmd += ["--qos-profile-overrides-path", values["qos_file"].strip()]
-    actions.append({"kind": "play", "cmd": cmd, "delay": float(values["start_delay"]),
-                    "drain": float(values["drain"])})
+    actions.append({"kind": "play", "cmd": cmd, "delay": delay, "drain": drain})
     return actions
 
 

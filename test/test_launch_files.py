@@ -114,6 +114,25 @@ def test_carla_mode_scores_against_the_semantic_camera_when_given():
     assert "truth_encoding" not in synthetic["parameters"][1] and synthetic["remappings"] == []
 
 
+@pytest.mark.parametrize("over, message", [
+    ({"max_frames": "abc"}, "launch argument 'max_frames' must be an integer, got 'abc'"),
+    ({"frame_stride": "2.5"}, "launch argument 'frame_stride' must be an integer, got '2.5'"),
+    ({"width": "wide"}, "launch argument 'width' must be an integer, got 'wide'"),
+    ({"rate": "fast"}, "launch argument 'rate' must be a number, got 'fast'"),
+    ({"rate": "inf"}, "launch argument 'rate' must be a finite number, got 'inf'"),
+    ({"duration": "1m"}, "launch argument 'duration' must be a number, got '1m'"),
+    ({"mode": "carla", "bridge": "false", "port": "20o0"},
+     "launch argument 'port' must be an integer, got '20o0'"),
+    ({"mode": "carla", "bridge": "false", "timeout": "long"},
+     "launch argument 'timeout' must be a number, got 'long'"),
+])
+def test_carla_weather_numbers_that_are_not_name_the_argument(over, message):
+    m = _module("carla_weather.launch.py")
+    with pytest.raises(ValueError) as err:
+        m.plan(_values(m, **over))
+    assert str(err.value) == message
+
+
 # ------------------------------------------------------------------------------------- replay.launch
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):
@@ -166,6 +185,19 @@ def test_replay_bad_arguments(bags, tmp_path):
         m.plan(_values(m, bag=str(bags / "with_truth"), image_topic="/front"))
     with pytest.raises(ValueError, match="is std_msgs/msg/String, not an Image"):
         m.plan(_values(m, bag=str(bags / "with_truth"), image_topic="/weather"))
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"rate": "fast"}, "launch argument 'rate' must be a number, got 'fast'"),
+    ({"rate": "0"}, "launch argument 'rate' must be > 0, got '0'"),
+    ({"start_delay": "soon"}, "launch argument 'start_delay' must be a number, got 'soon'"),
+    ({"drain": "nan"}, "launch argument 'drain' must be a finite number, got 'nan'"),
+])
+def test_replay_numbers_that_are_not_name_the_argument(over, message):
+    m = _module("replay.launch.py")
+    with pytest.raises(ValueError) as err:
+        m.plan(_values(m, bag="night", **over), topics={"/camera/image_raw": m.IMAGE})
+    assert str(err.value) == message
 
 
 def test_launch_descriptions_with_real_launch():
