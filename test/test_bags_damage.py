@@ -285,15 +285,15 @@ def test_a_replay_that_fails_before_its_first_checkpoint_leaves_nothing(bag, tmp
 
 
 def test_the_same_failing_command_fails_the_same_way_again(tmp_path, capsys):
-    bag = tmp_path / "yuv"
+    bag = tmp_path / "bad_encoding"
     rgb = np.zeros((*SIZE, 3), np.uint8)
     with B.BagWriter(bag) as w:
         w.add_topic(IMAGE, B.TYPE_IMAGE)
         for k in range(3):
             stamp = 10**18 + k * 10**8
             msg = B.rgb_image_message(stamp, "camera", rgb, "rgb8") if k < 2 else \
-                B.image_message(stamp, "camera", "yuv422", SIZE[0], SIZE[1], SIZE[1] * 2,
-                                np.zeros(SIZE[0] * SIZE[1] * 2, np.uint8))
+                B.image_message(stamp, "camera", "16SC1", SIZE[0], SIZE[1], SIZE[1] * 2,
+                                np.zeros(SIZE[0] * SIZE[1] * 2, np.uint8))  # an encoding no camera sends
             w.write(IMAGE, stamp, msg)
     out = tmp_path / "out"
     args = ["replay", str(bag), "--out", str(out)] + CLI_MODEL  # checkpoints every 100 frames (default)
@@ -301,7 +301,7 @@ def test_the_same_failing_command_fails_the_same_way_again(tmp_path, capsys):
         capsys.readouterr()
         assert cli(args) == 2
         line = _one_error_line(capsys.readouterr().err)
-        assert "yuv422" in line and "--resume" not in line
+        assert "16SC1" in line and "--resume" not in line
         assert _nothing_written(out)
 
 

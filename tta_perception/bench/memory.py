@@ -65,7 +65,9 @@ def run_memory_bench(*, out: str | Path = "runs/node_bench_memory", methods: Seq
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    result = client.run_memory_sweep(sweep_steps(methods, sizes, windows), node_params={"device": device},
+    # reliable: frames of tens of MB arrive whole (best effort drops a fragmented message)
+    result = client.run_memory_sweep(sweep_steps(methods, sizes, windows),
+                                     node_params={"device": device, "qos_reliability": "reliable"},
                                      domain_id=domain_id, log=log, torch_threads=torch_threads,
                                      frames_per_step=frames_per_step)
     accepted = [r for r in result["steps"] if r["accepted"]]

@@ -507,7 +507,10 @@ def run_memory_sweep(steps: Sequence[dict[str, Any]], *, node_params: dict[str, 
             h, w = (int(size[0]), int(size[1])) if step.get("frame_size", "input") == "input" else step["frame_size"]
             base = (rng.random((h // 8 + 1, w // 8 + 1, 3)) * 255).astype(np.uint8)
             rgb = np.ascontiguousarray(base.repeat(8, 0).repeat(8, 1)[:h, :w])
-            steps_before = int(float(diag.get("adaptation_steps", 0) or 0))
+            def count(key: str) -> int:
+                return int(float(diag.get(key, 0) or 0))
+
+            steps_before, processed_before = count("adaptation_steps"), count("frames_processed")
             peak[0] = rss_mb(proc.pid)
             t0 = time.monotonic()
             for _ in range(frames_per_step):
@@ -517,12 +520,12 @@ def run_memory_sweep(steps: Sequence[dict[str, Any]], *, node_params: dict[str, 
                 pub.publish(convert.rgb_image(header, rgb, "rgb8"))
                 time.sleep(1.0 / rate)
             adapts = diag.get("method") not in ("source",)
-            wait_for(lambda: not adapts or int(float(diag.get("adaptation_steps", 0) or 0)) > steps_before,
-                     step_timeout)
-            wait_for(lambda: int(float(diag.get("frames_processed", 0) or 0)) > 0, 5.0)
+            wait_for(lambda: count("frames_processed") > processed_before
+                     and (not adapts or count("adaptation_steps") > steps_before), step_timeout)
             row.update(accepted=True, frame_size=[h, w], input_size=diag.get("input_size"),
                        method=diag.get("method"), window=step.get("window"),
-                       adaptation_steps=int(float(diag.get("adaptation_steps", 0) or 0)) - steps_before,
+                       adaptation_steps=count("adaptation_steps") - steps_before,
+                       frames_processed=count("frames_processed") - processed_before,
                        rss_peak_mb=peak[0], rss_end_mb=rss_mb(proc.pid), seconds=time.monotonic() - t0,
                        reload_failures=int(float(diag.get("reload_failures", 0) or 0)))
             log(f"[node-bench] memory: {step['name']}: {accepted} -> peak RSS {row['rss_peak_mb']:.0f} MB "
