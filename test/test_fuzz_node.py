@@ -26,6 +26,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
+from test_ros_helpers import harness, ros  # noqa: E402,F401  (fixtures)
 from test_ros_node import SEG, Rig, _bundle, stamp_is  # noqa: E402
 
 from tta_perception.runtime import params as P  # noqa: E402
@@ -33,21 +34,6 @@ from tta_perception.runtime import params as P  # noqa: E402
 SEED = 20261201
 ENCODINGS = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "yuv422", "bayer_rggb8", "rgb16", "mono16", "32FC1",
              "16UC3", "", "RGB8", "jpeg", "\x00", "rgb8; DROP TABLE", "a" * 300]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    h = H.Harness()
-    yield h
-    h.close()
-
-
-@pytest.fixture
-def ros(harness):
-    yield harness
-    H.FORWARD_GATE.set()
-    for node in list(harness.nodes):
-        harness.remove(node)
 
 
 def _valid(rig, sec):

@@ -48,3 +48,22 @@ def test_node_bench_overhead_only(tmp_path):
         assert o["overhead_pct_of_model"] == pytest.approx(100 * o["overhead_ms"] / o["model_forward_ms"])
         assert o["conversion_publishing_pct_of_model"] < o["overhead_pct_of_model"]
     assert not (tmp_path / "node_bench.png").exists()
+
+
+def test_node_bench_memory_sweep_small(tmp_path):
+    """The memory protocol end to end on a short ladder: refusals recorded, RSS of what runs."""
+    from tta_perception.bench.memory import run_memory_bench
+    from tta_perception.ros import node_bench as client
+
+    report = run_memory_bench(out=tmp_path, methods=["source"], sizes=[(2048, 4096), (64, 128)], windows=[4],
+                              frames_per_step=2, max_image_pixels=256 * 256, torch_threads=1, client=client,
+                              log=lambda _line: None)
+    steps = {s["name"]: s for s in report["steps"]}
+    src = steps["source: largest input size, window 4"]
+    assert src["accepted"] and src["params"]["input_size"] == [64, 128]
+    assert src["refused"] and "max_memory_mb" in src["refused"][0]["reason"]
+    assert not steps["must refuse: dplot 1024x2048"]["accepted"]
+    assert all(s["rss_peak_mb"] > 0 for s in report["steps"] if s["accepted"])
+    assert report["node_exit_code"] == 0
+    for ext in ("txt", "md", "json", "csv"):
+        assert (tmp_path / f"node_bench_memory.{ext}").is_file()

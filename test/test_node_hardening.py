@@ -18,21 +18,8 @@ H.require_rclpy()
 import torch  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
+from test_ros_helpers import harness, ros  # noqa: E402,F401  (fixtures)
 from test_ros_node import SEG, Rig, stamp_is  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def harness():
-    h = H.Harness()
-    yield h
-    h.close()
-
-
-@pytest.fixture
-def ros(harness):
-    yield harness
-    for node in list(harness.nodes):
-        harness.remove(node)
 
 
 def _set(rig, **values):

@@ -271,6 +271,24 @@ class Harness:
             print("executor errors:", *self.errors[:5], sep="\n  ", file=sys.stderr)
 
 
+@pytest.fixture(scope="module")
+def harness():
+    """One DDS harness per test module (import this fixture into the module)."""
+    h = Harness()
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def ros(harness):
+    """The module's harness; nodes a test creates are removed after it, gates reopened."""
+    yield harness
+    FORWARD_GATE.set()
+    BUILD_GATE.set()
+    for node in list(harness.nodes):
+        harness.remove(node)
+
+
 def image_msg(rgb: np.ndarray, encoding: str = "rgb8", stamp=(12, 345), frame_id: str = "camera"):
     import array
 

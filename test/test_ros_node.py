@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_ros_helpers as H  # noqa: E402
+from test_ros_helpers import harness, ros  # noqa: E402,F401  (fixtures)
 
 H.require_rclpy()
 
@@ -28,23 +29,6 @@ from tta_perception.ros.qos import latched_qos, output_qos  # noqa: E402
 
 SEG = dict(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), allow_code_architecture=True, method="tent",
            input_size=[32, 64], qos_reliability="reliable", qos_depth=20, window=4, adapt_every=1)
-
-
-@pytest.fixture(scope="module")
-def harness():
-    h = H.Harness()
-    yield h
-    h.close()
-
-
-@pytest.fixture
-def ros(harness):
-    """The module's harness; nodes a test creates are removed after it, gates reopened."""
-    yield harness
-    H.FORWARD_GATE.set()
-    H.BUILD_GATE.set()
-    for node in list(harness.nodes):
-        harness.remove(node)
 
 
 class Rig:

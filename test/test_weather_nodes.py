@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_ros_helpers as H  # noqa: E402
+from test_ros_helpers import harness  # noqa: E402,F401  (fixture)
 
 H.require_rclpy()
 
@@ -41,13 +42,6 @@ from tta_perception.world.schedule import load_schedule  # noqa: E402
 from tta_perception.world.sequences import SequenceRenderer  # noqa: E402
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-
-
-@pytest.fixture(scope="module")
-def harness():
-    h = H.Harness()
-    yield h
-    h.close()
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def sweep_steps(methods: Sequence[str] = METHODS, sizes: Sequence[tuple[int, int
 def run_memory_bench(*, out: str | Path = "runs/node_bench_memory", methods: Sequence[str] = METHODS,
                      sizes: Sequence[tuple[int, int]] = SIZES, windows: Sequence[int] = WINDOWS,
                      device: str = "cpu", domain_id: Optional[int] = None, torch_threads: int = 0,
-                     frames_per_step: int = 10, client: Any = None,
+                     frames_per_step: int = 10, max_image_pixels: int = 4096 * 4096, client: Any = None,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     if client is None:
         raise ValueError("run_memory_bench needs the DDS client (tta_perception.ros.node_bench)")
@@ -66,7 +66,7 @@ def run_memory_bench(*, out: str | Path = "runs/node_bench_memory", methods: Seq
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     # reliable: frames of tens of MB arrive whole (best effort drops a fragmented message)
-    result = client.run_memory_sweep(sweep_steps(methods, sizes, windows),
+    result = client.run_memory_sweep(sweep_steps(methods, sizes, windows, max_image_pixels),
                                      node_params={"device": device, "qos_reliability": "reliable"},
                                      domain_id=domain_id, log=log, torch_threads=torch_threads,
                                      frames_per_step=frames_per_step)

@@ -117,6 +117,21 @@ def measure_overhead(method: str = "source", size: tuple[int, int] = (128, 256),
 # ====================================================================== one method over DDS
 
 
+def _spin_in_background(executor: Any, ctx: Any, stop: threading.Event) -> threading.Thread:
+    """The benchmark's own executor on a daemon thread until ``stop``."""
+    def spin() -> None:
+        while not stop.is_set() and ctx.ok():
+            try:
+                executor.spin_once(timeout_sec=0.05)
+            except Exception:  # shutdown races
+                if stop.is_set():
+                    return
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    return thread
+
+
 class NodeProcess:
     """``tta_node`` in its own process (``python -m tta_perception.ros.tta_node``) under namespace
     ``ns`` on a private domain, its output collected by a thread; ``stop`` is SIGINT, then kill."""
@@ -263,15 +278,7 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     executor.add_node(node)
     stop = threading.Event()
 
-    def spin() -> None:
-        while not stop.is_set() and ctx.ok():
-            try:
-                executor.spin_once(timeout_sec=0.1)
-            except Exception:  # shutdown races
-                if stop.is_set():
-                    return
-    spinner = threading.Thread(target=spin, daemon=True)
-    spinner.start()
+    spinner = _spin_in_background(executor, ctx, stop)
     rss: list[tuple[float, float]] = []
     result: dict[str, Any] = {"method": method, "namespace": ns, "command": cmd,
                               "node_env": {k: env[k] for k in ("ROS_DOMAIN_ID", "OMP_NUM_THREADS") if k in env}}
@@ -442,14 +449,6 @@ def run_memory_sweep(steps: Sequence[dict[str, Any]], *, node_params: dict[str, 
     stop = threading.Event()
     peak = [0.0]
 
-    def spin() -> None:
-        while not stop.is_set() and ctx.ok():
-            try:
-                executor.spin_once(timeout_sec=0.05)
-            except Exception:  # shutdown races
-                if stop.is_set():
-                    return
-
     def sample() -> None:
         while not stop.wait(0.05):
             peak[0] = max(peak[0], rss_mb(proc.pid) or 0.0)
@@ -475,7 +474,7 @@ def run_memory_sweep(steps: Sequence[dict[str, Any]], *, node_params: dict[str, 
         result = future.result().result
         return bool(result.successful), str(result.reason)
 
-    threading.Thread(target=spin, daemon=True).start()
+    _spin_in_background(executor, ctx, stop)
     threading.Thread(target=sample, daemon=True).start()
     rows: list[dict[str, Any]] = []
     try:
@@ -513,16 +512,24 @@ def run_memory_sweep(steps: Sequence[dict[str, Any]], *, node_params: dict[str, 
             steps_before, processed_before = count("adaptation_steps"), count("frames_processed")
             peak[0] = rss_mb(proc.pid)
             t0 = time.monotonic()
-            for _ in range(frames_per_step):
+            adapts = diag.get("method") not in ("source",)
+
+            def done() -> bool:
+                return count("frames_processed") > processed_before and (
+                    not adapts or count("adaptation_steps") > steps_before)
+
+            sent = 0
+            # at least frames_per_step frames, and on until it has predicted and adapted
+            while (sent < frames_per_step or not done()) and time.monotonic() - t0 < step_timeout:
+                if proc.poll() is not None:
+                    raise RuntimeError("tta_node exited: " + " | ".join(node_proc.log[-5:]))
                 header = Header(frame_id="camera")
                 header.stamp.sec = stamp
                 stamp += 1
                 pub.publish(convert.rgb_image(header, rgb, "rgb8"))
+                sent += 1
                 time.sleep(1.0 / rate)
-            adapts = diag.get("method") not in ("source",)
-            wait_for(lambda: count("frames_processed") > processed_before
-                     and (not adapts or count("adaptation_steps") > steps_before), step_timeout)
-            row.update(accepted=True, frame_size=[h, w], input_size=diag.get("input_size"),
+            row.update(accepted=True, frames_sent=sent, frame_size=[h, w], input_size=diag.get("input_size"),
                        method=diag.get("method"), window=step.get("window"),
                        adaptation_steps=count("adaptation_steps") - steps_before,
                        frames_processed=count("frames_processed") - processed_before,
