@@ -33,8 +33,12 @@ def set_bn_mode(model: nn.Module, mode: str, momentum: float | None = None) -> N
     - ``"batch_ema"``: normalise with the batch statistics and update the running buffers as an
       EMA with ``momentum`` (what adapting methods use; see the module docstring).
     """
+    from ..models.base import SingleFrameBatchNorm2d
+
     model.eval()  # dropout / stochastic depth off, as the reference framework does
     for m in bn_modules(model):
+        if mode != "source" and type(m) is nn.BatchNorm2d:
+            m.__class__ = SingleFrameBatchNorm2d  # batch 1, 1x1: running statistics instead of failing
         if mode == "source":
             m.eval()
             if m.running_mean is not None:

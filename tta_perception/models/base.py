@@ -57,6 +57,22 @@ class TTAModel(nn.Module):
         return logits
 
 
+class SingleFrameBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that also works on one value per channel in training mode (a single frame after a
+    global pooling, e.g. DeepLabV3's ASPP image-pooling branch; or a small frame downsampled to
+    1x1): batch statistics do not exist there, so it normalises with its running statistics instead
+    of failing. Identical to BatchNorm2d otherwise (same parameters, buffers and outputs).
+
+    Adaptation methods put every BN in training mode and streams come one frame at a time, so the
+    engine gives every BatchNorm2d this behaviour (``engine.model_utils.set_bn_mode``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.numel() // x.shape[1] <= 1 and self.running_mean is not None:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        return super().forward(x)
+
+
 def check_model(model: nn.Module) -> None:
     """Raise a clear error if ``model`` does not follow the contract above."""
     for attr in ("task", "num_classes", "candidate_blocks", "forward_features", "classify"):

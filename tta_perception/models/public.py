@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import weights_only
-from .base import Normalize, TTAModel
+from .base import Normalize, SingleFrameBatchNorm2d, TTAModel
 from .registry import register_model
 
 log = logging.getLogger(__name__)
@@ -223,28 +223,13 @@ def _seg_candidates(backbone: nn.Module) -> tuple[str, ...]:
                  if isinstance(m, (InvertedResidual, Bottleneck, BasicBlock)))
 
 
-class PooledBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm after a global pooling: with one value per channel (a single frame, batch size 1)
-    batch statistics do not exist, so it normalises with its running statistics instead of failing.
-
-    DeepLabV3's ASPP image-pooling branch has such a BN; adaptation methods put every BN in training
-    mode, and driving streams come one frame at a time. Same parameters and buffers as BatchNorm2d.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.numel() // x.shape[1] <= 1 and self.running_mean is not None:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                False, 0.0, self.eps)
-        return super().forward(x)
-
-
 def _make_pooled_bn_safe(head: nn.Module) -> None:
     from torchvision.models.segmentation.deeplabv3 import ASPPPooling
     for m in head.modules():
         if isinstance(m, ASPPPooling):
             for bn in m.modules():
                 if type(bn) is nn.BatchNorm2d:
-                    bn.__class__ = PooledBatchNorm2d
+                    bn.__class__ = SingleFrameBatchNorm2d
 
 
 def _voc_names() -> tuple[str, ...]:
