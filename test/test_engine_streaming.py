@@ -216,3 +216,155 @@ def test_bn_stats_frame_normalises_each_frame_with_its_own_statistics():
         torch.testing.assert_close(s.predict(x), want)
         torch.testing.assert_close(s.predict(x), want)  # and the buffers were not touched
     assert not torch.allclose(own, running)
+
+
+# ------------------------------------------------------------------ GPU path, checked on a CPU
+class FakeCuda:
+    """The four names of torch.cuda the hand-over uses, recording what each stream waits for."""
+
+    def __init__(self):
+        self.log = []
+        self.current = FakeStream(self, "inference")
+
+    def Stream(self, device=None):  # noqa: N802 - torch.cuda's names
+        return FakeStream(self, "adapt")
+
+    def Event(self):  # noqa: N802
+        return FakeEvent(self)
+
+    def current_stream(self):
+        return self.current
+
+    def stream(self, s):
+        api = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.prev, api.current = api.current, s
+
+            def __exit__(self, *exc):
+                api.current = self.prev
+
+        return _Ctx()
+
+
+class FakeStream:
+    def __init__(self, api, name):
+        self.api, self.name, self.n = api, name, 0
+
+    def wait_event(self, event):
+        self.api.log.append(("wait", self.name, event.label))
+
+    def synchronize(self):
+        self.api.log.append(("sync", self.name))
+
+
+class FakeEvent:
+    def __init__(self, api):
+        self.api, self.label = api, None
+
+    def record(self, stream):
+        stream.n += 1
+        self.label = f"{stream.name}#{stream.n}"
+        self.api.log.append(("record", stream.name, self.label))
+
+
+def test_handover_orders_the_two_streams_with_events_only():
+    from tta_perception.engine.handover import Handover
+
+    api = FakeCuda()
+    h = Handover("cuda", api=api)
+
+    class Frame:
+        is_cuda = True
+        marked = []
+
+        def record_stream(self, s):
+            self.marked.append(s.name)
+
+    h.frames_written()                    # inference: frame appended -> inference#1
+    h.before_predict(0)                   # nothing published yet: no wait
+    h.predicted_with(0)                   # inference#2
+    with h.step([Frame()]):               # adapt waits for the frames; runs on the adapt stream
+        assert api.current_stream().name == "adapt"
+        h.before_overwrite(0)             # waits for the prediction that read copy 0
+        h.published(0)                    # adapt#1
+    assert api.current_stream().name == "inference"
+    h.before_predict(0)                   # the next prediction on copy 0 waits for the copy
+    assert api.log == [("record", "inference", "inference#1"), ("record", "inference", "inference#2"),
+                       ("wait", "adapt", "inference#1"), ("wait", "adapt", "inference#2"),
+                       ("record", "adapt", "adapt#1"), ("wait", "inference", "adapt#1")]
+    assert Frame.marked == ["adapt"]
+    assert not any(kind == "sync" for kind, *_ in api.log)  # no device synchronisation
+    h.finish_step()
+    assert api.log[-1] == ("sync", "adapt")  # only the adaptation stream, on its own thread
+
+
+def test_background_adapter_publishes_through_the_handover():
+    api = FakeCuda()
+    m = build_method("tent", tiny_seg())
+    ad = StreamingAdapter(m, window=2, adapt_every=2, background=True, handover_api=api)
+    try:
+        for i in range(4):
+            ad.predict(frame(i))
+        assert ad.wait_idle(GUARD) and ad.stats()["adapt_steps"] >= 1
+        waits = [e for e in api.log if e[0] == "wait"]
+        assert ("wait", "adapt", "inference#1") in waits or any(w[1] == "adapt" for w in waits)
+        assert any(e[:2] == ("record", "adapt") for e in api.log)  # weights published on the adapt stream
+        ad.predict(frame(9))
+        assert any(w[1] == "inference" for w in waits + [e for e in api.log if e[0] == "wait"])
+    finally:
+        ad.close()
+
+
+class OOMTent(Tent):
+    """Tent whose step runs out of CUDA memory above ``limit`` frames (None: always)."""
+
+    limit = None
+
+    def _adapt(self, x):
+        if self.limit is None or x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return super()._adapt(x)
+
+
+def test_out_of_memory_during_a_step_halves_the_window_and_is_counted():
+    m = OOMTent(tiny_seg(), collapse_reset=False)
+    m.limit = 2
+    ad = StreamingAdapter(m, window=8, adapt_every=8, background=False, min_window=2)
+    for i in range(8):
+        ad.predict(frame(i))
+    st = ad.stats()
+    assert st["adapt_steps"] == 1 and st["errors"] == 0
+    assert st["oom_window_reductions"] == 2 and ad._oom_window == 2  # 8 -> 4 -> 2 frames
+    ad.close()
+
+
+def test_out_of_memory_at_one_frame_on_the_cpu_is_an_error_not_a_crash():
+    m = OOMTent(tiny_seg(), collapse_reset=False)
+    ad = StreamingAdapter(m, window=2, adapt_every=2, background=False, min_window=2)
+    for i in range(2):
+        out = ad.predict(frame(i))
+    st = ad.stats()
+    assert st["errors"] == 1 and "out of memory" in st["last_error"] and st["oom_window_reductions"] == 1
+    assert torch.isfinite(out).all()
+    ad.close()
+
+
+def test_methods_move_with_their_whole_state():
+    m = build_method("tent", tiny_seg())
+    m.step(images(2, 16, 16))
+    m.to("cpu")  # the CPU fallback's move, here CPU -> CPU: every tensor still usable
+    assert torch.isfinite(m.step(images(2, 16, 16))).all()
+
+
+def test_bf16_and_channels_last_run_and_stay_close_to_fp32():
+    torch.manual_seed(0)
+    ref = StreamingAdapter(build_method("source", tiny_seg()), window=2, background=False)
+    fast = StreamingAdapter(build_method("source", tiny_seg()), window=2, background=False,
+                            precision="bf16", channels_last=True)
+    x = frame(3)
+    a, b = ref.predict(x), fast.predict(x)
+    assert b.dtype == torch.float32 and torch.allclose(a, b, atol=0.1, rtol=0.05)
+    with pytest.raises(ValueError, match="precision"):
+        StreamingAdapter(build_method("source", tiny_seg()), precision="fp8")

@@ -1,16 +1,21 @@
-"""Speed and memory of every adaptation method on the two deployment workloads.
+"""Speed and memory of every adaptation method on the two deployment workloads, the way the node runs
+them (``engine.StreamingAdapter``).
 
-``python -m tta_perception.bench.gpu [--out DIR]`` on a CUDA machine (a few minutes): methods ×
-- ``cls``: ImageNet ResNet-50, batch 64 at 224×224 (the paper's ImageNet-C setting),
-- ``seg``: DeepLabV3-MobileNetV3-Large, 14 classes (CarlaTTA), one 512×1024 frame per step,
-× precision ``fp32``, ``amp`` (torch.autocast, bfloat16 where supported, else float16) and
-``amp+cl`` (autocast + channels_last memory format, which lets cuDNN pick NHWC tensor-core kernels).
-Reports ms per adaptation step (``method.step(x)``: predict and adapt), frames/s and peak GPU memory,
-as JSON and a markdown table.
+``python -m tta_perception.bench.gpu [--out DIR]`` on a CUDA machine (under 5 minutes): methods ×
+- ``cls``: ImageNet ResNet-50 at 224×224, an adaptation step on a batch of 64 (the paper's ImageNet-C
+  setting), predictions one image at a time,
+- ``seg``: DeepLabV3-MobileNetV3-Large, 14 classes (CarlaTTA), 512×1024 frames, a step on one frame
+× precision ``fp32``, ``bf16`` (bfloat16 autocast for the step and the prediction) and ``bf16+cl``
+(the same in channels-last memory format, which lets cuDNN pick NHWC tensor-core kernels).
+
+Per combination: ms per prediction (the streaming adapter's ``predict``, adaptation off), ms per
+adaptation step (``method.step`` on the step batch), adaptation steps per second while frames arrive
+at 30 Hz (the background worker on its own CUDA stream, a step requested on every frame: requests
+coalesce), the prediction latency meanwhile, and peak GPU memory; JSON, Markdown, CSV and a plot.
 
 Weights are random (the machine may be offline): speed does not depend on their values, except that
 CoTTA's augmentation branch, which runs only when the anchor model is unsure, runs on every step
-here, so its figures are an upper bound. ``--quick`` runs tiny sizes on CPU for tests.
+here, so its figures are an upper bound. ``--quick`` runs tiny sizes on the CPU for tests.
 """
 from __future__ import annotations
 
@@ -29,13 +34,14 @@ import torch
 from .output import write_report
 
 WORKLOADS = {
-    # name: (model, num_classes, batch, (H, W)), quick variant
+    # name: (model, num_classes, step batch, (H, W)), quick variant
     "cls": {"arch": "resnet50", "num_classes": 1000, "batch": 64, "size": (224, 224),
             "quick": {"batch": 2, "size": (32, 32)}},
     "seg": {"arch": "deeplabv3_mobilenet_v3_large", "num_classes": 14, "batch": 1, "size": (512, 1024),
             "quick": {"batch": 1, "size": (32, 64)}},
 }
-PRECISIONS = ("fp32", "amp", "amp+cl")
+PRECISIONS = ("fp32", "bf16", "bf16+cl")
+CAMERA_HZ = 30.0
 
 
 @dataclass
@@ -49,17 +55,14 @@ class Result:
     status: str = "ok"          # ok | error | skipped
     ms_per_step: float = float("nan")   # median
     ms_p90: float = float("nan")
-    frames_per_s: float = float("nan")
+    frames_per_s: float = float("nan")  # step batch / step time
+    ms_per_prediction: float = float("nan")
+    steps_per_s_at_30hz: float = float("nan")
+    prediction_p50_ms_at_30hz: float = float("nan")
     peak_mem_gib: float = float("nan")
     steps: int = 0
     error: str = ""
     notes: list = field(default_factory=list)
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
 
 
 def _sync(device: torch.device) -> None:
@@ -78,9 +81,21 @@ def method_options(name: str, model) -> dict:
     return opts
 
 
+def _median_ms(fn, n: int, device: torch.device) -> tuple[float, float]:
+    times = []
+    for _ in range(n):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+
+
 def run_one(workload: str, method: str, precision: str, *, device: torch.device, quick: bool,
-            steps: int, warmup: int) -> Result:
-    from ..engine import build_method
+            steps: int, warmup: int, live_s: float = 3.0) -> Result:
+    from ..engine import StreamingAdapter, build_method
     from ..models import build_model
 
     spec = dict(WORKLOADS[workload])
@@ -88,50 +103,65 @@ def run_one(workload: str, method: str, precision: str, *, device: torch.device,
         spec.update(spec["quick"])
     batch, (h, w) = spec["batch"], spec["size"]
     res = Result(workload, method, precision, spec["arch"], batch, (h, w))
-    channels_last = precision.endswith("+cl")
-    use_amp = precision.startswith("amp")
     torch.manual_seed(0)
     model = method_obj = x = None
     try:
         model = build_model(spec["arch"], num_classes=spec["num_classes"]).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
         method_obj = build_method(method, model, **method_options(method, model))
-        x = torch.rand(batch, 3, h, w, device=device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        amp = torch.autocast(device.type, dtype=_amp_dtype(device), enabled=use_amp)
-        if use_amp:
-            res.notes.append(f"autocast {str(_amp_dtype(device)).replace('torch.', '')}")
-        with amp:
+        opts = dict(precision="bf16" if precision.startswith("bf16") else "fp32",
+                    channels_last=precision.endswith("+cl"), window=batch, min_window=1, adapt_every=1)
+        frames = torch.rand(batch, 3, h, w, device=device)
+        # 1. the step alone, and a prediction alone (inline adapter: nothing else runs)
+        inline = StreamingAdapter(method_obj, background=False, **opts)
+        inline.set_enabled(False)
+        for f in frames:
+            inline.predict(f)
+        x = frames.contiguous(memory_format=torch.channels_last) if opts["channels_last"] else frames
+        with inline._autocast():
             for _ in range(warmup):
                 method_obj.step(x)
-        _sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = []
-        with amp:
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                out = method_obj.step(x)
-                _sync(device)
-                times.append((time.perf_counter() - t0) * 1e3)
-        if not torch.isfinite(out.float()).all():
-            res.notes.append("non-finite logits")
-        times.sort()
-        res.ms_per_step = statistics.median(times)
-        res.ms_p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+        with inline._autocast():
+            res.ms_per_step, res.ms_p90 = _median_ms(lambda: method_obj.step(x), steps, device)
+        res.ms_per_prediction, _ = _median_ms(lambda: inline.predict(frames[0]), max(steps, 3), device)
         res.frames_per_s = batch / (res.ms_per_step / 1e3)
-        res.steps = len(times)
+        res.steps = steps
+        inline.close()
+        # 2. live: frames at 30 Hz, adaptation in the background on its own stream
+        live = StreamingAdapter(method_obj, background=True, **opts)
+        live.set_enabled(bool(method_obj.ADAPTS))  # 'source' only predicts
+        period, lat = 1.0 / CAMERA_HZ, []
+        t_start = time.perf_counter()
+        k = 0
+        while time.perf_counter() - t_start < live_s:
+            target = t_start + k * period
+            if target > time.perf_counter():
+                time.sleep(target - time.perf_counter())
+            t0 = time.perf_counter()
+            out = live.predict(frames[k % batch])
+            _sync(device)
+            lat.append((time.perf_counter() - t0) * 1e3)
+            k += 1
+        elapsed = time.perf_counter() - t_start
+        st = live.stats()
+        live.close()
+        res.steps_per_s_at_30hz = st["adapt_steps"] / elapsed
+        res.prediction_p50_ms_at_30hz = statistics.median(lat) if lat else float("nan")
         if device.type == "cuda":
             res.peak_mem_gib = torch.cuda.max_memory_allocated(device) / 2**30
-        stats = method_obj.stats
-        if stats.get("nan_skips"):
-            res.notes.append(f"nan_skips={stats['nan_skips']}")
+        if st["errors"]:
+            res.notes.append(f"{st['errors']} step errors: {st['last_error'][:80]}")
+        if opts["precision"] == "bf16":
+            res.notes.append("bf16 autocast")
+        if not torch.isfinite(out.float()).all():
+            res.notes.append("non-finite logits")
+        if method_obj.stats.get("nan_skips"):
+            res.notes.append(f"nan_skips={method_obj.stats['nan_skips']}")
     except Exception as err:  # one failing combination must not end the benchmark
         res.status, res.error = "error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     finally:
-        del model, method_obj, x
+        model = method_obj = x = None  # noqa: F841  (free before the next combination)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -154,20 +184,24 @@ def markdown(results: list[Result], info: dict) -> str:
     where = info.get("gpu") or f"CPU ({info.get('cpu')}, {info.get('threads')} threads)"
     lines = [f"GPU benchmark on {where}, torch {info['torch']}"
              + (f", CUDA {info['cuda']}" if info.get("cuda") else "") + ". "
-             "ms per adaptation step = median of `method.step(x)` (predict + adapt); frames/s = batch / "
-             "that; peak = max GPU memory allocated during the timed steps. Random weights.", "",
-             "| workload | method | precision | batch × size | ms/step | p90 ms | frames/s | peak GiB | notes |",
-             "|---|---|---|---|---:|---:|---:|---:|---|"]
+             "ms/step = median of `method.step(x)` on the step batch; ms/pred = median of the streaming "
+             "adapter's `predict` on one frame; steps/s @30 Hz = adaptation steps per second while frames "
+             "arrive at 30 Hz (background worker, own CUDA stream), pred p50 its prediction latency then; "
+             "peak = max GPU memory allocated. Random weights.", "",
+             "| workload | method | precision | batch × size | ms/step | p90 ms | frames/s | ms/pred | "
+             "steps/s @30 Hz | pred p50 @30 Hz | peak GiB | notes |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         wl = f"{r.workload} ({r.arch})"
         dims = f"{r.batch} × {r.size[0]}×{r.size[1]}"
         if r.status != "ok":
-            lines.append(f"| {wl} | {r.method} | {r.precision} | {dims} | – | – | – | – | {r.status}: "
+            lines.append(f"| {wl} | {r.method} | {r.precision} | {dims} | – | – | – | – | – | – | – | {r.status}: "
                          f"{r.error.replace('|', '/')} |")
             continue
         mem = "–" if r.peak_mem_gib != r.peak_mem_gib else f"{r.peak_mem_gib:.2f}"
         lines.append(f"| {wl} | {r.method} | {r.precision} | {dims} | {r.ms_per_step:.1f} | {r.ms_p90:.1f} | "
-                     f"{r.frames_per_s:.1f} | {mem} | {', '.join(r.notes)} |")
+                     f"{r.frames_per_s:.1f} | {r.ms_per_prediction:.1f} | {r.steps_per_s_at_30hz:.2f} | "
+                     f"{r.prediction_p50_ms_at_30hz:.1f} | {mem} | {', '.join(r.notes)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -209,7 +243,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                        "(default: all on CUDA, fp32 otherwise)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per run (default 10; 2 quick)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; 1 quick)")
-    p.add_argument("--time-budget", type=float, default=420.0,
+    p.add_argument("--live-seconds", type=float, default=None,
+                   help="seconds of the 30 Hz live run per combination (default 3; 0.5 quick)")
+    p.add_argument("--time-budget", type=float, default=280.0,
                    help="seconds; runs not started by then are reported as skipped")
     p.add_argument("--out", default="runs/gpu_bench",
                    help="folder for gpu_bench .md/.txt/.json/.csv and gpu_bench.png")
@@ -257,11 +293,13 @@ def main(argv: Optional[list] = None) -> int:
                     r = Result(wl, method, prec, spec["arch"], spec["batch"], spec["size"], status="skipped",
                                error="time budget used up")
                 else:
-                    r = run_one(wl, method, prec, device=device, quick=args.quick, steps=steps, warmup=warmup)
+                    r = run_one(wl, method, prec, device=device, quick=args.quick, steps=steps, warmup=warmup,
+                                live_s=args.live_seconds or (0.5 if args.quick else 3.0))
                 results.append(r)
                 print(f"{wl:4s} {method:7s} {prec:7s} " + (
-                    f"{r.ms_per_step:9.1f} ms/step {r.frames_per_s:8.1f} frames/s "
-                    f"{r.peak_mem_gib:6.2f} GiB" if r.status == "ok" else f"{r.status}: {r.error}"), flush=True)
+                    f"{r.ms_per_step:9.1f} ms/step {r.ms_per_prediction:7.1f} ms/pred "
+                    f"{r.steps_per_s_at_30hz:6.2f} steps/s@30Hz {r.peak_mem_gib:6.2f} GiB"
+                    if r.status == "ok" else f"{r.status}: {r.error}"), flush=True)
     info["wall_s"] = round(time.perf_counter() - t_start, 1)
     info.update(steps=steps, warmup=warmup, quick=args.quick)
     out = Path(args.out)

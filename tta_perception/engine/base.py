@@ -151,6 +151,29 @@ class TTAMethod:
         with bn_frozen(mods):
             return self.predict_with(mods, x).detach()
 
+    @torch.no_grad()
+    def to(self, device: torch.device | str) -> "TTAMethod":
+        """Move the whole adapted state (modules, optimiser state, the source and last-good
+        snapshots, method state) to ``device``: e.g. the CPU after CUDA ran out of memory."""
+        device = torch.device(device)
+        for m in self.modules.values():
+            m.to(device)
+        for o in self.optimizers.values():
+            for st in o.state.values():
+                for k, v in list(st.items()):
+                    if isinstance(v, torch.Tensor) and k != "step":
+                        st[k] = v.to(device)
+        move = lambda t: t.to(device)  # noqa: E731
+        self._source = map_tensors(self._source, move)
+        if self._good is not None:
+            self._good = map_tensors(self._good, move)
+        self._load_extra_state(map_tensors(self._extra_state(), move))
+        for name, value in list(vars(self).items()):  # e.g. RMT's prototypes, EATA's Fisher terms
+            if name not in ("modules", "optimizers", "_source", "_good", "_pred_window") and \
+                    isinstance(value, (torch.Tensor, dict, list, tuple)) and not isinstance(value, nn.Module):
+                setattr(self, name, map_tensors(value, move))
+        return self
+
     def reset(self) -> None:
         """Back to the source state (weights, teachers, optimizers, method state)."""
         self._restore(self._source)

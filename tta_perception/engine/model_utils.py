@@ -156,3 +156,9 @@ def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor],
     if isinstance(obj, (list, tuple)):
         return type(obj)(map_tensors(v, fn, other) for v in obj)
     return other(obj)
+
+
+def is_cuda_oom(err: BaseException) -> bool:
+    """CUDA ran out of memory (the exception type where torch has one, else its message)."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(err, oom)) or "CUDA out of memory" in str(err)

@@ -55,7 +55,8 @@ import torch
 from torch import nn
 
 from .base import TTAMethod
-from .model_utils import set_bn_mode
+from .handover import Handover
+from .model_utils import is_cuda_oom, set_bn_mode
 
 STATE_FORMAT = "tta_perception.engine.streaming/1"
 #: what ``predict`` runs: the method's own prediction (DPLOT: student + teacher on both views, as
@@ -63,6 +64,10 @@ STATE_FORMAT = "tta_perception.engine.streaming/1"
 PREDICT_MODES = ("method", "student", "teacher")
 #: how the inference copies normalise a frame (see "Single-frame BatchNorm" above)
 BN_STATS = ("auto", "frame", "running")
+#: arithmetic of the step and the prediction: float32, or bfloat16 autocast (GPU; measured by
+#: ``bench.gpu``)
+PRECISIONS = ("fp32", "bf16")
+
 
 
 class StreamingAdapter:
@@ -70,7 +75,8 @@ class StreamingAdapter:
 
     def __init__(self, method: TTAMethod, window: int = 16, adapt_every: int = 1, background: bool = True,
                  min_window: int = 2, predict_mode: str = "method", adapt_nice: int = 0,
-                 adapt_threads: int = 0, bn_stats: str = "auto"):
+                 adapt_threads: int = 0, bn_stats: str = "auto", precision: str = "fp32",
+                 channels_last: bool = False, handover_api: Any = None):
         if window < 1 or adapt_every < 1 or not (1 <= min_window <= window):
             raise ValueError("need window >= 1, adapt_every >= 1 and 1 <= min_window <= window")
         if predict_mode not in PREDICT_MODES:
@@ -84,6 +90,8 @@ class StreamingAdapter:
             raise ValueError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
         if bn_stats == "auto":
             bn_stats = "frame" if (method.ADAPTS and method.task == "seg") else "running"
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if not 0 <= int(adapt_nice) <= 19:
             raise ValueError(f"adapt_nice must be in 0..19, got {adapt_nice}")
         if int(adapt_threads) < 0:
@@ -97,6 +105,11 @@ class StreamingAdapter:
         self.adapt_nice = int(adapt_nice)
         self.bn_stats = bn_stats
         self.adapt_threads = int(adapt_threads)
+        self.precision = precision
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            for m in method.modules.values():
+                m.to(memory_format=torch.channels_last)
         self._frames: collections.deque[torch.Tensor] = collections.deque(maxlen=self.window)
         self._enabled = True
         self._lock = threading.Lock()                  # guards the fields below (short sections only)
@@ -115,12 +128,13 @@ class StreamingAdapter:
             "last_error": "", "last_predict_ms": float("nan"), "mean_predict_ms": float("nan"),
             "last_adapt_ms": float("nan"), "mean_adapt_ms": float("nan"), "publishes": 0,
             "worker_nice": 0, "worker_threads": 0, "worker_warning": "",
+            "oom_window_reductions": 0, "oom_cpu_fallbacks": 0,
         }
-        self._stream = None
+        # adaptation on its own CUDA stream, meeting inference only through events (see handover)
+        self._handover = Handover(self.method.device, api=handover_api) if self.background else Handover("cpu")
+        self._oom_window = self.window  # frames a step may use (halved after CUDA out-of-memory)
         self._thread: threading.Thread | None = None
         if self.background:
-            if self.method.device.type == "cuda":
-                self._stream = torch.cuda.Stream(device=self.method.device)
             self._ready = threading.Event()
             self._thread = threading.Thread(target=self._worker, name="tta-adapt", daemon=True)
             self._thread.start()
@@ -141,18 +155,24 @@ class StreamingAdapter:
         if not x.is_floating_point():
             raise ValueError(f"expected float images in [0, 1], got dtype {x.dtype}")
         x = x.to(self.method.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         t0 = time.perf_counter()
         with self._lock:
             idx = self._active
             self._in_use[idx] += 1
         try:
+            self._handover.before_predict(idx)  # the weights published into this copy are written
             mods = self._copies[idx]
-            if self.predict_mode == "student":
-                out = mods["model"](x)
-            elif self.predict_mode == "teacher":
-                out = mods["teacher"](x)
-            else:
-                out = self.method.predict_with(mods, x)
+            with self._autocast():
+                if self.predict_mode == "student":
+                    out = mods["model"](x)
+                elif self.predict_mode == "teacher":
+                    out = mods["teacher"](x)
+                else:
+                    out = self.method.predict_with(mods, x)
+            out = out.float()
+            self._handover.predicted_with(idx)  # the copy may be overwritten once this ran
         finally:
             with self._lock:
                 self._in_use[idx] -= 1
@@ -165,6 +185,7 @@ class StreamingAdapter:
             c["last_predict_ms"] = ms
             c["mean_predict_ms"] = ms if c["frames"] == 1 else c["mean_predict_ms"] + (ms - c["mean_predict_ms"]) / c["frames"]
             self._frames.append(x[0].detach().clone())
+            self._handover.frames_written()
             if self._enabled:
                 self._since_adapt += 1
                 if self._since_adapt >= self.adapt_every and len(self._frames) >= self.min_window:
@@ -224,17 +245,16 @@ class StreamingAdapter:
                 self._pending = False
                 self._busy = True
             try:
-                if self._stream is not None:
-                    # frames were written on the default stream by predict()
-                    self._stream.wait_stream(torch.cuda.default_stream(self._stream.device))
-                    with torch.cuda.stream(self._stream):
-                        self._adapt_once()
-                else:
-                    self._adapt_once()
+                self._adapt_once()
             finally:
                 with self._wake:
                     self._busy = False
                     self._wake.notify_all()
+
+    def _autocast(self):
+        """bf16 autocast for the step and the prediction when asked for (``precision``)."""
+        return torch.autocast(self.method.device.type, dtype=torch.bfloat16,
+                              enabled=self.precision == "bf16")
 
     def _adapt_once(self) -> None:
         with self._adapt_lock:
@@ -244,16 +264,24 @@ class StreamingAdapter:
                 frames = list(self._frames)
             if len(frames) < self.min_window:
                 return
-            batch = torch.stack(frames)
             t0 = time.perf_counter()
-            try:
-                self.method.step(batch)
-            except Exception as e:  # keep the robot running; surface it in stats()
-                with self._lock:
-                    self._counters["errors"] += 1
-                    self._counters["last_error"] = f"{type(e).__name__}: {e}"
-                return
-            self._publish()
+            while True:
+                use = frames[-self._oom_window:]
+                try:
+                    with self._handover.step(use):
+                        batch = torch.stack(use)
+                        with self._autocast():
+                            self.method.step(batch)
+                        self._publish()
+                    self._handover.finish_step()
+                    break
+                except Exception as e:  # keep the robot running; surface it in stats()
+                    if is_cuda_oom(e) and self._on_oom():
+                        continue  # again, on a smaller window or on the CPU
+                    with self._lock:
+                        self._counters["errors"] += 1
+                        self._counters["last_error"] = f"{type(e).__name__}: {e}"
+                    return
             ms = (time.perf_counter() - t0) * 1e3
             with self._lock:
                 c = self._counters
@@ -261,6 +289,38 @@ class StreamingAdapter:
                 c["last_adapt_ms"] = ms
                 n = c["adapt_steps"]
                 c["mean_adapt_ms"] = ms if n == 1 else c["mean_adapt_ms"] + (ms - c["mean_adapt_ms"]) / n
+
+    def _on_oom(self) -> bool:
+        """CUDA out of memory during a step: halve the frames a step uses; at one frame, move the
+        method and the inference copies to the CPU. False when nothing smaller is left (counted)."""
+        if self.method.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self._oom_window > 1:
+            self._oom_window = max(1, self._oom_window // 2)
+            with self._lock:
+                self._counters["oom_window_reductions"] += 1
+            return True
+        if self.method.device.type != "cpu":
+            self.to(torch.device("cpu"))
+            with self._lock:
+                self._counters["oom_cpu_fallbacks"] += 1
+            return True
+        return False
+
+    def to(self, device: torch.device) -> None:
+        """Move the method, its inference copies and the window to ``device`` (between steps)."""
+        with self._adapt_lock:
+            with self._lock:
+                while self._in_use[0] or self._in_use[1]:
+                    self._buffers_free.wait()
+                self.method.to(device)
+                for copy_ in self._copies:
+                    for m in copy_.values():
+                        m.to(device)
+                frames = [f.to(device) for f in self._frames]
+                self._frames.clear()
+                self._frames.extend(frames)
+                self._handover = Handover(device) if self.background else Handover("cpu")
 
     def _make_copy(self) -> dict[str, nn.Module]:
         mods = {k: copy.deepcopy(m) for k, m in self.method.inference_modules().items()}
@@ -272,18 +332,19 @@ class StreamingAdapter:
 
     @torch.no_grad()
     def _publish(self) -> None:
-        """Copy the method's weights into the inactive copy, then make it the active one."""
-        if self._stream is not None:
-            self._stream.synchronize()
+        """Copy the method's weights into the inactive copy, then make it the active one. On CUDA
+        the copy runs on the adaptation stream after the last prediction that read that copy, and
+        the next prediction on it waits for the copy: events, not a device synchronisation."""
         with self._lock:
             target = 1 - self._active
             while self._in_use[target]:
                 self._buffers_free.wait()  # only an in-flight predict on the old copy
         src = self.method.inference_modules()
-        for k, m in self._copies[target].items():
-            m.load_state_dict(src[k].state_dict())
-        if self._stream is not None:
-            self._stream.synchronize()
+        with self._handover.step():
+            self._handover.before_overwrite(target)
+            for k, m in self._copies[target].items():
+                m.load_state_dict(src[k].state_dict())
+            self._handover.published(target)
         with self._lock:
             self._active = target
             self._counters["publishes"] += 1

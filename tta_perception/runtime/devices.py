@@ -38,7 +38,6 @@ def fallback_warning(name: str, device) -> Optional[str]:
 
 
 def is_cuda_oom(err: BaseException) -> bool:
-    import torch
+    from ..engine.model_utils import is_cuda_oom as check
 
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    return (oom is not None and isinstance(err, oom)) or "CUDA out of memory" in str(err)
+    return check(err)

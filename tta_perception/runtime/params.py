@@ -92,6 +92,11 @@ SPECS: tuple[Spec, ...] = (
          "recent frames' statistics kept by the adaptation steps), or 'auto' ('frame' for segmentation "
          "methods that adapt, else 'running'; 'source' always keeps the source statistics).", "reload",
          choices=("auto", "frame", "running")),
+    Spec("precision", "fp32", "str", "Arithmetic of the prediction and the adaptation step: fp32, or "
+         "bf16 autocast (for GPUs with bfloat16; measure with `python -m tta_perception.bench.gpu`).",
+         "reload", choices=("fp32", "bf16")),
+    Spec("channels_last", False, "bool", "Models and frames in channels-last memory format (faster "
+         "convolutions on GPUs with tensor cores; measure before use).", "reload"),
     Spec("adapt_nice", 10, "int", "Scheduling priority (Linux nice, per thread) of the background "
          "adaptation thread on a CPU, so inference keeps the cores it needs; 0: same as inference.",
          "reload", range=(0, 19)),
