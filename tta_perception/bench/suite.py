@@ -14,6 +14,7 @@ from ..runtime.devices import resolve_device
 from ..runtime.model_loader import load_model
 from .common import DEFAULT_CACHE, machine_info, model_spec
 from .prepare import (PrepareSettings, cached_bundle_path, default_bundle_path, run_prepare, source_batches)
+from ..atomic import atomic_write_text
 from .output import write_json
 from .report import (add_ratios, aggregate, format_costs, format_headline, format_table, headline, plot_runs,
                      write_csv)
@@ -286,9 +287,10 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     payload["machine"]["load_avg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     payload["seconds"] = round(time.perf_counter() - t_start, 1)
     write_json(out / "results.json", payload)
+    atomic_write_text(out / "results.txt", "\n\n".join(printed) + "\n")  # the printed tables
     log("")
     log("\n\n".join(printed))
-    log(f"\nwrote {out}/results.json, table_*.csv" + (", stream_*.png" if cfg.plot else "")
+    log(f"\nwrote {out}/results.json, results.txt, table_*.csv" + (", stream_*.png" if cfg.plot else "")
         + f" in {payload['seconds']:.0f} s")
     payload["out"] = str(out)
     return payload
