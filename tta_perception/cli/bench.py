@@ -66,6 +66,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=Path("runs/cache"), help="cache of rendered/corrupted data, bundles")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--profile-step", action="store_true",
+                   help="instead: each method's adaptation step (as the node builds it) against its floor, "
+                        "the bare forward/backward passes it needs, with a torch.profiler breakdown "
+                        "(bench/profile.py); --methods, --window, --threads apply")
     add_device(p)
 
 
@@ -120,5 +124,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile_step:
+        from ..bench.profile import METHODS, run_profile
+
+        methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
+        run_profile(methods, out=args.out or "runs/bench/profile_step", threads=args.threads, window=args.window)
+        return 0
     run_suite(config_from_args(args))
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.profiler import record_function
 
 
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -20,14 +21,18 @@ def cross_entropy_soft(logits: torch.Tensor, target_logits: torch.Tensor) -> tor
     return -(target_logits.softmax(1) * logits.log_softmax(1)).sum(1)
 
 
-def symmetric_cross_entropy(x: torch.Tensor, x_ema: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+def symmetric_cross_entropy(x: torch.Tensor, x_ema: torch.Tensor, alpha: float = 0.5,
+                            ema_prob: torch.Tensor | None = None,
+                            ema_logprob: torch.Tensor | None = None) -> torch.Tensor:
     """SCE as in RMT/DPLOT: ``-(1-a)·Σ q log p - a·Σ p log q`` with p = softmax(x), q = softmax(x_ema).
 
     Gradient flows through ``x`` in both terms (as in the reference code); ``x_ema`` is a teacher
-    output computed without grad.
+    output computed without grad. ``ema_prob``/``ema_logprob``: q and log q when the caller already
+    has them (DPLOT scores both views against one target): the same values, computed once.
     """
-    return (-(1 - alpha) * (x_ema.softmax(1) * x.log_softmax(1)).sum(1)
-            - alpha * (x.softmax(1) * x_ema.log_softmax(1)).sum(1))
+    q = x_ema.softmax(1) if ema_prob is None else ema_prob
+    log_q = x_ema.log_softmax(1) if ema_logprob is None else ema_logprob
+    return -(1 - alpha) * (q * x.log_softmax(1)).sum(1) - alpha * (x.softmax(1) * log_q).sum(1)
 
 
 def as_samples(logits: torch.Tensor) -> torch.Tensor:
@@ -44,6 +49,7 @@ def hflip(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+@record_function("tta::ema")
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher = momentum·teacher + (1 - momentum)·student over parameters (official DPLOT/RMT:
     parameters only; buffers such as BN statistics stay the teacher's own)."""

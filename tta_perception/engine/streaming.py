@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.profiler import record_function
 
 from .base import TTAMethod
 from .handover import Handover
@@ -331,6 +332,7 @@ class StreamingAdapter:
         return mods
 
     @torch.no_grad()
+    @record_function("tta::publish")
     def _publish(self) -> None:
         """Copy the method's weights into the inactive copy, then make it the active one. On CUDA
         the copy runs on the adaptation stream after the last prediction that read that copy, and

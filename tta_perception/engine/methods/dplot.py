@@ -130,9 +130,10 @@ class DPLOT(TTAMethod):
             z = self.model(v)
             s0, s1 = self._pair(z, b)
             l_ent = softmax_entropy(z).mean()
-            l_pc = symmetric_cross_entropy(s0, pseudo).mean()
+            q, log_q = pseudo.softmax(1), pseudo.log_softmax(1)  # the target of both views, once
+            l_pc = symmetric_cross_entropy(s0, pseudo, ema_prob=q, ema_logprob=log_q).mean()
             if s1 is not None:
-                l_pc = l_pc + symmetric_cross_entropy(s1, pseudo).mean()
+                l_pc = l_pc + symmetric_cross_entropy(s1, pseudo, ema_prob=q, ema_logprob=log_q).mean()
             pred = (s0 + t0 if s1 is None else s0 + s1 + t0 + t1).detach()
             out = {"pred": pred, "l_ent": l_ent.detach(), "l_pc": l_pc.detach(), "g_ent": None, "g_pc": None}
             if not self._loss_ok(l_ent, l_pc):
