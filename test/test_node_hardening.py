@@ -155,3 +155,37 @@ def test_unfinished_saves_of_killed_processes_are_removed_at_configure(ros, tmp_
         f.write_bytes(b"x")
     Rig(ros, **dict(SEG, save_path=str(save)))
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_domain_memory_in_the_node_publishes_the_domain_and_reports_it(ros, tmp_path):
+    """A node with domain memory: the latched ``domain`` topic changes when the weather does, and
+    /diagnostics carries the detector's view."""
+    import json
+
+    import numpy as np
+    from std_msgs.msg import String
+
+    from tta_perception.engine.domains import calibrate, source_features
+    from tta_perception.ros.qos import latched_qos
+
+    model = H.tiny_seg()
+    dark = [np.clip(70 + 20 * np.random.default_rng(i).random((32, 64, 3)), 0, 255).astype(np.uint8)
+            for i in range(40)]
+    src = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in dark])
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps(calibrate(source_features(model, src))))
+    rig = Rig(ros, **dict(SEG, domain_memory=True, domain_calibration=str(cal), domain_patience=2))
+    assert rig.count("state") == "active", rig.count("config_error")
+    col = rig.out("domain", String, qos=latched_qos())
+    pub = rig.pub()
+    for i in range(4):
+        rig.send_until(lambda: H.image_msg(dark[i], stamp=(10 + i, 0)), "class_ids", stamp_is(10 + i))
+    bright = np.full((32, 64, 3), 230, np.uint8)
+    seq = iter(range(100, 10_000))
+    H.wait_until(lambda: pub.publish(H.image_msg(bright, stamp=(next(seq), 0))) or rig.count("domain") == 1,
+                 what="the detector to open a new domain")
+    msgs = col.wait(2)
+    ids = [json.loads(m.data)["id"] for m in msgs]
+    assert ids[:2] == [0, 1] and json.loads(msgs[1].data)["new"] is True
+    d = rig.node.diagnostics()
+    assert d["domains_known"] == 2 and d["domain_distance"] >= 0

@@ -20,6 +20,7 @@ COMMANDS = {
     "make-bag": "make_bag",
     "replay": "replay",
     "node-bench": "node_bench",
+    "calibrate-domains": "calibrate_domains",
 }
 
 

@@ -175,11 +175,13 @@ class TTAMethod:
                 setattr(self, name, map_tensors(value, move))
         return self
 
-    def reset(self) -> None:
-        """Back to the source state (weights, teachers, optimizers, method state)."""
+    def reset(self, count: bool = True) -> None:
+        """Back to the source state (weights, teachers, optimizers, method state); ``count``: a
+        reset the user or the safety asked for (domain memory's returns to the source are not)."""
         self._restore(self._source)
         self._pred_window.clear()
-        self._stats["resets"] += 1
+        if count:
+            self._stats["resets"] += 1
 
     def state_dict(self) -> dict[str, Any]:
         """The whole adapted state as plain tensors / dicts (torch.save + weights_only load safe)."""
@@ -191,7 +193,9 @@ class TTAMethod:
             "pred_window": [t.clone() for t in self._pred_window],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], stats: bool = True) -> None:
+        """Restore a ``state_dict``; ``stats=False`` keeps this run's counters (domain memory
+        switching states within one stream)."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError("not a tta_perception method state (missing/unknown 'format')")
         if state.get("method") != self.name:
@@ -200,7 +204,8 @@ class TTAMethod:
         if missing:
             raise ValueError(f"state lacks modules {sorted(missing)}")
         self._restore({"modules": state["modules"], "optimizers": state["optimizers"], "extra": state["extra"]})
-        self._stats.update(state.get("stats", {}))
+        if stats:
+            self._stats.update(state.get("stats", {}))
         self._pred_window.clear()
         for t in state.get("pred_window", []):
             self._pred_window.append(t.clone())

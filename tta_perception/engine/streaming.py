@@ -77,7 +77,7 @@ class StreamingAdapter:
     def __init__(self, method: TTAMethod, window: int = 16, adapt_every: int = 1, background: bool = True,
                  min_window: int = 2, predict_mode: str = "method", adapt_nice: int = 0,
                  adapt_threads: int = 0, bn_stats: str = "auto", precision: str = "fp32",
-                 channels_last: bool = False, handover_api: Any = None):
+                 channels_last: bool = False, handover_api: Any = None, domains: Any = None):
         if window < 1 or adapt_every < 1 or not (1 <= min_window <= window):
             raise ValueError("need window >= 1, adapt_every >= 1 and 1 <= min_window <= window")
         if predict_mode not in PREDICT_MODES:
@@ -122,6 +122,9 @@ class StreamingAdapter:
         self._closed = False
         self._since_adapt = 0
         self._copies = [self._make_copy(), self._make_copy()]
+        self.domains = domains  # engine.domains.DomainMemory: resume what was learned in a known domain
+        if domains is not None:
+            domains.watch(self._copies)
         self._active = 0
         self._in_use = [0, 0]
         self._counters: dict[str, Any] = {
@@ -179,6 +182,8 @@ class StreamingAdapter:
                 self._in_use[idx] -= 1
                 self._buffers_free.notify_all()
         ms = (time.perf_counter() - t0) * 1e3
+        if self.domains is not None:
+            self.domains.observe()  # a switch it decides waits for the next adaptation step
         request = False
         with self._lock:
             c = self._counters
@@ -271,6 +276,8 @@ class StreamingAdapter:
                 try:
                     with self._handover.step(use):
                         batch = torch.stack(use)
+                        if self.domains is not None and self.domains.pending is not None:
+                            self.domains.switch(self.method, batch)  # between steps, off the inference path
                         with self._autocast():
                             self.method.step(batch)
                         self._publish()
@@ -393,18 +400,24 @@ class StreamingAdapter:
                        predict_mode=self.predict_mode, bn_stats=self.bn_stats,
                        busy=self._busy, pending=self._pending)
         out["method"] = self.method.stats
+        if self.domains is not None:
+            out.update(self.domains.stats())
         return out
 
     def state_dict(self) -> dict[str, Any]:
         with self._adapt_lock:
-            return {"format": STATE_FORMAT, "method_state": self.method.state_dict(),
-                    "counters": self.stats()}
+            state = {"format": STATE_FORMAT, "method_state": self.method.state_dict(), "counters": self.stats()}
+            if self.domains is not None:
+                state["domains"] = self.domains.state_dict()
+            return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError("not a StreamingAdapter state")
         with self._adapt_lock:
             self.method.load_state_dict(state["method_state"])
+            if self.domains is not None and "domains" in state:
+                self.domains.load_state_dict(state["domains"])
             with self._lock:
                 self._frames.clear()
             self._publish()

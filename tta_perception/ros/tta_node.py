@@ -87,6 +87,7 @@ class TTANode(LifecycleNode):
         self._worker: Optional[FrameWorker] = None
         self._pubs: dict[str, Any] = {}
         self._last_bad_total = 0
+        self._last_domain: Optional[int] = None
         self._vm = _vision_msgs()
 
         self._rollback_thread: Optional[int] = None  # the thread putting rolled-back values back
@@ -265,6 +266,7 @@ class TTANode(LifecycleNode):
             if self._vm is not None:
                 pubs["classification"] = self.create_publisher(self._vm.Classification, "classification", out)
         pubs["class_names"] = self.create_publisher(String, "class_names", latched_qos())
+        pubs["domain"] = self.create_publisher(String, "domain", latched_qos())
         if self._vm is not None and hasattr(self._vm, "LabelInfo"):
             pubs["label_info"] = self.create_publisher(self._vm.LabelInfo, "label_info", latched_qos())
         self._pubs = pubs
@@ -319,7 +321,18 @@ class TTANode(LifecycleNode):
             return
         result, pipe, model_s = done
         self._publish(result, msg.header, pipe, cfg)
+        self._publish_domain(pipe, msg.header)
         self.session.done(result, t_arrival, model_s)
+
+    def _publish_domain(self, pipe: Any, header: Header) -> None:
+        """Domain memory: the domain on ``domain`` (latched JSON), published when it changes."""
+        info = pipe.domain()
+        if info is None or info["id"] == self._last_domain or "domain" not in self._pubs:
+            return
+        self._last_domain = info["id"]
+        payload = {"stamp": {"sec": header.stamp.sec, "nanosec": header.stamp.nanosec},
+                   "frame_id": header.frame_id, **info}
+        self._pubs["domain"].publish(String(data=json.dumps(payload)))
 
     def _listened(self, name: str) -> bool:
         """Whether an optional output has a subscriber: maps nobody reads are not computed (as

@@ -38,7 +38,7 @@ def resolve_predict_mode(mode: str, method, strict: bool = True) -> str:
 def build_adapter(method, *, window: int, adapt_every: int, min_window: int | None = None,
                   predict_mode: str = "method", bn_stats: str = "auto", background: bool = False,
                   adapt_nice: int = 0, adapt_threads: int = 0, precision: str = "fp32",
-                  channels_last: bool = False):
+                  channels_last: bool = False, domains: Any = None):
     """A ``StreamingAdapter`` over ``method`` (a step needs ``min_window`` frames: 2, or the window
     when smaller); a method that never adapts ('source') starts disabled."""
     from ..engine.streaming import StreamingAdapter
@@ -47,7 +47,8 @@ def build_adapter(method, *, window: int, adapt_every: int, min_window: int | No
     adapter = StreamingAdapter(method, window=window, adapt_every=int(adapt_every),
                                background=background, min_window=min(2, window) if min_window is None else min_window,
                                predict_mode=predict_mode, bn_stats=bn_stats, adapt_nice=adapt_nice,
-                               adapt_threads=adapt_threads, precision=precision, channels_last=channels_last)
+                               adapt_threads=adapt_threads, precision=precision, channels_last=channels_last,
+                               domains=domains)
     if not getattr(method, "ADAPTS", True):
         adapter.set_enabled(False)
     return adapter

@@ -131,7 +131,10 @@ def estimate(cfg: dict[str, Any], model, input_size: Optional[tuple[int, int]] =
     modules = MODULES.get(method, 1)
     copies = COPIES_PER_MODULE * modules + COPIES_PER_PREDICTOR * predictors + OPTIMIZER_COPIES
     train = TRAIN_FACTOR.get(method, UNKNOWN_TRAIN_FACTOR) * act * pixels * int(cfg["window"])
-    return {"fixed": FIXED_MB, "weights": copies * params / MB, "adaptation_step": train / MB,
+    # domain memory: one stored state (modules + optimiser state) per domain, on the CPU
+    bank = (modules + 2) * params * int(cfg["max_domains"]) / MB if cfg.get("domain_memory") else 0.0
+    return {"fixed": FIXED_MB, "weights": copies * params / MB, "domain_bank": bank,
+            "adaptation_step": train / MB,
             "prediction": INFER_FACTOR * act * pixels / MB,
             "largest_frame": FRAME_BYTES_PER_PIXEL * float(cfg["max_image_pixels"]) / MB}
 

@@ -193,3 +193,24 @@ def default_bundle(model: str, architecture: str = "") -> Optional[str]:
         return str(found)
     candidate = Path("runs") / "prepare" / f"{name}_dplot.bundle"
     return str(candidate.resolve()) if candidate.is_file() else None
+
+
+def domain_calibration(model: str, architecture: str = "", path: str = "") -> dict[str, Any]:
+    """Domain memory's detector calibration: the JSON at ``path``, else the embedded model's
+    manifest entry (``tta-perception calibrate-domains``)."""
+    import json
+
+    if path:
+        p = Path(os.path.expanduser(path))
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"parameter 'domain_calibration': {str(p)!r} cannot be read ({one_line(err)})") from None
+    from ..models.checkpoint import read_manifest
+
+    entry = read_manifest().get((model or "").strip()) if not (architecture or "").strip() else None
+    if not entry or "domain_calibration" not in entry:
+        raise ConfigError("domain memory needs a calibration of the model on clear source data: run "
+                          "`tta-perception calibrate-domains --model NAME --out cal.json` and set "
+                          "'domain_calibration'")
+    return entry["domain_calibration"]

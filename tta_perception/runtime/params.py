@@ -103,6 +103,19 @@ SPECS: tuple[Spec, ...] = (
     Spec("adapt_threads", 0, "int", "torch intra-op threads of the adaptation thread; 0: auto (on a "
          "CPU half of torch's threads, at least 1; on CUDA torch's default).", "reload",
          range=(0, 256)),
+    Spec("domain_memory", False, "bool", "Domain memory: recognise a weather seen before (a label-free "
+         "shift detector on the first BatchNorm input, calibrated on clear source data) and resume the "
+         "adapted state learned there; a new one starts from the nearest known state or the source.",
+         "reload"),
+    Spec("max_domains", 8, "int", "Domain memory: adapted states kept (least recently used forgotten).",
+         "reload", range=(1, 64)),
+    Spec("domain_threshold", 0.0, "float", "Domain memory: distance (RMS of source-standardised feature "
+         "differences) beyond which a frame is unlike a known domain; 0: the calibrated one (99th "
+         "percentile of clear source frames).", "reload", range=(0.0, 1000.0)),
+    Spec("domain_patience", 3, "int", "Domain memory: consecutive frames before the domain changes.",
+         "reload", range=(1, 1000)),
+    Spec("domain_calibration", "", "str", "Domain memory: calibration JSON written by `tta-perception "
+         "calibrate-domains --out`; empty: the one in the embedded model's manifest entry.", "reload"),
     Spec("resume_from", "", "str", "Adapted state written by ~/save, loaded at configure so an adapted "
          "model survives a restart; empty: start from the source state.", "startup"),
     Spec("save_path", "", "str", "Where ~/save writes the adapted state (atomically); empty: "

@@ -20,7 +20,7 @@ from .adapter import adapter_options, build_adapter
 from .devices import fallback_warning, is_cuda_oom, resolve_device
 from .errors import ConfigError, one_line
 from .model_loader import EMBEDDED_FOR_TASK, default_bundle, load_model
-from .postprocess import Result, classification_result, palette_for, segmentation_result
+from .postprocess import Result, classification_result, label_overlay, palette_for, segmentation_result
 from .preprocess import frame_to_input
 from .state import STATE_FORMAT, load_state_file, save_state_file, to_cpu
 
@@ -123,7 +123,16 @@ class Pipeline:
         except (ValueError, FileNotFoundError) as err:  # bad bundle, missing blocks, bad option
             raise ConfigError(f"method {cfg['method']!r}: {one_line(err)}") from None
         # as the benchmark's streaming runner builds it, so the node's numbers are the benchmark's
-        self.adapter = build_adapter(self.method, **adapter_options(cfg, self.method), background=background)
+        domains = None
+        if cfg["domain_memory"]:
+            from ..engine.domains import build_memory
+            from .model_loader import domain_calibration
+
+            domains = build_memory(domain_calibration(cfg["model"], cfg["architecture"], cfg["domain_calibration"]),
+                                   max_domains=int(cfg["max_domains"]), threshold=float(cfg["domain_threshold"]),
+                                   patience=int(cfg["domain_patience"]))
+        self.adapter = build_adapter(self.method, **adapter_options(cfg, self.method), background=background,
+                                     domains=domains)
         self.adapts = bool(getattr(self.method, "ADAPTS", True))  # False for 'source'
 
         if resume:
@@ -222,8 +231,22 @@ class Pipeline:
         else:
             out_size = self.input_size
             base = (x.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8) if overlay else None
-        return segmentation_result(logits, out_size, base, self.palette, overlay_alpha=overlay_alpha,
-                                   overlay=overlay, confidence_float=confidence_float, confidence=confidence)
+        result = segmentation_result(logits, out_size, base, self.palette, overlay_alpha=overlay_alpha,
+                                     overlay=overlay, confidence_float=confidence_float, confidence=confidence)
+        domain = self.domain()
+        if domain is not None and result.overlay is not None:
+            label_overlay(result.overlay, f"domain {domain['id']}")
+        return result
+
+    def domain(self) -> Optional[dict[str, Any]]:
+        """Domain memory's view of the last frame (None when it is off): id, new, distance (in
+        threshold units), frames in the domain."""
+        mem = getattr(self.adapter, "domains", None)
+        d = mem.last if mem is not None else None
+        if d is None:
+            return None
+        return {"id": d.domain, "new": bool(d.new), "switched": bool(d.switched), "distance": round(d.distance, 4),
+                "frames_in_domain": d.frames_in_domain, "known": len(mem.detector.centroids)}
 
     def selected_blocks(self) -> list[str]:
         """Blocks the method adapts selectively (DPLOT's domain-specific blocks), if any."""

@@ -133,6 +133,19 @@ def segmentation_result(logits, out_size: tuple[int, int], base: Optional[np.nda
                   overlay=blend, mean_confidence=mean_conf, mean_entropy=mean_ent, nonfinite=nonfinite)
 
 
+def label_overlay(image: np.ndarray, text: str) -> None:
+    """Write ``text`` in the top-left corner of an RGB image, in place (OpenCV where installed)."""
+    try:
+        import cv2
+    except ImportError:
+        return
+    h = image.shape[0]
+    scale = max(0.3, h / 480.0)
+    org = (4, 4 + int(14 * scale))
+    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
 def classification_payload(result: Result, class_names: Sequence[str], stamp_ns: int,
                            frame_id: str) -> dict[str, Any]:
     """The ``classification_json`` message: stamp, frame_id, best label and the top-k."""

@@ -461,6 +461,9 @@ class Session:
             out[key] = int(method.get(key, 0) or 0)
         out["adaptation_entropy"] = float(method.get("last_entropy", float("nan")))
         out["selected_blocks"] = ",".join(pipe.selected_blocks() if pipe else [])
+        for key in ("domain", "domain_distance", "frames_in_domain", "domain_switches", "domains_known"):
+            if key in stats:  # domain memory on
+                out[key] = stats[key]
         out["config_error"] = self.config_error
         out["reload_error"] = self.reload_error
         return out
