@@ -191,3 +191,30 @@ def test_a_switch_never_blocks_inference():
     finally:
         m.release.set()
         ad.close()
+
+
+def test_detector_purity_on_known_assignments():
+    from tta_perception.metrics import detector_purity
+
+    phases = ["clear"] * 4 + ["rain"] * 4 + ["night"] * 2 + ["night_rain"] * 2
+    ids = [0, 0, 0, 1] + [1, 1, 1, 1] + [2, 2] + [2, 2]  # night and night rain share an id
+    p = detector_purity(phases, ids)
+    assert p["purity"] == pytest.approx(9 / 12)    # ids as their majority phase: 3 + 4 + 2
+    assert p["inverse"] == pytest.approx(11 / 12)  # clear is split 3/1
+    assert p["one_to_one"] == pytest.approx(9 / 12) and p["mapping"][1] == "rain"
+
+
+def test_stream_scorer_reports_by_detected_domain():
+    from tta_perception.metrics import StreamScorer
+
+    s = StreamScorer(["dplot"], num_classes=2)
+    lab = np.zeros((4, 4), np.uint8)
+    s.add_detected("dplot", 0, 0)
+    s.add_detected("dplot", 300, 1)
+    for k, phase in enumerate(["clear", "clear", "clear", "rain", "rain"]):
+        s.add_weather(k * 100, {"domain": phase, "weather": {}})
+        s.add_truth(k * 100, lab)
+        s.add_prediction("dplot", k * 100, lab)
+    s.process(final=True)
+    assert set(s.detected_table()["dplot"]) == {"domain 0", "domain 1"}
+    assert s.purity()["dplot"]["one_to_one"] == 1.0

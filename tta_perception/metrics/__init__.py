@@ -9,9 +9,9 @@ evaluator node and ``node-bench``):
 NumPy only: nothing here imports torch or rclpy.
 """
 from .confusion import Accuracy, ConfusionMatrix, frame_miou
-from .domains import DomainScores
+from .domains import DomainScores, detector_purity
 from .resize import nearest_resize
 from .stream import StreamScorer, format_table, plot_frame_csvs
 
-__all__ = ["Accuracy", "ConfusionMatrix", "DomainScores", "StreamScorer", "format_table", "frame_miou",
+__all__ = ["Accuracy", "ConfusionMatrix", "DomainScores", "detector_purity", "StreamScorer", "format_table", "frame_miou",
            "nearest_resize", "plot_frame_csvs"]

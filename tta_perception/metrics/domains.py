@@ -71,3 +71,25 @@ class DomainScores:
         frames = sum(self.frames.values()) if domain is None else self.frames[domain]
         return {"miou": 100.0 * cm.miou(), "acc": 100.0 * cm.accuracy(), "frames": int(frames)}
 
+
+
+def detector_purity(phases: Sequence[str], detected: Sequence[int]) -> dict[str, Any]:
+    """How well a label-free domain detector's ids match the true weather phases, per frame:
+    ``one_to_one``: the fraction of frames on the best one-to-one pairing of ids and phases
+    (Hungarian assignment); ``purity``: each id counted as its majority phase; ``inverse``: each
+    phase counted as its majority id (1.0 when no phase is split over several ids)."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    pairs = Counter(zip(phases, detected))
+    n = sum(pairs.values())
+    if not n:
+        return {"one_to_one": float("nan"), "purity": float("nan"), "inverse": float("nan"), "frames": 0,
+                "mapping": {}}
+    ps, ids = sorted({p for p, _ in pairs}), sorted({i for _, i in pairs})
+    table = np.array([[pairs[(p, i)] for i in ids] for p in ps])
+    rows, cols = linear_sum_assignment(-table)
+    return {"one_to_one": float(table[rows, cols].sum() / n), "purity": float(table.max(0).sum() / n),
+            "inverse": float(table.max(1).sum() / n), "frames": int(n),
+            "mapping": {int(ids[c]): ps[r] for r, c in zip(rows, cols)},
+            "table": {p: {int(i): int(table[a, b]) for b, i in enumerate(ids) if table[a, b]} for a, p in enumerate(ps)}}

@@ -66,6 +66,11 @@ class StreamScorer:
         self._max_weather = int(max_weather)
         self.rows: "collections.OrderedDict[int, FrameRow]" = collections.OrderedDict()
         self.scores: dict[str, DomainScores] = {m: DomainScores(self.num_classes) for m in self.methods}
+        # domain memory: each method's detected domain (the node's 'domain' topic), by stamp
+        self._detected: dict[str, tuple[list[int], list[int]]] = {m: ([], []) for m in self.methods}
+        self.detected_scores: dict[str, DomainScores] = {m: DomainScores(self.num_classes) for m in self.methods}
+        self._phase_vs_detected: dict[str, "collections.Counter[tuple[str, int]]"] = {
+            m: collections.Counter() for m in self.methods}
         self.domain_order: list[str] = []
         self.counts: dict[str, int] = collections.Counter()
         self.first_stamp: Optional[int] = None
@@ -86,6 +91,30 @@ class StreamScorer:
             del self._w_stamps[0], self._w_payloads[0]
         self.current_domain = str(self._w_payloads[-1].get("domain", UNKNOWN_DOMAIN))
         self.counts["weather"] += 1
+
+    def add_detected(self, method: str, stamp_ns: int, domain_id: int) -> None:
+        """The domain ``method``'s detector is in from ``stamp_ns`` on (a 'domain' message)."""
+        stamps, ids = self._detected[method]
+        i = bisect.bisect_right(stamps, stamp_ns)
+        stamps.insert(i, stamp_ns)
+        ids.insert(i, int(domain_id))
+        self.counts[f"detected_{method}"] += 1
+
+    def _detected_at(self, method: str, stamp_ns: int) -> Optional[int]:
+        stamps, ids = self._detected[method]
+        i = bisect.bisect_right(stamps, stamp_ns)
+        return ids[i - 1] if i else None
+
+    def purity(self) -> dict[str, dict[str, Any]]:
+        """Per method that reports domains: how its detected domains match the weather phases."""
+        from .domains import detector_purity
+
+        out = {}
+        for m, pairs in self._phase_vs_detected.items():
+            if pairs:
+                flat = list(pairs.elements())
+                out[m] = detector_purity([p for p, _ in flat], [i for _, i in flat])
+        return out
 
     def add_truth(self, stamp_ns: int, labels: np.ndarray) -> None:
         labels = np.asarray(labels)
@@ -194,6 +223,10 @@ class StreamScorer:
             self.domain_order.append(domain)
         frame = self.scores[method].add_frame(pred, truth, domain)
         self.counts[f"scored_{method}"] += 1
+        detected = self._detected_at(method, stamp_ns)
+        if detected is not None:
+            self.detected_scores[method].add_frame(pred, truth, f"domain {detected}")
+            self._phase_vs_detected[method][(domain, detected)] += 1
         row = self.rows.get(stamp_ns)
         if row is not None:
             if row.domain is None:
@@ -212,6 +245,11 @@ class StreamScorer:
             out[m] = per
         return out
 
+    def detected_table(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Like ``table``, by each method's detected domain (only methods that report domains)."""
+        return {m: {d: s.summary(d) for d in s.per_domain} for m, s in self.detected_scores.items()
+                if s.per_domain}
+
     def frames_scored(self, method: str) -> int:
         return int(self.counts.get(f"scored_{method}", 0))
 
@@ -219,6 +257,7 @@ class StreamScorer:
         """What the evaluator publishes as running metrics."""
         return {"methods": self.methods, "current_domain": self.current_domain,
                 "table": self.table(), "counts": dict(self.counts),
+                "detected": self.detected_table(), "purity": self.purity(),
                 "pending": {"truth": len(self._truth), "pairs": len(self._pairs),
                             **{f"predictions_{m}": len(p) for m, p in self._preds.items()}}}
 
@@ -247,9 +286,12 @@ class StreamScorer:
         table = self.table()
         dom_lines = [[m, d, int(v["frames"]), _fmt(v["miou"]), _fmt(v["acc"])]
                      for m, per in table.items() for d, v in per.items()]
+        dom_lines += [[m, f"detected {d}", int(v["frames"]), _fmt(v["miou"]), _fmt(v["acc"])]
+                      for m, per in self.detected_table().items() for d, v in per.items()]
         _atomic_csv(paths["domains"], ["method", "domain", "frames", "miou", "acc"], dom_lines)
         summary = {"methods": self.methods, "num_classes": self.num_classes, "domains": self.domain_order,
-                   "table": table, "counts": dict(self.counts), "frames": len(rows)}
+                   "table": table, "counts": dict(self.counts), "frames": len(rows),
+                   "detected": self.detected_table(), "purity": self.purity()}
         atomic_write_text(paths["summary"], json.dumps(summary, indent=2, sort_keys=False, default=_json_default) + "\n")
         if plot and rows and any(r.miou for r in rows):
             paths["plot"] = self.plot(out_dir / f"{prefix}plot.png", title=title)

@@ -39,6 +39,7 @@ from ..metrics import StreamScorer, format_table
 from ..runtime.image_codec import DEFAULT_MAX_PIXELS, ImageError
 from ..runtime.messages import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns
 from .convert import labels_of, rgb_of
+from .qos import latched_qos
 from .spin import ConfigError, declare_parameters, publish_status, spin_node
 
 NODE_NAME = "evaluator"
@@ -114,6 +115,9 @@ class Evaluator(Node):
         self.create_subscription(String, WEATHER_TOPIC, self._on_weather, qos)
         for topic, label in zip(topics, labels):
             self.create_subscription(Image, topic, lambda m, label=label: self._on_prediction(label, m), qos)
+            # domain memory: the node's detected domain beside its class ids (latched, by change)
+            self.create_subscription(String, domain_topic_of(topic), lambda m, label=label: self._on_domain(label, m),
+                                     latched_qos(depth=50))
         self.metrics_pub = self.create_publisher(String, "~/metrics", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(Trigger, "~/write", self._srv_write)
@@ -153,6 +157,18 @@ class Evaluator(Node):
         with self._lock:
             self.scorer.add_weather(stamp, payload)
             self.scorer.process()
+
+    def _on_domain(self, label: str, msg: String) -> None:
+        try:
+            data = json.loads(msg.data)
+            stamp = stamp_to_ns(data["stamp"]["sec"], data["stamp"]["nanosec"])
+            domain = int(data["id"])
+        except (ValueError, KeyError, TypeError) as err:
+            self.bad_messages += 1
+            self.get_logger().warning(f"ignored domain message on {label}: {err}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self.scorer.add_detected(label, stamp, domain)
 
     def _on_prediction(self, label: str, msg: Image) -> None:
         try:
@@ -213,6 +229,12 @@ class Evaluator(Node):
 
     def summary_text(self) -> str:
         return format_table(self.table())
+
+
+def domain_topic_of(prediction_topic: str) -> str:
+    """``<ns>/class_ids`` -> ``<ns>/domain``, where ``tta_node`` publishes its detected domain."""
+    head, _, tail = prediction_topic.rstrip("/").rpartition("/")
+    return f"{head}/domain" if tail == "class_ids" else f"{prediction_topic.rstrip('/')}_domain"
 
 
 def _finish(node: "Evaluator") -> None:

@@ -29,8 +29,8 @@ def output_qos(depth: int = 5) -> QoSProfile:
                       reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 
-def latched_qos() -> QoSProfile:
+def latched_qos(depth: int = 1) -> QoSProfile:
     """Transient local + reliable: late subscribers still get the class names (``label_info``)."""
-    return QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
                       reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
