@@ -57,7 +57,7 @@ from torch.autograd.profiler import record_function
 
 from .base import TTAMethod
 from .handover import Handover
-from .model_utils import is_cuda_oom, set_bn_mode
+from .model_utils import copy_into, is_cuda_oom, set_bn_mode
 
 STATE_FORMAT = "tta_perception.engine.streaming/1"
 #: what ``predict`` runs: the method's own prediction (DPLOT: student + teacher on both views, as
@@ -351,8 +351,12 @@ class StreamingAdapter:
         src = self.method.inference_modules()
         with self._handover.step():
             self._handover.before_overwrite(target)
-            for k, m in self._copies[target].items():
-                m.load_state_dict(src[k].state_dict())
+            dst_t: list[torch.Tensor] = []
+            src_t: list[torch.Tensor] = []
+            for k, m in self._copies[target].items():  # same architecture: same order of tensors
+                dst_t += [*m.parameters(), *m.buffers()]
+                src_t += [t.detach() for t in (*src[k].parameters(), *src[k].buffers())]
+            copy_into(dst_t, src_t)  # one fused copy, not a state_dict round trip per module
             self._handover.published(target)
         with self._lock:
             self._active = target
