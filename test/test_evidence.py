@@ -124,3 +124,58 @@ def test_time_to_recover_from_an_evaluator_frames_csv(tmp_path):
     assert (r.previous, r.domain, r.frame, r.frames) == ("clear", "rain", 4, 2)
     with pytest.raises(ValueError, match="frames CSV"):
         frame_rows_from_csv(paths["frames"], "tent")
+
+
+# ------------------------------------------------------------------------------------ seeds
+def test_a_seed_changes_the_stream_and_seed_0_is_the_original(tmp_path):
+    from tta_perception.bench import streams
+    from tta_perception.world.corruptions import corrupt_images
+    from tta_perception.world.sequences import iter_sequence
+    from tta_perception.world.sign_crops import render_sign_crops
+    from tta_perception.world.weather import preset
+
+    kw = dict(stride=100, start=100, stop=400, size=(24, 48), batch_size=1, cache_dir=tmp_path, workers=1,
+              progress=False)
+    s0 = list(streams.world_seg_stream("clear2fog", seed=0, **kw))
+    s1 = list(streams.world_seg_stream("clear2fog", seed=1, **kw))
+    ref = list(iter_sequence("clear2fog", seed=0, size=(24, 48), start=100, stop=400, stride=100, workers=1))
+    assert all(np.array_equal(c.images[0], f.rgb) for c, f in zip(s0, ref))     # world 0, as before
+    assert [c.domains for c in s0] == [c.domains for c in s1]                     # same schedule ...
+    assert not np.array_equal(s0[0].labels, s1[0].labels)                         # ... another world
+    assert streams.world_seg_stream("clear2fog", seed=1, **kw).info["world_seed"] == 1
+
+    x, y = render_sign_crops(6, preset("ClearNoon"), seed=7)
+    ckw = dict(n=6, batch_size=3, corruptions=["gaussian_noise"], cache_dir=tmp_path, progress=False)
+    c0 = list(streams.world_cls_stream(seed=0, **ckw))
+    c1 = list(streams.world_cls_stream(seed=1, **ckw))
+    assert np.array_equal(np.concatenate([c.images for c in c0]), corrupt_images(x, "gaussian_noise", 5, seed=7))
+    order = np.random.default_rng([1, 41, 0]).permutation(6)
+    assert not np.array_equal(order, np.arange(6))
+    noisy = corrupt_images(x, "gaussian_noise", 5, seed=8)                        # noise seed 7 + 1
+    assert np.array_equal(np.concatenate([c.images for c in c1]), noisy[order])
+    assert np.array_equal(np.concatenate([c.labels for c in c1]), y[order])       # labels follow the crops
+    assert streams.stream_seeds(3) == {"world_seed": 3, "noise_seed": 10, "shuffle_seed": 4}
+    with pytest.raises(ValueError, match="training world"):
+        streams.stream_seeds(1000)
+
+
+def test_dynamic_abrupt_has_the_phases_of_dynamic_with_instant_switches(tmp_path):
+    from tta_perception.bench import streams
+    from tta_perception.world.schedule import load_schedule
+
+    dyn, ab = load_schedule("dynamic"), load_schedule("dynamic_abrupt")
+    assert (ab.frames, ab.fps, ab.loop) == (dyn.frames, dyn.fps, dyn.loop) == (2400, 10.0, True)
+    doms = [ab.domain_at(ab.frame_time(i)) for i in range(ab.frames)]
+    assert doms == [dyn.domain_at(dyn.frame_time(i)) for i in range(dyn.frames)]
+    switches = [i for i in range(1, ab.frames) if doms[i] != doms[i - 1]]
+    assert switches == [180, 420, 660, 780, 900, 1140, 1380, 1620, 1860, 1980, 2100, 2340]
+    for f in switches:       # the weather jumps between two frames and is held inside a phase
+        before, at, after = (ab.weather_at(ab.frame_time(i)).as_dict() for i in (f - 1, f, f + 5))
+        assert before != at and all(abs(at[k] - after[k]) < 1e-9 for k in at if isinstance(at[k], float))
+        assert ab.is_step_between(ab.frame_time(f - 1), ab.frame_time(f))
+        assert not dyn.is_step_between(dyn.frame_time(f - 1), dyn.frame_time(f))
+    kw = dict(start=1370, stop=1400, stride=10, size=(16, 32), batch_size=1, cache_dir=tmp_path, workers=1,
+              progress=False)
+    assert streams.world_seg_stream("dynamic_abrupt", **kw).info["domain_changes"] == [
+        {"frame": 1380, "previous": "clear", "domain": "rain", "instant": True}]
+    assert streams.world_seg_stream("dynamic", **kw).info["domain_changes"][0]["instant"] is False

@@ -18,7 +18,7 @@ from .output import write_json
 from .report import (add_ratios, aggregate, format_costs, format_headline, format_table, headline, plot_runs,
                      write_csv)
 from .runner import RunOptions, run_method, source_forward_ms
-from .streams import SEG_SEQUENCES, public_stream, world_cls_stream, world_seg_stream
+from .streams import SEG_SEQUENCES, public_stream, stream_seeds, world_cls_stream, world_seg_stream
 from .variants import VARIANTS, needs_bundle
 
 DEFAULT_BATCH = {"cls": 64, "seg": 8}
@@ -77,7 +77,7 @@ def build_streams(cfg: BenchConfig, seed: int) -> list:
         seqs = cfg.sequences or [None]
         return [public_stream(cfg.dataset, cfg.data_root, setting=cfg.setting, batch_size=cfg.batch_size,
                               severity=cfg.severity, num_samples=cfg.n, corruptions=cfg.corruptions, sequence=s,
-                              seed=1) for s in seqs]
+                              seed=stream_seeds(seed)["shuffle_seed"]) for s in seqs]
     bs = cfg.batch_size or DEFAULT_BATCH[cfg.task]
     if cfg.streaming:
         bs = 1
