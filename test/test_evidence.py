@@ -179,3 +179,188 @@ def test_dynamic_abrupt_has_the_phases_of_dynamic_with_instant_switches(tmp_path
     assert streams.world_seg_stream("dynamic_abrupt", **kw).info["domain_changes"] == [
         {"frame": 1380, "previous": "clear", "domain": "rain", "instant": True}]
     assert streams.world_seg_stream("dynamic", **kw).info["domain_changes"][0]["instant"] is False
+
+
+# ------------------------------------------------------------------------------------ real time
+class _FakeWorker:
+    def __init__(self, clock_ref):
+        self.clock_ref = clock_ref
+        self.published_at: list[int] = []
+
+    def start(self) -> bool:
+        return True
+
+    def publish(self) -> None:
+        self.published_at.append(self.clock_ref[0].frame)
+
+
+def _drive(frames, *, hz=10.0, predict_ms=0.0, step_ms=250.0, window=1, adapt_every=1):
+    from tta_perception.bench.realtime import RealtimeClock
+
+    ref = []
+    w = _FakeWorker(ref)
+    clock = RealtimeClock(hz, predict_ms, step_ms, window, start_step=w.start, publish=w.publish)
+    ref.append(clock)
+    for i in range(frames):
+        clock.arrive()
+        if (i + 1) % adapt_every == 0:
+            clock.request()
+    return clock, w
+
+
+def test_realtime_clock_a_step_of_2_5_periods_runs_every_3rd_frame():
+    clock, w = _drive(10, step_ms=250.0)
+    assert clock.step_frames == [0, 3, 6, 9]                        # requests at 1, 2, 4, 5, ... find it busy
+    assert w.published_at == clock.visible_frames == [3, 6, 9]     # its weights from the frame after it ends
+    s = clock.summary()
+    assert (s["requests"], s["steps"], s["dropped_requests"]) == (10, 4, 6)
+    assert s["fraction_adapted"] == pytest.approx(0.4) and s["step_periods"] == pytest.approx(2.5)
+    assert _drive(10, step_ms=200.0)[0].step_frames == [0, 2, 4, 6, 8]          # ends exactly at a frame: idle
+    assert _drive(10, step_ms=50.0)[0].step_frames == list(range(10))           # faster than the camera
+    assert _drive(10, step_ms=50.0)[1].published_at == list(range(1, 10))
+    # the step is requested after the frame's prediction: predict 30 ms + step 300 ms still fits 3 periods
+    assert _drive(10, predict_ms=30.0, step_ms=300.0)[0].step_frames == [0, 3, 6, 9]
+    assert _drive(12, predict_ms=30.0, step_ms=301.0)[0].step_frames == [0, 4, 8]
+
+
+def test_realtime_clock_with_the_streaming_window():
+    # DPLOT's segmentation costs on this CPU: 75 ms prediction, 1135 ms step (11.35 periods at 10 Hz),
+    # a request every 4 frames on a window of 4: a step every 12 frames, a third of the frames adapted on
+    clock, _ = _drive(48, predict_ms=75.0, step_ms=1135.0, window=4, adapt_every=4)
+    assert clock.step_frames == [3, 15, 27, 39]
+    assert clock.summary()["frames_adapted_on"] == 16 and clock.summary()["fraction_adapted"] == pytest.approx(1 / 3)
+    assert clock.summary()["late_frames"] == 0
+    # predictions alone slower than the camera: each frame waits for the previous one (counted as late)
+    slow, _ = _drive(5, predict_ms=150.0, step_ms=None)
+    assert slow.summary()["late_frames"] == 4 and slow.summary()["max_late_ms"] == pytest.approx(200.0)
+    assert slow.steps == 0 and slow.dropped_requests == 5           # a method without steps never adapts
+    # a reset drops the running step; the window starts empty
+    clock, w = _drive(2, step_ms=1000.0, window=4)
+    clock.reset()
+    clock.arrive()
+    clock.request()
+    assert clock.step_frames == [0, 2] and w.published_at == []
+    with pytest.raises(ValueError):
+        _drive(1, hz=0.0)
+
+
+def test_realtime_run_through_the_streaming_adapter(tmp_path):
+    """The clock drives the node's StreamingAdapter: steps only when idle, weights visible later."""
+    import copy
+
+    import torch
+
+    from tta_perception.bench import streams
+    from tta_perception.bench.runner import RunOptions, build_stream_adapter, run_method
+    from tta_perception.bench.realtime import RealtimeClock
+    from tta_perception.bench.variants import build_variant
+    from tta_perception.runtime.model_loader import load_model
+
+    torch.manual_seed(0)
+    lm = load_model(architecture="driveseg", random_init=True)
+    st = streams.world_seg_stream("clear2fog", stride=100, size=(16, 32), batch_size=1, cache_dir=tmp_path,
+                                  workers=1, progress=False)
+    opts = RunOptions(device=torch.device("cpu"), streaming=True, window=2, adapt_every=2, progress=False)
+    costs = {"predict_ms": 0.0, "step_ms": 350.0}                   # 3.5 periods at 10 Hz
+    r = run_method("tent", lm.model, st, RunOptions(**{**opts.__dict__, "realtime_hz": 10.0, "realtime_costs": costs}))
+    rt = r.streaming["realtime"]
+    assert rt["step_frames"] == [1, 5, 9] and r.streaming["adapt_steps"] == 3      # requests at 1, 3, 5, ...
+    assert rt["requests"] == 6 and rt["fraction_adapted"] == pytest.approx(0.5)
+    off = run_method("tent", lm.model, st, opts)
+    assert off.streaming["adapt_steps"] == 6 and off.series_y != r.series_y
+
+    # visibility: until frame 5 (t = 500 ms >= 100 + 350) the predictions are the unadapted model's
+    frames = [c.tensor() for c in st]
+    method = build_variant("tent", copy.deepcopy(lm.model))
+    adapter = build_stream_adapter(method, opts)
+    clock = RealtimeClock(10.0, 0.0, 350.0, 2, start_step=lambda: adapter.adapt_now(publish=False),
+                          publish=adapter.publish)
+    adapter.on_request = clock.request
+    frozen = build_stream_adapter(build_variant("tent", copy.deepcopy(lm.model)), opts)
+    frozen.set_enabled(False)
+    for i, x in enumerate(frames[:6]):
+        clock.arrive()
+        y, y0 = adapter.predict(x), frozen.predict(x)
+        assert torch.equal(y, y0) == (i < 5), i
+    assert adapter.stats()["publishes"] == 1 and adapter.stats()["adapt_steps"] == 2   # the 2nd not visible yet
+    adapter.close()
+    frozen.close()
+
+
+# ------------------------------------------------------------------------------------ bench report
+def _run(method, seed, seq, domains):
+    from tta_perception.bench.runner import MethodRun
+
+    return MethodRun(method, "s", seed, domains, seq, 4, 0.0, 0.0, 0.0, "none")
+
+
+def test_seed_intervals_and_the_paired_comparison_on_known_runs():
+    from tta_perception.bench.evidence import format_paired, paired_vs_best, seed_intervals, summary_intervals
+    from tta_perception.bench.streams import BenchStream
+
+    st = BenchStream("s", "seg", 2, "continual", 1, ["a", "b"], {"a": "a", "b": "b"}, 4, lambda: [], {})
+    seq = {"dplot": [50.0, 52.0, 51.0], "rmt": [49.0, 50.0, 50.5], "norm": [45.0, 46.0, 47.0]}
+    runs = [_run(m, s, v[s], {"a": v[s] + 1, "b": v[s] - 3}) for m, v in seq.items() for s in range(3)]
+    rows = seed_intervals(st, runs, ["norm", "rmt", "dplot"], "seg")
+    iv = rows["rmt"]["cells"]["seq"]
+    ref = stats.ttest_1samp(seq["rmt"], 0).confidence_interval(0.95)
+    assert iv.mean == pytest.approx(np.mean(seq["rmt"])) and (iv.low, iv.high) == pytest.approx((ref.low, ref.high))
+    assert rows["rmt"]["cells"]["mean"].mean == pytest.approx(np.mean(seq["rmt"]) - 1)      # (a + b) / 2
+    assert rows["dplot"]["values"]["a"] == [51.0, 53.0, 52.0]
+    p = paired_vs_best(rows, "seq", "seg")
+    ci = stats.ttest_rel(seq["dplot"], seq["rmt"]).confidence_interval(0.95)
+    assert p["best_prior"] == "rmt" and p["dplot_wins_seeds"] == 3 and p["dplot_better"]
+    assert (p["difference"].low, p["difference"].high) == pytest.approx((ci.low, ci.high))
+    assert not p["significant"]                  # better on all 3 seeds, and still not significant
+    assert "not significant at 95 %" in format_paired(p, "s")
+    # classification: lower is better, the best prior is the lowest error
+    pc = paired_vs_best(seed_intervals(st, runs, ["norm", "rmt", "dplot"], "cls"), "mean", "cls")
+    assert pc["best_prior"] == "norm" and not pc["dplot_better"] and pc["significant"]
+    # over several streams: the per-seed mean of each stream's cell
+    two = summary_intervals({"s": rows, "t": rows}, "seq")
+    assert two["dplot"]["values"]["mean"] == seq["dplot"]
+
+
+def test_bench_seeds_intervals_and_an_exact_realtime_repetition(tmp_path, capsys):
+    import csv
+    import json
+
+    from tta_perception.cli.main import main
+
+    base = ["bench", "--task", "seg", "--stream", "--random-init", "--sequence", "clear2fog", "--stride", "200",
+            "--size", "32x64", "--methods", "source,tent", "--window", "2", "--adapt-every", "2", "--seeds", "0,1",
+            "--cache", str(tmp_path / "cache"), "--no-progress", "--device", "cpu", "--workers", "1", "--no-plot"]
+    out = tmp_path / "a"
+    assert main(base + ["--realtime", "10", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "clear2fog over 2 seeds: mean ± 95 % CI" in text and "real-time protocol at 10 Hz" in text
+    res = json.loads((out / "results.json").read_text())
+    tent = [r for r in res["runs"] if r["method"] == "tent"]
+    assert [r["seed"] for r in tent] == [0, 1] and tent[0]["overall"] != tent[1]["overall"]   # another world
+    cell = res["evidence"]["streams"]["clear2fog"]["rows"]["tent"]["cells"]["seq"]
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(np.mean([r["overall"] for r in tent]), abs=1e-3)
+    with open(out / "ci_clear2fog.csv") as fh:
+        ci = [r for r in csv.DictReader(fh) if r["method"] == "tent" and r["cell"] == "seq"]
+    assert float(ci[0]["ci95_half_width"]) == pytest.approx(cell["half_width"], abs=1e-3) and ci[0]["seeds"] == "0 1"
+    costs = res["realtime"]["costs"]
+    assert set(costs) == {"source", "tent"} and costs["source"]["step_ms"] is None
+    assert costs["tent"]["step_ms"] > 0 and costs["tent"]["predict_ms"] > 0
+    rt = [r for r in res["realtime"]["runs"] if r["method"] == "tent"]
+    assert len(rt) == 2 and all(r["streaming"]["realtime"]["hz"] == 10 for r in rt)
+    assert (out / "realtime.csv").is_file()
+    # the recorded costs repeat the real-time runs exactly, whatever the machine does meanwhile
+    again_args = [a if a != "0,1" else "1" for a in base] + ["--methods", "tent"]
+    assert main(again_args + ["--realtime", "10", "--realtime-costs", str(out / "results.json"),
+                              "--out", str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert again["realtime"]["costs"] == {"tent": costs["tent"]}
+    assert again["realtime"]["costs_from"].startswith("--realtime-costs")
+    assert [(r["series"], r["streaming"]["realtime"]) for r in again["realtime"]["runs"]] == \
+        [(r["series"], r["streaming"]["realtime"]) for r in rt[1:]]
+    capsys.readouterr()
+    for bad in (["--realtime", "10", "--realtime-costs", str(tmp_path / "none.json")],   # no such file
+                ["--methods", "norm", "--realtime", "10", "--realtime-costs", str(out / "results.json")],  # no costs
+                ["--realtime-costs", str(out / "results.json")],                           # without --realtime
+                ["--seeds", "0,0"]):
+        assert main(base + bad + ["--out", str(tmp_path / "c")]) == 2, bad
+    assert main([a for a in base if a != "--stream"] + ["--realtime", "10", "--out", str(tmp_path / "c")]) == 2
