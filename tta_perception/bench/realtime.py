@@ -8,8 +8,10 @@ depend on how busy the machine is:
 1. Costs, once per method (:func:`measure_costs`): the median time of one prediction and of one
    adaptation step (window of ``--window`` frames, weights published), measured on a throw-away
    copy of the method on windows spread over the first stream; the first window only warms up.
-   They are recorded in the JSON; ``--realtime-costs FILE`` reuses a previous run's for an exact
-   repetition.
+   On a CPU with one torch thread (``--threads 1``) the time is the thread's CPU time, which other
+   processes on a shared machine do not inflate (wall time there grew 5x under a load of 14 on 2
+   cores); otherwise device-synchronised wall time. They are recorded in the JSON;
+   ``--realtime-costs FILE`` reuses a previous run's for an exact repetition.
 2. The run (:class:`RealtimeClock`): frame i arrives at ``i / HZ``. Its prediction starts then
    (or when the previous prediction ends, if predictions alone are slower than the camera; such
    frames are counted as late) with the weights of every step that has *finished* by then. After
@@ -151,6 +153,7 @@ def measure_costs(name: str, source_model, stream, opts, *, bundle=None, fisher_
             pos += 1
         if pos > max(wanted):
             break
+    clock, clock_name = cost_clock(opts.device)
     predict, step = [], []
     try:
         for k, s in enumerate(starts):
@@ -158,17 +161,17 @@ def measure_costs(name: str, source_model, stream, opts, *, bundle=None, fisher_
                 if s + j not in frames:
                     continue
                 sync(opts.device)
-                t0 = time.perf_counter()
+                t0 = clock()
                 adapter.predict(frames[s + j])
                 sync(opts.device)
                 if k:
-                    predict.append((time.perf_counter() - t0) * 1e3)
+                    predict.append((clock() - t0) * 1e3)
             sync(opts.device)
-            t0 = time.perf_counter()
+            t0 = clock()
             ran = adapter.adapt_now(publish=True)
             sync(opts.device)
             if ran and k:
-                step.append((time.perf_counter() - t0) * 1e3)
+                step.append((clock() - t0) * 1e3)
     finally:
         adapter.close()
     del method, model, adapter
@@ -176,8 +179,19 @@ def measure_costs(name: str, source_model, stream, opts, *, bundle=None, fisher_
     return {"predict_ms": round(float(statistics.median(predict)), 3) if predict else float("nan"),
             "step_ms": round(float(statistics.median(step)), 3) if step else None,
             "predict_samples": len(predict), "step_samples": len(step), "measured_on": stream.name,
-            "window": w, "how": f"median over {windows} windows of {w} frames spread over {stream.name} "
-                                f"(after 1 warm-up window), on a throw-away copy of the method"}
+            "window": w, "clock": clock_name,
+            "how": f"median {clock_name} over {windows} windows of {w} frames spread over {stream.name} "
+                   f"(after 1 warm-up window), on a throw-away copy of the method"}
+
+
+def cost_clock(device) -> tuple[Callable[[], float], str]:
+    """The clock costs are measured with: this thread's CPU time where the work runs on it alone
+    (CPU, one torch thread), else wall time."""
+    import torch
+
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time, "thread CPU time"
+    return time.perf_counter, "wall time"
 
 
 def load_costs(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -218,17 +232,16 @@ def realtime_report(streams, offline_runs, rt_runs, methods, task: str, hz: floa
         vals = [v for v in vals if v is not None]
         return sum(vals) / len(vals) if vals else float("nan")
 
-    def table(rows_off, rows_rt, names, title, stats):
-        lines = [title]
-        head = (f"{'method':<10} {'offline':>13} {'real-time':>13} {'rt - offline':>15} {'steps rt/off':>13} "
-                f"{'adapted %':>9} {'predict ms':>10} {'step ms':>8} {'periods':>7}")
-        lines.append(head)
+    def table(rows_off, rows_rt, col, stream, title, stats):
+        """One row per method: offline and real-time ``col`` with their paired difference, steps, costs."""
+        lines = [title, (f"{'method':<10} {'offline':>13} {'real-time':>13} {'rt - offline':>15} {'steps rt/off':>13} "
+                         f"{'adapted %':>9} {'predict ms':>10} {'step ms':>8} {'periods':>7}")]
         for m in rows_rt:
-            off, rt = rows_off[m]["cells"][key if names is None else "mean"], rows_rt[m]["cells"][key if names is None else "mean"]
+            off, rt = rows_off[m]["cells"][col], rows_rt[m]["cells"][col]
             seeds = [s for s in rows_rt[m]["seeds"] if s in rows_off[m]["seeds"]]
-            col = key if names is None else "mean"
             d = paired_difference([rows_rt[m]["values"][col][rows_rt[m]["seeds"].index(s)] for s in seeds],
-                                  [rows_off[m]["values"][col][rows_off[m]["seeds"].index(s)] for s in seeds], CONFIDENCE)
+                                  [rows_off[m]["values"][col][rows_off[m]["seeds"].index(s)] for s in seeds],
+                                  CONFIDENCE)
             st = stats[m]
             c = costs.get(m, {})
             step_ms = c.get("step_ms")
@@ -237,7 +250,7 @@ def realtime_report(streams, offline_runs, rt_runs, methods, task: str, hz: floa
                          f"{c.get('predict_ms', float('nan')):>10.1f} "
                          f"{step_ms if step_ms is not None else float('nan'):>8.0f} "
                          f"{(step_ms or float('nan')) * hz / 1000.0:>7.1f}")
-            csv_rows.append({"stream": "summary" if names else title.split(":")[0], "method": m,
+            csv_rows.append({"stream": stream, "method": m,
                              "offline_mean": off.mean, "offline_ci95": off.half_width, "realtime_mean": rt.mean,
                              "realtime_ci95": rt.half_width, "difference": d.mean, "difference_ci95": d.half_width,
                              "difference_significant": d.significant, "steps_realtime": st["steps"],
@@ -256,14 +269,14 @@ def realtime_report(streams, offline_runs, rt_runs, methods, task: str, hz: floa
                      "fraction": steps(rt_runs, m, st.name, "fraction_adapted"),
                      "late": steps(rt_runs, m, st.name, "late_frames")} for m in rows_rt}
         for m, v in stats.items():
-            a = all_stats.setdefault(m, {"steps": 0.0, "offline_steps": 0.0, "adapted": 0.0, "frames": 0.0, "late": 0.0})
+            a = all_stats.setdefault(m, dict.fromkeys(("steps", "offline_steps", "adapted", "frames", "late"), 0.0))
             a["steps"] += v["steps"]
             a["offline_steps"] += v["offline_steps"]
             a["adapted"] += v["fraction"] * st.n_samples
             a["frames"] += st.n_samples
             a["late"] += v["late"]
         paired = paired_vs_best(rows_rt, key, task)
-        text.append("\n".join([table(rows_off, rows_rt, None, f"{st.name}: real-time protocol at {hz:g} Hz "
+        text.append("\n".join([table(rows_off, rows_rt, key, st.name, f"{st.name}: real-time protocol at {hz:g} Hz "
                                      f"({key}, {'error' if task == 'cls' else 'mIoU'} %: mean ± 95 % CI over seeds)",
                                      stats), format_paired(paired, f"{st.name} (real time)")]))
         payload["streams"][st.name] = {"rows": jsonable_rows(rows_rt), "stats": stats,
@@ -274,7 +287,7 @@ def realtime_report(streams, offline_runs, rt_runs, methods, task: str, hz: floa
                      "fraction": a["adapted"] / a["frames"] if a["frames"] else float("nan"), "late": a["late"]}
                  for m, a in all_stats.items()}
         paired = paired_vs_best(s_rt, "mean", task)
-        text.append("\n".join([table(s_off, s_rt, [st.name for st in streams],
+        text.append("\n".join([table(s_off, s_rt, "mean", "summary",
                                      f"summary: real-time protocol at {hz:g} Hz (mean over the streams)", stats),
                                format_paired(paired, "the mean over the streams (real time)")]))
         payload["summary"] = {"rows": jsonable_rows(s_rt), "stats": stats, "paired_vs_best": jsonable_paired(paired)}

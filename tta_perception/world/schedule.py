@@ -100,8 +100,8 @@ class Schedule:
     def step_times(self) -> tuple[float, ...]:
         """Times (within one period) of the instant switches: two keyframes at the same time."""
         k = self.keyframes
-        return tuple(k[i].time for i in range(len(k) - 1)
-                     if k[i].time == k[i + 1].time and (k[i].weather != k[i + 1].weather or k[i].domain != k[i + 1].domain))
+        return tuple(a.time for a, b in zip(k, k[1:])
+                     if a.time == b.time and (a.weather != b.weather or a.domain != b.domain))
 
     def is_step_between(self, t0: float, t1: float) -> bool:
         """Whether an instant switch happens in ``(t0, t1]`` (looping schedules repeat theirs)."""
