@@ -41,6 +41,8 @@ class RunOptions:
     bn_stats: str = "auto"            # streaming: BN of a frame: its own statistics or the running EMA
     safety: bool = False
     progress: bool = True
+    realtime_hz: float | None = None  # streaming: a simulated camera at this rate (bench/realtime.py)
+    realtime_costs: dict[str, Any] | None = None   # ... and this method's predict_ms / step_ms
 
 
 @dataclass
@@ -137,6 +139,16 @@ def source_forward_ms(model: torch.nn.Module, stream: BenchStream, opts: RunOpti
     return float(statistics.median(per_frame))
 
 
+def build_stream_adapter(method, opts: RunOptions):
+    """The streaming adapter as the node builds it (inline, so runs are deterministic unless
+    ``opts.background``); the source model only predicts (no pointless steps)."""
+    from ..runtime.adapter import build_adapter, resolve_predict_mode
+
+    return build_adapter(method, window=opts.window, adapt_every=opts.adapt_every, background=opts.background,
+                         bn_stats=opts.bn_stats,
+                         predict_mode=resolve_predict_mode(opts.predict_mode, method, strict=False))
+
+
 def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, opts: RunOptions, *,
                bundle=None, fisher_batches=None) -> MethodRun:
     """Build variant ``name`` on a fresh copy of ``source_model`` and run it over ``stream``."""
@@ -152,13 +164,11 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
         model = copy.deepcopy(source_model).to(opts.device)
         method = build_variant(name, model, bundle=bundle, fisher_batches=fisher_batches, safety=opts.safety)
         setup_s = time.perf_counter() - t_setup
-        adapter = None
-        if opts.streaming:  # as the node builds it; the source model only predicts (no pointless steps)
-            from ..runtime.adapter import build_adapter, resolve_predict_mode
-
-            adapter = build_adapter(method, window=opts.window, adapt_every=opts.adapt_every,
-                                    background=opts.background, bn_stats=opts.bn_stats,
-                                    predict_mode=resolve_predict_mode(opts.predict_mode, method, strict=False))
+        adapter = clock = None
+        if opts.streaming:
+            adapter = build_stream_adapter(method, opts)
+            if opts.realtime_hz:
+                clock = _realtime_clock(adapter, opts)
         bar = tqdm(total=stream.n_samples, desc=f"{name} on {stream.name}", unit=stream.x_label,
                    disable=not opts.progress, leave=False)
         try:
@@ -166,9 +176,13 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                 x = chunk.tensor().to(opts.device)
                 if chunk.reset and k > 0:
                     (adapter or method).reset()
+                    if clock is not None:
+                        clock.reset()
                 if adapter is not None:
                     outs = []
                     for i in range(x.shape[0]):
+                        if clock is not None:
+                            clock.arrive()
                         sync(opts.device)
                         t0 = time.perf_counter()
                         out = adapter.predict(x[i:i + 1])
@@ -195,8 +209,25 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                                                    "coalesced", "errors", "last_error", "window", "adapt_every",
                                                    "background")}
                 stream_info["predict_mode"] = adapter.predict_mode
+                if clock is not None:
+                    stream_info["realtime"] = clock.summary()
     stats = {k: v for k, v in method.stats.items() if k in KEEP_STATS}
-    del method, model, adapter
+    del method, model, adapter, clock
     return MethodRun(name, stream.name, opts.seed, scorer.domains(), scorer.overall(), frames,
                      busy * 1e3 / max(frames, 1), setup_s, mem.peak_mib, mem.kind, scorer.x, scorer.y, scorer.d,
                      scorer.w, stats, stream_info)
+
+
+def _realtime_clock(adapter, opts: RunOptions):
+    """``bench --realtime``: the adapter's requests go to a simulated clock with the method's costs."""
+    from .realtime import RealtimeClock
+
+    if opts.background:
+        raise ValueError("--realtime simulates the camera clock with inline adaptation; drop --background")
+    costs = opts.realtime_costs or {}
+    if "predict_ms" not in costs:
+        raise ValueError("--realtime needs the method's measured costs (predict_ms, step_ms)")
+    clock = RealtimeClock(opts.realtime_hz, costs["predict_ms"], costs.get("step_ms"), adapter.window,
+                          start_step=lambda: adapter.adapt_now(publish=False), publish=adapter.publish)
+    adapter.on_request = clock.request
+    return clock

@@ -12,6 +12,13 @@ Embedded world:
   sequences are gradual by construction).
 Rendered and corrupted images are cached under ``cache_dir`` keyed by every parameter.
 
+The benchmark seed (``bench --seeds``) changes the stream, and seed 0 is the stream every earlier
+table used (see :func:`stream_seeds`): ``seg``, the world the sequence is rendered in (schedule seed +
+seed: streets, traffic, sensor noise); ``cls``, the corruption noise (held-out crop seed 7 + seed)
+and the order of the crops within each domain (seed 0: the order they were generated in, itself a
+random order; other seeds: a seeded permutation); ``mixed``, the shuffle. The held-out crops
+themselves are the same for every seed. Public data: the reference framework's shuffle seed, 1 + seed.
+
 Public datasets: ``tta_perception.datasets.build_stream`` with the same setting names.
 """
 from __future__ import annotations
@@ -30,6 +37,20 @@ SETTINGS = ("continual", "gradual", "mixed", "reset_each_shift")
 GRADUAL_SEVERITIES = (1, 2, 3, 4, 5, 4, 3, 2, 1)   # reference framework test_time.py
 HELDOUT_CLS_SEED = 7                                # as cli/evaluate.py: crop seeds < 1000 are never trained on
 SEG_SEQUENCES = ("day2night", "clear2fog", "clear2rain", "dynamic")
+MAX_EVAL_WORLD_SEED = 999                           # world seeds >= 1000 are the training worlds (training.py)
+
+
+def stream_seeds(seed: int, world_seed: int = 0) -> dict[str, int]:
+    """What benchmark seed ``seed`` changes in a stream (seed 0 = the original protocol): the seg world
+    (schedule seed + seed), the cls corruption-noise seed (crop seed + seed) and the public data's
+    shuffle seed (the reference framework's 1 + seed)."""
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"benchmark seeds must be >= 0, got {seed}")
+    if world_seed + seed > MAX_EVAL_WORLD_SEED:
+        raise ValueError(f"seed {seed}: world seed {world_seed + seed} is a training world (>= 1000); "
+                         f"use seeds up to {MAX_EVAL_WORLD_SEED - world_seed}")
+    return {"world_seed": world_seed + seed, "noise_seed": HELDOUT_CLS_SEED + seed, "shuffle_seed": 1 + seed}
 
 
 @dataclass
@@ -95,16 +116,19 @@ def clean_crops(n: int, seed: int = HELDOUT_CLS_SEED, cache_dir: Path = DEFAULT_
 
 
 def corrupted_crops(n: int, corruption: str, severity: int, seed: int = HELDOUT_CLS_SEED,
-                    cache_dir: Path = DEFAULT_CACHE) -> np.ndarray:
-    """The clean crops under one corruption (cached per corruption and severity)."""
+                    cache_dir: Path = DEFAULT_CACHE, noise_seed: int | None = None) -> np.ndarray:
+    """The clean crops (crop seed ``seed``) under one corruption drawn with ``noise_seed`` (default:
+    the crop seed, the original protocol); cached per corruption, severity and noise seed."""
     from ..world.corruptions import corrupt_images
 
+    noise_seed = seed if noise_seed is None else int(noise_seed)
     key = cache_key(kind="crops", n=n, seed=seed, weather="ClearNoon")
-    path = Path(cache_dir) / "cls" / f"crops_n{n}_s{seed}_{key}" / f"{corruption}_{severity}.npz"
+    suffix = "" if noise_seed == seed else f"_noise{noise_seed}"
+    path = Path(cache_dir) / "cls" / f"crops_n{n}_s{seed}_{key}" / f"{corruption}_{severity}{suffix}.npz"
 
     def build():
         x, _ = clean_crops(n, seed, cache_dir)
-        return {"x": corrupt_images(x, corruption, severity, seed=seed)}
+        return {"x": corrupt_images(x, corruption, severity, seed=noise_seed)}
 
     return cached_npz(path, build)["x"]
 
@@ -125,13 +149,17 @@ def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64
         raise ValueError("severity must be 1..5")
     gradual = setting == "gradual"
     plan = [(c, s) for c in corruptions for s in (GRADUAL_SEVERITIES if gradual else (severity,))]
+    noise_seed = stream_seeds(seed)["noise_seed"]
     _, y = clean_crops(n, HELDOUT_CLS_SEED, cache_dir)
     needed = sorted(set(plan), key=plan.index)
     it: Iterable = needed
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(needed, desc="corrupt held-out crops (cached)", unit="domain")
-    data = {cs: corrupted_crops(n, cs[0], cs[1], HELDOUT_CLS_SEED, cache_dir) for cs in it}
+    data = {cs: corrupted_crops(n, cs[0], cs[1], HELDOUT_CLS_SEED, cache_dir, noise_seed) for cs in it}
+    # crop order within each domain: as generated for seed 0 (the original protocol), else seeded
+    orders = [np.arange(n) if seed == 0 else np.random.default_rng([seed, 41, di]).permutation(n)
+              for di in range(len(plan))]
 
     def dom(c: str, s: int) -> str:
         return f"{c}@{s}" if gradual else c
@@ -150,14 +178,17 @@ def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64
         for di, cs in enumerate(plan):
             for k, sl in enumerate(_split(n, batch_size)):
                 reset = setting == "reset_each_shift" and k == 0 and di > 0
-                yield Chunk(data[cs][sl], y[sl], [dom(*cs)] * (sl.stop - sl.start),
+                idx = orders[di][sl] if seed else sl
+                yield Chunk(data[cs][idx], y[idx], [dom(*cs)] * (sl.stop - sl.start),
                             list(range(pos + sl.start, pos + sl.stop)), reset=reset)
             pos += n
 
     col_dom = {c: dom(c, 5 if gradual else severity) for c in corruptions}
     info = {"data": f"{n} held-out sign crops per domain (ClearNoon, crop seed {HELDOUT_CLS_SEED}), "
                     f"{'severities ' + '-'.join(map(str, GRADUAL_SEVERITIES)) if gradual else f'severity {severity}'}",
-            "corruptions": corruptions, "n_per_domain": n, "domains_in_order": [dom(*cs) for cs in plan]}
+            "corruptions": corruptions, "n_per_domain": n, "domains_in_order": [dom(*cs) for cs in plan],
+            "seed": seed, "noise_seed": noise_seed,
+            "crop_order": "as generated" if seed == 0 else f"permuted per domain (rng [{seed}, 41, domain])"}
     return BenchStream("corruptions", "cls", NUM_SIGNS, setting, batch_size, corruptions, col_dom,
                        n * len(plan), chunks, info, "sample")
 
@@ -165,13 +196,18 @@ def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64
 # ------------------------------------------------------------------------------------ segmentation
 def sequence_frames(sequence: str, *, start: int = 0, stop: int | None = None, stride: int = 1,
                     size=(128, 256), workers: int = 2, cache_dir: Path = DEFAULT_CACHE,
-                    progress: bool = True) -> dict[str, np.ndarray]:
-    """Rendered frames of a sequence (world seed of the schedule, 0 for the shipped ones), cached:
-    ``rgb``, ``labels``, ``index``, ``domain`` and ``weather`` (JSON)."""
+                    progress: bool = True, world_seed: int | None = None) -> dict[str, np.ndarray]:
+    """Rendered frames of a sequence in world ``world_seed`` (default: the schedule's seed, 0 for the
+    shipped ones), cached: ``rgb``, ``labels``, ``index``, ``domain`` and ``weather`` (JSON)."""
+    import dataclasses
+
     from ..world.schedule import load_schedule
     from ..world.sequences import iter_sequence
 
     sched = load_schedule(sequence)
+    default_world = sched.seed
+    if world_seed is not None and int(world_seed) != sched.seed:
+        sched = dataclasses.replace(sched, seed=int(world_seed))
     stop = sched.frames if stop is None else int(stop)
     if not sched.loop:
         stop = min(stop, sched.frames)
@@ -191,7 +227,8 @@ def sequence_frames(sequence: str, *, start: int = 0, stop: int | None = None, s
                 "domain": np.array([f.domain for f in frames]),
                 "weather": np.array(json.dumps([f.weather.as_dict() for f in frames]))}
 
-    name = f"{sequence}_{size[0]}x{size[1]}_{start}-{stop}-{stride}_{key}.npz"
+    world = "" if sched.seed == default_world else f"_w{sched.seed}"
+    name = f"{sequence}_{size[0]}x{size[1]}_{start}-{stop}-{stride}{world}_{key}.npz"
     return cached_npz(Path(cache_dir) / "seg" / name, build)
 
 
@@ -206,8 +243,10 @@ def world_seg_stream(sequence: str, *, setting: str = "continual", batch_size: i
     if setting == "gradual":
         raise ValueError("setting 'gradual' is for the corruption benchmark; the driving sequences change "
                          "gradually by construction (use continual)")
+    sched = load_schedule(sequence)
+    world_seed = stream_seeds(seed, sched.seed)["world_seed"]
     d = sequence_frames(sequence, start=start, stop=stop, stride=stride, size=size, workers=workers,
-                        cache_dir=cache_dir, progress=progress)
+                        cache_dir=cache_dir, progress=progress, world_seed=world_seed)
     rgb, labels, index = d["rgb"], d["labels"], d["index"]
     domains = [str(v) for v in d["domain"]]
     weather = json.loads(str(d["weather"]))
@@ -233,10 +272,14 @@ def world_seg_stream(sequence: str, *, setting: str = "continual", batch_size: i
             yield Chunk(rgb[g], labels[g], [domains[i] for i in g], [int(index[i]) for i in g], reset,
                         [weather[i] for i in g])
 
-    sched = load_schedule(sequence)
     present = [dm for dm in sched.domains if dm in set(domains)]
-    info = {"data": f"sequence {sequence} (world seed {sched.seed}), frames {start}..{(stop or sched.frames) - 1} "
-                    f"every {stride}: {n} frames at {size[0]}x{size[1]}", "frames": n, "stride": stride}
+    # domain changes between consecutive frames of the stream, and whether the weather switched at once
+    changes = [{"frame": int(index[i]), "previous": domains[i - 1], "domain": domains[i],
+                "instant": sched.is_step_between(sched.frame_time(int(index[i - 1])), sched.frame_time(int(index[i])))}
+               for i in range(1, n) if domains[i] != domains[i - 1]]
+    info = {"data": f"sequence {sequence} (world seed {world_seed}), frames {start}..{(stop or sched.frames) - 1} "
+                    f"every {stride}: {n} frames at {size[0]}x{size[1]}", "frames": n, "stride": stride,
+            "seed": seed, "world_seed": world_seed, "fps": sched.fps, "domain_changes": changes}
     return BenchStream(sequence, "seg", NUM_CLASSES, setting, batch_size, present, {c: c for c in present}, n,
                        chunks, info, "frame")
 

@@ -15,11 +15,13 @@ from ..runtime.model_loader import load_model
 from .common import DEFAULT_CACHE, machine_info, model_spec
 from .prepare import (PrepareSettings, cached_bundle_path, default_bundle_path, run_prepare, source_batches)
 from ..atomic import atomic_write_text
+from .evidence import evidence_report
 from .output import write_json
+from .realtime import measure_costs, realtime_report, resolve_costs
 from .report import (add_ratios, aggregate, format_costs, format_headline, format_table, headline, plot_runs,
                      write_csv)
 from .runner import RunOptions, run_method, source_forward_ms
-from .streams import SEG_SEQUENCES, public_stream, world_cls_stream, world_seg_stream
+from .streams import SEG_SEQUENCES, public_stream, stream_seeds, world_cls_stream, world_seg_stream
 from .variants import VARIANTS, needs_bundle
 
 DEFAULT_BATCH = {"cls": 64, "seg": 8}
@@ -56,6 +58,8 @@ class BenchConfig:
     bn_stats: str = "auto"
     quick: bool = False
     seeds: list[int] = field(default_factory=lambda: [0])
+    realtime: float | None = None        # streaming: also run the real-time protocol at this camera rate (Hz)
+    realtime_costs: str | None = None    # ... with the costs recorded in this results.json
     bundle: str | None = None
     safety: bool = False
     device: str = "auto"
@@ -78,7 +82,7 @@ def build_streams(cfg: BenchConfig, seed: int) -> list:
         seqs = cfg.sequences or [None]
         return [public_stream(cfg.dataset, cfg.data_root, setting=cfg.setting, batch_size=cfg.batch_size,
                               severity=cfg.severity, num_samples=cfg.n, corruptions=cfg.corruptions, sequence=s,
-                              seed=1) for s in seqs]
+                              seed=stream_seeds(seed)["shuffle_seed"]) for s in seqs]
     bs = cfg.batch_size or DEFAULT_BATCH[cfg.task]
     if cfg.streaming:
         bs = 1
@@ -206,6 +210,8 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
                      background=cfg.background, predict_mode=cfg.predict, bn_stats=cfg.bn_stats, safety=cfg.safety,
                      progress=cfg.progress)
     runs = []
+    rt_runs: list = []
+    rt_costs, rt_from = realtime_costs(cfg, lm, streams0[0], opts_base, bundle, fisher, log)
     src_fwd: dict[str, list[float]] = {}
     for si, seed in enumerate(cfg.seeds):
         streams = streams0 if si == 0 else build_streams(cfg, seed)
@@ -219,6 +225,8 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
                 metric = "error" if task == "cls" else "mIoU"
                 log(f"  seed {seed} {st.name:<11} {m:<14} {metric} {r.overall:6.2f}  "
                     f"{r.ms_per_frame:8.2f} ms/frame  {time.perf_counter() - t0:6.1f} s")
+                if rt_costs is not None:
+                    rt_runs.append(run_realtime(m, lm.model, st, opts, cfg, rt_costs[m], bundle, fisher, log))
     # ------------------------------------------------------------------ report
     proto = "streaming (batch of one frame)" if cfg.streaming else "batch protocol"
     payload: dict[str, Any] = {
@@ -283,6 +291,13 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
                                   format_headline(h, task)]))
         write_csv(out / "summary.csv", rows, cols)
         payload["summary"] = {"columns": cols, "rows": rows, "headline": h, "csv": str(out / "summary.csv")}
+    evidence_text, payload["evidence"] = evidence_report(streams0, runs, cfg.methods, task, out, cfg.streaming)
+    printed += evidence_text
+    if rt_costs is not None:
+        rt_text, payload["realtime"] = realtime_report(streams0, runs, rt_runs, cfg.methods, task, cfg.realtime,
+                                                       rt_costs, rt_from, out)
+        printed += rt_text
+        payload["realtime"]["runs"] = [r.summary() for r in rt_runs]
     payload["runs"] = [r.summary() for r in runs]
     payload["machine"]["load_avg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     payload["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -290,7 +305,42 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     atomic_write_text(out / "results.txt", "\n\n".join(printed) + "\n")  # the printed tables
     log("")
     log("\n\n".join(printed))
-    log(f"\nwrote {out}/results.json, results.txt, table_*.csv" + (", stream_*.png" if cfg.plot else "")
+    log(f"\nwrote {out}/results.json, results.txt, table_*.csv, ci_*.csv"
+        + (", realtime.csv" if rt_costs is not None else "") + (", stream_*.png" if cfg.plot else "")
         + f" in {payload['seconds']:.0f} s")
     payload["out"] = str(out)
     return payload
+
+
+# ------------------------------------------------------------------------------------ real time
+def realtime_costs(cfg: BenchConfig, lm, stream, opts_base: dict[str, Any], bundle, fisher,
+                   log: Callable[[str], None] = _log) -> tuple[dict[str, Any] | None, str]:
+    """``--realtime``: every method's per-frame predict and per-step adaptation cost, measured once
+    on the first stream (or read from ``--realtime-costs``); (None, '') without ``--realtime``."""
+    if not cfg.realtime:
+        if cfg.realtime_costs:
+            raise ValueError("--realtime-costs needs --realtime HZ")
+        return None, ""
+    if not cfg.streaming:
+        raise ValueError("--realtime is a streaming protocol: add --stream")
+    if cfg.background:
+        raise ValueError("--realtime simulates the camera clock with inline adaptation; drop --background")
+    opts = RunOptions(seed=cfg.seeds[0], **{**opts_base, "progress": False})
+    return resolve_costs(cfg.methods, cfg.realtime_costs,
+                         lambda m: measure_costs(m, lm.model, stream, opts, bundle=bundle, fisher_batches=fisher),
+                         log)
+
+
+def run_realtime(m: str, model, stream, opts: RunOptions, cfg: BenchConfig, costs: dict[str, Any], bundle, fisher,
+                 log: Callable[[str], None] = _log):
+    """One method on one stream under the simulated camera clock (``bench/realtime.py``)."""
+    from dataclasses import replace
+
+    t0 = time.perf_counter()
+    r = run_method(m, model, stream, replace(opts, realtime_hz=cfg.realtime, realtime_costs=costs), bundle=bundle,
+                   fisher_batches=fisher)
+    rt = r.streaming.get("realtime", {})
+    log(f"  seed {r.seed} {stream.name:<11} {m:<14} real time {cfg.realtime:g} Hz: mIoU {r.overall:6.2f}, "
+        f"{rt.get('steps', 0)} steps, {100 * rt.get('fraction_adapted', 0):.0f} % of frames adapted on  "
+        f"{time.perf_counter() - t0:6.1f} s")
+    return r

@@ -37,7 +37,9 @@ for an adaptation step (issue 3 §3):
   thread; the worker's OpenMP team inherits it) and ``adapt_threads`` gives it its own intra-op
   thread count, so predictions keep the cores they need and adaptation uses what is left. ``background=False``: the step runs inline
   after the prediction — deterministic, for tests and benchmarks; the returned prediction is still
-  the one made *before* adapting on the frame, as in the background mode.
+  the one made *before* adapting on the frame, as in the background mode. With ``on_request`` set,
+  an inline request calls it instead, and it decides whether and when to step (``adapt_now``) and
+  when the new weights become visible (``publish``): ``bench --realtime``'s simulated clock.
 
 ``predict(frame)``: frame (3, H, W) or (1, 3, H, W) float in [0, 1]; returns logits without/with the
 leading batch axis accordingly ((C,) / (C, H, W) or (1, C) / (1, C, H, W)).
@@ -49,7 +51,7 @@ import copy
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -137,6 +139,8 @@ class StreamingAdapter:
         # adaptation on its own CUDA stream, meeting inference only through events (see handover)
         self._handover = Handover(self.method.device, api=handover_api) if self.background else Handover("cpu")
         self._oom_window = self.window  # frames a step may use (halved after CUDA out-of-memory)
+        #: inline mode: called for each adaptation request instead of stepping at once (bench --realtime)
+        self.on_request: Callable[[], Any] | None = None
         self._thread: threading.Thread | None = None
         if self.background:
             self._ready = threading.Event()
@@ -206,6 +210,8 @@ class StreamingAdapter:
                             self._counters["coalesced"] += 1
                     self._pending = True
                     self._wake.notify()
+            elif self.on_request is not None:
+                self.on_request()
             else:
                 self._adapt_once()
         out = out.detach()
@@ -262,14 +268,24 @@ class StreamingAdapter:
         return torch.autocast(self.method.device.type, dtype=torch.bfloat16,
                               enabled=self.precision == "bf16")
 
-    def _adapt_once(self) -> None:
+    def adapt_now(self, publish: bool = True) -> bool:
+        """One adaptation step on the window as it is, on the calling thread; True if it ran.
+        ``publish=False`` keeps predictions on the previous weights until :meth:`publish`."""
+        return self._adapt_once(publish)
+
+    def publish(self) -> None:
+        """Make the method's current weights the ones predictions use."""
+        with self._adapt_lock:
+            self._publish()
+
+    def _adapt_once(self, publish: bool = True) -> bool:
         with self._adapt_lock:
             if not self._enabled:
-                return
+                return False
             with self._lock:
                 frames = list(self._frames)
             if len(frames) < self.min_window:
-                return
+                return False
             t0 = time.perf_counter()
             while True:
                 use = frames[-self._oom_window:]
@@ -280,7 +296,8 @@ class StreamingAdapter:
                             self.domains.switch(self.method, batch)  # between steps, off the inference path
                         with self._autocast():
                             self.method.step(batch)
-                        self._publish()
+                        if publish:
+                            self._publish()
                     self._handover.finish_step()
                     break
                 except Exception as e:  # keep the robot running; surface it in stats()
@@ -289,7 +306,7 @@ class StreamingAdapter:
                     with self._lock:
                         self._counters["errors"] += 1
                         self._counters["last_error"] = f"{type(e).__name__}: {e}"
-                    return
+                    return False
             ms = (time.perf_counter() - t0) * 1e3
             with self._lock:
                 c = self._counters
@@ -297,6 +314,7 @@ class StreamingAdapter:
                 c["last_adapt_ms"] = ms
                 n = c["adapt_steps"]
                 c["mean_adapt_ms"] = ms if n == 1 else c["mean_adapt_ms"] + (ms - c["mean_adapt_ms"]) / n
+            return True
 
     def _on_oom(self) -> bool:
         """CUDA out of memory during a step: halve the frames a step uses; at one frame, move the

@@ -17,10 +17,18 @@ A keyframe's weather is a CARLA preset name and/or explicit ``WeatherParameters`
 inline or under ``weather:``). ``domain`` names the condition for per-domain metrics; a keyframe
 without one inherits the previous keyframe's, and a frame between two keyframes belongs to the
 nearer one.
+
+Between keyframes the weather is interpolated. Two keyframes at the same time make a step change:
+the first one ends the ramp before it, the second holds from that instant on, e.g. a switch from
+clear to rain at 18 s (``config/sequences/dynamic_abrupt.yaml``)::
+
+      - {time: 18, preset: ClearNoon}
+      - {time: 18, preset: HardRainNoon, domain: rain}
 """
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -87,6 +95,27 @@ class Schedule:
 
     def frame_time(self, index: int) -> float:
         return index / self.fps
+
+    @property
+    def step_times(self) -> tuple[float, ...]:
+        """Times (within one period) of the instant switches: two keyframes at the same time."""
+        k = self.keyframes
+        return tuple(a.time for a, b in zip(k, k[1:])
+                     if a.time == b.time and (a.weather != b.weather or a.domain != b.domain))
+
+    def is_step_between(self, t0: float, t1: float) -> bool:
+        """Whether an instant switch happens in ``(t0, t1]`` (looping schedules repeat theirs)."""
+        for s in self.step_times:
+            if not self.loop or self.period <= 0:
+                if t0 < s <= t1:
+                    return True
+                continue
+            k = math.ceil((t0 - s) / self.period)
+            while s + k * self.period <= t0:
+                k += 1
+            if s + k * self.period <= t1:
+                return True
+        return False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str = "custom") -> "Schedule":
