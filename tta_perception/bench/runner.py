@@ -23,7 +23,7 @@ import torch
 
 from .common import PeakMemory, sync
 from .streams import BenchStream
-from .variants import build_variant
+from .variants import VARIANTS, build_variant
 
 KEEP_STATS = ("steps", "updates", "nan_skips", "resets", "collapse_resets", "method_resets", "filtered_steps",
               "blocks", "warmed_up", "fisher")
@@ -43,6 +43,7 @@ class RunOptions:
     progress: bool = True
     realtime_hz: float | None = None  # streaming: a simulated camera at this rate (bench/realtime.py)
     realtime_costs: dict[str, Any] | None = None   # ... and this method's predict_ms / step_ms
+    domain_calibration: dict[str, Any] | None = None  # '+dm' variants: the shift detector's calibration
 
 
 @dataclass
@@ -63,11 +64,15 @@ class MethodRun:
     series_weather: list[dict] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     streaming: dict[str, Any] = field(default_factory=dict)
+    series_detected: list[int] = field(default_factory=list)  # domain memory: the detector's id per frame
+    domains_by_cycle: dict[str, float] = field(default_factory=dict)  # 'phase@cycle' -> mIoU (looping sequences)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-point lists, plus the metric series (x, y) for later analysis."""
         d = {k: v for k, v in self.__dict__.items() if not k.startswith("series_")}
         d["series"] = {"x": self.series_x, "y": [round(v, 2) for v in self.series_y]}
+        if self.series_detected:
+            d["series"]["domain"], d["series"]["detected"] = self.series_domain, self.series_detected
         return d
 
 
@@ -80,11 +85,14 @@ def seed_everything(seed: int) -> None:
 class _Scorer:
     """The stream's scores per domain (``metrics.DomainScores``) and the per-point series of the plot."""
 
-    def __init__(self, task: str, num_classes: int):
+    def __init__(self, task: str, num_classes: int, cycle_frames: int | None = None):
         from ..metrics import DomainScores
 
         self.task = task
         self.scores = DomainScores(num_classes, task)
+        # a looping sequence (dynamic): the same phases per cycle, 'phase@1', 'phase@2', ...
+        self.cycle_frames = cycle_frames if task == "seg" else None
+        self.cycles = DomainScores(num_classes, task) if self.cycle_frames else None
         self.x: list[int] = []
         self.y: list[float] = []
         self.d: list[str] = []
@@ -102,6 +110,8 @@ class _Scorer:
             dm = chunk.domains[i]
             self.x.append(int(chunk.index[i]))
             self.y.append(100.0 * self.scores.add_frame(p, t, dm).miou())
+            if self.cycles is not None:
+                self.cycles.add_frame(p, t, f"{dm}@{int(chunk.index[i]) // self.cycle_frames + 1}")
             self.d.append(dm)
             if chunk.weather is not None:
                 self.w.append(chunk.weather[i])
@@ -139,13 +149,21 @@ def source_forward_ms(model: torch.nn.Module, stream: BenchStream, opts: RunOpti
     return float(statistics.median(per_frame))
 
 
-def build_stream_adapter(method, opts: RunOptions):
+def build_stream_adapter(method, opts: RunOptions, domain_memory: bool = False):
     """The streaming adapter as the node builds it (inline, so runs are deterministic unless
-    ``opts.background``); the source model only predicts (no pointless steps)."""
+    ``opts.background``); the source model only predicts (no pointless steps); ``domain_memory``
+    with the node's defaults (engine.domains)."""
     from ..runtime.adapter import build_adapter, resolve_predict_mode
 
+    domains = None
+    if domain_memory:
+        from ..engine.domains import build_memory
+
+        if opts.domain_calibration is None:
+            raise ValueError("domain memory needs the model's calibration (tta-perception calibrate-domains)")
+        domains = build_memory(opts.domain_calibration)
     return build_adapter(method, window=opts.window, adapt_every=opts.adapt_every, background=opts.background,
-                         bn_stats=opts.bn_stats,
+                         bn_stats=opts.bn_stats, domains=domains,
                          predict_mode=resolve_predict_mode(opts.predict_mode, method, strict=False))
 
 
@@ -155,7 +173,8 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
     from tqdm.auto import tqdm
 
     seed_everything(opts.seed)
-    scorer = _Scorer(stream.task, stream.num_classes)
+    scorer = _Scorer(stream.task, stream.num_classes, getattr(stream, "cycle_frames", None))
+    detected: list[int] = []
     frames = 0
     busy = 0.0
     stream_info: dict[str, Any] = {}
@@ -166,7 +185,9 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
         setup_s = time.perf_counter() - t_setup
         adapter = clock = None
         if opts.streaming:
-            adapter = build_stream_adapter(method, opts)
+            adapter = build_stream_adapter(method, opts, VARIANTS[name].domain_memory)
+        elif VARIANTS[name].domain_memory:
+            raise ValueError(f"{name}: domain memory is a streaming protocol (bench --stream)")
             if opts.realtime_hz:
                 clock = _realtime_clock(adapter, opts)
         bar = tqdm(total=stream.n_samples, desc=f"{name} on {stream.name}", unit=stream.x_label,
@@ -189,6 +210,8 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                         sync(opts.device)
                         busy += time.perf_counter() - t0
                         outs.append(out)
+                        if adapter.domains is not None:
+                            detected.append(adapter.domains.last.domain if adapter.domains.last else -1)
                     logits = torch.cat(outs)
                 else:
                     sync(opts.device)
@@ -209,13 +232,17 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                                                    "coalesced", "errors", "last_error", "window", "adapt_every",
                                                    "background")}
                 stream_info["predict_mode"] = adapter.predict_mode
+                if adapter.domains is not None:
+                    stream_info["domain_memory"] = {k: st[k] for k in ("domain_switches", "domains_known",
+                                                                       "domains_stored", "domain_bank_mb")}
                 if clock is not None:
                     stream_info["realtime"] = clock.summary()
     stats = {k: v for k, v in method.stats.items() if k in KEEP_STATS}
     del method, model, adapter, clock
     return MethodRun(name, stream.name, opts.seed, scorer.domains(), scorer.overall(), frames,
                      busy * 1e3 / max(frames, 1), setup_s, mem.peak_mib, mem.kind, scorer.x, scorer.y, scorer.d,
-                     scorer.w, stats, stream_info)
+                     scorer.w, stats, stream_info, series_detected=detected,
+                     domains_by_cycle=scorer.cycles.domains() if scorer.cycles is not None else {})
 
 
 def _realtime_clock(adapter, opts: RunOptions):

@@ -91,6 +91,7 @@ class BenchStream:
     make_chunks: Callable[[], Iterable[Chunk]]
     info: dict[str, Any] = field(default_factory=dict)
     x_label: str = "sample"
+    cycle_frames: int | None = None      # a looping sequence: frames of one weather cycle
 
     def __iter__(self) -> Iterator[Chunk]:
         return iter(self.make_chunks())
@@ -280,8 +281,9 @@ def world_seg_stream(sequence: str, *, setting: str = "continual", batch_size: i
     info = {"data": f"sequence {sequence} (world seed {world_seed}), frames {start}..{(stop or sched.frames) - 1} "
                     f"every {stride}: {n} frames at {size[0]}x{size[1]}", "frames": n, "stride": stride,
             "seed": seed, "world_seed": world_seed, "fps": sched.fps, "domain_changes": changes}
+    cycle = int(round(sched.period * sched.fps)) if sched.loop and sched.period > 0 else None
     return BenchStream(sequence, "seg", NUM_CLASSES, setting, batch_size, present, {c: c for c in present}, n,
-                       chunks, info, "frame")
+                       chunks, info, "frame", cycle)
 
 
 # ------------------------------------------------------------------------------------ public datasets

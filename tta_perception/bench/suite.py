@@ -15,6 +15,7 @@ from ..runtime.model_loader import load_model
 from .common import DEFAULT_CACHE, machine_info, model_spec
 from .prepare import (PrepareSettings, cached_bundle_path, default_bundle_path, run_prepare, source_batches)
 from ..atomic import atomic_write_text
+from .cycles import cycles_report
 from .evidence import evidence_report
 from .output import write_json
 from .realtime import measure_costs, realtime_report, resolve_costs
@@ -60,6 +61,7 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     realtime: float | None = None        # streaming: also run the real-time protocol at this camera rate (Hz)
     realtime_costs: str | None = None    # ... with the costs recorded in this results.json
+    cycles: int | None = None            # looping sequences (dynamic): this many weather cycles
     bundle: str | None = None
     safety: bool = False
     device: str = "auto"
@@ -100,6 +102,9 @@ def build_streams(cfg: BenchConfig, seed: int) -> list:
     for name in cfg.sequences or list(SEG_SEQUENCES):
         stride = cfg.stride
         stop = cfg.frames
+        sched = load_schedule(name)
+        if cfg.cycles and sched.loop and sched.period > 0:  # N full weather cycles
+            stop = int(round(cfg.cycles * sched.period * sched.fps))
         if cfg.quick and cfg.frames is None and cfg.stride == 1:
             total = load_schedule(name).frames
             stride = max(1, total // QUICK_SEG_FRAMES)
@@ -209,6 +214,11 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     opts_base = dict(device=device, streaming=cfg.streaming, window=cfg.window, adapt_every=cfg.adapt_every,
                      background=cfg.background, predict_mode=cfg.predict, bn_stats=cfg.bn_stats, safety=cfg.safety,
                      progress=cfg.progress)
+    if any(VARIANTS[m].domain_memory for m in cfg.methods):  # the detector's clear-source calibration
+        from ..runtime.model_loader import domain_calibration
+
+        opts_base["domain_calibration"] = domain_calibration(lm.arch if cfg.weights is None else "",
+                                                             "" if cfg.weights is None else lm.arch)
     runs = []
     rt_runs: list = []
     rt_costs, rt_from = realtime_costs(cfg, lm, streams0[0], opts_base, bundle, fisher, log)
@@ -292,7 +302,8 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
         write_csv(out / "summary.csv", rows, cols)
         payload["summary"] = {"columns": cols, "rows": rows, "headline": h, "csv": str(out / "summary.csv")}
     evidence_text, payload["evidence"] = evidence_report(streams0, runs, cfg.methods, task, out, cfg.streaming)
-    printed += evidence_text
+    cycles_text, payload["cycles"] = cycles_report(streams0, runs, cfg.methods, out)
+    printed += evidence_text + cycles_text
     if rt_costs is not None:
         rt_text, payload["realtime"] = realtime_report(streams0, runs, rt_runs, cfg.methods, task, cfg.realtime,
                                                        rt_costs, rt_from, out)

@@ -20,6 +20,7 @@ class Variant:
     bundle: str = "none"     # none | blocks | full
     prior: bool = True       # a published prior method (candidate for "best other method")
     doc: str = ""
+    domain_memory: bool = False  # streaming: resume a known domain's adapted state (engine.domains)
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -43,6 +44,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 )}
 
 DEFAULT_METHODS = ("source", "norm", "tent", "eata", "sar", "cotta", "rmt", "dplot")
+# every method with domain memory: '<method>+dm' (streaming protocol; `bench --domain-memory` adds them)
+VARIANTS.update({f"{n}+dm": Variant(f"{n}+dm", VARIANTS[n].method, VARIANTS[n].overrides, VARIANTS[n].bundle,
+                                    False, f"{VARIANTS[n].doc}, with domain memory", True)
+                 for n in DEFAULT_METHODS if n not in ("source", "norm")})
 ABLATION_METHODS = ("dplot", "dplot-nobs", "dplot-nopair", "tent", "tent+bs", "eata", "eata+bs", "sar", "sar+bs")
 QUICK_METHODS = ("source", "norm", "tent", "dplot")
 GROUPS = {

@@ -77,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=Path("runs/cache"), help="cache of rendered/corrupted data, bundles")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--domain-memory", action="store_true",
+                   help="streaming: also run every method with domain memory ('<method>+dm': the node's "
+                        "domain_memory), compared per weather cycle; the detector's purity")
+    p.add_argument("--cycles", type=int, default=None,
+                   help="looping sequences (dynamic): this many weather cycles (dynamic's own length is 2)")
     p.add_argument("--profile-step", action="store_true",
                    help="instead: each method's adaptation step (as the node builds it) against its floor, "
                         "the bare forward/backward passes it needs, with a torch.profiler breakdown "
@@ -101,6 +106,14 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError("--model is required with a public dataset (e.g. wrn28_10 --weights PATH)")
     methods = resolve_methods(args.methods) if args.methods else \
         list(QUICK_METHODS if args.quick else resolve_methods("default"))
+    if args.domain_memory:
+        if not args.stream:
+            raise ValueError("--domain-memory is a streaming protocol: add --stream")
+        from ..bench.variants import VARIANTS
+
+        methods += [f"{m}+dm" for m in methods if f"{m}+dm" in VARIANTS and f"{m}+dm" not in methods]
+    if args.cycles is not None and args.cycles < 1:
+        raise ValueError("--cycles must be >= 1")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -131,7 +144,7 @@ def config_from_args(args: argparse.Namespace):
         window=args.window, adapt_every=args.adapt_every, background=args.background, predict=args.predict,
         bn_stats=args.bn_stats,
         quick=args.quick,
-        seeds=seeds, realtime=args.realtime,
+        seeds=seeds, cycles=args.cycles, realtime=args.realtime,
         realtime_costs=str(args.realtime_costs) if args.realtime_costs else None,
         bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,
