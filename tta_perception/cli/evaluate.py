@@ -97,7 +97,7 @@ def _seg(args, model) -> dict:
         res = evaluate_sequence(model, name, stride=args.stride, workers=args.workers)
         results[name] = {k: round(v, 4) for k, v in res.table().items()}
     clear = results.get("clear", {}).get("all")
-    print(f"\nsource model driveseg, mIoU per domain (every {args.stride}th frame):")
+    print(f"\n{args.weights or 'source model driveseg'}, mIoU per domain (every {args.stride}th frame):")
     for name, table in results.items():
         cells = "  ".join(f"{d}={v * 100:5.1f}" for d, v in table.items())
         print(f"  {name:<11} {cells}")
@@ -112,7 +112,7 @@ def _seg(args, model) -> dict:
 def _cls(args, model) -> dict:
     out = cls_domain_errors(model, args.n, args.severity)
     mean = out["corruption_mean_error"]
-    print(f"\nsource model signnet, error % on {args.n} held-out crops:")
+    print(f"\n{args.weights or 'source model signnet'}, error % on {args.n} held-out crops:")
     print("  weather:     " + "  ".join(f"{k}={v * 100:.1f}" for k, v in out["weather_error"].items()))
     print("  corruptions: " + "  ".join(f"{k}={v * 100:.1f}" for k, v in out["corruption_error"].items()))
     print(f"  mean over the 15 corruptions at severity {args.severity}: {mean * 100:.1f} "
