@@ -1,13 +1,17 @@
-"""Source training on clear weather only (the setting every TTA paper assumes), seeded.
+"""Source training on clear weather only (the setting every TTA paper assumes), seeded; and the
+same training under every weather (``weather="all"``): the target-supervised oracle, the usual upper
+bound of domain-adaptation papers, which the benchmark reports as its ceiling.
 
 Worlds used: training scenes come from world seeds >= 1000, while every evaluation sequence and
-held-out set uses seeds < 1000, so the reported clear-weather score is measured on unseen streets.
+held-out set uses seeds < 1000, so the reported scores are measured on unseen streets.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,9 +26,12 @@ from .world.effects import compose
 from .world.render import Renderer
 from .world.sign_crops import render_sign_crops
 from .world.signs import NUM_SIGNS
-from .world.weather import WeatherParameters, preset
+from .world.weather import WeatherParameters, interpolate, preset
 
 TRAIN_SEED_BASE = 1000
+
+#: a weather sampler draws one frame's (or crop's) weather from a seeded generator
+WeatherSampler = Callable[[np.random.Generator], WeatherParameters]
 
 
 def clear_weather(rng: np.random.Generator) -> WeatherParameters:
@@ -34,25 +41,78 @@ def clear_weather(rng: np.random.Generator) -> WeatherParameters:
         cloudiness=float(rng.uniform(0, 25)))
 
 
-def render_seg_set(n: int, seed: int, size=(128, 256), frames_per_world: int = 10, progress: bool = True):
-    """``n`` clear-weather frames from worlds ``TRAIN_SEED_BASE + seed*10000 + k``: (rgb, labels)."""
+@functools.lru_cache(maxsize=1)
+def weather_targets() -> tuple[WeatherParameters, ...]:
+    """Every weather the world names: CARLA's presets (``world/weather.py``, HeavyFogNoon included)
+    and each keyframe of the shipped sequences (``config/sequences``: e.g. clear2fog's light fog,
+    which is no preset). Only the weather definitions are read, never an evaluation frame."""
+    from .world.schedule import list_sequences, load_schedule
+    from .world.weather import PRESETS
+
+    out = list(PRESETS.values())
+    for name in list_sequences():
+        out += [k.weather for k in load_schedule(name).keyframes]
+    unique: dict[tuple, WeatherParameters] = {}
+    for w in out:
+        unique.setdefault(tuple(sorted(w.as_dict().items())), w)
+    return tuple(unique.values())
+
+
+def all_weather(rng: np.random.Generator) -> WeatherParameters:
+    """The oracle's weather: a target of :func:`weather_targets` drawn uniformly, and with
+    probability 1/2 blended from a clear noon by a uniform factor, because the sequences spend as
+    many frames between keyframes (light rain, dusk, thinning fog) as on them."""
+    targets = weather_targets()
+    target = targets[int(rng.integers(len(targets)))]
+    if rng.random() < 0.5:
+        return interpolate(clear_weather(rng), target, float(rng.uniform(0, 1)))
+    return target
+
+
+WEATHERS: dict[str, WeatherSampler] = {"clear": clear_weather, "all": all_weather}
+
+
+def render_seg_set(n: int, seed: int, size=(128, 256), frames_per_world: int = 10, progress: bool = True,
+                   weather: WeatherSampler = clear_weather):
+    """``n`` frames from worlds ``TRAIN_SEED_BASE + seed*10000 + k`` under ``weather`` (clear by
+    default, the source model's data): (rgb, labels)."""
     rng = np.random.default_rng([seed, 11])
     rgb = np.empty((n, size[0], size[1], 3), np.uint8)
     lab = np.empty((n, size[0], size[1]), np.uint8)
     renderer = None
-    for i in tqdm(range(n), desc="render clear frames", disable=not progress, unit="frame"):
+    desc = "render clear frames" if weather is clear_weather else "render all-weather frames"
+    for i in tqdm(range(n), desc=desc, disable=not progress, unit="frame"):
         if i % frames_per_world == 0:
             renderer = Renderer(TRAIN_SEED_BASE + seed * 10000 + i // frames_per_world, *size)
         buf = renderer.render(float(rng.uniform(0, 900)))
-        rgb[i] = compose(buf, clear_weather(rng), frame=i, noise_seed=seed)
+        rgb[i] = compose(buf, weather(rng), frame=i, noise_seed=seed)
         lab[i] = buf.label
     return rgb, lab
 
 
-def render_cls_set(n: int, seed: int, weathers=None):
+def render_cls_set(n: int, seed: int, weathers=None, weather: WeatherSampler = clear_weather,
+                   corruptions: Sequence[str] = (), severity: int = 5, progress: bool = False):
+    """``n`` sign crops from training crop seeds (``TRAIN_SEED_BASE + seed``) under 64 weathers
+    drawn by ``weather`` (or the given ``weathers``). With ``corruptions`` the crops are dealt
+    round-robin into ``1 + len(corruptions)`` equal groups: group 0 keeps those weathers, group k
+    is rendered in clear weather and gets corruption k at ``severity``, as the benchmark corrupts
+    clear crops."""
     rng = np.random.default_rng([seed, 12])
-    weathers = weathers or [clear_weather(rng) for _ in range(64)]
-    return render_sign_crops(n, weathers, seed=TRAIN_SEED_BASE + seed)
+    weathers = weathers or [weather(rng) for _ in range(64)]
+    if not corruptions:
+        return render_sign_crops(n, weathers, seed=TRAIN_SEED_BASE + seed)
+    from .world.corruptions import corrupt_images
+
+    clear = [clear_weather(rng) for _ in range(64)]
+    k = 1 + len(corruptions)
+    per_crop = [weathers[i % len(weathers)] if i % k == 0 else clear[i % len(clear)] for i in range(n)]
+    x, y = render_sign_crops(n, per_crop, seed=TRAIN_SEED_BASE + seed)
+    for j, c in enumerate(tqdm(corruptions, desc=f"corrupt training crops s{severity}", disable=not progress,
+                               unit="corruption"), start=1):
+        idx = np.arange(j, n, k)
+        if len(idx):
+            x[idx] = corrupt_images(x[idx], c, severity, seed=TRAIN_SEED_BASE + seed)
+    return x, y
 
 
 @dataclass
@@ -66,6 +126,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     val_size: int = 200
     threads: int = 0              # 0 = torch default
+    weather: str = "clear"        # "clear": the source model; "all": the oracle (every weather, + corruptions for cls)
+    severity: int = 5             # cls oracle: corruption severity, the benchmark's (bench --severity)
     extra: dict = field(default_factory=dict)
 
 
@@ -81,19 +143,26 @@ def train_source(cfg: TrainConfig, progress: bool = True, log=print):
     """Train the embedded source model for ``cfg.task``; returns (model, report dict)."""
     if cfg.task not in ("seg", "cls"):
         raise ValueError(f"task must be 'seg' or 'cls', got {cfg.task!r}")
+    if cfg.weather not in WEATHERS:
+        raise ValueError(f"weather must be one of {', '.join(WEATHERS)}, got {cfg.weather!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     t0 = time.time()
     if cfg.task == "seg":
-        x_np, y_np = render_seg_set(cfg.train_size, cfg.seed, progress=progress)
-        xv_np, yv_np = render_seg_set(cfg.val_size, cfg.seed + 1, progress=progress)
+        sampler = WEATHERS[cfg.weather]
+        x_np, y_np = render_seg_set(cfg.train_size, cfg.seed, progress=progress, weather=sampler)
+        xv_np, yv_np = render_seg_set(cfg.val_size, cfg.seed + 1, progress=progress, weather=sampler)
         model = build_model("driveseg")
         weights = _class_weights(y_np, NUM_CLASSES)
     else:
-        x_np, y_np = render_cls_set(cfg.train_size, cfg.seed)
-        xv_np, yv_np = render_cls_set(cfg.val_size, cfg.seed + 1)
+        kw = {}
+        if cfg.weather == "all":
+            from .world.corruptions import CORRUPTIONS
+            kw = dict(weather=all_weather, corruptions=CORRUPTIONS, severity=cfg.severity, progress=progress)
+        x_np, y_np = render_cls_set(cfg.train_size, cfg.seed, **kw)
+        xv_np, yv_np = render_cls_set(cfg.val_size, cfg.seed + 1, **kw)
         model = build_model("signnet")
         weights = None
     render_s = time.time() - t0
@@ -130,9 +199,9 @@ def train_source(cfg: TrainConfig, progress: bool = True, log=print):
     bar.close()
     model.eval()
     score = evaluate_arrays(model, xv_np, yv_np, cfg.task)
-    report = {"task": cfg.task, "train_size": n, "epochs": cfg.epochs, "render_seconds": round(render_s, 1),
+    report = {"task": cfg.task, "weather": cfg.weather, "train_size": n, "epochs": cfg.epochs, "render_seconds": round(render_s, 1),
               "train_seconds": round(time.time() - t0 - render_s, 1), "val": score}
-    log(f"validation (clear, unseen training-distribution worlds): {score}")
+    log(f"validation ({cfg.weather} weather, unseen training-distribution worlds): {score}")
     return model, report
 
 
@@ -152,4 +221,4 @@ def evaluate_arrays(model, images: np.ndarray, labels: np.ndarray, task: str, ba
 
 
 __all__ = ["TrainConfig", "train_source", "evaluate_arrays", "render_seg_set", "render_cls_set",
-           "clear_weather", "NUM_SIGNS"]
+           "clear_weather", "all_weather", "weather_targets", "WEATHERS", "NUM_SIGNS"]

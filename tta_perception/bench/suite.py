@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from ..runtime.devices import resolve_device
 from ..runtime.model_loader import load_model
+from .ceiling import CEILING, load_ceiling, report_ceiling, with_ceiling
 from .common import DEFAULT_CACHE, machine_info, model_spec
 from .prepare import (PrepareSettings, cached_bundle_path, default_bundle_path, run_prepare, source_batches)
 from ..atomic import atomic_write_text
@@ -70,6 +71,8 @@ class BenchConfig:
     workers: int = 2
     progress: bool = True
     plot: bool = True
+    ceiling: bool = True                 # run the oracle as the tables' ceiling row where one exists
+    ceiling_weights: str | None = None   # the oracle's checkpoint for a model without a committed one
 
 
 def _log(msg: str) -> None:
@@ -211,6 +214,7 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     fisher, fisher_desc = (None, "")
     if any(VARIANTS[m].method == "eata" for m in cfg.methods):
         fisher, fisher_desc = fisher_source(cfg)
+    ceiling = load_ceiling(cfg, lm, task, streams0[0].num_classes, device, log)
     opts_base = dict(device=device, streaming=cfg.streaming, window=cfg.window, adapt_every=cfg.adapt_every,
                      background=cfg.background, predict_mode=cfg.predict, bn_stats=cfg.bn_stats, safety=cfg.safety,
                      progress=cfg.progress)
@@ -237,6 +241,9 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
                     f"{r.ms_per_frame:8.2f} ms/frame  {time.perf_counter() - t0:6.1f} s")
                 if rt_costs is not None:
                     rt_runs.append(run_realtime(m, lm.model, st, opts, cfg, rt_costs[m], bundle, fisher, log))
+            if ceiling is not None:
+                r = ceiling.run(st, opts)
+                log(f"  seed {seed} {st.name:<11} {'ceiling':<14} {r.overall:6.2f}  (the oracle, no adaptation)")
     # ------------------------------------------------------------------ report
     proto = "streaming (batch of one frame)" if cfg.streaming else "batch protocol"
     payload: dict[str, Any] = {
@@ -244,6 +251,7 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
         "config": asdict(cfg), "machine": machine, "model": {"arch": lm.arch, "weights": lm.weights_desc,
                                                                           "weights_id": lm.weights_id},
         "bundle": bundle_info, "eata_fisher": fisher_desc, "protocol": proto, "streams": {}, "runs": [],
+        "ceiling": ceiling.desc if ceiling else None,
         "timing_note": ("ms/frame: the method's own work per frame (step or predict, synchronised), excluding data "
                         "loading and scoring; x src fwd: that time over the source model's plain forward pass "
                         "measured in the same process on the same inputs"),
@@ -252,10 +260,11 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     summary_rows: dict[str, Any] = {}
     for st in streams0:
         rows = aggregate(st, runs, cfg.methods)
+        crow = ceiling.row(st) if ceiling is not None else None
         fwd = sum(src_fwd[st.name]) / len(src_fwd[st.name])
-        add_ratios(rows, fwd)
+        add_ratios(with_ceiling(rows, crow), fwd)
         extra = ["seq"] if task == "seg" else (["all"] if cfg.setting == "gradual" else [])
-        for r in rows.values():
+        for r in with_ceiling(rows, crow).values():
             if task == "seg":
                 r["seq"] = r["overall"]
             elif cfg.setting == "gradual":
@@ -266,16 +275,17 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
         title = (f"{st.name} ({st.setting}, {proto}, batch {st.batch_size}): {metric}"
                  + (", seq = mIoU over the whole sequence" if task == "seg" else "")
                  + (", columns at severity 5, all = mean over every severity" if cfg.setting == "gradual" else ""))
-        text = [format_table(rows, st.columns, title, extra), "", format_costs(rows, fwd, cfg.streaming), "",
-                format_headline(h, task)]
+        safe = st.name.replace("/", "_")
+        gap_text, gap_block = report_ceiling(out, safe, rows, crow, st.columns, task, extra, ceiling)
+        text = [format_table(with_ceiling(rows, crow), st.columns, title, extra), *gap_text, "",
+                format_costs(rows, fwd, cfg.streaming), "", format_headline(h, task)]
         if "source" in rows:
             src = rows["source"][key]
             better = [m for m, r in rows.items() if m != "source" and
                       ((r[key] < src) if task == "cls" else (r[key] > src))]
             text.append(f"better than source on {st.name}: {', '.join(better) or 'none'}")
         printed.append("\n".join(text))
-        safe = st.name.replace("/", "_")
-        write_csv(out / f"table_{safe}.csv", rows, st.columns, extra)
+        write_csv(out / f"table_{safe}.csv", with_ceiling(rows, crow), st.columns, extra)
         png = None
         if cfg.plot:
             seed0 = [r for r in runs if r.stream == st.name and r.seed == cfg.seeds[0]]
@@ -284,7 +294,9 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
                                        "columns": st.columns, "source_forward_ms": fwd, "rows": rows,
                                        "headline": h, "csv": str(out / f"table_{safe}.csv"),
                                        "png": str(png) if png else None}
-        for m, r in rows.items():
+        if gap_block:
+            payload["streams"][st.name]["ceiling"] = gap_block
+        for m, r in with_ceiling(rows, crow).items():
             summary_rows.setdefault(m, {"cells": {}, "ms": [], "x": [], "mem": [], "kind": r["mem_kind"]})
             summary_rows[m]["cells"][st.name] = r[key]
             summary_rows[m]["ms"].append(r["ms_per_frame"])
@@ -295,12 +307,16 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
         rows = {m: {"cells": s["cells"], "mean": sum(s["cells"].values()) / len(s["cells"]),
                     "ms_per_frame": sum(s["ms"]) / len(s["ms"]), "x_source_forward": sum(s["x"]) / len(s["x"]),
                     "peak_mem_mib": max(s["mem"]), "mem_kind": s["kind"]} for m, s in summary_rows.items()}
+        crow = rows.pop(CEILING, None)
         h = headline(rows, task, "mean")
         metric = "error %" if task == "cls" else "mIoU % over each whole sequence"
-        printed.append("\n".join([format_table(rows, cols, f"summary ({cfg.setting}, {proto}): {metric}"), "",
-                                  format_headline(h, task)]))
-        write_csv(out / "summary.csv", rows, cols)
+        gap_text, gap_block = report_ceiling(out, "summary", rows, crow, cols, task, (), ceiling)
+        printed.append("\n".join([format_table(with_ceiling(rows, crow), cols, f"summary ({cfg.setting}, {proto}): "
+                                               f"{metric}"), *gap_text, "", format_headline(h, task)]))
+        write_csv(out / "summary.csv", with_ceiling(rows, crow), cols)
         payload["summary"] = {"columns": cols, "rows": rows, "headline": h, "csv": str(out / "summary.csv")}
+        if gap_block:
+            payload["summary"]["ceiling"] = gap_block
     evidence_text, payload["evidence"] = evidence_report(streams0, runs, cfg.methods, task, out, cfg.streaming)
     cycles_text, payload["cycles"] = cycles_report(streams0, runs, cfg.methods, out)
     printed += evidence_text + cycles_text

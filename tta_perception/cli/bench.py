@@ -71,6 +71,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, default=None,
                    help="DPLOT phase-A bundle (default, for the same weights: the committed bundle, else "
                         "runs/prepare/<arch>_dplot.bundle, else phase A runs once and is cached under --cache)")
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="skip the ceiling row (the all-weather oracle run without adaptation) and the gap-closed table")
+    p.add_argument("--ceiling-weights", type=Path, default=None,
+                   help="the ceiling's checkpoint (same architecture as --model, trained with labels on the target "
+                        "domains); default: the committed oracle of an embedded model, if any")
     p.add_argument("--safety", action="store_true",
                    help="engine safety on (collapse reset, NaN guard); off = paper protocol")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -148,7 +153,8 @@ def config_from_args(args: argparse.Namespace):
         realtime_costs=str(args.realtime_costs) if args.realtime_costs else None,
         bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,
-        progress=not args.no_progress, plot=not args.no_plot)
+        progress=not args.no_progress, plot=not args.no_plot, ceiling=not args.no_ceiling,
+        ceiling_weights=str(args.ceiling_weights) if args.ceiling_weights else None)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,6 +44,51 @@ def heldout_clear_score(model, task: str, frames: int | None = None) -> dict:
     return {"accuracy": evaluate_arrays(model, x, y, "cls")["accuracy"], "set": f"{n} ClearNoon crops, seed 7"}
 
 
+def heldout_domain_scores(model, task: str, stride: int = 10, n: int = 256, severity: int = 5,
+                          progress: bool = True) -> dict:
+    """Per-domain held-out scores for the manifest (the oracle's; ``evaluate`` gives the same for any
+    model): seg, mIoU per domain of the four benchmark sequences at the benchmark's stride; cls,
+    error on ``n`` held-out crops (the benchmark's size) per weather and per corruption."""
+    from ..evaluation import evaluate_sequence
+
+    if task == "cls":
+        out = cls_domain_errors(model, n, severity, progress=progress)
+        out["set"] = f"{n} held-out crops (seed {HELDOUT_CLS_SEED}), corruptions at severity {severity}"
+        return out
+    out: dict = {}
+    for name in ("day2night", "clear2fog", "clear2rain", "dynamic"):
+        res = evaluate_sequence(model, name, stride=stride, progress=progress)
+        out[name] = {k: round(v, 4) for k, v in res.table().items()}
+    out["set"] = f"the four benchmark sequences (world seed 0), every {stride}th frame"
+    return out
+
+
+def cls_domain_errors(model, n: int, severity: int, progress: bool = True) -> dict:
+    """Error (fraction) on ``n`` held-out crops under each of ``CLS_WEATHERS`` and under each
+    corruption (applied to the ClearNoon crops), and the mean over the corruptions."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ..training import evaluate_arrays
+    from ..world.corruptions import CORRUPTIONS, corrupt_images
+    from ..world.sign_crops import render_sign_crops
+    from ..world.weather import preset
+
+    out = {"weather_error": {}, "corruption_error": {}}
+    clean = None
+    for name in CLS_WEATHERS:
+        x, y = render_sign_crops(n, preset(name), seed=HELDOUT_CLS_SEED)
+        if name == "ClearNoon":
+            clean = (x, y)
+        out["weather_error"][name] = round(1 - evaluate_arrays(model, x, y, "cls")["accuracy"], 4)
+    x, y = clean
+    for c in tqdm(CORRUPTIONS, desc=f"corruptions s{severity}", unit="corruption", disable=not progress):
+        xc = corrupt_images(x, c, severity, seed=HELDOUT_CLS_SEED)
+        out["corruption_error"][c] = round(1 - evaluate_arrays(model, xc, y, "cls")["accuracy"], 4)
+    out["corruption_mean_error"] = round(float(np.mean(list(out["corruption_error"].values()))), 4)
+    return out
+
+
 def _seg(args, model) -> dict:
     from ..evaluation import evaluate_sequence
 
@@ -52,7 +97,7 @@ def _seg(args, model) -> dict:
         res = evaluate_sequence(model, name, stride=args.stride, workers=args.workers)
         results[name] = {k: round(v, 4) for k, v in res.table().items()}
     clear = results.get("clear", {}).get("all")
-    print(f"\nsource model driveseg, mIoU per domain (every {args.stride}th frame):")
+    print(f"\n{args.weights or 'source model driveseg'}, mIoU per domain (every {args.stride}th frame):")
     for name, table in results.items():
         cells = "  ".join(f"{d}={v * 100:5.1f}" for d, v in table.items())
         print(f"  {name:<11} {cells}")
@@ -65,28 +110,9 @@ def _seg(args, model) -> dict:
 
 
 def _cls(args, model) -> dict:
-    import numpy as np
-
-    from ..training import evaluate_arrays
-    from ..world.corruptions import CORRUPTIONS, corrupt_images
-    from ..world.sign_crops import render_sign_crops
-    from ..world.weather import preset
-    from tqdm.auto import tqdm
-
-    out = {"weather_error": {}, "corruption_error": {}}
-    clean = None
-    for name in CLS_WEATHERS:
-        x, y = render_sign_crops(args.n, preset(name), seed=HELDOUT_CLS_SEED)
-        if name == "ClearNoon":
-            clean = (x, y)
-        out["weather_error"][name] = round(1 - evaluate_arrays(model, x, y, "cls")["accuracy"], 4)
-    x, y = clean
-    for c in tqdm(CORRUPTIONS, desc=f"corruptions s{args.severity}", unit="corruption"):
-        xc = corrupt_images(x, c, args.severity, seed=HELDOUT_CLS_SEED)
-        out["corruption_error"][c] = round(1 - evaluate_arrays(model, xc, y, "cls")["accuracy"], 4)
-    mean = float(np.mean(list(out["corruption_error"].values())))
-    out["corruption_mean_error"] = round(mean, 4)
-    print(f"\nsource model signnet, error % on {args.n} held-out crops:")
+    out = cls_domain_errors(model, args.n, args.severity)
+    mean = out["corruption_mean_error"]
+    print(f"\n{args.weights or 'source model signnet'}, error % on {args.n} held-out crops:")
     print("  weather:     " + "  ".join(f"{k}={v * 100:.1f}" for k, v in out["weather_error"].items()))
     print("  corruptions: " + "  ".join(f"{k}={v * 100:.1f}" for k, v in out["corruption_error"].items()))
     print(f"  mean over the 15 corruptions at severity {args.severity}: {mean * 100:.1f} "

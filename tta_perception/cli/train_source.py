@@ -1,4 +1,6 @@
-"""train-source: train an embedded source model on clear weather only and record it in the manifest."""
+"""train-source: train an embedded source model on clear weather only and record it in the manifest;
+``--weather all``: the same model, budget and seed trained with labels under every weather (the
+oracle, the benchmark's ceiling), recorded as ``<arch>_oracle``."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-HELP = "train the embedded clear-weather source model (seg: driveseg, cls: signnet), seeded"
+HELP = ("train the embedded clear-weather source model (seg: driveseg, cls: signnet), seeded; --weather all: "
+        "the all-weather oracle (the benchmark's ceiling)")
 
 DEFAULTS = {  # per task: what reproduces the committed weights
     "seg": dict(train_size=2000, epochs=6, batch_size=8, lr=3e-3),
@@ -23,38 +26,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weather", choices=("clear", "all"), default="clear",
+                   help="clear: the source model; all: the oracle, trained under every weather of the world "
+                        "(CARLA presets + the sequences' keyframes; cls: also the 15 corruptions at --severity)")
+    p.add_argument("--severity", type=int, default=5, help="cls --weather all: corruption severity (the benchmark's)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--out", type=Path, default=None,
-                   help="checkpoint path (default: the package's weights/<arch>_clear.pt + manifest entry)")
+                   help="checkpoint path (default: the package's weights/<arch>_clear.pt, or <arch>_oracle.pt "
+                        "with --weather all, + manifest entry)")
     p.add_argument("--no-manifest", action="store_true", help="do not update weights/manifest.json")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_write_text
     from ..models.checkpoint import MANIFEST, read_manifest, save_checkpoint, sha256_of
     from ..paths import WEIGHTS_DIR
     from ..training import TrainConfig, train_source
-    from .evaluate import heldout_clear_score
+    from .evaluate import heldout_clear_score, heldout_domain_scores
 
-    d = DEFAULTS[args.task]
+    d = DEFAULTS[args.task]  # the oracle gets the source model's budget: same frames/crops, epochs, batch
     cfg = TrainConfig(task=args.task, seed=args.seed,
                       train_size=args.train_size or d["train_size"], epochs=args.epochs or d["epochs"],
-                      batch_size=args.batch_size or d["batch_size"], lr=args.lr or d["lr"], threads=args.threads)
+                      batch_size=args.batch_size or d["batch_size"], lr=args.lr or d["lr"], threads=args.threads,
+                      weather=args.weather, severity=args.severity)
     model, report = train_source(cfg)
     arch = ARCH[args.task]
     clear = heldout_clear_score(model, args.task)
     report["heldout_clear"] = clear
     print(f"held-out clear score: {clear}")
-    out = args.out or WEIGHTS_DIR / f"{arch}_clear.pt"
+    name = arch if args.weather == "clear" else f"{arch}_oracle"
+    domains = None
+    if args.weather != "clear":
+        domains = heldout_domain_scores(model, args.task)
+        print(f"held-out score per domain: {domains}")
+    out = args.out or WEIGHTS_DIR / (f"{arch}_clear.pt" if args.weather == "clear" else f"{name}.pt")
     command = "tta-perception " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     save_checkpoint(model, out, arch, meta={"train": report, "command": command})
     size_mb = out.stat().st_size / 1e6
     print(f"wrote {out} ({size_mb:.2f} MB)")
     if not args.no_manifest and args.out is None:
         manifest = read_manifest()
-        manifest[arch] = {"file": out.name, "arch": arch, "task": args.task, "sha256": sha256_of(out),
-                          "command": command,
-                          "train": {k: v for k, v in report.items() if k != "heldout_clear"},
-                          "heldout_clear": clear}
-        MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+        entry = {"file": out.name, "arch": arch, "task": args.task, "sha256": sha256_of(out), "command": command,
+                 "train": {k: v for k, v in report.items() if k != "heldout_clear"}, "heldout_clear": clear}
+        if domains is not None:
+            entry["heldout_domains"] = domains
+        manifest[name] = entry
+        atomic_write_text(MANIFEST, json.dumps(manifest, indent=2) + "\n")
         print(f"updated {MANIFEST}")
     return 0

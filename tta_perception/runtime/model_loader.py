@@ -3,8 +3,9 @@ here, so a name means the same network with the same weights everywhere.
 
 A model is named by two strings, as the node's parameters ``model`` and ``architecture``:
 
-- ``model`` an embedded name (``driveseg``, ``signnet``): the committed clear-weather weights,
-  checked against the sha256 of ``weights/manifest.json``;
+- ``model`` an embedded name (``driveseg``, ``signnet``: the committed clear-weather weights;
+  ``driveseg_oracle``, ``signnet_oracle``: the all-weather oracles), checked against the sha256 of
+  ``weights/manifest.json``;
 - ``model`` a checkpoint path and no ``architecture``: a checkpoint that records its architecture
   (``models.checkpoint`` format, written by ``train-source``);
 - ``architecture`` a registered name (``models.list_models()``: the embedded ones, ``resnet50``,
@@ -28,6 +29,8 @@ from .errors import ConfigError, one_line
 
 #: the embedded source model of each task (``bench --task``, the node's ``task``)
 EMBEDDED_FOR_TASK = {"seg": "driveseg", "cls": "signnet"}
+#: manifest name of an embedded model's all-weather oracle (``train-source --weather all``)
+ORACLE_SUFFIX = "_oracle"
 
 
 @dataclass
@@ -47,6 +50,12 @@ def embedded_models() -> list[str]:
     from ..models.checkpoint import read_manifest
 
     return sorted(read_manifest())
+
+
+def embedded_oracle(name: str) -> Optional[str]:
+    """The manifest name of embedded model ``name``'s oracle (the benchmark's ceiling), if committed."""
+    oracle = f"{name}{ORACLE_SUFFIX}"
+    return oracle if oracle in embedded_models() else None
 
 
 def _build(architecture: str, num_classes: Optional[int], label: str, allow_import: bool):
@@ -167,7 +176,7 @@ def load_model(model: str = "", architecture: str = "", *, task: Optional[str] =
         wid, desc = sha256_of(path), str(path)
     else:
         net, entry = _embedded(name, label)
-        arch = name
+        arch = str(entry.get("arch") or name)  # driveseg_oracle is a driveseg
         wid, desc = entry.get("sha256") or "", f"committed {name} ({entry['file']})"
     try:
         check_model(net)
