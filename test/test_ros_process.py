@@ -165,7 +165,7 @@ def test_node_process_over_dds(prefix, tmp_path):
             except AssertionError:
                 return None
 
-        msgs = H.wait_until(got_output, timeout=120, what="an output from the node process")
+        msgs = H.wait_until(got_output, timeout=300, what="an output from the node process")
         m = msgs[0]
         assert m.header.frame_id == "front" and m.header.stamp.nanosec == 5
         assert (m.encoding, m.height, m.width) == ("mono8", 48, 96)
@@ -190,7 +190,7 @@ def test_bad_configuration_is_one_clear_line(prefix):
     proc = Proc(_node_cmd(prefix, ["-r", f"__ns:={ns}", "-p", "method:=nope", "-p", "device:=cpu"]),
                 _env(prefix))
     try:
-        H.wait_until(lambda: "configure refused" in proc.text or proc.p.poll() is not None, timeout=120,
+        H.wait_until(lambda: "configure refused" in proc.text or proc.p.poll() is not None, timeout=300,
                      what="the refusal")
         assert proc.p.poll() is None, "the node stays up (unconfigured) so the parameter can be fixed"
     finally:
@@ -215,7 +215,7 @@ def test_repeated_sigint_during_shutdown_is_quiet(prefix, tmp_path):
     h = H.Harness()
     try:
         pub = h.client.create_publisher(Image, f"{ns}/camera/image_raw", output_qos())
-        H.wait_until(lambda: pub.get_subscription_count() > 0 or proc.p.poll() is not None, timeout=120,
+        H.wait_until(lambda: pub.get_subscription_count() > 0 or proc.p.poll() is not None, timeout=300,
                      what="the node to subscribe")
         assert proc.p.poll() is None, proc.text[-3000:]
         pub.publish(H.image_msg(H.frame(32, 64), "rgb8"))
