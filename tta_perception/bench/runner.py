@@ -186,10 +186,10 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
         adapter = clock = None
         if opts.streaming:
             adapter = build_stream_adapter(method, opts, VARIANTS[name].domain_memory)
-        elif VARIANTS[name].domain_memory:
-            raise ValueError(f"{name}: domain memory is a streaming protocol (bench --stream)")
             if opts.realtime_hz:
                 clock = _realtime_clock(adapter, opts)
+        elif VARIANTS[name].domain_memory:
+            raise ValueError(f"{name}: domain memory is a streaming protocol (bench --stream)")
         bar = tqdm(total=stream.n_samples, desc=f"{name} on {stream.name}", unit=stream.x_label,
                    disable=not opts.progress, leave=False)
         try:
