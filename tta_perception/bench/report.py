@@ -3,7 +3,9 @@
 Tables: rows = methods, columns = domains (the 15 corruptions; a sequence's weather domains), last
 column = mean over the columns (the paper's "mean error"). Classification cells are error %,
 segmentation cells mIoU % (per domain; the ``seq`` column is the mIoU over the whole sequence, the
-CarlaTTA metric). Several seeds: cells are means over seeds (the JSON keeps every run).
+CarlaTTA metric). Several seeds: cells are means over seeds (the JSON keeps every run); their 95 %
+intervals, DPLOT's paired comparison with the best prior method and the time to recover are in
+``bench/evidence.py``, the real-time protocol's table in ``bench/realtime.py``.
 
 Headline (as the paper's abstract): relative error reduction of DPLOT over the best *prior* method
 in the run (source, norm, tent, eata, sar, cotta, rmt; the DPLOT ablations and +BS variants are
