@@ -26,7 +26,7 @@ from .streams import BenchStream
 from .variants import build_variant
 
 KEEP_STATS = ("steps", "updates", "nan_skips", "resets", "collapse_resets", "method_resets", "filtered_steps",
-              "blocks", "warmed_up", "fisher")
+              "blocks", "warmed_up", "fisher", "warmup", "warmup_steps", "contrastive", "d_margin", "ap")
 
 
 @dataclass
@@ -61,6 +61,9 @@ class MethodRun:
     series_weather: list[dict] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     streaming: dict[str, Any] = field(default_factory=dict)
+    # batch protocol, methods with ``last_parts`` (DPLOT, RMT): each half of the prediction scored alone,
+    # from the same forward passes: {part: {"domains": ..., "overall": ...}}
+    parts: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-point lists, plus the metric series (x, y) for later analysis."""
@@ -138,19 +141,21 @@ def source_forward_ms(model: torch.nn.Module, stream: BenchStream, opts: RunOpti
 
 
 def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, opts: RunOptions, *,
-               bundle=None, fisher_batches=None) -> MethodRun:
+               bundle=None, fisher_batches=None, rmt_warmup=None) -> MethodRun:
     """Build variant ``name`` on a fresh copy of ``source_model`` and run it over ``stream``."""
     from tqdm.auto import tqdm
 
     seed_everything(opts.seed)
     scorer = _Scorer(stream.task, stream.num_classes)
+    part_scores: dict[str, _Scorer] = {}
     frames = 0
     busy = 0.0
     stream_info: dict[str, Any] = {}
     with PeakMemory(opts.device) as mem:
         t_setup = time.perf_counter()
         model = copy.deepcopy(source_model).to(opts.device)
-        method = build_variant(name, model, bundle=bundle, fisher_batches=fisher_batches, safety=opts.safety)
+        method = build_variant(name, model, bundle=bundle, fisher_batches=fisher_batches, rmt_warmup=rmt_warmup,
+                               safety=opts.safety)
         setup_s = time.perf_counter() - t_setup
         adapter = None
         if opts.streaming:  # as the node builds it; the source model only predicts (no pointless steps)
@@ -182,6 +187,8 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                     logits = method.step(x)
                     sync(opts.device)
                     busy += time.perf_counter() - t0
+                    for part, out in (method.last_parts or {}).items():  # outside the timed work
+                        part_scores.setdefault(part, _Scorer(stream.task, stream.num_classes)).update(out, chunk)
                 frames += x.shape[0]
                 scorer.update(logits, chunk)
                 bar.update(x.shape[0])
@@ -196,7 +203,8 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                                                    "background")}
                 stream_info["predict_mode"] = adapter.predict_mode
     stats = {k: v for k, v in method.stats.items() if k in KEEP_STATS}
+    parts = {p: {"domains": sc.domains(), "overall": sc.overall()} for p, sc in part_scores.items()}
     del method, model, adapter
     return MethodRun(name, stream.name, opts.seed, scorer.domains(), scorer.overall(), frames,
                      busy * 1e3 / max(frames, 1), setup_s, mem.peak_mib, mem.kind, scorer.x, scorer.y, scorer.d,
-                     scorer.w, stats, stream_info)
+                     scorer.w, stats, stream_info, parts)

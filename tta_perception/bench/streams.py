@@ -110,8 +110,12 @@ def corrupted_crops(n: int, corruption: str, severity: int, seed: int = HELDOUT_
 
 
 def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64, severity: int = 5,
-                     corruptions: Sequence[str] | None = None, seed: int = 0, cache_dir: Path = DEFAULT_CACHE,
-                     progress: bool = True) -> BenchStream:
+                     corruptions: Sequence[str] | None = None, seed: int = 0, shuffle: bool = False,
+                     cache_dir: Path = DEFAULT_CACHE, progress: bool = True) -> BenchStream:
+    """``shuffle``: the crops of every domain in one order drawn from ``seed`` (otherwise render
+    order), as the reference framework's test loader: ``random.seed(RNG_SEED)`` then
+    ``random.shuffle(samples)`` for each domain, so every corruption sees the same order and a seed
+    changes the order, not the crops."""
     from ..world.corruptions import CORRUPTIONS
     from ..world.signs import NUM_SIGNS
 
@@ -136,6 +140,8 @@ def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64
     def dom(c: str, s: int) -> str:
         return f"{c}@{s}" if gradual else c
 
+    perm = np.random.default_rng([seed, 43]).permutation(n) if shuffle else np.arange(n)
+
     def chunks() -> Iterator[Chunk]:
         if setting == "mixed":
             xs = np.concatenate([data[cs] for cs in plan])
@@ -150,14 +156,16 @@ def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64
         for di, cs in enumerate(plan):
             for k, sl in enumerate(_split(n, batch_size)):
                 reset = setting == "reset_each_shift" and k == 0 and di > 0
-                yield Chunk(data[cs][sl], y[sl], [dom(*cs)] * (sl.stop - sl.start),
+                idx = perm[sl] if shuffle else sl
+                yield Chunk(data[cs][idx], y[idx], [dom(*cs)] * (sl.stop - sl.start),
                             list(range(pos + sl.start, pos + sl.stop)), reset=reset)
             pos += n
 
     col_dom = {c: dom(c, 5 if gradual else severity) for c in corruptions}
     info = {"data": f"{n} held-out sign crops per domain (ClearNoon, crop seed {HELDOUT_CLS_SEED}), "
                     f"{'severities ' + '-'.join(map(str, GRADUAL_SEVERITIES)) if gradual else f'severity {severity}'}",
-            "corruptions": corruptions, "n_per_domain": n, "domains_in_order": [dom(*cs) for cs in plan]}
+            "corruptions": corruptions, "n_per_domain": n, "domains_in_order": [dom(*cs) for cs in plan],
+            "order": f"shuffled by seed {seed} (the same order in every domain)" if shuffle else "render order"}
     return BenchStream("corruptions", "cls", NUM_SIGNS, setting, batch_size, corruptions, col_dom,
                        n * len(plan), chunks, info, "sample")
 

@@ -37,7 +37,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="streaming: BatchNorm of a frame at inference: its own statistics (frame), the EMA kept "
                         "by the adaptation steps (running); auto: frame for segmentation methods that adapt")
     p.add_argument("--quick", action="store_true", help="smoke run of about a minute (few crops / frames)")
-    p.add_argument("--seeds", default="0", help="comma list of seeds (each a full run; tables show the mean)")
+    p.add_argument("--paper-scale", action="store_true",
+                   help="cls: the paper's CIFAR protocol at the scale this CPU runs in about 2 h: batch 200, "
+                        "2,000 crops per corruption, official phase-A amounts, test order shuffled per seed, "
+                        "seeds 0,1,2 for DPLOT and the two best prior methods (docs/benchmark.md); explicit "
+                        "options override its values")
+    p.add_argument("--seeds", default=None, help="comma list of seeds (each a full run; tables show the mean; "
+                                                 "default 0)")
+    p.add_argument("--seeds-for", default=None,
+                   help="methods that run every seed, the others only the first: comma list of names and bestK "
+                        "(the K best prior methods of the first seed); default: every method")
+    p.add_argument("--shuffle", action="store_true",
+                   help="cls: test order within each corruption drawn from the seed (the reference framework's "
+                        "loader); default: render order")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/bench/<task>_<setting>...)")
     # data
     p.add_argument("--n", type=int, default=None,
@@ -86,29 +98,47 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError("--model is required with a public dataset (e.g. wrn28_10 --weights PATH)")
     methods = resolve_methods(args.methods) if args.methods else \
         list(QUICK_METHODS if args.quick else resolve_methods("default"))
+    preset: dict = {}
+    if args.paper_scale:
+        from ..bench.suite import PAPER_SCALE
+
+        if task != "cls" or args.dataset != "world" or args.stream or args.quick:
+            raise ValueError("--paper-scale is the classification preset: --task cls on the embedded world, "
+                             "without --stream or --quick")
+        preset = dict(PAPER_SCALE)
+    seeds_arg = args.seeds if args.seeds is not None else ",".join(map(str, preset.get("seeds", [0])))
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        seeds = [int(s) for s in seeds_arg.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--seeds must be a comma list of integers, got {args.seeds!r}") from None
+        raise ValueError(f"--seeds must be a comma list of integers, got {seeds_arg!r}") from None
     if not seeds:
         raise ValueError("--seeds is empty")
+    seeds_for = [t.strip() for t in args.seeds_for.split(",") if t.strip()] if args.seeds_for else \
+        preset.get("seeds_for")
+    for t in seeds_for or []:
+        if not (t in methods or (t.startswith("best") and (t[4:] == "" or t[4:].isdigit()))):
+            raise ValueError(f"--seeds-for: {t!r} is neither one of --methods nor bestK")
     seqs = [s.strip() for s in args.sequence.split(",") if s.strip()] if args.sequence else []
     corr = [c.strip() for c in args.corruptions.split(",") if c.strip()] if args.corruptions else None
     if args.stream and task != "seg":
         raise ValueError("--stream is the segmentation streaming protocol (--task seg)")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
+    batch_size = args.batch_size if args.batch_size is not None else preset.get("batch_size")
+    n = args.n if args.n is not None else preset.get("n")
     return BenchConfig(
         task=task, methods=methods, setting=args.setting, dataset=args.dataset,
         data_root=str(args.data_root) if args.data_root else None,
         source_root=str(args.source_root) if args.source_root else None, sequences=seqs, model=args.model,
         weights=str(args.weights) if args.weights else None, random_init=args.random_init,
-        batch_size=args.batch_size, severity=args.severity, corruptions=corr, n=args.n, start=args.start,
+        batch_size=batch_size, severity=args.severity, corruptions=corr, n=n, start=args.start,
         frames=args.frames, stride=args.stride, size=parse_size(args.size), streaming=args.stream,
         window=args.window, adapt_every=args.adapt_every, background=args.background, predict=args.predict,
         bn_stats=args.bn_stats,
         quick=args.quick,
-        seeds=seeds, bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
+        seeds=seeds, seeds_for=seeds_for, shuffle=args.shuffle or preset.get("shuffle", False),
+        prepare_profile=preset.get("prepare_profile"), paper_scale=args.paper_scale,
+        bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,
         progress=not args.no_progress, plot=not args.no_plot)
 
