@@ -262,3 +262,17 @@ def test_t_interval_and_seed_table_on_known_values():
     assert diff["pair"] == "dplot - rmt" and diff["mean_diff"] == pytest.approx(-5.0)
     assert diff["ci"] == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)  # diffs -5, -4, -6
     assert diff["reading"] == "interval excludes 0"
+
+
+def test_the_node_pipeline_keeps_the_bundle_warmup_for_rmt():
+    from tta_perception.runtime import params as P
+    from tta_perception.runtime.pipeline import Pipeline
+
+    cfg = P.defaults()
+    cfg.update(model="signnet", method="rmt", device="cpu", task="classification")
+    pipe = Pipeline(cfg, background=False)
+    try:
+        assert pipe.method.cfg.warmup == "bundle" and pipe.method.stats["warmup"] == "bundle"
+        assert pipe.bundle.endswith("signnet_dplot.bundle")
+    finally:
+        pipe.close()
