@@ -49,10 +49,10 @@ def render_seg_set(n: int, seed: int, size=(128, 256), frames_per_world: int = 1
     return rgb, lab
 
 
-def render_cls_set(n: int, seed: int, weathers=None):
+def render_cls_set(n: int, seed: int, weathers=None, progress: bool = False):
     rng = np.random.default_rng([seed, 12])
     weathers = weathers or [clear_weather(rng) for _ in range(64)]
-    return render_sign_crops(n, weathers, seed=TRAIN_SEED_BASE + seed)
+    return render_sign_crops(n, weathers, seed=TRAIN_SEED_BASE + seed, progress=progress)
 
 
 @dataclass

@@ -107,7 +107,7 @@ def world_source_arrays(task: str, n: int, seed: int = 0, size=(128, 256), cache
         key = cache_key(kind="source", task=task, n=n, seed=seed)
 
         def build():
-            x, y = render_cls_set(n, seed)
+            x, y = render_cls_set(n, seed, progress=progress and n >= 5000)
             return {"x": x, "y": y.astype(np.int64)}
     else:
         key = cache_key(kind="source", task=task, n=n, seed=seed, size=list(size))

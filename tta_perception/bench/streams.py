@@ -80,13 +80,14 @@ def _split(n: int, size: int) -> list[slice]:
 
 
 # ------------------------------------------------------------------------------------ classification
-def clean_crops(n: int, seed: int = HELDOUT_CLS_SEED, cache_dir: Path = DEFAULT_CACHE) -> tuple[np.ndarray, np.ndarray]:
+def clean_crops(n: int, seed: int = HELDOUT_CLS_SEED, cache_dir: Path = DEFAULT_CACHE,
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``n`` held-out ClearNoon sign crops and labels (cached)."""
     from ..world.sign_crops import render_sign_crops
     from ..world.weather import preset
 
     def build():
-        x, y = render_sign_crops(n, preset("ClearNoon"), seed=seed)
+        x, y = render_sign_crops(n, preset("ClearNoon"), seed=seed, progress=progress)
         return {"x": x, "y": y.astype(np.int64)}
 
     key = cache_key(kind="crops", n=n, seed=seed, weather="ClearNoon")
@@ -129,7 +130,7 @@ def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64
         raise ValueError("severity must be 1..5")
     gradual = setting == "gradual"
     plan = [(c, s) for c in corruptions for s in (GRADUAL_SEVERITIES if gradual else (severity,))]
-    _, y = clean_crops(n, HELDOUT_CLS_SEED, cache_dir)
+    _, y = clean_crops(n, HELDOUT_CLS_SEED, cache_dir, progress=progress and n >= 1000)
     needed = sorted(set(plan), key=plan.index)
     it: Iterable = needed
     if progress:
