@@ -87,7 +87,7 @@ def test_rmt_warmup_modes():
     m = rmt(bundle=bundle, prototypes=None)                           # auto, no source data: the bundle
     assert m.stats["warmup"] == "bundle" and len(m.optimizers["opt"].state) == 0      # fresh Adam
     assert all(torch.equal(m.teacher.state_dict()[k], v) for k, v in bundle.teacher_state.items())
-    m = rmt(bundle=bundle, prototypes=None, warmup_batches=source_batches())         # auto + data: own
+    m = rmt(bundle=bundle, prototypes=None, warmup_batches=source_batches(), warmup_samples=12)  # auto + data: own
     assert m.stats["warmup"] == "own" and m.stats["contrastive"]                     # bundle prototypes
     assert not torch.equal(m.teacher.state_dict()["fc.weight"], bundle.teacher_state["fc.weight"])
     m = rmt(bundle=bundle, prototypes=None, warmup_batches=source_batches(), warmup="bundle")
