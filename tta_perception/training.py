@@ -100,13 +100,13 @@ def render_cls_set(n: int, seed: int, weathers=None, weather: WeatherSampler = c
     rng = np.random.default_rng([seed, 12])
     weathers = weathers or [weather(rng) for _ in range(64)]
     if not corruptions:
-        return render_sign_crops(n, weathers, seed=TRAIN_SEED_BASE + seed)
+        return render_sign_crops(n, weathers, seed=TRAIN_SEED_BASE + seed, progress=progress)
     from .world.corruptions import corrupt_images
 
     clear = [clear_weather(rng) for _ in range(64)]
     k = 1 + len(corruptions)
     per_crop = [weathers[i % len(weathers)] if i % k == 0 else clear[i % len(clear)] for i in range(n)]
-    x, y = render_sign_crops(n, per_crop, seed=TRAIN_SEED_BASE + seed)
+    x, y = render_sign_crops(n, per_crop, seed=TRAIN_SEED_BASE + seed, progress=progress)
     for j, c in enumerate(tqdm(corruptions, desc=f"corrupt training crops s{severity}", disable=not progress,
                                unit="corruption"), start=1):
         idx = np.arange(j, n, k)

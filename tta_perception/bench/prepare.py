@@ -107,7 +107,7 @@ def world_source_arrays(task: str, n: int, seed: int = 0, size=(128, 256), cache
         key = cache_key(kind="source", task=task, n=n, seed=seed)
 
         def build():
-            x, y = render_cls_set(n, seed)
+            x, y = render_cls_set(n, seed, progress=progress and n >= 5000)
             return {"x": x, "y": y.astype(np.int64)}
     else:
         key = cache_key(kind="source", task=task, n=n, seed=seed, size=list(size))
@@ -215,6 +215,49 @@ def run_prepare(model: torch.nn.Module, s: PrepareSettings, *, arch: str, weight
     secs = time.perf_counter() - t0
     bundle.metadata["prepare_seconds"] = round(secs, 1)
     return PrepareResult(bundle, secs, {"epoch_batches": epoch, "selection_steps": steps})
+
+
+def rmt_warmup_state(model: torch.nn.Module, s: PrepareSettings, *, arch: str, weights_id: str, batch_size: int,
+                     bundle=None, cache_dir: Path = DEFAULT_CACHE, progress: bool = True,
+                     log: Callable[[str], None] = print) -> tuple[dict, dict[str, Any]]:
+    """RMT's own warm-up (official ``rmt.py``) for ``model`` at the TEST batch size, computed once per
+    model, source data, batch size and RMT settings and cached under ``cache_dir/rmt_warmup``: the
+    warmed student, teacher and the Adam state that adaptation starts with. Same source set as phase
+    A (``s``), same number of warm-up samples (``s.warmup_samples``; official 50,000)."""
+    import copy
+    from dataclasses import replace
+
+    from ..atomic import atomic_torch_save
+    from ..engine import build_method
+    from ..engine.methods.rmt import RMTConfig
+    from .. import weights_only
+
+    contrastive = bundle is not None and bundle.prototypes is not None
+    cfg = asdict(RMTConfig(warmup_samples=s.warmup_samples))
+    key = cache_key(kind="rmt_warmup", arch=arch, weights=weights_id, contrastive=contrastive, rmt=cfg,
+                    source=asdict(replace(s, batch_size=int(batch_size))))
+    path = Path(cache_dir) / "rmt_warmup" / f"{arch}_bs{batch_size}_{key}.pt"
+    steps = max(1, s.warmup_samples // int(batch_size))
+    info = {"path": str(path), "batch_size": int(batch_size), "samples": s.warmup_samples, "steps": steps,
+            "source_samples": s.samples}
+    if path.is_file():
+        try:
+            state = weights_only.load(path)
+            return state, {**info, "how": "cached"}
+        except weights_only.WeightsOnlyError:
+            pass  # rebuilt below
+    log(f"RMT warm-up at the test batch size {batch_size}: {steps} steps over {s.samples} source samples "
+        f"({s.warmup_samples} warm-up samples), cached at {path}")
+    t0 = time.perf_counter()
+    batches = source_batches(replace(s, batch_size=int(batch_size)), cache_dir, progress)
+    m = build_method("rmt", copy.deepcopy(model), warmup="own", warmup_samples=s.warmup_samples,
+                     warmup_batches=batches, bundle=bundle, collapse_reset=False, nan_guard=False,
+                     progress=progress)
+    state = m.warmup_state()
+    atomic_torch_save(state, path)
+    secs = time.perf_counter() - t0
+    log(f"RMT warm-up done in {secs:.0f} s")
+    return state, {**info, "how": f"computed now ({secs:.0f} s)"}
 
 
 def score_table(bundle) -> str:

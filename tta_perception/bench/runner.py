@@ -26,7 +26,7 @@ from .streams import BenchStream
 from .variants import VARIANTS, build_variant
 
 KEEP_STATS = ("steps", "updates", "nan_skips", "resets", "collapse_resets", "method_resets", "filtered_steps",
-              "blocks", "warmed_up", "fisher")
+              "blocks", "warmed_up", "fisher", "warmup", "warmup_steps", "contrastive", "d_margin", "ap")
 
 
 @dataclass
@@ -66,6 +66,9 @@ class MethodRun:
     streaming: dict[str, Any] = field(default_factory=dict)
     series_detected: list[int] = field(default_factory=list)  # domain memory: the detector's id per frame
     domains_by_cycle: dict[str, float] = field(default_factory=dict)  # 'phase@cycle' -> mIoU (looping sequences)
+    # batch protocol, methods with ``last_parts`` (DPLOT, RMT): each half of the prediction scored alone,
+    # from the same forward passes: {part: {"domains": ..., "overall": ...}}
+    parts: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-point lists, plus the metric series (x, y) for later analysis."""
@@ -168,20 +171,22 @@ def build_stream_adapter(method, opts: RunOptions, domain_memory: bool = False):
 
 
 def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, opts: RunOptions, *,
-               bundle=None, fisher_batches=None) -> MethodRun:
+               bundle=None, fisher_batches=None, rmt_warmup=None) -> MethodRun:
     """Build variant ``name`` on a fresh copy of ``source_model`` and run it over ``stream``."""
     from tqdm.auto import tqdm
 
     seed_everything(opts.seed)
     scorer = _Scorer(stream.task, stream.num_classes, getattr(stream, "cycle_frames", None))
     detected: list[int] = []
+    part_scores: dict[str, _Scorer] = {}
     frames = 0
     busy = 0.0
     stream_info: dict[str, Any] = {}
     with PeakMemory(opts.device) as mem:
         t_setup = time.perf_counter()
         model = copy.deepcopy(source_model).to(opts.device)
-        method = build_variant(name, model, bundle=bundle, fisher_batches=fisher_batches, safety=opts.safety)
+        method = build_variant(name, model, bundle=bundle, fisher_batches=fisher_batches, rmt_warmup=rmt_warmup,
+                               safety=opts.safety)
         setup_s = time.perf_counter() - t_setup
         adapter = clock = None
         if opts.streaming:
@@ -219,6 +224,8 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                     logits = method.step(x)
                     sync(opts.device)
                     busy += time.perf_counter() - t0
+                    for part, out in (method.last_parts or {}).items():  # outside the timed work
+                        part_scores.setdefault(part, _Scorer(stream.task, stream.num_classes)).update(out, chunk)
                 frames += x.shape[0]
                 scorer.update(logits, chunk)
                 bar.update(x.shape[0])
@@ -238,10 +245,11 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                 if clock is not None:
                     stream_info["realtime"] = clock.summary()
     stats = {k: v for k, v in method.stats.items() if k in KEEP_STATS}
+    parts = {p: {"domains": sc.domains(), "overall": sc.overall()} for p, sc in part_scores.items()}
     del method, model, adapter, clock
     return MethodRun(name, stream.name, opts.seed, scorer.domains(), scorer.overall(), frames,
                      busy * 1e3 / max(frames, 1), setup_s, mem.peak_mib, mem.kind, scorer.x, scorer.y, scorer.d,
-                     scorer.w, stats, stream_info, series_detected=detected,
+                     scorer.w, stats, stream_info, series_detected=detected, parts=parts,
                      domains_by_cycle=scorer.cycles.domains() if scorer.cycles is not None else {})
 
 

@@ -102,13 +102,14 @@ def _split(n: int, size: int) -> list[slice]:
 
 
 # ------------------------------------------------------------------------------------ classification
-def clean_crops(n: int, seed: int = HELDOUT_CLS_SEED, cache_dir: Path = DEFAULT_CACHE) -> tuple[np.ndarray, np.ndarray]:
+def clean_crops(n: int, seed: int = HELDOUT_CLS_SEED, cache_dir: Path = DEFAULT_CACHE,
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``n`` held-out ClearNoon sign crops and labels (cached)."""
     from ..world.sign_crops import render_sign_crops
     from ..world.weather import preset
 
     def build():
-        x, y = render_sign_crops(n, preset("ClearNoon"), seed=seed)
+        x, y = render_sign_crops(n, preset("ClearNoon"), seed=seed, progress=progress)
         return {"x": x, "y": y.astype(np.int64)}
 
     key = cache_key(kind="crops", n=n, seed=seed, weather="ClearNoon")
@@ -135,8 +136,12 @@ def corrupted_crops(n: int, corruption: str, severity: int, seed: int = HELDOUT_
 
 
 def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64, severity: int = 5,
-                     corruptions: Sequence[str] | None = None, seed: int = 0, cache_dir: Path = DEFAULT_CACHE,
-                     progress: bool = True) -> BenchStream:
+                     corruptions: Sequence[str] | None = None, seed: int = 0, shuffle: bool = False,
+                     cache_dir: Path = DEFAULT_CACHE, progress: bool = True) -> BenchStream:
+    """``shuffle``: the crops of every domain in one order drawn from ``seed``, as the reference
+    framework's test loader (``random.seed(RNG_SEED)`` then ``random.shuffle(samples)`` for each
+    domain, so every corruption sees the same order); without it the order is per domain (see the
+    module docstring). The seed's corruption noise applies either way."""
     from ..world.corruptions import CORRUPTIONS
     from ..world.signs import NUM_SIGNS
 
@@ -151,16 +156,20 @@ def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64
     gradual = setting == "gradual"
     plan = [(c, s) for c in corruptions for s in (GRADUAL_SEVERITIES if gradual else (severity,))]
     noise_seed = stream_seeds(seed)["noise_seed"]
-    _, y = clean_crops(n, HELDOUT_CLS_SEED, cache_dir)
+    _, y = clean_crops(n, HELDOUT_CLS_SEED, cache_dir, progress=progress and n >= 1000)
     needed = sorted(set(plan), key=plan.index)
     it: Iterable = needed
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(needed, desc="corrupt held-out crops (cached)", unit="domain")
     data = {cs: corrupted_crops(n, cs[0], cs[1], HELDOUT_CLS_SEED, cache_dir, noise_seed) for cs in it}
-    # crop order within each domain: as generated for seed 0 (the original protocol), else seeded
-    orders = [np.arange(n) if seed == 0 else np.random.default_rng([seed, 41, di]).permutation(n)
-              for di in range(len(plan))]
+    # crop order within each domain: as generated for seed 0 (the original protocol), else seeded per
+    # domain; ``shuffle``: one order drawn from the seed for every domain (the reference loader)
+    if shuffle:
+        orders = [np.random.default_rng([seed, 43]).permutation(n)] * len(plan)
+    else:
+        orders = [np.arange(n) if seed == 0 else np.random.default_rng([seed, 41, di]).permutation(n)
+                  for di in range(len(plan))]
 
     def dom(c: str, s: int) -> str:
         return f"{c}@{s}" if gradual else c
@@ -179,7 +188,7 @@ def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64
         for di, cs in enumerate(plan):
             for k, sl in enumerate(_split(n, batch_size)):
                 reset = setting == "reset_each_shift" and k == 0 and di > 0
-                idx = orders[di][sl] if seed else sl
+                idx = orders[di][sl] if (seed or shuffle) else sl
                 yield Chunk(data[cs][idx], y[idx], [dom(*cs)] * (sl.stop - sl.start),
                             list(range(pos + sl.start, pos + sl.stop)), reset=reset)
             pos += n
@@ -189,7 +198,8 @@ def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64
                     f"{'severities ' + '-'.join(map(str, GRADUAL_SEVERITIES)) if gradual else f'severity {severity}'}",
             "corruptions": corruptions, "n_per_domain": n, "domains_in_order": [dom(*cs) for cs in plan],
             "seed": seed, "noise_seed": noise_seed,
-            "crop_order": "as generated" if seed == 0 else f"permuted per domain (rng [{seed}, 41, domain])"}
+            "crop_order": (f"shuffled by seed {seed} (the same order in every domain)" if shuffle else
+                           "as generated" if seed == 0 else f"permuted per domain (rng [{seed}, 41, domain])")}
     return BenchStream("corruptions", "cls", NUM_SIGNS, setting, batch_size, corruptions, col_dom,
                        n * len(plan), chunks, info, "sample")
 

@@ -19,6 +19,7 @@ from ..atomic import atomic_write_text
 from .cycles import cycles_report
 from .evidence import evidence_report
 from .output import write_json
+from .parts import aggregate_parts, format_parts, write_parts_csv
 from .realtime import measure_costs, realtime_report, resolve_costs
 from .report import (add_ratios, aggregate, format_costs, format_headline, format_table, headline, plot_runs,
                      write_csv)
@@ -30,6 +31,13 @@ DEFAULT_BATCH = {"cls": 64, "seg": 8}
 DEFAULT_CLS_N = 512
 QUICK_CLS = dict(n=16, batch_size=16)
 QUICK_SEG_FRAMES = 12
+# ``bench --task cls --paper-scale``: the paper's CIFAR protocol (batch 200, official phase-A amounts,
+# the test order shuffled per seed as the reference framework's loader, 3 seeds) on as many crops per
+# corruption as a 2-core CPU runs in about 2 hours for all 8 methods (docs/benchmark.md: the paper
+# has 10,000 per corruption; the cost per method was measured first). Seeds: every method runs
+# seed 0; DPLOT and the two best prior methods of seed 0 ("best2") run every seed.
+PAPER_SCALE = dict(batch_size=200, n=2000, shuffle=True, prepare_profile="official", seeds=[0, 1, 2],
+                   seeds_for=["dplot", "best2"])
 
 
 @dataclass
@@ -63,6 +71,12 @@ class BenchConfig:
     realtime: float | None = None        # streaming: also run the real-time protocol at this camera rate (Hz)
     realtime_costs: str | None = None    # ... with the costs recorded in this results.json
     cycles: int | None = None            # looping sequences (dynamic): this many weather cycles
+    # methods that run every seed (the others only the first); "bestK": the K best prior methods of
+    # the first seed. None: every method runs every seed
+    seeds_for: list[str] | None = None
+    shuffle: bool = False                # cls: test order drawn from the seed (reference loader)
+    prepare_profile: str | None = None   # phase-A amounts: None = prepare's CPU defaults (world) / official
+    paper_scale: bool = False            # the --paper-scale preset filled the fields above
     bundle: str | None = None
     safety: bool = False
     device: str = "auto"
@@ -98,7 +112,8 @@ def build_streams(cfg: BenchConfig, seed: int) -> list:
         if cfg.quick and cfg.batch_size is None:
             bs = QUICK_CLS["batch_size"]
         return [world_cls_stream(n=n, setting=cfg.setting, batch_size=bs, severity=cfg.severity,
-                                 corruptions=cfg.corruptions, seed=seed, cache_dir=cache, progress=cfg.progress)]
+                                 corruptions=cfg.corruptions, seed=seed, shuffle=cfg.shuffle, cache_dir=cache,
+                                 progress=cfg.progress)]
     from ..world.schedule import load_schedule
 
     out = []
@@ -119,14 +134,16 @@ def build_streams(cfg: BenchConfig, seed: int) -> list:
 
 def prepare_settings(cfg: BenchConfig) -> PrepareSettings:
     """Phase-A amounts of an automatic prepare: the embedded world uses prepare's CPU defaults; a
-    public benchmark (a reproduction, normally on a GPU) the official amounts."""
+    public benchmark (a reproduction, normally on a GPU) the official amounts; ``prepare_profile``
+    overrides both (``--paper-scale``: official)."""
     if cfg.dataset == "world":
-        return PrepareSettings.for_task(cfg.task, "quick" if cfg.quick else "default", size=cfg.size)
+        profile = cfg.prepare_profile or ("quick" if cfg.quick else "default")
+        return PrepareSettings.for_task(cfg.task, profile, size=cfg.size)
     if not cfg.source_root:
         raise ValueError("the phase-A bundle needs source data: give --bundle PATH (tta-perception prepare "
                          "--dataset ...) or --source-root PATH")
-    return PrepareSettings.for_task(cfg.task, "quick" if cfg.quick else "official", source=cfg.dataset,
-                                    data_root=cfg.source_root)
+    return PrepareSettings.for_task(cfg.task, cfg.prepare_profile or ("quick" if cfg.quick else "official"),
+                                    source=cfg.dataset, data_root=cfg.source_root)
 
 
 def resolve_bundle(cfg: BenchConfig, lm, log: Callable[[str], None] = _log) -> tuple[Any, dict[str, Any]]:
@@ -149,6 +166,7 @@ def resolve_bundle(cfg: BenchConfig, lm, log: Callable[[str], None] = _log) -> t
     if entry.get("dplot_bundle", {}).get("file"):
         candidates.append((WEIGHTS_DIR / entry["dplot_bundle"]["file"], "committed bundle of the committed weights"))
     candidates.append((default_bundle_path(lm.arch), "tta-perception prepare output for these weights"))
+    want = cfg.prepare_profile  # a preset's amounts: only a bundle prepared with them
     for path, how in candidates:
         if not path.is_file():
             continue
@@ -156,7 +174,8 @@ def resolve_bundle(cfg: BenchConfig, lm, log: Callable[[str], None] = _log) -> t
             b = load_bundle(path)
         except Exception:
             continue
-        if b.metadata.get("weights_id") == lm.weights_id:
+        profile = (b.metadata.get("prepare") or {}).get("profile", "default")
+        if b.metadata.get("weights_id") == lm.weights_id and want in (None, profile):
             return b, {"path": str(path), "how": how}
     s = prepare_settings(cfg)
     path = cached_bundle_path(Path(cfg.cache), lm.arch, s.key(lm.weights_id, lm.arch))
@@ -180,6 +199,39 @@ def fisher_source(cfg: BenchConfig):
     return batches, f"{s.samples} source samples ({s.source})"
 
 
+def rmt_warmup(cfg: BenchConfig, lm, bundle, batch_size: int, log: Callable[[str], None] = _log):
+    """RMT's own warm-up for classification (``rmt.py``: at the test batch size, Adam state kept),
+    cached; (None, reason) for segmentation (RMT keeps the bundle's warm-up there) or without source data."""
+    from .prepare import rmt_warmup_state
+
+    if cfg.task != "cls":
+        return None, {"how": "bundle: segmentation RMT keeps the phase-A warm-up (no official segmentation RMT)"}
+    try:
+        s = prepare_settings(cfg)
+    except ValueError:
+        return None, {"how": "bundle: no source data for RMT's own warm-up"}
+    state, info = rmt_warmup_state(lm.model, s, arch=lm.arch, weights_id=lm.weights_id, batch_size=batch_size,
+                                   bundle=bundle, cache_dir=Path(cfg.cache), progress=cfg.progress, log=log)
+    return state, info
+
+
+def seed_methods(cfg: BenchConfig, first_rows: dict[str, Any], key: str, task: str) -> list[str]:
+    """The methods that run the seeds after the first: ``seeds_for`` with "bestK" replaced by the K best
+    prior methods (other than DPLOT) of the first seed on ``key``."""
+    if cfg.seeds_for is None:
+        return list(cfg.methods)
+    out: list[str] = []
+    for spec in cfg.seeds_for:
+        if spec.startswith("best"):
+            k = int(spec[4:] or 1)
+            priors = [m for m in first_rows if VARIANTS[m].prior and m != "source"]
+            ranked = sorted(priors, key=lambda m: first_rows[m][key] if task == "cls" else -first_rows[m][key])
+            out += [m for m in ranked[:k] if m not in out]
+        elif spec in cfg.methods and spec not in out:
+            out.append(spec)
+    return [m for m in cfg.methods if m in out]
+
+
 def default_out(cfg: BenchConfig) -> Path:
     parts = [cfg.task if cfg.dataset == "world" else cfg.dataset, cfg.setting]
     if cfg.streaming:
@@ -188,6 +240,8 @@ def default_out(cfg: BenchConfig) -> Path:
             parts.append(f"bn_{cfg.bn_stats}")
     if cfg.quick:
         parts.append("quick")
+    if cfg.paper_scale:
+        parts.append("paper")
     return Path("runs/bench") / "_".join(parts)
 
 
@@ -215,6 +269,9 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     if any(VARIANTS[m].method == "eata" for m in cfg.methods):
         fisher, fisher_desc = fisher_source(cfg)
     ceiling = load_ceiling(cfg, lm, task, streams0[0].num_classes, device, log)
+    warm, warm_info = (None, {})
+    if any(VARIANTS[m].method == "rmt" for m in cfg.methods) and not cfg.streaming:
+        warm, warm_info = rmt_warmup(cfg, lm, bundle, streams0[0].batch_size, log)
     opts_base = dict(device=device, streaming=cfg.streaming, window=cfg.window, adapt_every=cfg.adapt_every,
                      background=cfg.background, predict_mode=cfg.predict, bn_stats=cfg.bn_stats, safety=cfg.safety,
                      progress=cfg.progress)
@@ -227,14 +284,19 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     rt_runs: list = []
     rt_costs, rt_from = realtime_costs(cfg, lm, streams0[0], opts_base, bundle, fisher, log)
     src_fwd: dict[str, list[float]] = {}
+    methods_of_seed = list(cfg.methods)
     for si, seed in enumerate(cfg.seeds):
+        if si == 1 and cfg.seeds_for is not None:
+            first = aggregate(streams0[0], runs, cfg.methods)
+            methods_of_seed = seed_methods(cfg, first, "mean", task)
+            log(f"seeds {', '.join(map(str, cfg.seeds[1:]))}: {', '.join(methods_of_seed)}")
         streams = streams0 if si == 0 else build_streams(cfg, seed)
         for st in streams:
             opts = RunOptions(seed=seed, **opts_base)
             src_fwd.setdefault(st.name, []).append(source_forward_ms(lm.model, st, opts))
-            for m in cfg.methods:
+            for m in methods_of_seed:
                 t0 = time.perf_counter()
-                r = run_method(m, lm.model, st, opts, bundle=bundle, fisher_batches=fisher)
+                r = run_method(m, lm.model, st, opts, bundle=bundle, fisher_batches=fisher, rmt_warmup=warm)
                 runs.append(r)
                 metric = "error" if task == "cls" else "mIoU"
                 log(f"  seed {seed} {st.name:<11} {m:<14} {metric} {r.overall:6.2f}  "
@@ -250,8 +312,8 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
         "command": "tta-perception " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "",
         "config": asdict(cfg), "machine": machine, "model": {"arch": lm.arch, "weights": lm.weights_desc,
                                                                           "weights_id": lm.weights_id},
-        "bundle": bundle_info, "eata_fisher": fisher_desc, "protocol": proto, "streams": {}, "runs": [],
-        "ceiling": ceiling.desc if ceiling else None,
+        "bundle": bundle_info, "eata_fisher": fisher_desc, "rmt_warmup": warm_info, "protocol": proto,
+        "streams": {}, "runs": [], "ceiling": ceiling.desc if ceiling else None,
         "timing_note": ("ms/frame: the method's own work per frame (step or predict, synchronised), excluding data "
                         "loading and scoring; x src fwd: that time over the source model's plain forward pass "
                         "measured in the same process on the same inputs"),
@@ -279,6 +341,15 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
         gap_text, gap_block = report_ceiling(out, safe, rows, crow, st.columns, task, extra, ceiling)
         text = [format_table(with_ceiling(rows, crow), st.columns, title, extra), *gap_text, "",
                 format_costs(rows, fwd, cfg.streaming), "", format_headline(h, task)]
+        seeds_used = {m: r["seeds"] for m, r in rows.items()}
+        if len(cfg.seeds) > 1:
+            text.append("seeds: " + "; ".join(f"{m} {','.join(map(str, v))}" for m, v in seeds_used.items())
+                        + " (cells: mean over a row's seeds; `python -m tta_perception.bench.seeds "
+                        + f"{out}/results.json` gives the 95 % intervals)")
+        parts = aggregate_parts(st, runs, cfg.methods)
+        if parts:
+            text += ["", format_parts(parts, st.columns, rows)]
+            write_parts_csv(out / f"parts_{safe}.csv", parts, st.columns, rows)
         if "source" in rows:
             src = rows["source"][key]
             better = [m for m, r in rows.items() if m != "source" and
@@ -292,7 +363,7 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
             png = plot_runs(out / f"stream_{safe}.png", st, seed0, title.split(":")[0])
         payload["streams"][st.name] = {"info": st.info, "setting": st.setting, "batch_size": st.batch_size,
                                        "columns": st.columns, "source_forward_ms": fwd, "rows": rows,
-                                       "headline": h, "csv": str(out / f"table_{safe}.csv"),
+                                       "headline": h, "csv": str(out / f"table_{safe}.csv"), "parts": parts,
                                        "png": str(png) if png else None}
         if gap_block:
             payload["streams"][st.name]["ceiling"] = gap_block

@@ -30,7 +30,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("eata", "eata", doc="reliable/non-redundant entropy minimisation + Fisher anchor (source renders)"),
     Variant("sar", "sar", doc="sharpness-aware reliable entropy minimisation with model recovery"),
     Variant("cotta", "cotta", doc="mean teacher + augmentation-averaged pseudo-labels + stochastic restore"),
-    Variant("rmt", "rmt", bundle="full", doc="robust mean teacher (source-free), warm-up and prototypes from the bundle"),
+    Variant("rmt", "rmt", bundle="full", doc="robust mean teacher (source-free); cls: its own warm-up at the test "
+            "batch size (rmt.py), seg: the bundle's; source prototypes from the bundle"),
     Variant("dplot", "dplot", bundle="full", prior=False, doc="DPLOT (block selection + paired views)"),
     Variant("dplot-nobs", "dplot", {"block_selection": False}, "full", False,
             "DPLOT ablation: entropy step on all parameters (no block selection)"),
@@ -79,9 +80,11 @@ def needs_bundle(names: list[str]) -> bool:
     return any(VARIANTS[n].bundle != "none" for n in names)
 
 
-def build_variant(name: str, model: nn.Module, *, bundle=None, fisher_batches=None, safety: bool = False,
-                  extra: dict[str, Any] | None = None):
-    """The engine method for variant ``name`` on ``model`` (adapted in place).
+def build_variant(name: str, model: nn.Module, *, bundle=None, fisher_batches=None, rmt_warmup=None,
+                  safety: bool = False, extra: dict[str, Any] | None = None):
+    """The engine method for variant ``name`` on ``model`` (adapted in place). ``rmt_warmup``: RMT's own
+    warm-up, a cached ``RMT.warmup_state()`` or source batches at the test batch size
+    (``bench.prepare.rmt_warmup_state``).
 
     ``safety=False`` (paper protocol) turns off the engine's own additions, collapse reset and the
     NaN guard: the paper and the reference framework have neither, and the guard's per-step state
@@ -103,5 +106,7 @@ def build_variant(name: str, model: nn.Module, *, bundle=None, fisher_batches=No
             kw["blocks"] = tuple(bundle.selected_blocks)
     if v.method == "eata" and fisher_batches is not None:
         kw["fisher_batches"] = fisher_batches
+    if v.method == "rmt" and rmt_warmup is not None:
+        kw["warmup_state" if isinstance(rmt_warmup, dict) else "warmup_batches"] = rmt_warmup
     kw.update(extra or {})
     return build_method(v.method, model, **kw)

@@ -37,11 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="streaming: BatchNorm of a frame at inference: its own statistics (frame), the EMA kept "
                         "by the adaptation steps (running); auto: frame for segmentation methods that adapt")
     p.add_argument("--quick", action="store_true", help="smoke run of about a minute (few crops / frames)")
-    p.add_argument("--seeds", default="0",
+    p.add_argument("--paper-scale", action="store_true",
+                   help="cls: the paper's CIFAR protocol at the scale this CPU runs in about 2 h: batch 200, "
+                        "2,000 crops per corruption, official phase-A amounts, test order shuffled per seed, "
+                        "seeds 0,1,2 for DPLOT and the two best prior methods (docs/benchmark.md); explicit "
+                        "options override its values")
+    p.add_argument("--seeds", default=None,
                    help="comma list of seeds, each a full run that changes the stream (seg: the world; cls: the "
                         "corruption noise and the crop order) and the methods' randomness; seed 0 is the original "
                         "stream. With several: every cell as mean ± 95 %% CI (Student t) and DPLOT paired against "
-                        "the best prior method")
+                        "the best prior method (default 0; --paper-scale: 0,1,2)")
     p.add_argument("--realtime", type=float, default=None, metavar="HZ",
                    help="streaming: also run the real-time protocol (Alfarra et al., ICML 2024): the stream's frames "
                         "arrive at HZ on a simulated clock, a step starts only when the adaptation worker is idle and "
@@ -49,6 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--realtime-costs", type=Path, default=None, metavar="FILE",
                    help="with --realtime: reuse the per-method costs recorded in an earlier run's results.json "
                         "(exact repetition)")
+    p.add_argument("--seeds-for", default=None,
+                   help="methods that run every seed, the others only the first: comma list of names and bestK "
+                        "(the K best prior methods of the first seed); default: every method")
+    p.add_argument("--shuffle", action="store_true",
+                   help="cls: one test order for every corruption drawn from the seed (the reference framework's "
+                        "loader); default: seed 0 the render order, other seeds a permutation per corruption")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/bench/<task>_<setting>...)")
     # data
     p.add_argument("--n", type=int, default=None,
@@ -119,12 +130,26 @@ def config_from_args(args: argparse.Namespace):
         methods += [f"{m}+dm" for m in methods if f"{m}+dm" in VARIANTS and f"{m}+dm" not in methods]
     if args.cycles is not None and args.cycles < 1:
         raise ValueError("--cycles must be >= 1")
+    preset: dict = {}
+    if args.paper_scale:
+        from ..bench.suite import PAPER_SCALE
+
+        if task != "cls" or args.dataset != "world" or args.stream or args.quick:
+            raise ValueError("--paper-scale is the classification preset: --task cls on the embedded world, "
+                             "without --stream or --quick")
+        preset = dict(PAPER_SCALE)
+    seeds_arg = args.seeds if args.seeds is not None else ",".join(map(str, preset.get("seeds", [0])))
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        seeds = [int(s) for s in seeds_arg.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--seeds must be a comma list of integers, got {args.seeds!r}") from None
+        raise ValueError(f"--seeds must be a comma list of integers, got {seeds_arg!r}") from None
     if not seeds:
         raise ValueError("--seeds is empty")
+    seeds_for = [t.strip() for t in args.seeds_for.split(",") if t.strip()] if args.seeds_for else \
+        preset.get("seeds_for")
+    for t in seeds_for or []:
+        if not (t in methods or (t.startswith("best") and (t[4:] == "" or t[4:].isdigit()))):
+            raise ValueError(f"--seeds-for: {t!r} is neither one of --methods nor bestK")
     seqs = [s.strip() for s in args.sequence.split(",") if s.strip()] if args.sequence else []
     corr = [c.strip() for c in args.corruptions.split(",") if c.strip()] if args.corruptions else None
     if args.stream and task != "seg":
@@ -136,20 +161,24 @@ def config_from_args(args: argparse.Namespace):
     if args.realtime_costs is not None and args.realtime is None:
         raise ValueError("--realtime-costs needs --realtime HZ")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds lists a seed twice: {args.seeds}")
+        raise ValueError(f"--seeds lists a seed twice: {seeds_arg}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
+    batch_size = args.batch_size if args.batch_size is not None else preset.get("batch_size")
+    n = args.n if args.n is not None else preset.get("n")
     return BenchConfig(
         task=task, methods=methods, setting=args.setting, dataset=args.dataset,
         data_root=str(args.data_root) if args.data_root else None,
         source_root=str(args.source_root) if args.source_root else None, sequences=seqs, model=args.model,
         weights=str(args.weights) if args.weights else None, random_init=args.random_init,
-        batch_size=args.batch_size, severity=args.severity, corruptions=corr, n=args.n, start=args.start,
+        batch_size=batch_size, severity=args.severity, corruptions=corr, n=n, start=args.start,
         frames=args.frames, stride=args.stride, size=parse_size(args.size), streaming=args.stream,
         window=args.window, adapt_every=args.adapt_every, background=args.background, predict=args.predict,
         bn_stats=args.bn_stats,
         quick=args.quick,
-        seeds=seeds, cycles=args.cycles, realtime=args.realtime,
+        seeds=seeds, seeds_for=seeds_for, shuffle=args.shuffle or preset.get("shuffle", False),
+        prepare_profile=preset.get("prepare_profile"), paper_scale=args.paper_scale,
+        cycles=args.cycles, realtime=args.realtime,
         realtime_costs=str(args.realtime_costs) if args.realtime_costs else None,
         bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,

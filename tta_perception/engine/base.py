@@ -62,6 +62,9 @@ class TTAMethod:
     # the keys of ``inference_modules()``: what a prediction can be made with alone ("model" = the
     # student; "teacher"), known before a method is built (the node checks predict_mode with it)
     PREDICTORS: ClassVar[tuple[str, ...]] = ("model",)
+    # the named halves of the last step's prediction (logits that sum to it, from the same forward
+    # passes: DPLOT's student and teacher); None for methods whose prediction is one output
+    last_parts: dict[str, torch.Tensor] | None = None
 
     def __init__(self, model: nn.Module, cfg: Any = None, **overrides: Any):
         check_model(model)
@@ -127,6 +130,7 @@ class TTAMethod:
             self._restore(self._source)
         t0 = time.perf_counter()
         logits = None
+        self.last_parts = None
         skips_before = self._stats["nan_skips"]
         with torch.inference_mode(False):  # adaptation needs autograd even if the caller is in inference mode
             if x.is_inference():

@@ -51,6 +51,17 @@ def check_optimizer(name: str) -> None:
     _check(name in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd', got {name!r}")
 
 
+def by_num_classes(table: tuple[tuple[int, float], ...], num_classes: int) -> float:
+    """A per-dataset official value chosen by the number of classes: the value of the smallest
+    configured dataset with at least ``num_classes`` classes (``table``: (classes, value) in
+    ascending order; beyond the largest, its value). E.g. 12 sign classes take CIFAR100's value,
+    10 take CIFAR10's."""
+    for classes, value in table:
+        if num_classes <= classes:
+            return value
+    return table[-1][1]
+
+
 def config_keys(cls: type[MethodConfig]) -> list[str]:
     return [f.name for f in fields(cls)]
 

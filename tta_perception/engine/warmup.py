@@ -7,6 +7,11 @@ Adam over all parameters with the learning rate ramped linearly ``lr·(i+1)/step
 then ``teacher = ema·teacher + (1-ema)·student``. BN uses batch statistics without touching the
 running buffers (the official models have none), so the warmed model keeps the source statistics
 for single-frame streaming.
+
+Two callers. Phase A (``phase_a.prepare_bundle``) warms a copy with an Adam of its own, which ends
+with it. RMT's own warm-up (official ``rmt.py``) passes its adaptation optimiser and teacher
+(``optimizer=``, ``teacher=``): the optimiser that then adapts keeps the Adam moments of the warm-up,
+and its learning rate is set back to ``lr`` at the end, as ``rmt.py`` does.
 """
 from __future__ import annotations
 
@@ -33,12 +38,17 @@ class WarmupResult:
     steps: int
     losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None
 
 
 def warmup_mean_teacher(model: nn.Module, batches: Iterable[Any], *, num_samples: int = NUM_SAMPLES,
                         lr: float = LR, ema: float = EMA, beta: float = BETA, steps: int | None = None,
-                        progress: bool = False) -> WarmupResult:
-    """Warm ``model`` (the student, in place) and return its EMA teacher."""
+                        progress: bool = False, optimizer: torch.optim.Optimizer | None = None,
+                        teacher: nn.Module | None = None) -> WarmupResult:
+    """Warm ``model`` (the student, in place) and return its EMA teacher.
+
+    ``optimizer`` / ``teacher``: use these (RMT's own) instead of a fresh Adam over all parameters and
+    a copy of ``model``; the optimiser's learning rate is ``lr`` again afterwards."""
     if iter(batches) is batches:
         raise TypeError("source batches must be re-iterable (a list or a DataLoader), not an iterator")
     dev = model_device(model)
@@ -51,8 +61,12 @@ def warmup_mean_teacher(model: nn.Module, batches: Iterable[Any], *, num_samples
     n_steps = steps if steps is not None else max(1, num_samples // bs)
     set_bn_mode(model, "batch")
     model.requires_grad_(True)
-    teacher = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(beta, 0.999))
+    if teacher is None:
+        teacher = copy.deepcopy(model)
+    else:
+        set_bn_mode(teacher, "batch")
+    teacher.requires_grad_(False)
+    opt = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr, betas=(beta, 0.999))
     losses: list[float] = []
     lrs: list[float] = []
     bar = None
@@ -85,4 +99,6 @@ def warmup_mean_teacher(model: nn.Module, batches: Iterable[Any], *, num_samples
             bar.update(1)
     if bar is not None:
         bar.close()
-    return WarmupResult(teacher=teacher, steps=n_steps, losses=losses, lrs=lrs)
+    for g in opt.param_groups:  # rmt.py: par["lr"] = self.final_lr after the warm-up
+        g["lr"] = lr
+    return WarmupResult(teacher=teacher, steps=n_steps, losses=losses, lrs=lrs, optimizer=opt)

@@ -60,8 +60,9 @@ SPECS: tuple[Spec, ...] = (
          "which imports that module; read at start-up only, refused at run time.", "startup",
          read_only=True),
     Spec("bundle", "", "str", "DPLOT/RMT phase-A bundle written by `tta-perception prepare` (selected "
-         "blocks, warmed-up teacher); empty: the one shipped for an embedded model, else "
-         "runs/prepare/<model>_dplot.bundle (prepare's default output) if present.", "reload"),
+         "blocks, warmed-up teacher; RMT in the node uses its warm-up, having no source data for its own); "
+         "empty: the one shipped for an embedded model, else runs/prepare/<model>_dplot.bundle (prepare's "
+         "default output) if present.", "reload"),
     Spec("method", "dplot", "str", "Adaptation method of the engine (source, norm, tent, eata, sar, "
          "cotta, rmt, dplot).", "reload"),
     Spec("device", "auto", "str", "auto (CUDA when present, else CPU with a warning; CPU also after "

@@ -115,6 +115,8 @@ class Pipeline:
                 (default_bundle(cfg["model"], cfg["architecture"]) or "")
             if self.bundle:
                 overrides["bundle"] = self.bundle
+            if "warmup" in keys:  # RMT: the node has no source data for rmt.py's own warm-up
+                overrides["warmup"] = "bundle"
         elif bundle:
             self.warnings.append(f"method {cfg['method']!r} takes no bundle: 'bundle' ignored")
         torch.manual_seed(int(cfg["seed"]))

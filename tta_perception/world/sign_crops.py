@@ -32,7 +32,8 @@ def _crop_buffers(buf: Buffers, rng: np.random.Generator, size: int) -> Buffers:
 
 
 def render_sign_crops(n: int, weathers: list[WeatherParameters] | WeatherParameters, seed: int = 0,
-                      size: int = CROP_SIZE, crops_per_scene: int = 16) -> tuple[np.ndarray, np.ndarray]:
+                      size: int = CROP_SIZE, crops_per_scene: int = 16,
+                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``n`` crops (n, size, size, 3) uint8 and their sign ids (n,) int64, balanced over sign types.
 
     Each crop: scene background window, a plate at a random scale/offset/distance, then lighting
@@ -46,7 +47,9 @@ def render_sign_crops(n: int, weathers: list[WeatherParameters] | WeatherParamet
     rng.shuffle(labels)
     renderer = Renderer(seed=seed + 500, height=128, width=256)
     buf = None
-    for i in range(n):
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(n), desc="render sign crops", unit="crop", disable=not progress, mininterval=2.0):
         if i % crops_per_scene == 0:
             renderer = Renderer(seed=int(rng.integers(1 << 30)), height=128, width=256)
             buf = renderer.render(float(rng.uniform(0, 600)))

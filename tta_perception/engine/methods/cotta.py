@@ -15,11 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from ..base import TTAMethod
-from ..config import MethodConfig, _check, check_optimizer
+from ..config import MethodConfig, _check, by_num_classes, check_optimizer
 from ..losses import cross_entropy_soft, ema_update, symmetric_cross_entropy
 from ..model_utils import set_bn_mode
 from ..augment import cotta_augment
 from ..registry import register_method
+
+
+# COTTA.AP of the reference framework's configs by the dataset's number of classes:
+# cfgs/cifar10_c/cotta.yaml 0.92 (10 classes), cfgs/cifar100_c 0.72 (100), cfgs/domainnet126 0.1 (126),
+# cfgs/imagenet_others (200), cfgs/imagenet_c and cfgs/ccc 0.1 (1000).
+AP_BY_CLASSES = ((10, 0.92), (100, 0.72), (1000, 0.1))
+# segmentation/cfgs/cotta.yaml and segmentation/conf.py COTTA.AP (CarlaTTA)
+AP_SEG = 0.9
 
 
 @dataclass
@@ -31,7 +39,10 @@ class CoTTAConfig(MethodConfig):
     weight_decay: float = 0.0     # OPTIM.WD
     mt: float = 0.999             # M_TEACHER.MOMENTUM
     rst: float = 0.01             # COTTA.RST (ImageNet-C: 0.001)
-    ap: float = 0.92              # COTTA.AP for CIFAR10-C (CIFAR100-C 0.72, ImageNet-C 0.1, seg code 0.9)
+    # COTTA.AP, the anchor confidence below which the teacher target is augmentation-averaged; None:
+    # the official value for the number of classes (AP_BY_CLASSES, the smallest configured dataset
+    # with at least as many classes: 12 sign classes -> CIFAR100's 0.72), AP_SEG for segmentation
+    ap: float | None = None
     n_augmentations: int = 32     # TEST.N_AUGMENTATIONS (the seg variant uses the len(seg_scales) scales)
     loss: str = "ce"              # cotta.py: CE for CIFAR ("softmax_entropy_cifar"), SCE for ImageNet
     soft_augment: bool = False    # get_tta_transforms(soft=False)
@@ -44,7 +55,7 @@ class CoTTAConfig(MethodConfig):
         check_optimizer(self.optimizer)
         _check(self.lr > 0, "lr must be > 0")
         _check(0 <= self.mt <= 1 and 0 <= self.rst <= 1, "mt and rst must be in [0, 1]")
-        _check(0 <= self.ap <= 1, "ap must be in [0, 1]")
+        _check(self.ap is None or 0 <= self.ap <= 1, "ap must be in [0, 1]")
         _check(self.n_augmentations >= 1, "n_augmentations must be >= 1")
         _check(self.loss in ("ce", "sce"), "loss must be 'ce' or 'sce'")
         _check(len(self.seg_scales) > 0 and all(s > 0 for s in self.seg_scales), "seg_scales must be > 0")
@@ -58,6 +69,9 @@ class CoTTA(TTAMethod):
 
     def setup(self) -> None:
         c = self.cfg
+        self.ap = c.ap if c.ap is not None else (
+            AP_SEG if self.task == "seg" else by_num_classes(AP_BY_CLASSES, self.num_classes))
+        self._stats["ap"] = self.ap
         set_bn_mode(self.model, "batch_ema", c.bn_momentum)
         self.model.requires_grad_(True)  # cotta.py: all parameters are trained
         self.teacher = copy.deepcopy(self.model).requires_grad_(False)
@@ -81,7 +95,7 @@ class CoTTA(TTAMethod):
         c = self.cfg
         anchor_conf = F.softmax(self.anchor(x), dim=1).max(1)[0].mean()
         t = self.teacher(x)
-        if float(anchor_conf) >= c.ap:
+        if float(anchor_conf) >= self.ap:
             return t
         if self.task == "cls":  # cotta.py: the mean over augmented passes only
             return torch.stack([self.teacher(cotta_augment(x, c.soft_augment, c.gaussian_std))

@@ -11,7 +11,10 @@ Per test batch x (B images)::
     predict = z[:B] + back(z[B:]) + z_t[:B] + back(z_t[B:])
 
 ``back`` is the identity for classification and flips the map back for segmentation (losses per
-pixel). Both gradients are taken at the same parameters (two ``autograd.grad`` calls on one graph),
+pixel). ``last_parts`` holds the two halves of the last step's prediction from the same forward
+passes, ``student`` = z[:B] + back(z[B:]) and ``teacher`` = z_t[:B] + back(z_t[B:]) (their sum is the
+prediction), so the benchmark can score each alone without another pass; ``predict_parts`` gives
+the same split for given modules. Both gradients are taken at the same parameters (two ``autograd.grad`` calls on one graph),
 then the two Adam steps are applied: the official code stepped the first optimiser before
 back-propagating the second loss through the same graph, which current PyTorch rejects.
 
@@ -117,6 +120,18 @@ class DPLOT(TTAMethod):
         out = s0 + t0
         return out if s1 is None else out + s1 + t1
 
+    @torch.no_grad()
+    def predict_parts(self, modules, x) -> dict[str, torch.Tensor]:
+        """The student's and the teacher's halves of ``predict_with`` (their sum)."""
+        b = x.shape[0]
+        v = self._views(x)
+        return self._parts(*self._pair(modules["model"](v), b), *self._pair(modules["teacher"](v), b))
+
+    @staticmethod
+    def _parts(s0, s1, t0, t1) -> dict[str, torch.Tensor]:
+        return {"student": (s0 if s1 is None else s0 + s1).detach(),
+                "teacher": (t0 if t1 is None else t0 + t1).detach()}
+
     # ----------------------------------------------------------------- adaptation
     def compute_gradients(self, x: torch.Tensor) -> dict[str, Any]:
         """Forward the views and return both losses' gradients at the current parameters (plus the
@@ -135,7 +150,8 @@ class DPLOT(TTAMethod):
             if s1 is not None:
                 l_pc = l_pc + symmetric_cross_entropy(s1, pseudo, ema_prob=q, ema_logprob=log_q).mean()
             pred = (s0 + t0 if s1 is None else s0 + s1 + t0 + t1).detach()
-            out = {"pred": pred, "l_ent": l_ent.detach(), "l_pc": l_pc.detach(), "g_ent": None, "g_pc": None}
+            out = {"pred": pred, "parts": self._parts(s0, s1, t0, t1), "l_ent": l_ent.detach(),
+                   "l_pc": l_pc.detach(), "g_ent": None, "g_pc": None}
             if not self._loss_ok(l_ent, l_pc):
                 return out
             out["g_ent"] = torch.autograd.grad(l_ent, self._ent_params, retain_graph=True, allow_unused=True)
@@ -151,6 +167,7 @@ class DPLOT(TTAMethod):
 
     def _adapt(self, x: torch.Tensor) -> torch.Tensor:
         r = self.compute_gradients(x)
+        self.last_parts = r["parts"]
         self._stats["last_entropy_loss"] = float(r["l_ent"])
         self._stats["last_consistency_loss"] = float(r["l_pc"])
         if r["g_ent"] is None:  # non-finite loss: skipped, last good state restored

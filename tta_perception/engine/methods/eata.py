@@ -16,18 +16,29 @@ import torch
 import torch.nn.functional as F
 
 from ..base import TTAMethod, bn_frozen
-from ..config import _check
+from ..config import _check, by_num_classes
 from ..losses import as_samples, softmax_entropy
 from ..model_utils import set_bn_mode
 from ..registry import register_method
 from .common import EntropyMethodConfig, adapted_params
 
 
+# EATA.D_MARGIN of the reference framework's configs by the dataset's number of classes:
+# cfgs/cifar10_c/eata.yaml 0.4 (10 classes), cfgs/cifar100_c 0.1 (100), cfgs/domainnet126 0.1 (126),
+# cfgs/imagenet_others (imagenet_r, 200) and cfgs/imagenet_c, cfgs/ccc 0.05 (1000).
+D_MARGIN_BY_CLASSES = ((10, 0.4), (100, 0.1), (126, 0.1), (1000, 0.05))
+# Segmentation: the reference framework has no segmentation EATA; ours keeps the CIFAR10 value.
+D_MARGIN_SEG = 0.4
+
+
 @dataclass
 class EATAConfig(EntropyMethodConfig):
     # optimiser: cfgs/cifar10_c/eata.yaml (Adam, 1e-3, beta 0.9)
     fisher_alpha: float = 1.0     # cfgs/cifar10_c/eata.yaml EATA.FISHER_ALPHA (conf.py/ImageNet: 2000)
-    d_margin: float = 0.4         # cfgs/cifar10_c/eata.yaml EATA.D_MARGIN (cifar100: 0.1, ImageNet: 0.05)
+    # EATA.D_MARGIN; None: the official value for the number of classes (D_MARGIN_BY_CLASSES, the
+    # smallest configured dataset with at least as many classes: 12 sign classes -> CIFAR100's 0.1),
+    # D_MARGIN_SEG for segmentation
+    d_margin: float | None = None
     e_margin: float = 0.4         # conf.py EATA.MARGIN_E0; the threshold is e_margin * ln(C)
     fisher_samples: int = 2000    # cfgs/*/eata.yaml SOURCE.NUM_SAMPLES
     prob_momentum: float = 0.9    # eata.py update_model_probs: 0.9 * old + 0.1 * new
@@ -35,7 +46,8 @@ class EATAConfig(EntropyMethodConfig):
     def validate(self) -> None:
         super().validate()
         _check(self.fisher_alpha >= 0, "fisher_alpha must be >= 0")
-        _check(self.d_margin > 0 and self.e_margin > 0, "d_margin and e_margin must be > 0")
+        _check((self.d_margin is None or self.d_margin > 0) and self.e_margin > 0,
+               "d_margin and e_margin must be > 0")
         _check(self.fisher_samples >= 1, "fisher_samples must be >= 1")
         _check(0 <= self.prob_momentum < 1, "prob_momentum must be in [0, 1)")
 
@@ -60,11 +72,13 @@ class EATA(TTAMethod):
         self._names = {id(p): n for n, p in self.model.named_parameters()}
         self.optimizers["opt"] = self._make_optimizer(self._params, c.optimizer, c.lr, c.beta, c.momentum, c.weight_decay)
         self.e_margin = c.e_margin * math.log(self.num_classes)
+        self.d_margin = c.d_margin if c.d_margin is not None else (
+            D_MARGIN_SEG if self.task == "seg" else by_num_classes(D_MARGIN_BY_CLASSES, self.num_classes))
         self.current_probs: torch.Tensor | None = None
         self.fishers: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         if c.fisher_alpha > 0 and fisher_batches is not None:
             self.fishers = self._fisher(fisher_batches)
-        self._stats.update(fisher=self.fishers is not None, kept_reliable=0, kept_final=0)
+        self._stats.update(fisher=self.fishers is not None, kept_reliable=0, kept_final=0, d_margin=self.d_margin)
 
     @torch.enable_grad()
     def _fisher(self, batches: Iterable[Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -99,7 +113,7 @@ class EATA(TTAMethod):
             ent1, probs1 = ent[keep1], probs[keep1]
             if self.current_probs is not None and ent1.numel():
                 cos = F.cosine_similarity(self.current_probs.unsqueeze(0), probs1, dim=1)
-                keep2 = cos.abs() < self.cfg.d_margin
+                keep2 = cos.abs() < self.d_margin
                 ent2, probs2 = ent1[keep2], probs1[keep2]
             else:
                 ent2, probs2 = ent1, probs1

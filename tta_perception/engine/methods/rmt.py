@@ -3,9 +3,26 @@
 
 Loss = λ_trg · mean(½ SCE(student(x), teacher(x)) + ½ SCE(student(aug(x)), teacher(x)))
      + λ_cont · contrastive loss between [nearest source prototype, f(x), f(aug(x))] (SupCon form,
-       through a 2-layer projector trained with the model). Prediction = student + teacher logits.
-The source prototypes and the warmed-up student/teacher come from the phase-A bundle (resource
-``bundle``) or ``prototypes=`` (C, D); without prototypes the contrastive term is off (stats).
+       through a 2-layer projector trained with the model). Prediction = student + teacher logits (the
+halves of the last step's prediction in ``last_parts``).
+The source prototypes come from the phase-A bundle (resource ``bundle``, the source model's class
+means on the source data, as ``rmt.py`` extracts them) or ``prototypes=`` (C, D), else from the
+warm-up's source batches; without prototypes the contrastive term is off (stats).
+
+Warm-up (``warmup``):
+- ``own`` (official ``rmt.py``): the mean-teacher warm-up runs here, on source batches at the TEST
+  batch size (resource ``warmup_batches``; ``rmt.py`` builds its source loader with
+  ``TEST.BATCH_SIZE``), ``warmup_samples // batch`` steps, through the optimiser that then adapts:
+  its Adam moments (and the projector's parameter group, added before the warm-up as in ``rmt.py``)
+  carry into adaptation, and ``reset()`` returns to this warmed state. ``warmup_state`` (from
+  :meth:`RMT.warmup_state` of an identical setup) loads a cached result instead of recomputing it.
+- ``bundle``: the phase-A bundle's warmed student/teacher (DPLOT's warm-up, at the source batch size
+  of ``prepare``) and a fresh Adam. The node uses it: it has no source data at run time.
+- ``auto`` (default): ``own`` for classification when ``warmup_batches`` or ``warmup_state`` is given
+  (the benchmark gives them), ``bundle`` otherwise: the node, and segmentation, whose RMT is our
+  extension (the reference framework has no segmentation RMT) and keeps the phase-A warm-up.
+``stats["warmup"]`` says which one ran.
+
 Segmentation: the augmented view is photometric + flip, flipped back before the pixel-wise SCE;
 the contrastive term uses ``seg_cont_pixels`` random pixel features per batch.
 """
@@ -20,11 +37,15 @@ from torch import nn
 
 from ..augment import cotta_augment, invertible_augment
 from ..base import TTAMethod
-from ..bundle import Bundle, apply_bundle
+from ..block_selection import compute_prototypes, split_batch
+from ..bundle import Bundle, apply_bundle, resolve_bundle
 from ..config import MethodConfig, _check, check_optimizer
 from ..losses import ema_update, symmetric_cross_entropy
 from ..model_utils import forward_with_features, set_bn_mode
 from ..registry import register_method
+from ..warmup import NUM_SAMPLES, warmup_mean_teacher
+
+WARMUP_STATE_FORMAT = "tta_perception.rmt_warmup/1"
 
 
 @dataclass
@@ -41,10 +62,15 @@ class RMTConfig(MethodConfig):
     projection_dim: int = 128     # CONTRAST.PROJECTION_DIM
     soft_augment: bool = False    # rmt.py: get_tta_transforms(img_size) defaults
     seg_cont_pixels: int = 256    # ours: pixels sampled per batch for the seg contrastive term
+    # where the warmed student/teacher come from (module docstring): auto | own | bundle
+    warmup: str = "auto"
+    warmup_samples: int = NUM_SAMPLES  # conf.py RMT.NUM_SAMPLES_WARM_UP; steps = samples // batch size
 
     def validate(self) -> None:
         super().validate()
         check_optimizer(self.optimizer)
+        _check(self.warmup in ("auto", "own", "bundle"), f"warmup must be auto, own or bundle, got {self.warmup!r}")
+        _check(self.warmup_samples >= 1, "warmup_samples must be >= 1")
         _check(self.lr > 0 and 0 <= self.mt <= 1, "lr > 0 and mt in [0, 1]")
         _check(self.lambda_ce_trg >= 0 and self.lambda_cont >= 0, "lambdas must be >= 0")
         _check(self.temperature > 0 and self.projection_dim >= 1 and self.seg_cont_pixels >= 1,
@@ -55,17 +81,33 @@ class RMTConfig(MethodConfig):
 class RMT(TTAMethod):
     Config = RMTConfig
     PREDICTORS = ("model", "teacher")
-    RESOURCES = ("bundle", "prototypes")
+    RESOURCES = ("bundle", "prototypes", "warmup_batches", "warmup_state", "progress")
 
-    def setup(self, bundle: Bundle | str | None = None, prototypes: torch.Tensor | None = None) -> None:
+    def setup(self, bundle: Bundle | str | None = None, prototypes: torch.Tensor | None = None,
+              warmup_batches=None, warmup_state: dict | None = None, progress: bool = False) -> None:
         c = self.cfg
-        b = apply_bundle(self.model, bundle)
+        mode = c.warmup
+        if mode == "auto":
+            given = warmup_batches is not None or warmup_state is not None
+            mode = "own" if self.task == "cls" and given else "bundle"
+        if mode == "own" and warmup_batches is None and warmup_state is None:
+            raise ValueError("rmt warmup='own' needs source data: warmup_batches=<source batches at the test "
+                             "batch size> or warmup_state=<a cached own warm-up>; warmup='bundle' uses the "
+                             "phase-A bundle's warm-up")
+        if mode == "own":  # the bundle only lends its prototypes; the warm-up runs below
+            b = resolve_bundle(bundle)
+            if b is not None:
+                b.check_model(self.model)
+        else:
+            b = apply_bundle(self.model, bundle)
         if b is not None and prototypes is None:
             prototypes = b.prototypes
+        if mode == "own" and prototypes is None and warmup_batches is not None and c.lambda_cont > 0:
+            prototypes = compute_prototypes(self.model, warmup_batches, self.num_classes, None)
         set_bn_mode(self.model, "batch_ema", c.bn_momentum)
         self.model.requires_grad_(True)
         self.teacher = copy.deepcopy(self.model).requires_grad_(False)
-        if b is not None and b.teacher_state is not None:
+        if mode == "bundle" and b is not None and b.teacher_state is not None:
             self.teacher.load_state_dict(b.teacher_state)
         self.modules["teacher"] = self.teacher
         params = list(self.model.parameters())
@@ -80,8 +122,51 @@ class RMT(TTAMethod):
             self.modules["projector"] = self.projector
             params += list(self.projector.parameters())
         self.optimizers["opt"] = self._make_optimizer(params, c.optimizer, c.lr, c.beta, c.momentum, c.weight_decay)
-        self._stats.update(contrastive=self.prototypes is not None,
-                           warmed_up=bool(b is not None and b.teacher_state is not None))
+        self._warmup_info: dict = {}
+        if mode == "own":
+            if warmup_state is not None:
+                self._load_warmup(warmup_state)
+            else:
+                self._own_warmup(warmup_batches, progress)
+        warmed = mode == "own" or bool(b is not None and b.teacher_state is not None)
+        self._stats.update(contrastive=self.prototypes is not None, warmed_up=warmed,
+                           warmup=mode if warmed else "none", warmup_steps=self._warmup_info.get("steps", 0))
+
+    # ----------------------------------------------------------------- own warm-up (rmt.py)
+    def _own_warmup(self, batches, progress: bool = False) -> None:
+        c = self.cfg
+        opt = self.optimizers["opt"]
+        bs = int(split_batch(next(iter(batches)))[0].shape[0])
+        steps = max(1, c.warmup_samples // bs)  # rmt.py: NUM_SAMPLES_WARM_UP // batch_size_src
+        r = warmup_mean_teacher(self.model, batches, steps=steps, lr=c.lr, ema=c.mt, beta=c.beta,
+                                optimizer=opt, teacher=self.teacher, progress=progress)
+        set_bn_mode(self.model, "batch_ema", c.bn_momentum)   # back to the adaptation BN mode
+        set_bn_mode(self.teacher, "batch_ema", c.bn_momentum)
+        self._warmup_info = {"steps": r.steps, "batch_size": bs, "samples": c.warmup_samples,
+                             "final_loss": r.losses[-1] if r.losses else None}
+
+    def _load_warmup(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("format") != WARMUP_STATE_FORMAT:
+            raise ValueError("warmup_state is not an RMT warm-up state (format marker missing)")
+        self.model.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        try:
+            self.optimizers["opt"].load_state_dict(copy.deepcopy(state["optimizer"]))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"warmup_state was made for another RMT setup (optimizer groups differ: {e})") from None
+        self._warmup_info = dict(state.get("info", {}))
+
+    def warmup_state(self) -> dict:
+        """The state right after the own warm-up (student, teacher, optimiser; plain tensors) for
+        ``warmup_state=`` of a later identical setup (the benchmark caches it on disk). It is the
+        source snapshot that ``reset()`` returns to, taken when setup ended."""
+        if self._stats.get("warmup") != "own":
+            raise ValueError("this RMT did not run its own warm-up (warmup='bundle')")
+        src = self._source
+        return {"format": WARMUP_STATE_FORMAT, "info": dict(self._warmup_info),
+                "student": {k: v.detach().cpu().clone() for k, v in src["modules"]["model"].items()},
+                "teacher": {k: v.detach().cpu().clone() for k, v in src["modules"]["teacher"].items()},
+                "optimizer": copy.deepcopy(src["optimizers"]["opt"])}
 
     def inference_modules(self):
         return {"model": self.model, "teacher": self.teacher}
@@ -134,4 +219,5 @@ class RMT(TTAMethod):
             if self._minimise(loss, opt):
                 ema_update(self.teacher, self.model, c.mt)
                 self._commit()
+        self.last_parts = {"student": out.detach(), "teacher": t.detach()}
         return (out + t).detach()
