@@ -324,11 +324,11 @@ class Session:
             self.reloading.clear()
         if new is None:
             release_memory()  # what the failed build allocated
-            self.health.count("reload_failures")
             self.log.error(f"reload failed, still running the previous model: {self.reload_error}")
-            if reverted:
-                self.health.count("rollbacks")
+            if reverted:  # the parameters follow before the failure is counted: one consistent picture
                 self.on_rollback(reverted)
+                self.health.count("rollbacks")
+            self.health.count("reload_failures")
             return
         for warning in new.warnings:
             self.log.warning(warning)
