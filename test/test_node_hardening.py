@@ -174,7 +174,9 @@ def test_domain_memory_in_the_node_publishes_the_domain_and_reports_it(ros, tmp_
     src = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in dark])
     cal = tmp_path / "cal.json"
     cal.write_text(json.dumps(calibrate(source_features(model, src))))
-    rig = Rig(ros, **dict(SEG, domain_memory=True, domain_calibration=str(cal), domain_patience=2))
+    save = tmp_path / "state" / "adapted.pt"
+    dm = dict(SEG, domain_memory=True, domain_calibration=str(cal), domain_patience=2)
+    rig = Rig(ros, **dict(dm, save_path=str(save)))
     assert rig.count("state") == "active", rig.count("config_error")
     col = rig.out("domain", String, qos=latched_qos())
     pub = rig.pub()
@@ -189,3 +191,13 @@ def test_domain_memory_in_the_node_publishes_the_domain_and_reports_it(ros, tmp_
     assert ids[:2] == [0, 1] and json.loads(msgs[1].data)["new"] is True
     d = rig.node.diagnostics()
     assert d["domains_known"] == 2 and d["domain_distance"] >= 0
+    # ~/save keeps the bank; a restarted node (resume_from, as after kill -9) knows both domains
+    # before its first frame and stays in the one it was in
+    from std_srvs.srv import Trigger
+
+    assert ros.call(Trigger, f"{rig.ns}/tta_node/save", Trigger.Request()).success
+    rig2 = Rig(ros, **dict(dm, resume_from=str(save)))
+    assert rig2.count("state") == "active", rig2.count("config_error")
+    memory = rig2.node._pipeline.adapter.domains
+    assert memory is not None and sorted(memory.detector.centroids) == [0, 1] and memory.detector.current == 1
+    assert len(memory.bank) == len(rig.node._pipeline.adapter.domains.bank) >= 1   # domain 0's adapted state
