@@ -58,7 +58,7 @@ def _floor_dplot(m, x):
 def _floor_cotta(m, x):
     _fwd(m.anchor, x)
     _fwd(m.teacher, x)
-    if float(F.softmax(_fwd(m.anchor, x), 1).max(1)[0].mean()) < m.cfg.ap:  # the augmented passes ran
+    if float(F.softmax(_fwd(m.anchor, x), 1).max(1)[0].mean()) < m.ap:  # the augmented passes ran
         if m.task == "cls":
             for _ in range(m.cfg.n_augmentations):
                 _fwd(m.teacher, x)

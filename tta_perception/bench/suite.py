@@ -344,8 +344,8 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
         seeds_used = {m: r["seeds"] for m, r in rows.items()}
         if len(cfg.seeds) > 1:
             text.append("seeds: " + "; ".join(f"{m} {','.join(map(str, v))}" for m, v in seeds_used.items())
-                        + " (cells: mean over a row's seeds; `python -m tta_perception.bench.seeds "
-                        + f"{out}/results.json` gives the 95 % intervals)")
+                        + " (cells: mean over a row's seeds, intervals below; `python -m tta_perception.bench.seeds "
+                        + f"{out}/results.json` recomputes them from the file, prediction split included)")
         parts = aggregate_parts(st, runs, cfg.methods)
         if parts:
             text += ["", format_parts(parts, st.columns, rows)]
