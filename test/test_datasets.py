@@ -460,3 +460,18 @@ def test_stream_with_worker_processes(cifar10c, imagenetc):
     b = [b.labels.tolist() for b in build_stream("imagenet_c", imagenetc, batch_size=2, num_workers=0,
                                                   corruptions=["fog", "snow"])]
     assert a == b and len(a) == 6
+
+
+def test_dataset_images_are_decoded_only_with_the_listed_formats(tmp_path):
+    """A data folder's file is never handed to another Pillow decoder (EPS would run Ghostscript)."""
+    from PIL import Image
+
+    from tta_perception.datasets._files import DatasetError, open_image
+
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(tmp_path / "a.png")
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(tmp_path / "b.png", format="GIF")
+    (tmp_path / "c.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 4\nshowpage\n")
+    assert open_image(tmp_path / "a.png").getpixel((0, 0)) == (1, 2, 3)
+    for bad in ("b.png", "c.jpg"):
+        with pytest.raises(DatasetError, match="cannot decode image"):
+            open_image(tmp_path / bad)

@@ -102,16 +102,17 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "classes.json").write_text(json.dumps(list(__import__("tta_perception.world.classes",
-                                                                 fromlist=["CLASS_NAMES"]).CLASS_NAMES)))
+    from ..world.classes import CLASS_NAMES
+
+    (out / "classes.json").write_text(json.dumps(list(CLASS_NAMES)))
     # a strip of 6 frames across the sequence, with their labels, for a quick look
     pick = np.linspace(0, len(rows) - 1, 6).astype(int)
     strip = []
     for i in pick:
         idx = rows[i]["frame"]
         if args.format == "png":
-            rgb = np.asarray(Image.open(out / "rgb" / f"{idx:06d}.png"))
-            lab = np.asarray(Image.open(out / "labels" / f"{idx:06d}.png"))
+            rgb = np.asarray(Image.open(out / "rgb" / f"{idx:06d}.png", formats=("PNG",)))
+            lab = np.asarray(Image.open(out / "labels" / f"{idx:06d}.png", formats=("PNG",)))
         elif args.format == "npz":
             rgb, lab = rgbs[i], labels[i]
         else:

@@ -142,12 +142,17 @@ def _pil():
     return Image
 
 
+IMAGE_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP")  # the formats of IMAGE_EXTENSIONS
+
+
 def open_image(path: Path, mode: str = "RGB"):
-    """Open and fully decode an image (so truncated files fail here, naming the file)."""
+    """Open and fully decode an image (so truncated files fail here, naming the file), with only the
+    decoders of ``IMAGE_EXTENSIONS``' formats: Pillow would otherwise try every decoder it has (EPS
+    through Ghostscript included) on whatever a data folder holds."""
     Image = _pil()
     path = require_file(path, "image")
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
             img.load()
             return img.convert(mode) if mode and img.mode != mode else img.copy()
     except (OSError, ValueError, SyntaxError) as err:  # PIL.UnidentifiedImageError is an OSError
