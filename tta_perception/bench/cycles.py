@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from ..metrics import detector_purity, t_interval
 from .output import write_rows_csv
-from .runner import MethodRun
+from .runner import MethodRun, runs_of
 from .streams import BenchStream
 
 CONFIDENCE = 0.95
@@ -24,7 +24,7 @@ def cycle_rows(stream: BenchStream, runs: Sequence[MethodRun], methods: Sequence
     """Per method: phase -> cycle -> interval over seeds; the gain of each later cycle over the first."""
     out: dict[str, Any] = {}
     for m in methods:
-        rs = [r for r in runs if r.method == m and r.stream == stream.name and r.domains_by_cycle]
+        rs = [r for r in runs_of(runs, m, stream.name) if r.domains_by_cycle]
         if not rs:
             continue
         keys = list(dict.fromkeys(k for r in rs for k in r.domains_by_cycle))

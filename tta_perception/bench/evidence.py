@@ -23,7 +23,7 @@ from ..metrics import Interval, paired_difference, t_interval, time_to_recover
 from ..metrics.recovery import RECOVERY_FRACTION, RECOVERY_WINDOW
 from .output import write_rows_csv
 from .report import SHORT
-from .runner import MethodRun
+from .runner import MethodRun, runs_of
 from .streams import BenchStream
 from .variants import VARIANTS
 
@@ -31,7 +31,7 @@ CONFIDENCE = 0.95
 
 
 def _by_seed(runs: Sequence[MethodRun], method: str, stream: str) -> dict[int, MethodRun]:
-    return {r.seed: r for r in runs if r.method == method and r.stream == stream}
+    return {r.seed: r for r in runs_of(runs, method, stream)}
 
 
 def _cell_values(stream: BenchStream, run: MethodRun, task: str) -> dict[str, float]:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from .output import write_rows_csv
 from .report import SHORT, _mean
-from .runner import MethodRun
+from .runner import MethodRun, runs_of
 from .streams import BenchStream
 
 
@@ -25,7 +25,7 @@ def aggregate_parts(stream: BenchStream, runs: list[MethodRun], methods: list[st
     """{method: {part: {"cells", "mean", "first5", "last5", "seeds"}}}, cells averaged over seeds."""
     out: dict[str, Any] = {}
     for m in methods:
-        rs = [r for r in runs if r.method == m and r.stream == stream.name and r.parts]
+        rs = [r for r in runs_of(runs, m, stream.name) if r.parts]
         if not rs:
             continue
         out[m] = {}

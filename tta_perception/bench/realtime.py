@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .runner import runs_of
+
 EPS_MS = 1e-9
 COST_WINDOWS = 4          # timed windows per method (after one warm-up window)
 
@@ -228,7 +230,7 @@ def realtime_report(streams, offline_runs, rt_runs, methods, task: str, hz: floa
 
     def steps(runs, m, name, field):
         vals = [(r.streaming.get("realtime") or {}).get(field) if field != "offline_steps"
-                else r.streaming.get("adapt_steps") for r in runs if r.method == m and r.stream == name]
+                else r.streaming.get("adapt_steps") for r in runs_of(runs, m, name)]
         vals = [v for v in vals if v is not None]
         return sum(vals) / len(vals) if vals else float("nan")
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..atomic import atomic_write_text
-from .runner import MethodRun
+from .runner import MethodRun, runs_of
 from .streams import BenchStream
 from .variants import VARIANTS
 
@@ -47,7 +47,7 @@ def aggregate(stream: BenchStream, runs: list[MethodRun], methods: list[str]) ->
     """Per method: cells (mean over seeds), mean column, costs."""
     rows: dict[str, Any] = {}
     for m in methods:
-        rs = [r for r in runs if r.method == m and r.stream == stream.name]
+        rs = runs_of(runs, m, stream.name)
         if not rs:
             continue
         cells = {c: _mean([r.domains.get(stream.column_domain[c], float("nan")) for r in rs]) for c in stream.columns}

@@ -16,7 +16,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -77,6 +77,11 @@ class MethodRun:
         if self.series_detected:
             d["series"]["domain"], d["series"]["detected"] = self.series_domain, self.series_detected
         return d
+
+
+def runs_of(runs: Sequence[MethodRun], method: str, stream: str) -> list[MethodRun]:
+    """The runs of ``method`` on the stream named ``stream`` (one per seed), in run order."""
+    return [r for r in runs if r.method == method and r.stream == stream]
 
 
 def seed_everything(seed: int) -> None:
