@@ -188,7 +188,7 @@ def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64
         for di, cs in enumerate(plan):
             for k, sl in enumerate(_split(n, batch_size)):
                 reset = setting == "reset_each_shift" and k == 0 and di > 0
-                idx = orders[di][sl] if (seed or shuffle) else sl
+                idx = orders[di][sl]
                 yield Chunk(data[cs][idx], y[idx], [dom(*cs)] * (sl.stop - sl.start),
                             list(range(pos + sl.start, pos + sl.stop)), reset=reset)
             pos += n
