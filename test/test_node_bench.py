@@ -67,3 +67,56 @@ def test_node_bench_memory_sweep_small(tmp_path):
     assert report["node_exit_code"] == 0
     for ext in ("txt", "md", "json", "csv"):
         assert (tmp_path / f"node_bench_memory.{ext}").is_file()
+
+
+def test_node_bench_cycles_survive_a_kill(tmp_path):
+    """Two weather cycles scored per phase and cycle; between them the node saves, is killed with
+    SIGKILL and restarts with resume_from: the domain bank it had comes back."""
+    from tta_perception.cli.main import main
+
+    schedule = tmp_path / "tiny_loop.yaml"
+    schedule.write_text("name: tiny_loop\nfps: 10\nframes: 16\nloop: true\nkeyframes:\n"
+                        "  - {time: 0, preset: ClearNoon, domain: clear}\n  - {time: 0.4, preset: ClearNoon}\n"
+                        "  - {time: 0.4, preset: ClearNight, domain: night}\n  - {time: 0.8, preset: ClearNight}\n")
+    out = tmp_path / "out"
+    rc = main(["node-bench", "--method", "tent+dm", "--cycles", "2", "--restart-between-cycles",
+               "--schedule", str(schedule), "--stride", "1", "--rate", "5", "--size", "64x128",
+               "--node-param", "domain_patience=1", "--no-overhead", "--no-plot", "--torch-threads", "1",
+               "--startup-timeout", "60", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "node_bench.json").read_text())
+    assert report["settings"]["frames_per_cycle"] == 8 and report["settings"]["frames"] == 16
+    r = report["methods"]["tent+dm"]
+    assert r["engine_method"] == "tent"
+    assert r["node_diagnostics"]["frames_received"] == 16  # both processes' counters
+    assert set(r["miou_per_cycle"]) <= {"clear@1", "night@1", "clear@2", "night@2"}
+    assert {"clear@1", "clear@2"} <= set(r["miou_per_cycle"])
+    (restart,) = r["restarts"]
+    assert restart["before_frame"] == 8 and restart["killed_exit_code"] == -9
+    known = int(float(restart["domains_known_before"]))
+    assert known >= 1 and int(float(restart["domains_known_after"])) == known  # the bank came back
+    assert (out / "node_state_tent_dm.pt").is_file()
+    summary = report["cycles"]["methods"]["tent+dm"]
+    assert summary["cycles"] == [1, 2] and set(summary["gain_last_over_first"]) == set(summary["phases"])
+    # the tiny schedule switches at once: time to recover after each change on the per-frame mIoU
+    assert report["cycles"]["recovery_defined"] is True
+    assert len(r["frame_scores"]) == r["matched_stamps"]
+    ks, ds = [x[0] for x in r["frame_scores"]], [x[1] for x in r["frame_scores"]]
+    starts = [ks[i] for i in range(1, len(ks)) if ds[i] != ds[i - 1]]
+    assert starts and [x["frame"] for x in summary["recovery"]] == starts
+    assert set(summary["recovery_by_cycle"]) == {str(k // 8 + 1) for k in starts}  # JSON keys
+    assert "mIoU per phase and weather cycle" in (out / "node_bench.txt").read_text()
+
+
+def test_node_bench_cycles_need_a_looping_schedule():
+    from tta_perception.bench.node import cycle_plan, method_params
+
+    assert cycle_plan("dynamic", 1, 2) == (1200, 2400) and cycle_plan("dynamic", 2, 2) == (600, 1200)
+    with pytest.raises(ValueError, match="loop"):
+        cycle_plan("day2night", 1, 2)
+    with pytest.raises(ValueError, match="divide"):
+        cycle_plan("dynamic", 7, 2)
+    assert method_params("dplot+dm") == ("dplot", {"domain_memory": True})
+    assert method_params("dplot") == ("dplot", {})
+    with pytest.raises(ValueError, match="adapting"):
+        method_params("source+dm")

@@ -11,7 +11,11 @@ For each method (``source``, ``dplot``, ...) in turn, on the same pre-rendered f
   matrix against the ground truth of that stamp; the node's own counters; the node's RSS once a
   second;
 - ``measure_overheads`` times, in this process on one frame, the node's conversion and publishing
-  code against the model forward.
+  code against the model forward;
+- ``cycles``: whole weather cycles of a looping schedule, each phase scored per cycle (does the node
+  do better when the weather comes back?), and ``restart_between_cycles``: between two cycles the
+  node saves (``~/save``), is killed with SIGKILL and restarts with ``resume_from`` (does what it
+  learned survive a crash?). ``NAME+dm`` runs method NAME with ``domain_memory`` on.
 
 This module is the protocol and the report (table, Markdown, JSON, CSV, PNG: ``bench.output``); the
 DDS side (publisher, subscriber, node process) is ``ros.node_bench``, which ``tta-perception
@@ -44,6 +48,35 @@ def render_frames(schedule: str, count: int, size: tuple[int, int], stride: int 
     return frames
 
 
+DOMAIN_MEMORY_SUFFIX = "+dm"
+
+
+def method_params(name: str) -> tuple[str, dict[str, Any]]:
+    """A node-bench method name -> the node's ``method`` and the parameters it implies
+    (``NAME+dm``: ``domain_memory`` on)."""
+    if name.endswith(DOMAIN_MEMORY_SUFFIX):
+        base = name[:-len(DOMAIN_MEMORY_SUFFIX)]
+        if base in ("", "source"):
+            raise ValueError(f"{name!r}: domain memory needs an adapting method")
+        return base, {"domain_memory": True}
+    return name, {}
+
+
+def cycle_plan(schedule: str, stride: int, cycles: int) -> tuple[int, int]:
+    """(published frames per weather cycle, frames of ``cycles`` cycles) of a looping schedule."""
+    from ..world.schedule import load_schedule
+
+    sched = load_schedule(schedule)
+    if not sched.loop or sched.period <= 0:
+        raise ValueError(f"--cycles needs a looping schedule (loop: true); {schedule!r} does not loop")
+    per_cycle_schedule = int(round(sched.period * sched.fps))
+    if per_cycle_schedule % stride:
+        raise ValueError(f"--stride {stride} does not divide the {per_cycle_schedule} frames of a "
+                         f"{schedule!r} cycle")
+    per_cycle = per_cycle_schedule // stride
+    return per_cycle, per_cycle * int(cycles)
+
+
 def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Optional[float] = 120.0,
                    frames: Optional[int] = None, rate: float = 10.0, size: tuple[int, int] = (128, 256),
                    out: str | Path = "runs/node_bench", schedule: str = "dynamic", stride: int = 2,
@@ -51,18 +84,29 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
                    node_params: Optional[dict[str, Any]] = None, window_s: float = 60.0,
                    overhead: bool = True, overhead_repeats: int = 60, startup_timeout: float = 120.0,
                    drain_s: float = 2.0, domain_id: Optional[int] = None, plot: bool = True,
-                   torch_threads: int = 0, client: Any = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   torch_threads: int = 0, cycles: Optional[int] = None, restart_between_cycles: bool = False,
+                   client: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark; ``client`` is the DDS side (``ros.node_bench``: ``measure_overheads`` and
-    ``run_method``), passed in by the command so this module needs no ROS."""
+    ``run_method``), passed in by the command so this module needs no ROS. ``cycles`` replaces
+    ``duration``/``frames`` by that many whole weather cycles, every frame rendered."""
     if client is None:
         raise ValueError("run_node_bench needs the DDS client (tta_perception.ros.node_bench)")
     methods = list(methods)
     if len(set(methods)) != len(methods) or not (methods or overhead):
         raise ValueError(f"methods must be distinct and non-empty (or measure the overhead only), got {methods}")
+    engine = {m: method_params(m) for m in methods}
     if rate <= 0:
         raise ValueError("--rate must be positive")
-    n_frames = int(frames) if frames else int(round(float(duration or 0) * rate))
+    per_cycle = None
+    if cycles is not None:
+        if int(cycles) < 1:
+            raise ValueError("--cycles must be at least 1")
+        per_cycle, n_frames = cycle_plan(schedule, stride, int(cycles))
+        unique_frames = max(unique_frames, n_frames)  # each cycle its own scenes, as the stream bench
+    elif restart_between_cycles:
+        raise ValueError("--restart-between-cycles needs --cycles")
+    else:
+        n_frames = int(frames) if frames else int(round(float(duration or 0) * rate))
     if n_frames <= 0:
         raise ValueError("--frames or --duration must be positive")
     out = Path(out)
@@ -78,7 +122,8 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
                      "schedule": schedule, "frame_stride": stride, "unique_frames": len(rendered),
                      "encoding": encoding, "device": device, "node_params": node_params or {},
                      "torch_threads": torch_threads or "torch default (= cores)",
-                     "ros_domain_id": domain_id, "cpus": os.cpu_count(),
+                     "ros_domain_id": domain_id, "cpus": os.cpu_count(), "cycles": cycles,
+                     "frames_per_cycle": per_cycle, "restart_between_cycles": bool(restart_between_cycles),
                      "load_avg_at_start": list(os.getloadavg())},
         "methods": {},
     }
@@ -92,16 +137,22 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
                 f"+ messages {o['messages_ms']:.2f} + publish {o['publish_ms']:.2f} ms = "
                 f"{o['conversion_publishing_pct_of_model']:.1f} % of the forward; + postprocess "
                 f"{o['postprocess_ms']:.2f} ms = {o['overhead_pct_of_model']:.1f} %")
+    restart_at = [per_cycle * c for c in range(1, int(cycles))] if restart_between_cycles and per_cycle else []
     for m in methods:
+        base, implied = engine[m]
+        tag = "".join(c if c.isalnum() else "_" for c in m)
         report["methods"][m] = client.run_method(
-            m, rendered, n_frames, rate=rate, encoding=encoding, device=device, domain_id=domain_id,
-            node_params=dict(node_params or {}), window_s=window_s, startup_timeout=startup_timeout,
-            drain_s=drain_s, log=log, torch_threads=torch_threads)
+            base, rendered, n_frames, rate=rate, encoding=encoding, device=device, domain_id=domain_id,
+            node_params={**dict(node_params or {}), **implied}, window_s=window_s, startup_timeout=startup_timeout,
+            drain_s=drain_s, log=log, torch_threads=torch_threads, label=m, cycle_frames=per_cycle,
+            restart_at=restart_at, save_path=str((out / f"node_state_{tag}.pt").resolve()) if restart_at else "")
     report["settings"]["load_avg_at_end"] = list(os.getloadavg())
     if "source" in report["methods"] and "dplot" in report["methods"]:
         s, d = report["methods"]["source"], report["methods"]["dplot"]
         report["ratio_p50_dplot_over_source"] = d["latency_ms"]["p50"] / s["latency_ms"]["p50"]
         report["ratio_p95_dplot_over_source"] = d["latency_ms"]["p95"] / s["latency_ms"]["p95"]
+    if per_cycle:
+        report["cycles"] = cycle_summary(report, per_cycle, instant_switches(schedule))
     report["text"] = format_report(report)
     files = write_report(out, "node_bench", text=report["text"], payload=report, rows=table_rows(report),
                          markdown=markdown_report(report), digits=None)
@@ -110,6 +161,86 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
     report["files"] = files
     log(report["text"])
     return report
+
+
+def instant_switches(schedule: str) -> bool:
+    """Whether the schedule's weather changes at once (time to recover is defined only then)."""
+    from ..world.schedule import load_schedule
+
+    return bool(load_schedule(schedule).step_times)
+
+
+def cycle_summary(report: dict[str, Any], per_cycle: int, recovery: bool = True) -> dict[str, Any]:
+    """Per method: mIoU per phase and cycle, the gain of the last cycle over the first, the detector's
+    purity (``metrics.detector_purity``), what each restart kept and (``recovery``: a schedule with
+    instant switches) the time to recover after each change at the full frame rate
+    (``metrics.time_to_recover`` on the per-frame mIoU), as a mean per cycle; per ``NAME+dm``
+    beside ``NAME``: memory's difference in the last cycle."""
+    from ..metrics import detector_purity, time_to_recover
+
+    out: dict[str, Any] = {"methods": {}, "memory_vs_none": {}, "frames_per_cycle": per_cycle,
+                           "recovery_defined": bool(recovery)}
+    for m, r in report["methods"].items():
+        keys = list(r.get("miou_per_cycle", {}))
+        phases = list(dict.fromkeys(k.rsplit("@", 1)[0] for k in keys))
+        cycles = sorted({int(k.rsplit("@", 1)[1]) for k in keys})
+        cells = {p: {c: r["miou_per_cycle"].get(f"{p}@{c}", float("nan")) for c in cycles} for p in phases}
+        gain = {p: cells[p][cycles[-1]] - cells[p][cycles[0]] for p in phases} if len(cycles) > 1 else {}
+        det = r.get("detector")
+        purity = detector_purity(det["phases"], det["detected"]) if det and det.get("detected") else None
+        recoveries = [x.as_dict() for x in time_to_recover(r.get("frame_scores", []))] if recovery else []
+        by_cycle: dict[int, list[Any]] = {}
+        for x in recoveries:
+            by_cycle.setdefault(x["frame"] // per_cycle + 1, []).append(x["frames"])
+        ttr = {c: {"changes": len(v), "recovered": sum(f is not None for f in v),
+                   "mean_frames": float(np.mean([f for f in v if f is not None])) if any(f is not None for f in v)
+                   else float("nan")} for c, v in sorted(by_cycle.items())}
+        out["methods"][m] = {"phases": phases, "cycles": cycles, "miou": cells, "gain_last_over_first": gain,
+                             "purity": {k: purity[k] for k in ("one_to_one", "purity", "inverse")} if purity else None,
+                             "recovery": recoveries, "recovery_by_cycle": ttr,
+                             "restarts": [{k: x.get(k) for k in ("before_frame", "save_s", "restart_s",
+                                                                 "killed_exit_code", "domains_known_before",
+                                                                 "domains_known_after")}
+                                          for x in r.get("restarts", [])]}
+    for m, row in out["methods"].items():
+        base = m[:-len(DOMAIN_MEMORY_SUFFIX)] if m.endswith(DOMAIN_MEMORY_SUFFIX) else None
+        if base in out["methods"] and row["cycles"]:
+            last = row["cycles"][-1]
+            other = out["methods"][base]["miou"]
+            out["memory_vs_none"][m] = {p: row["miou"][p][last] - other.get(p, {}).get(last, float("nan"))
+                                        for p in row["phases"]}
+    return out
+
+
+def format_cycles(summary: dict[str, Any]) -> list[str]:
+    rows = summary["methods"]
+    if not rows:
+        return []
+    phases = next(iter(rows.values()))["phases"]
+    lines = ["mIoU per phase and weather cycle (cycle 1 / cycle 2 ..., gain = last - first):",
+             f"{'method':<10}" + "".join(f"{p[:12]:>22}" for p in phases)]
+    for m, r in rows.items():
+        cells = [" / ".join(f"{r['miou'][p][c]:.1f}" for c in r["cycles"])
+                 + (f" ({r['gain_last_over_first'][p]:+.1f})" if r["gain_last_over_first"] else "") for p in phases]
+        lines.append(f"{m:<10}" + "".join(f"{c:>22}" for c in cells))
+    for m, d in summary["memory_vs_none"].items():
+        lines.append(f"{m} - {m[:-len(DOMAIN_MEMORY_SUFFIX)]} in the last cycle: "
+                     + ", ".join(f"{p} {v:+.1f}" for p, v in d.items()))
+    for m, r in rows.items():
+        if r["recovery_by_cycle"]:
+            lines.append(f"{m}: time to recover (frames to 90 % of the new phase's plateau, full frame rate): "
+                         + "; ".join(f"cycle {c}: {t['mean_frames']:.1f} mean over {t['recovered']}/{t['changes']} "
+                                     f"recovered changes" for c, t in r["recovery_by_cycle"].items()))
+        if r["purity"]:
+            pu = r["purity"]
+            lines.append(f"{m}: detector purity one-to-one {pu['one_to_one']:.2f}, majority {pu['purity']:.2f}, "
+                         f"phases kept whole {pu['inverse']:.2f} (fractions of scored frames)")
+        for x in r["restarts"]:
+            lines.append(f"{m}: before frame {x['before_frame']}: ~/save {x['save_s']:.1f} s, SIGKILL (exit "
+                         f"{x['killed_exit_code']}), restart with resume_from {x['restart_s']:.1f} s"
+                         + (f", domains known {x['domains_known_before']} -> {x['domains_known_after']}"
+                            if x["domains_known_before"] is not None else ""))
+    return lines
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -131,12 +262,18 @@ def format_report(report: dict[str, Any]) -> str:
                          f"conversion + publishing {o['conversion_publishing_ms']:.2f} ms = "
                          f"{o['conversion_publishing_pct_of_model']:.1f} % (goal < 10 %); with the post-processing "
                          f"(argmax, confidence, overlay) {o['overhead_ms']:.2f} ms = {o['overhead_pct_of_model']:.1f} %")
+    if report.get("cycles"):
+        lines += format_cycles(report["cycles"])
     return "\n".join(lines)
 
 
 def plot_report(report: dict[str, Any], path: Path) -> Path:
     plt = _plt()
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, height_ratios=(3, 1.4))
+    if report.get("cycles"):
+        fig, (ax, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 9.5), height_ratios=(3, 1.4, 2.6))
+    else:
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, height_ratios=(3, 1.4))
+        ax3 = None
     for m, r in report["methods"].items():
         t, lat = r["timeline"]["t_s"], r["timeline"]["latency_ms"]
         line, = ax.plot(t, lat, ".", ms=2, alpha=0.35)
@@ -159,7 +296,40 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     ax2.set_ylabel("RSS (MB)")
     ax2.set_xlabel("seconds since the first frame")
     ax2.legend(loc="lower right", fontsize=8)
+    if ax3 is not None:
+        _plot_cycles(ax3, report)
     return save_figure(fig, path)
+
+
+def _plot_cycles(ax: Any, report: dict[str, Any], k: int = 20) -> None:
+    """Per-frame mIoU (trailing mean of ``k`` outputs) of every method over the published frames,
+    the phases shaded and each restart marked."""
+    shaded = False
+    phase_colours: dict[str, str] = {}
+    for m, r in report["methods"].items():
+        rows = r.get("frame_scores") or []
+        if not rows:
+            continue
+        x = [row[0] for row in rows]
+        y = np.convolve([row[2] for row in rows], np.ones(k) / k, mode="full")[:len(rows)]
+        y[:k - 1] = [float(np.mean([row[2] for row in rows[:i + 1]])) for i in range(min(k - 1, len(rows)))]
+        ax.plot(x, y, "-", lw=1, label=f"{m}: {r['miou']:.1f} mIoU")
+        if not shaded:  # phase boundaries from the first method's rows
+            shaded = True
+            start = 0
+            for i in range(1, len(rows) + 1):
+                if i == len(rows) or rows[i][1] != rows[start][1]:
+                    colour = phase_colours.setdefault(rows[start][1], f"C{len(phase_colours) % 10}")
+                    end = rows[i][0] if i < len(rows) else rows[-1][0]
+                    ax.axvspan(rows[start][0], end, color=colour, alpha=0.08, lw=0)
+                    ax.text((rows[start][0] + end) / 2, 0.98, rows[start][1], ha="center", va="top",
+                            fontsize=6, transform=ax.get_xaxis_transform())
+                    start = i
+        for x_restart in (x_["before_frame"] for x_ in r.get("restarts", [])):
+            ax.axvline(x_restart, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("published frame (dashed: ~/save, SIGKILL, restart with resume_from)")
+    ax.set_ylabel(f"mIoU % (trailing {k})")
+    ax.legend(loc="lower left", fontsize=7)
 
 
 def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -183,5 +353,14 @@ def markdown_report(report: dict[str, Any]) -> str:
         return ""
     cols = ["method", "matched", "published", "dropped", "p50_ms", "p95_ms", "adaptation_steps", "miou",
             "rss_max_mb"]
-    return markdown_table(rows, cols, ["method", "matched", "published", "dropped", "p50 ms", "p95 ms",
+    text = markdown_table(rows, cols, ["method", "matched", "published", "dropped", "p50 ms", "p95 ms",
                                        "adaptation steps", "online mIoU", "max RSS MB"], fmt="{:.1f}")
+    summary = report.get("cycles")
+    if summary and summary["methods"]:
+        phases = next(iter(summary["methods"].values()))["phases"]
+        crow = [{"method": m, **{p: " / ".join(f"{r['miou'][p][c]:.1f}" for c in r["cycles"])
+                                 + (f" ({r['gain_last_over_first'][p]:+.1f})" if r["gain_last_over_first"] else "")
+                                 for p in phases}} for m, r in summary["methods"].items()]
+        text += "\n\nmIoU per phase, cycle 1 / cycle 2 ... (gain):\n\n" + markdown_table(
+            crow, ["method", *phases], ["method", *phases])
+    return text

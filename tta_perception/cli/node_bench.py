@@ -33,10 +33,16 @@ def _param(text: str) -> tuple[str, object]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", action="append", default=None,
                    help="method(s) to run one after the other in this command (repeat or comma-separate); "
-                        "default: source,dplot")
+                        "NAME+dm: NAME with domain_memory on; default: source,dplot")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--duration", type=float, default=None, help="seconds of publishing per method (default 120)")
     g.add_argument("--frames", type=int, default=None, help="frames published per method")
+    g.add_argument("--cycles", type=int, default=None,
+                   help="instead: this many whole weather cycles of a looping schedule (dynamic: 1,200 "
+                        "frames per cycle at --stride 1), every frame rendered; mIoU per phase and cycle")
+    p.add_argument("--restart-between-cycles", action="store_true",
+                   help="with --cycles: between two cycles the node saves (~/save), is killed with SIGKILL "
+                        "and restarts with resume_from (does what it learned survive a crash?)")
     p.add_argument("--rate", type=float, default=10.0, help="publish rate (Hz)")
     p.add_argument("--size", type=_size, default=(128, 256), help="image size HxW")
     p.add_argument("--encoding", default="bgra8", choices=("bgra8", "rgb8"), help="image encoding sent")
@@ -89,13 +95,14 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for item in (args.method or ["source,dplot"]) for m in item.split(",") if m.strip()]
     if args.overhead_only:
         methods = []
-    duration = args.duration if args.duration is not None else (None if args.frames else 120.0)
+    duration = args.duration if args.duration is not None else (None if args.frames or args.cycles else 120.0)
     report = run_node_bench(methods, duration=duration, frames=args.frames, rate=args.rate, size=args.size,
                             out=args.out, schedule=args.schedule, stride=args.stride,
                             unique_frames=args.unique_frames, encoding=args.encoding, device=args.device,
                             node_params=dict(args.node_param), window_s=args.window,
                             overhead=not args.no_overhead, overhead_repeats=args.overhead_repeats,
                             startup_timeout=args.startup_timeout, plot=not args.no_plot,
-                            torch_threads=args.torch_threads, client=client)
+                            torch_threads=args.torch_threads, cycles=args.cycles,
+                            restart_between_cycles=args.restart_between_cycles, client=client)
     print("wrote " + ", ".join(report["files"].values()))
     return 0

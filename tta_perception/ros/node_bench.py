@@ -185,10 +185,15 @@ def measure_overheads(size: tuple[int, int], repeats: int, encoding: str, frame:
 class _Recorder:
     """Subscriber side: latency by stamp, online confusion matrix, the node's diagnostics."""
 
-    def __init__(self, ns: str, truth: dict[int, tuple[np.ndarray, str]], sent: dict[int, int], t0: list[int]):
+    def __init__(self, ns: str, truth: dict[int, tuple[np.ndarray, str, Optional[str]]], sent: dict[int, int],
+                 t0: list[int]):
         self.ns, self.truth, self.sent, self.t0 = ns, truth, sent, t0
         self.lock = threading.Lock()
         self.scores = DomainScores(NUM_CLASSES)
+        self.cycles = DomainScores(NUM_CLASSES)  # 'phase@cycle' keys (looping schedules, --cycles)
+        self.domain_changes: list[tuple[int, int]] = []  # (stamp, detected id) from the ``domain`` topic
+        self.matched_phases: list[tuple[int, str]] = []  # (stamp, true phase) of every scored output
+        self.frame_scores: list[tuple[int, str, float]] = []  # (frame index, phase, the frame's mIoU %)
         self.samples: list[tuple[float, float]] = []  # (seconds since first publish, latency ms)
         self.matched: set[int] = set()
         self.unmatched = 0
@@ -215,13 +220,42 @@ class _Recorder:
                 self.stamps_out_of_order += 1
             self._last_stamp = max(self._last_stamp, stamp)
             self.samples.append(((t_pub - self.t0[0]) / 1e9, (t_recv - t_pub) / 1e6))
-            labels, domain = self.truth.pop(stamp)
+            labels, domain, cycle_key, index = self.truth.pop(stamp)
         pred = convert.labels_of(msg)
         if pred.shape != labels.shape:
             pred = nearest_resize(pred, *labels.shape)
         with self.lock:
-            self.scores.add_frame(pred, labels, domain)
+            frame = self.scores.add_frame(pred, labels, domain)
+            self.frame_scores.append((index, domain, 100.0 * frame.miou()))
+            if cycle_key is not None:
+                self.cycles.add_frame(pred, labels, cycle_key)
+            self.matched_phases.append((stamp, domain))
         self.first_output.set()
+
+    def on_domain(self, msg: Any) -> None:
+        """Domain memory's ``domain`` topic: the detected id from the stamp of the frame it changed at."""
+        try:
+            info = json.loads(msg.data)
+            stamp = int(info["stamp"]["sec"]) * 1_000_000_000 + int(info["stamp"]["nanosec"])
+            with self.lock:
+                self.domain_changes.append((stamp, int(info["id"])))
+        except (ValueError, KeyError, TypeError):
+            pass
+
+    def detected_per_output(self) -> tuple[list[str], list[int]]:
+        """True phase and detected domain id of every scored output after the detector's first
+        report (the id in force at that frame's stamp)."""
+        changes = sorted(self.domain_changes)
+        phases, ids = [], []
+        j, current = 0, None
+        for stamp, phase in sorted(self.matched_phases):
+            while j < len(changes) and changes[j][0] <= stamp:
+                current = changes[j][1]
+                j += 1
+            if current is not None:
+                phases.append(phase)
+                ids.append(current)
+        return phases, ids
 
     def on_diagnostics(self, msg: Any) -> None:
         for status in msg.status:
@@ -245,7 +279,13 @@ def _f(value: Any) -> float:
 def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, encoding: str,
                device: str, domain_id: int, node_params: dict[str, Any], window_s: float,
                startup_timeout: float, drain_s: float, log: Callable[[str], None],
-               torch_threads: int = 0) -> dict[str, Any]:
+               torch_threads: int = 0, label: str = "", cycle_frames: Optional[int] = None,
+               restart_at: Sequence[int] = (), save_path: str = "") -> dict[str, Any]:
+    """One node process (``label``: the name in the report; ``node_params`` its parameters) fed
+    ``n_frames`` frames at ``rate``. ``cycle_frames``: published frames per weather cycle, to score
+    each phase per cycle ('phase@cycle'). ``restart_at``: frame indices before which the node saves
+    its state (``~/save`` to ``save_path``), is killed with SIGKILL and restarts with
+    ``resume_from`` (publishing waits meanwhile)."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.context import Context
@@ -253,15 +293,24 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     from rclpy.node import Node
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
+    from std_msgs.msg import Header, String
+    from std_srvs.srv import Trigger
 
-    from .qos import output_qos
+    from .qos import latched_qos, output_qos
 
-    ns = f"/node_bench_{os.getpid()}_{method}"
+    label = label or method
+    tag = "".join(c if c.isalnum() else "_" for c in label)
+    ns = f"/node_bench_{os.getpid()}_{tag}"
     params = {"method": method, "device": device, "diagnostics_period": 1.0}
     params.update(node_params)
-    node_proc = NodeProcess(ns, params, domain_id, torch_threads, log, label=method)
-    proc, node_log, cmd, env = node_proc.proc, node_proc.log, node_proc.cmd, node_proc.env
+    restart_at = sorted({int(k) for k in restart_at if 0 < int(k) < n_frames})
+    if restart_at:
+        if not save_path:
+            raise ValueError("restarts need a save_path")
+        params["save_path"] = str(save_path)
+    node_proc = NodeProcess(ns, params, domain_id, torch_threads, log, label=label)
+    cmd, env = node_proc.cmd, node_proc.env
+    holder = [node_proc]  # the running node process (a restart replaces it)
 
     ctx = Context()
     rclpy.init(context=ctx, domain_id=domain_id)
@@ -274,50 +323,117 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     pub = node.create_publisher(Image, f"{ns}/image", img_qos)
     node.create_subscription(Image, f"{ns}/class_ids", rec.on_output, output_qos(depth=50))
     node.create_subscription(DiagnosticArray, "/diagnostics", rec.on_diagnostics, 50)
+    node.create_subscription(String, f"{ns}/domain", rec.on_domain, latched_qos(depth=5))
+    save_client = node.create_client(Trigger, f"{ns}/tta_node/save")
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
     stop = threading.Event()
 
     spinner = _spin_in_background(executor, ctx, stop)
     rss: list[tuple[float, float]] = []
-    result: dict[str, Any] = {"method": method, "namespace": ns, "command": cmd,
+    restarts: list[dict[str, Any]] = []
+    segments: list[dict[str, str]] = []  # the last /diagnostics of each node process a restart ended
+    result: dict[str, Any] = {"method": label, "engine_method": method, "namespace": ns, "command": cmd,
                               "node_env": {k: env[k] for k in ("ROS_DOMAIN_ID", "OMP_NUM_THREADS") if k in env}}
-    try:
+
+    def running() -> Any:
+        return holder[0].proc
+
+    def node_log() -> list[str]:
+        return holder[0].log
+
+    def wait_active(since: int) -> None:
+        """Until a /diagnostics message newer than ``since`` says the node is active."""
         deadline = time.monotonic() + startup_timeout
-        while pub.get_subscription_count() < 1:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"tta_node ({method}) did not start: " + " | ".join(node_log[-5:]))
+        while True:
+            with rec.lock:
+                fresh = len(rec.diag_timeline) > since and rec.diag.get("state") == "active"
+            if fresh and pub.get_subscription_count() >= 1:
+                return
+            if running().poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tta_node ({label}) did not start: " + " | ".join(node_log()[-5:]))
             time.sleep(0.1)
+
+    def save_kill_restart(k: int) -> None:
+        """``~/save``, SIGKILL (no clean shutdown), a new process with ``resume_from``."""
+        time.sleep(drain_s)  # outputs in flight
+        with rec.lock:
+            before = dict(rec.diag)
+        t_save = time.monotonic()
+        if not save_client.wait_for_service(timeout_sec=10.0):
+            raise RuntimeError(f"tta_node ({label}): no ~/save service")
+        future = save_client.call_async(Trigger.Request())
+        answered = threading.Event()
+        future.add_done_callback(lambda _f: answered.set())
+        if not answered.wait(60.0):
+            raise RuntimeError(f"tta_node ({label}): ~/save did not answer in 60 s")
+        answer = future.result()
+        save_s = time.monotonic() - t_save
+        if not answer.success:
+            raise RuntimeError(f"tta_node ({label}): ~/save failed: {answer.message}")
+        old = running()
+        old.send_signal(signal.SIGKILL)
+        old.wait()
+        segments.append(before)
+        with rec.lock:
+            since = len(rec.diag_timeline)
+        t_start = time.monotonic()
+        holder[0] = NodeProcess(ns, {**params, "resume_from": str(save_path)}, domain_id, torch_threads, log,
+                                label=f"{label} (restart {len(restarts) + 1}, resume_from)")
+        wait_active(since)
+        time.sleep(0.5)
+        with rec.lock:
+            after = dict(rec.diag)
+        restarts.append({"before_frame": k, "save_s": save_s, "save_message": answer.message,
+                         "killed_exit_code": old.returncode, "restart_s": time.monotonic() - t_start,
+                         "pid": running().pid, "domains_known_before": before.get("domains_known"),
+                         "domains_known_after": after.get("domains_known"),
+                         "adaptation_steps_before": before.get("adaptation_steps")})
+        log(f"[node-bench] {label}: before frame {k}: saved in {save_s:.1f} s ({answer.message}), killed "
+            f"(exit {old.returncode}), restarted with resume_from in {restarts[-1]['restart_s']:.1f} s"
+            + (f"; domains known {before.get('domains_known')} -> {after.get('domains_known')}"
+               if before.get("domains_known") is not None else ""))
+
+    try:
+        wait_active(0)
         time.sleep(0.5)  # let the node's output publishers match ours
-        rss_start_idle = rss_mb(proc.pid)
-        log(f"[node-bench] {method}: node ready (pid {proc.pid}, RSS {rss_start_idle:.0f} MB); "
+        rss_start_idle = rss_mb(running().pid)
+        log(f"[node-bench] {label}: node ready (pid {running().pid}, RSS {rss_start_idle:.0f} MB); "
             f"publishing {n_frames} frames at {rate:g} Hz")
 
         def sample_rss() -> None:
             while not stop.is_set():
-                rss.append(((time.monotonic_ns() - t0[0]) / 1e9, rss_mb(proc.pid)))
+                rss.append(((time.monotonic_ns() - t0[0]) / 1e9, rss_mb(running().pid)))
                 stop.wait(1.0)
         period = 1.0 / rate
         t0[0] = time.monotonic_ns()
         threading.Thread(target=sample_rss, daemon=True).start()
         base_ns = time.time_ns()
         start = time.monotonic()
+        paused = 0.0  # seconds spent restarting: not publishing time
         late = 0
         next_report = start + 30.0
         for k in range(n_frames):
+            if restart_at and k == restart_at[0]:
+                restart_at.pop(0)
+                t_pause = time.monotonic()
+                save_kill_restart(k)
+                paused += time.monotonic() - t_pause
+                start += time.monotonic() - t_pause
             target = start + k * period
             delay = target - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             elif delay < -period:
                 late += 1
-            rgb, labels, domain = frames[k % len(frames)]
+            rgb, labels, domain = frames[k % len(frames)][:3]
+            cycle_key = f"{domain}@{k // cycle_frames + 1}" if cycle_frames else None
             stamp = base_ns + k * int(period * 1e9)  # unique, monotonic stamps
             header = Header(frame_id="camera")
             header.stamp.sec, header.stamp.nanosec = stamp // 1_000_000_000, stamp % 1_000_000_000
             msg = convert.rgb_image(header, rgb, encoding)
             with rec.lock:
-                truth[stamp] = (labels, domain)
+                truth[stamp] = (labels, domain, cycle_key, k)
                 sent[stamp] = time.monotonic_ns()  # publish time, recorded at send
             pub.publish(msg)
             if len(truth) > 600:  # bounded: outputs older than 60 s never come
@@ -328,17 +444,17 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
                 next_report += 30.0
                 with rec.lock:
                     lat = [s[1] for s in rec.samples[-300:]]
-                log(f"[node-bench] {method}: {k + 1}/{n_frames} sent, {len(rec.matched)} outputs, "
-                    f"recent p50 {percentile(lat, 50, True):.0f} ms, node RSS {rss_mb(proc.pid):.0f} MB")
+                log(f"[node-bench] {label}: {k + 1}/{n_frames} sent, {len(rec.matched)} outputs, "
+                    f"recent p50 {percentile(lat, 50, True):.0f} ms, node RSS {rss_mb(running().pid):.0f} MB")
         wall = time.monotonic() - start
         time.sleep(drain_s)  # outputs in flight, and one more /diagnostics
         n_diag = len(rec.diag_timeline)
         wait_until = time.monotonic() + 3.0
         while len(rec.diag_timeline) == n_diag and time.monotonic() < wait_until:
             time.sleep(0.1)
-        rss_end = rss_mb(proc.pid)
-        if proc.poll() is not None:
-            raise RuntimeError(f"tta_node ({method}) exited early: " + " | ".join(node_log[-5:]))
+        rss_end = rss_mb(running().pid)
+        if running().poll() is not None:
+            raise RuntimeError(f"tta_node ({label}) exited early: " + " | ".join(node_log()[-5:]))
         with rec.lock:
             samples = list(rec.samples)
             diag = dict(rec.diag)
@@ -346,6 +462,15 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
             total = rec.scores.summary()
             per_domain = {d: {k: v[k] for k in ("miou", "acc")}
                           for d, v in ((d, rec.scores.summary(d)) for d in rec.scores.per_domain)}
+            per_cycle = {d: rec.cycles.summary(d)["miou"] for d in rec.cycles.per_domain}
+            phases, detected = rec.detected_per_output()
+            frame_scores = sorted(rec.frame_scores)
+
+        def counter(key: str) -> Optional[int]:
+            """A node counter summed over the processes of this run (a restart starts at 0)."""
+            if not diag:
+                return None
+            return sum(int(_f(d.get(key, 0)) if d.get(key) is not None else 0) for d in segments + [diag])
         lat = [s[1] for s in samples]
         times = [s[0] for s in samples]
         span = times[-1] if times else 0.0
@@ -368,13 +493,17 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
                        "rss_ready_mb": rss_start_idle, "rss_first_output_mb": rss_after_first,
                        "rss_end_mb": rss_end, "rss_max_mb": max((r for _, r in rss), default=float("nan"))},
             "miou": total["miou"], "acc": total["acc"], "miou_per_domain": per_domain,
+            "miou_per_cycle": per_cycle, "restarts": restarts, "frame_scores": frame_scores,
+            "detector": ({"phases": phases, "detected": detected,
+                          "domains_known": diag.get("domains_known"), "domain_switches": counter("domain_switches")}
+                         if detected else None),
             "node_diagnostics": {
-                "frames_received": int(_f(diag.get("frames_received"))) if diag else None,
-                "frames_processed": int(_f(diag.get("frames_processed"))) if diag else None,
-                "frames_dropped": int(_f(diag.get("frames_dropped"))) if diag else None,
+                "frames_received": counter("frames_received"),
+                "frames_processed": counter("frames_processed"),
+                "frames_dropped": counter("frames_dropped"),
                 "latency_p50_ms": _f(diag.get("latency_p50_ms")), "latency_p95_ms": _f(diag.get("latency_p95_ms")),
                 "model_p50_ms": _f(diag.get("model_p50_ms")),
-                "adaptation_steps": int(_f(diag.get("adaptation_steps"))) if diag else None,
+                "adaptation_steps": counter("adaptation_steps"),
                 "mean_adapt_ms": _f(diag.get("mean_adapt_ms")), "device": diag.get("device"),
                 "selected_blocks": diag.get("selected_blocks"), "inference_errors": diag.get("inference_errors"),
                 "note": "latency/model p50 over the node's last 256 frames; latency = arrival in the "
@@ -383,19 +512,19 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
             "timeline": {"t_s": times, "latency_ms": lat}, "rss_timeline": rss,
             "diag_timeline": diag_timeline,
         })
-        log(f"[node-bench] {method}: {matched}/{n_frames} outputs matched, p50 "
+        log(f"[node-bench] {label}: {matched}/{n_frames} outputs matched, p50 "
             f"{result['latency_ms']['p50']:.0f} ms p95 {result['latency_ms']['p95']:.0f} ms, node "
             f"processed/dropped {result['node_diagnostics']['frames_processed']}/"
             f"{result['node_diagnostics']['frames_dropped']}, mIoU {result['miou']:.1f}")
     finally:
         stop.set()
-        node_proc.stop()
+        holder[0].stop()
         spinner.join(timeout=2.0)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=ctx)
-        result["node_exit_code"] = proc.returncode
-        result["node_log_tail"] = node_log[-8:]
+        result["node_exit_code"] = running().returncode
+        result["node_log_tail"] = node_log()[-8:]
     return result
 
 
