@@ -36,15 +36,19 @@ from .output import markdown_table, write_report
 
 
 def render_frames(schedule: str, count: int, size: tuple[int, int], stride: int = 2,
-                  workers: int = 2, log: Callable[[str], None] = print) -> list[Any]:
-    """``count`` frames ``0, stride, 2*stride, ...`` of ``schedule`` (rgb, labels, domain)."""
+                  workers: int = 2, seed: int = 0, log: Callable[[str], None] = print) -> list[Any]:
+    """``count`` frames ``0, stride, 2*stride, ...`` of ``schedule`` (rgb, labels, domain) in the
+    world of benchmark seed ``seed`` (the rule of ``bench --seeds``: schedule seed + seed)."""
+    from ..world.schedule import load_schedule
     from ..world.sequences import iter_sequence
+    from .streams import stream_seeds
 
     t0 = time.monotonic()
+    world = stream_seeds(seed, load_schedule(schedule).seed)["world_seed"]
     frames = [(f.rgb, f.labels, f.domain) for f in iter_sequence(
-        schedule, size=size, start=0, stop=count * stride, stride=stride, workers=workers)]
+        schedule, seed=world, size=size, start=0, stop=count * stride, stride=stride, workers=workers)]
     log(f"[node-bench] rendered {len(frames)} frames of {schedule!r} ({size[0]}x{size[1]}, stride "
-        f"{stride}) in {time.monotonic() - t0:.1f} s")
+        f"{stride}, world seed {world}) in {time.monotonic() - t0:.1f} s")
     return frames
 
 
@@ -85,6 +89,7 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
                    overhead: bool = True, overhead_repeats: int = 60, startup_timeout: float = 120.0,
                    drain_s: float = 2.0, domain_id: Optional[int] = None, plot: bool = True,
                    torch_threads: int = 0, cycles: Optional[int] = None, restart_between_cycles: bool = False,
+                   seed: int = 0,
                    client: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark; ``client`` is the DDS side (``ros.node_bench``: ``measure_overheads`` and
     ``run_method``), passed in by the command so this module needs no ROS. ``cycles`` replaces
@@ -116,10 +121,11 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
         # a private domain (0..101 is the safe range on Linux) unless the caller chose one
         domain_id = int(env_id) if env_id.isdigit() else random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    rendered = render_frames(schedule, min(n_frames, unique_frames) if methods else 1, size, stride, log=log)
+    rendered = render_frames(schedule, min(n_frames, unique_frames) if methods else 1, size, stride, seed=seed,
+                             log=log)
     report: dict[str, Any] = {
         "settings": {"methods": methods, "frames": n_frames, "rate_hz": rate, "size": list(size),
-                     "schedule": schedule, "frame_stride": stride, "unique_frames": len(rendered),
+                     "schedule": schedule, "frame_stride": stride, "unique_frames": len(rendered), "seed": seed,
                      "encoding": encoding, "device": device, "node_params": node_params or {},
                      "torch_threads": torch_threads or "torch default (= cores)",
                      "ros_domain_id": domain_id, "cpus": os.cpu_count(), "cycles": cycles,

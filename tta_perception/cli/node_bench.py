@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart-between-cycles", action="store_true",
                    help="with --cycles: between two cycles the node saves (~/save), is killed with SIGKILL "
                         "and restarts with resume_from (does what it learned survive a crash?)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="benchmark seed: the world the frames are rendered in (schedule seed + seed, as "
+                        "bench --seeds); the node's timing is not seeded")
     p.add_argument("--rate", type=float, default=10.0, help="publish rate (Hz)")
     p.add_argument("--size", type=_size, default=(128, 256), help="image size HxW")
     p.add_argument("--encoding", default="bgra8", choices=("bgra8", "rgb8"), help="image encoding sent")
@@ -103,6 +106,6 @@ def run(args: argparse.Namespace) -> int:
                             overhead=not args.no_overhead, overhead_repeats=args.overhead_repeats,
                             startup_timeout=args.startup_timeout, plot=not args.no_plot,
                             torch_threads=args.torch_threads, cycles=args.cycles,
-                            restart_between_cycles=args.restart_between_cycles, client=client)
+                            restart_between_cycles=args.restart_between_cycles, seed=args.seed, client=client)
     print("wrote " + ", ".join(report["files"].values()))
     return 0
