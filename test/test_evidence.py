@@ -122,6 +122,11 @@ def test_time_to_recover_from_an_evaluator_frames_csv(tmp_path):
     assert [r[0] for r in rows] == list(range(10)) and rows[4][1] == "rain"
     (r,) = time_to_recover(rows, window=1)
     assert (r.previous, r.domain, r.frame, r.frames) == ("clear", "rain", 4, 2)
+    # the evaluator's summary carries the same, with the default window
+    import json
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["recovery"]["dplot"] == json.loads(json.dumps([x.as_dict() for x in time_to_recover(rows)]))
+    assert summary["recovery"]["dplot"][0]["frame"] == 4
     with pytest.raises(ValueError, match="frames CSV"):
         frame_rows_from_csv(paths["frames"], "tent")
 

@@ -261,6 +261,17 @@ class StreamScorer:
                 "pending": {"truth": len(self._truth), "pairs": len(self._pairs),
                             **{f"predictions_{m}": len(p) for m, p in self._preds.items()}}}
 
+    def recovery(self) -> dict[str, list[dict[str, Any]]]:
+        """Per method, the time to recover after each weather change (``metrics.time_to_recover``)
+        on the per-frame mIoU by schedule frame; rows without a schedule frame (CARLA mode) are
+        left out. Meaningful for instant switches only (e.g. ``dynamic_abrupt``)."""
+        from .recovery import time_to_recover
+
+        rows = [r for r in self.rows.values() if r.frame is not None and r.domain]
+        return {m: [x.as_dict() for x in time_to_recover(
+                    [(r.frame, r.domain, 100.0 * r.miou[m]) for r in rows if m in r.miou])]
+                for m in self.methods}
+
     def write(self, out_dir: str | Path, prefix: str = "", plot: bool = True, title: str = "") -> dict[str, Path]:
         """frames CSV, per-domain CSV, summary JSON and (optionally) the PNG; each written atomically."""
         self.process(final=True)
@@ -291,7 +302,7 @@ class StreamScorer:
         _atomic_csv(paths["domains"], ["method", "domain", "frames", "miou", "acc"], dom_lines)
         summary = {"methods": self.methods, "num_classes": self.num_classes, "domains": self.domain_order,
                    "table": table, "counts": dict(self.counts), "frames": len(rows),
-                   "detected": self.detected_table(), "purity": self.purity()}
+                   "detected": self.detected_table(), "purity": self.purity(), "recovery": self.recovery()}
         atomic_write_text(paths["summary"], json.dumps(summary, indent=2, sort_keys=False, default=_json_default) + "\n")
         if plot and rows and any(r.miou for r in rows):
             paths["plot"] = self.plot(out_dir / f"{prefix}plot.png", title=title)

@@ -228,7 +228,15 @@ class Evaluator(Node):
         return response
 
     def summary_text(self) -> str:
-        return format_table(self.table())
+        lines = [format_table(self.table())]
+        for m, changes in self.scorer.recovery().items():
+            done = [c["frames"] for c in changes if c["frames"] is not None]
+            if changes:
+                lines.append(f"{m}: time to recover after {len(changes)} weather changes: "
+                             + (f"{sum(done) / len(done):.1f} frames on average over the {len(done)} recovered"
+                                if done else "none recovered")
+                             + " (meaningful for instant switches, e.g. schedule dynamic_abrupt)")
+        return "\n".join(lines)
 
 
 def domain_topic_of(prediction_topic: str) -> str:
