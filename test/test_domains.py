@@ -159,6 +159,38 @@ def test_domain_memory_survives_a_restart_through_state_dict():
     ad.close(), ad2.close()
 
 
+def test_a_save_between_a_switch_and_its_step_keeps_the_domain_that_ended():
+    """The detector switches on a frame, the bank swap waits for the next step: a state saved in
+    between carries the pending switch, so the restarted adapter still banks the ended domain."""
+    import io
+
+    model = tiny_seg()
+    mem = _memory(model)
+    ad = StreamingAdapter(build_method("tent", model, collapse_reset=False), window=2, adapt_every=4,
+                          background=False, domains=mem)
+    for f in _frames(0.3, 8, 1):        # domain A, two steps
+        ad.predict(f)
+    learned_a = _params(ad.method)
+    for f in _frames(0.9, 2, 2):        # B opens on its second frame (patience 2); next step at frame 12
+        ad.predict(f)
+    assert ad.stats()["domain"] == 1 and mem.pending is not None and 0 not in mem.bank
+    buf = io.BytesIO()
+    torch.save(ad.state_dict(), buf)    # ~/save at this moment, then kill -9
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    model2 = tiny_seg()
+    ad2 = StreamingAdapter(build_method("tent", model2, collapse_reset=False), window=2, adapt_every=4,
+                           background=False, domains=_memory(model2))
+    ad2.load_state_dict(state)
+    assert ad2.domains.pending == mem.pending
+    for f in _frames(0.9, 4, 3):        # the restarted adapter's first step (4 frames) applies the switch
+        ad2.predict(f)
+    assert ad2.domains.pending is None and 0 in ad2.domains.bank
+    stored_a = ad2.domains.bank.get(0)["modules"]["model"]
+    assert all(torch.equal(stored_a[k], learned_a[k]) for k in stored_a if not k.endswith("num_batches_tracked"))
+    ad.close(), ad2.close()
+
+
 def test_a_switch_never_blocks_inference():
     import threading
 

@@ -24,7 +24,7 @@ budget (the least recently used domain is forgotten first; never the current one
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 import numpy as np
@@ -293,8 +293,12 @@ class DomainMemory:
                 "domain_bank_mb": self.bank.mb()}
 
     def state_dict(self) -> dict[str, Any]:
+        # a switch the detector decided but the next adaptation step has not applied yet: saved too,
+        # so a node restarted from this state banks the domain that ended (a save between the two
+        # would otherwise lose that domain's adapted state)
+        pending = None if self.pending is None else {f.name: getattr(self.pending, f.name) for f in fields(Decision)}
         return {"format": FORMAT, "detector": self.detector.state_dict(), "bank": self.bank.state_dict(),
-                "switches": self.switches}
+                "switches": self.switches, "pending": pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -302,7 +306,8 @@ class DomainMemory:
         self.detector.load_state_dict(state["detector"])
         self.bank.load_state_dict(state["bank"])
         self.switches = int(state.get("switches", 0))
-        self.pending = None
+        pending = state.get("pending")
+        self.pending = Decision(**{f.name: pending[f.name] for f in fields(Decision)}) if pending else None
 
 
 def _entropy(method, frames) -> float:
