@@ -55,6 +55,11 @@ def render_frames(schedule: str, count: int, size: tuple[int, int], stride: int 
 DOMAIN_MEMORY_SUFFIX = "+dm"
 
 
+def safe_tag(name: str) -> str:
+    """A method name as a ROS namespace / file name part (``dplot+dm`` -> ``dplot_dm``)."""
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
 def method_params(name: str) -> tuple[str, dict[str, Any]]:
     """A node-bench method name -> the node's ``method`` and the parameters it implies
     (``NAME+dm``: ``domain_memory`` on)."""
@@ -146,12 +151,11 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
     restart_at = [per_cycle * c for c in range(1, int(cycles))] if restart_between_cycles and per_cycle else []
     for m in methods:
         base, implied = engine[m]
-        tag = "".join(c if c.isalnum() else "_" for c in m)
         report["methods"][m] = client.run_method(
             base, rendered, n_frames, rate=rate, encoding=encoding, device=device, domain_id=domain_id,
             node_params={**dict(node_params or {}), **implied}, window_s=window_s, startup_timeout=startup_timeout,
             drain_s=drain_s, log=log, torch_threads=torch_threads, label=m, cycle_frames=per_cycle,
-            restart_at=restart_at, save_path=str((out / f"node_state_{tag}.pt").resolve()) if restart_at else "")
+            restart_at=restart_at, save_path=str((out / f"node_state_{safe_tag(m)}.pt").resolve()) if restart_at else "")
     report["settings"]["load_avg_at_end"] = list(os.getloadavg())
     if "source" in report["methods"] and "dplot" in report["methods"]:
         s, d = report["methods"]["source"], report["methods"]["dplot"]
@@ -182,7 +186,7 @@ def cycle_summary(report: dict[str, Any], per_cycle: int, recovery: bool = True)
     instant switches) the time to recover after each change at the full frame rate
     (``metrics.time_to_recover`` on the per-frame mIoU), as a mean per cycle; per ``NAME+dm``
     beside ``NAME``: memory's difference in the last cycle."""
-    from ..metrics import detector_purity, time_to_recover
+    from ..metrics import detector_purity, recovery_summary, time_to_recover
 
     out: dict[str, Any] = {"methods": {}, "memory_vs_none": {}, "frames_per_cycle": per_cycle,
                            "recovery_defined": bool(recovery)}
@@ -198,9 +202,7 @@ def cycle_summary(report: dict[str, Any], per_cycle: int, recovery: bool = True)
         by_cycle: dict[int, list[Any]] = {}
         for x in recoveries:
             by_cycle.setdefault(x["frame"] // per_cycle + 1, []).append(x["frames"])
-        ttr = {c: {"changes": len(v), "recovered": sum(f is not None for f in v),
-                   "mean_frames": float(np.mean([f for f in v if f is not None])) if any(f is not None for f in v)
-                   else float("nan")} for c, v in sorted(by_cycle.items())}
+        ttr = {c: recovery_summary(v) for c, v in sorted(by_cycle.items())}
         out["methods"][m] = {"phases": phases, "cycles": cycles, "miou": cells, "gain_last_over_first": gain,
                              "purity": {k: purity[k] for k in ("one_to_one", "purity", "inverse")} if purity else None,
                              "recovery": recoveries, "recovery_by_cycle": ttr,

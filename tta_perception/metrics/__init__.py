@@ -15,10 +15,10 @@ from .confusion import Accuracy, ConfusionMatrix, frame_miou
 from .domains import DomainScores, detector_purity
 from .gap import gap_closed
 from .intervals import Interval, paired_difference, t_interval
-from .recovery import Recovery, frame_rows_from_csv, time_to_recover
+from .recovery import Recovery, frame_rows_from_csv, recovery_summary, time_to_recover
 from .resize import nearest_resize
-from .stream import StreamScorer, format_table, plot_frame_csvs
+from .stream import StreamScorer, format_table, id_at, plot_frame_csvs
 
 __all__ = ["Accuracy", "ConfusionMatrix", "DomainScores", "Interval", "Recovery", "StreamScorer", "detector_purity",
-           "format_table", "frame_miou", "frame_rows_from_csv", "gap_closed", "nearest_resize", "paired_difference",
-           "plot_frame_csvs", "t_interval", "time_to_recover"]
+           "format_table", "frame_miou", "frame_rows_from_csv", "gap_closed", "id_at", "nearest_resize",
+           "paired_difference", "plot_frame_csvs", "recovery_summary", "t_interval", "time_to_recover"]

@@ -103,6 +103,14 @@ def time_to_recover(rows: Iterable[Sequence[Any]], *, window: int = RECOVERY_WIN
     return out
 
 
+def recovery_summary(frames: Sequence[Optional[int]]) -> dict[str, Any]:
+    """Changes, how many recovered, and the mean frames over those that did (NaN: none did), from
+    :attr:`Recovery.frames` values (None = not recovered by the phase's end)."""
+    done = [f for f in frames if f is not None]
+    return {"changes": len(frames), "recovered": len(done),
+            "mean_frames": math.fsum(done) / len(done) if done else float("nan")}
+
+
 def frame_rows_from_csv(path: str | Path, method: str, metric: str = "miou") -> list[tuple[int, str, float]]:
     """``(frame, domain, score)`` rows of one method from an evaluator or replay ``frames.csv``
     (``metrics.StreamScorer.write``), ready for :func:`time_to_recover`."""

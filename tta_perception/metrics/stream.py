@@ -101,9 +101,7 @@ class StreamScorer:
         self.counts[f"detected_{method}"] += 1
 
     def _detected_at(self, method: str, stamp_ns: int) -> Optional[int]:
-        stamps, ids = self._detected[method]
-        i = bisect.bisect_right(stamps, stamp_ns)
-        return ids[i - 1] if i else None
+        return id_at(*self._detected[method], stamp_ns)
 
     def purity(self) -> dict[str, dict[str, Any]]:
         """Per method that reports domains: how its detected domains match the weather phases."""
@@ -328,6 +326,13 @@ class StreamScorer:
         return plot_stream(path, series, frames, weather, [r.domain or UNKNOWN_DOMAIN for r in rows],
                            ylabel="mIoU %", title=(title + " " if title else "") + f"(overall mIoU: {label})",
                            smooth=smooth)
+
+
+def id_at(stamps: Sequence[int], ids: Sequence[int], stamp_ns: int) -> Optional[int]:
+    """The detected domain in force at ``stamp_ns``: the id of the last change at or before it
+    (``stamps`` sorted), None before the first."""
+    i = bisect.bisect_right(stamps, stamp_ns)
+    return ids[i - 1] if i else None
 
 
 def plot_frame_csvs(path: str | Path, runs: Mapping[str, str | Path], title: str = "") -> Path:

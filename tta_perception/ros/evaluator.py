@@ -35,7 +35,7 @@ from std_srvs.srv import Trigger
 
 from tta_perception.world.carla_labels import palette_to_ids
 
-from ..metrics import StreamScorer, format_table
+from ..metrics import StreamScorer, format_table, recovery_summary
 from ..runtime.image_codec import DEFAULT_MAX_PIXELS, ImageError
 from ..runtime.messages import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns
 from .convert import labels_of, rgb_of
@@ -230,11 +230,11 @@ class Evaluator(Node):
     def summary_text(self) -> str:
         lines = [format_table(self.table())]
         for m, changes in self.scorer.recovery().items():
-            done = [c["frames"] for c in changes if c["frames"] is not None]
-            if changes:
-                lines.append(f"{m}: time to recover after {len(changes)} weather changes: "
-                             + (f"{sum(done) / len(done):.1f} frames on average over the {len(done)} recovered"
-                                if done else "none recovered")
+            t = recovery_summary([c["frames"] for c in changes])
+            if t["changes"]:
+                lines.append(f"{m}: time to recover after {t['changes']} weather changes: "
+                             + (f"{t['mean_frames']:.1f} frames on average over the {t['recovered']} recovered"
+                                if t["recovered"] else "none recovered")
                              + " (meaningful for instant switches, e.g. schedule dynamic_abrupt)")
         return "\n".join(lines)
 

@@ -26,7 +26,8 @@ from sensor_msgs.msg import Image
 
 from ..runtime.health import percentile
 from ..runtime.memory import rss_mb
-from ..metrics import DomainScores, nearest_resize
+from ..bench.node import safe_tag
+from ..metrics import DomainScores, id_at, nearest_resize
 from . import convert
 
 NUM_CLASSES = 12
@@ -246,16 +247,9 @@ class _Recorder:
         """True phase and detected domain id of every scored output after the detector's first
         report (the id in force at that frame's stamp)."""
         changes = sorted(self.domain_changes)
-        phases, ids = [], []
-        j, current = 0, None
-        for stamp, phase in sorted(self.matched_phases):
-            while j < len(changes) and changes[j][0] <= stamp:
-                current = changes[j][1]
-                j += 1
-            if current is not None:
-                phases.append(phase)
-                ids.append(current)
-        return phases, ids
+        stamps, ids = [s for s, _ in changes], [i for _, i in changes]
+        pairs = [(phase, id_at(stamps, ids, stamp)) for stamp, phase in sorted(self.matched_phases)]
+        return [p for p, i in pairs if i is not None], [i for _, i in pairs if i is not None]
 
     def on_diagnostics(self, msg: Any) -> None:
         for status in msg.status:
@@ -299,8 +293,7 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     from .qos import latched_qos, output_qos
 
     label = label or method
-    tag = "".join(c if c.isalnum() else "_" for c in label)
-    ns = f"/node_bench_{os.getpid()}_{tag}"
+    ns = f"/node_bench_{os.getpid()}_{safe_tag(label)}"
     params = {"method": method, "device": device, "diagnostics_period": 1.0}
     params.update(node_params)
     restart_at = sorted({int(k) for k in restart_at if 0 < int(k) < n_frames})
