@@ -38,21 +38,37 @@ def _fwd(module, x):
         return module(x)
 
 
+_OUTPUT_GRADS: dict[tuple, torch.Tensor] = {}
+
+
+def _output_grad(out: torch.Tensor) -> torch.Tensor:
+    key = (tuple(out.shape), out.dtype, out.device)
+    if key not in _OUTPUT_GRADS:
+        _OUTPUT_GRADS[key] = torch.full_like(out, 1.0 / out.numel(), memory_format=torch.contiguous_format)
+    return _OUTPUT_GRADS[key]
+
+
+def _grad(outs: torch.Tensor | Sequence[torch.Tensor], params, retain_graph: bool = False) -> None:
+    """The backward pass from the output(s) to ``params`` with a dense gradient map, as a per-pixel
+    loss sends back (the gradient of ``out.mean()`` would arrive as one broadcast number, which
+    makes some backward kernels cheaper than the method's real pass); made once per shape, untimed."""
+    outs = [outs] if isinstance(outs, torch.Tensor) else list(outs)
+    torch.autograd.grad(outs, list(params), grad_outputs=[_output_grad(o) for o in outs],
+                        retain_graph=retain_graph, allow_unused=True)
+
+
 def _fwd_bwd(module, x, params: Optional[Sequence[torch.nn.Parameter]] = None):
     with torch.enable_grad():
-        out = module(x)
-        loss = out.float().mean()
-        torch.autograd.grad(loss, list(params if params is not None else
-                                       [p for p in module.parameters() if p.requires_grad]), allow_unused=True)
+        _grad(module(x), params if params is not None else [p for p in module.parameters() if p.requires_grad])
 
 
 def _floor_dplot(m, x):
     v = torch.cat([x, x.flip(-1)], 0) if m.cfg.paired_views else x
     _fwd(m.teacher, v)
     with torch.enable_grad():
-        loss = m.model(v).float().mean()
-        torch.autograd.grad(loss, m._ent_params, retain_graph=True, allow_unused=True)
-        torch.autograd.grad(loss, m._all_params, allow_unused=True)
+        out = m.model(v)
+        _grad(out, m._ent_params, retain_graph=True)
+        _grad(out, m._all_params)
 
 
 def _floor_cotta(m, x):
@@ -72,8 +88,7 @@ def _floor_cotta(m, x):
 def _floor_rmt(m, x):
     _fwd(m.teacher, x)
     with torch.enable_grad():
-        loss = m.model(x).float().mean() + m.model(x.flip(-1)).float().mean()
-        torch.autograd.grad(loss, m.optimizers["opt"].param_groups[0]["params"], allow_unused=True)
+        _grad([m.model(x), m.model(x.flip(-1))], m.optimizers["opt"].param_groups[0]["params"])
 
 
 def _floor_sar(m, x):

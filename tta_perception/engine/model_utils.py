@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..models.base import seg_logits
+
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NORM = _BN + (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d)
 
@@ -111,9 +113,7 @@ def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tens
     """(features, logits) in one pass, following the TTAModel contract (seg logits upsampled)."""
     feats = model.forward_features(x)
     logits = model.classify(feats)
-    if getattr(model, "task", "cls") == "seg" and logits.shape[-2:] != x.shape[-2:]:
-        logits = nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return feats, logits
+    return feats, (seg_logits(logits, x) if getattr(model, "task", "cls") == "seg" else logits)
 
 
 @torch.no_grad()

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .resize import upsample_bilinear
+
 TASKS = ("cls", "seg")
 
 
@@ -52,9 +54,17 @@ class TTAModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.classify(self.forward_features(x))
-        if self.task == "seg" and logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits
+        return seg_logits(logits, x) if self.task == "seg" else logits
+
+
+def seg_logits(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Segmentation logits at the input's size, in the standard (NCHW) layout even when the model
+    runs channels-last: with a dozen classes, the per-pixel softmax, entropy and losses over the
+    class axis vectorise along the width there and took about 5x longer in channels-last (issue 14).
+    The values are the same bits either way (a copy)."""
+    if logits.shape[-2:] != x.shape[-2:]:
+        logits = upsample_bilinear(logits, x.shape[-2:])
+    return logits.contiguous()
 
 
 class SingleFrameBatchNorm2d(nn.BatchNorm2d):

@@ -8,13 +8,13 @@ frame in a few tens of milliseconds. DPLOT's candidate blocks are the six encode
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..world.classes import CLASS_NAMES
 from .base import Normalize, TTAModel
 from .blocks import IMAGENET_MEAN, IMAGENET_STD, BasicBlock, SeparableConvBNReLU, conv_bn_relu
 from .registry import register_model
+from .resize import upsample_bilinear
 
 
 class DriveSeg(TTAModel):
@@ -41,7 +41,7 @@ class DriveSeg(TTAModel):
 
     @staticmethod
     def _up_cat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = upsample_bilinear(x, skip.shape[-2:])
         return torch.cat([x, skip], dim=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from torch import nn
 from .. import weights_only
 from .base import Normalize, SingleFrameBatchNorm2d, TTAModel
 from .registry import register_model
+from .resize import upsample_bilinear
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ class TorchvisionSegmentation(TTAModel):
             # classify() applies the classifiers (1×1 convs commute with the bilinear upsampling).
             head, low, high = self.classifier, feats["low"], feats["high"]
             mid = head.cbr(high) * head.scale(high)
-            mid = F.interpolate(mid, size=low.shape[-2:], mode="bilinear", align_corners=False)
+            mid = upsample_bilinear(mid, low.shape[-2:])
             return torch.cat([low, mid], dim=1)
         out = feats["out"]
         for layer in list(self.classifier.children())[:-1]:  # DeepLabHead without its final 1×1 conv

@@ -33,7 +33,7 @@ import torch
 from ..base import TTAMethod
 from ..bundle import Bundle, apply_bundle
 from ..config import MethodConfig, _check
-from ..losses import ema_update, hflip, softmax_entropy, symmetric_cross_entropy
+from ..losses import ema_update, entropy_and_symmetric_cross_entropy, hflip
 from ..model_utils import named_norm_params, named_params_of_blocks, set_bn_mode
 from ..registry import register_method
 
@@ -141,19 +141,24 @@ class DPLOT(TTAMethod):
         with torch.no_grad():
             t0, t1 = self._pair(self.teacher(v), b)
             pseudo = t0 if t1 is None else (t0 + t1) / 2
+            q, log_q = pseudo.softmax(1), pseudo.log_softmax(1)  # the target of both views, once
+            if t1 is not None:  # the target in each view's own frame, so no gradient map is flipped
+                q, log_q = torch.cat([q, self._back(q)], 0), torch.cat([log_q, self._back(log_q)], 0)
         with torch.enable_grad():
             z = self.model(v)
-            s0, s1 = self._pair(z, b)
-            l_ent = softmax_entropy(z).mean()
-            q, log_q = pseudo.softmax(1), pseudo.log_softmax(1)  # the target of both views, once
-            l_pc = symmetric_cross_entropy(s0, pseudo, ema_prob=q, ema_logprob=log_q).mean()
-            if s1 is not None:
-                l_pc = l_pc + symmetric_cross_entropy(s1, pseudo, ema_prob=q, ema_logprob=log_q).mean()
-            pred = (s0 + t0 if s1 is None else s0 + s1 + t0 + t1).detach()
+            ent, sce = entropy_and_symmetric_cross_entropy(z, q, log_q)   # per view, per pixel
+            l_ent = ent.mean()
+            # SCE(z[:B], pseudo) + SCE(back(z[B:]), pseudo): the second view's loss map flipped back
+            # before its mean, so the value is the same sum in the same order as on the flipped logits
+            l_pc = sce.mean() if t1 is None else sce[:b].mean() + self._back(sce[b:]).mean()
+        with torch.no_grad():
+            s0, s1 = self._pair(z.detach(), b)
+            pred = s0 + t0 if s1 is None else s0 + s1 + t0 + t1
             out = {"pred": pred, "parts": self._parts(s0, s1, t0, t1), "l_ent": l_ent.detach(),
                    "l_pc": l_pc.detach(), "g_ent": None, "g_pc": None}
-            if not self._loss_ok(l_ent, l_pc):
-                return out
+        if not self._loss_ok(l_ent, l_pc):
+            return out
+        with torch.enable_grad():
             out["g_ent"] = torch.autograd.grad(l_ent, self._ent_params, retain_graph=True, allow_unused=True)
             out["g_pc"] = torch.autograd.grad(l_pc, self._all_params, allow_unused=True)
         return out
