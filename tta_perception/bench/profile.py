@@ -14,7 +14,8 @@ committed ``driveseg``, window 4, the NaN guard on), on the same four frames of 
   ``tta::publish`` the copy into the inference buffer, ``tta::monitor`` collapse monitoring) and
   torch labels ``Optimizer.step``; what is left over the floor is losses, Python and contention.
 
-Timings are medians; on a shared CPU only the ratios within one run mean anything.
+Timings are medians of step and floor timed alternately; on a shared CPU only the ratios within one
+run mean anything.
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def _median_ms(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-def profile_method(name: str, frames: Sequence[torch.Tensor], *, window: int = 4, repeats: int = 5,
+def profile_method(name: str, frames: Sequence[torch.Tensor], *, window: int = 4, repeats: int = 9,
                    warmup: int = 2, node_params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     from ..runtime import params as P
     from ..runtime.pipeline import Pipeline
@@ -129,15 +130,18 @@ def profile_method(name: str, frames: Sequence[torch.Tensor], *, window: int = 4
         for f in frames[:window]:
             adapter.predict(f)
         adapter.set_enabled(True)
-        for _ in range(warmup):
-            adapter._adapt_once()
-        step_ms = _median_ms(adapter._adapt_once, repeats)
         shadow = copy.deepcopy(method)  # the floor must not move the method's state
         batch = torch.stack(list(adapter._frames))
         floor_fn = FLOORS[name]
         for _ in range(warmup):
+            adapter._adapt_once()
             floor_fn(shadow, batch)
-        floor_ms = _median_ms(lambda: floor_fn(shadow, batch), repeats)
+        # step and floor alternate, so a change in the machine's speed (a shared CPU) moves both
+        step_times, floor_times = [], []
+        for _ in range(repeats):
+            step_times.append(_median_ms(adapter._adapt_once, 1))
+            floor_times.append(_median_ms(lambda: floor_fn(shadow, batch), 1))
+        step_ms, floor_ms = statistics.median(step_times), statistics.median(floor_times)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             for _ in range(repeats):
                 adapter._adapt_once()
@@ -158,7 +162,7 @@ def profile_method(name: str, frames: Sequence[torch.Tensor], *, window: int = 4
 
 
 def run_profile(methods: Sequence[str] = METHODS, *, out: str | Path = "runs/bench/profile_step",
-                repeats: int = 5, threads: int = 1, window: int = 4,
+                repeats: int = 9, threads: int = 1, window: int = 4,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     from ..world.sequences import iter_sequence
     from ..runtime.preprocess import frame_to_input

@@ -33,6 +33,7 @@ from ..runtime import image_codec as codec
 from ..runtime import params as P
 from ..runtime.errors import one_line
 from ..runtime.frames import FrameWorker
+from ..runtime.memory import keep_freed_memory
 from ..runtime.session import Session
 from ..runtime.state import default_save_path
 from . import convert
@@ -418,6 +419,7 @@ def main(args: Optional[list[str]] = None) -> int:
 
     invalid_handle = getattr(rclpy.exceptions, "InvalidHandle", ())  # () catches nothing
 
+    keep_freed_memory()
     rclpy.init(args=args)
     node = None
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 from typing import Any, Optional
 
 MB = float(1 << 20)
@@ -60,6 +61,33 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+#: glibc ``mallopt`` parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(mmap_threshold_mb: int = 32, trim_threshold_mb: int = 1024) -> bool:
+    """Let glibc reuse freed tensor memory instead of unmapping and mapping it again (call once, at
+    a process's start: the node, the CLI).
+
+    An adaptation step allocates dozens of frame-sized tensors (a DPLOT step at 128x256: 12 MB
+    logits maps, 16 MB activations). glibc serves blocks above its mmap threshold with fresh
+    mappings and unmaps them on free, so every step touched new pages again: ~12,000 page faults
+    per DPLOT step here, and the full-resolution losses ran at half speed (issue 14:
+    ``bench --profile-step``, node-bench). Serving blocks up to ``mmap_threshold_mb`` from the heap
+    and keeping up to ``trim_threshold_mb`` of freed heap for reuse removes them; the resident set
+    then stays at the step's working set (what the memory estimate already budgets), and
+    ``release_freed_memory`` still gives it back after a reload. A user's own ``MALLOC_*_``
+    environment settings win (nothing is changed then). False where glibc is not there."""
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return (libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold_mb) << 20) == 1
+                and libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold_mb) << 20) == 1)
+    except (OSError, AttributeError):
+        return False
 
 
 def activation_bytes_per_pixel(model, probe_size: tuple[int, int] = (64, 128)) -> float:
