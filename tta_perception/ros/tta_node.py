@@ -434,6 +434,11 @@ def main(args: Optional[list[str]] = None) -> int:
                 continue
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # a Ctrl-C during start-up shuts the context down under the transition or the executor
+        # being made (rclpy then raises RCLError "context is not valid"): a shutdown, not a failure
+        if rclpy.ok():
+            raise
     finally:
         ignore_further_signals()
         if node is not None:
