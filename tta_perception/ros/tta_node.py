@@ -423,9 +423,11 @@ def main(args: Optional[list[str]] = None) -> int:
     rclpy.init(args=args)
     node = None
     try:
+        # the executor first, while the context is surely valid: made after a start-up that a
+        # Ctrl-C interrupted, rclpy fails half-way and prints a traceback from its destructor
+        executor = SingleThreadedExecutor()
         node = TTANode()
         node.start()
-        executor = SingleThreadedExecutor()
         executor.add_node(node)
         while rclpy.ok():
             try:
