@@ -107,13 +107,10 @@ FLOORS: dict[str, Callable[[Any, torch.Tensor], None]] = {
 }
 
 
-def _median_ms(fn: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def _ms(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def profile_method(name: str, frames: Sequence[torch.Tensor], *, window: int = 4, repeats: int = 9,
@@ -139,8 +136,8 @@ def profile_method(name: str, frames: Sequence[torch.Tensor], *, window: int = 4
         # step and floor alternate, so a change in the machine's speed (a shared CPU) moves both
         step_times, floor_times = [], []
         for _ in range(repeats):
-            step_times.append(_median_ms(adapter._adapt_once, 1))
-            floor_times.append(_median_ms(lambda: floor_fn(shadow, batch), 1))
+            step_times.append(_ms(adapter._adapt_once))
+            floor_times.append(_ms(lambda: floor_fn(shadow, batch)))
         step_ms, floor_ms = statistics.median(step_times), statistics.median(floor_times)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             for _ in range(repeats):

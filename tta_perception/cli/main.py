@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from ..runtime.memory import keep_freed_memory  # ctypes and os only: --help stays instant
+
 # subcommand name -> module under tta_perception.cli
 COMMANDS = {
     "render": "render",
@@ -42,8 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..runtime.memory import keep_freed_memory
-
     keep_freed_memory()
     try:
         return int(args._run(args) or 0)

@@ -20,6 +20,17 @@ from torch.autograd.function import once_differentiable
 from torch.autograd.profiler import record_function
 
 
+def _entropy(p: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    return -(p * log_p).sum(1)
+
+
+def _sce(p, log_p, q, log_q, alpha: float, p_log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """``-(1-a)·Σ q log p - a·Σ p log q`` from ``p = softmax(x)``, ``log p``; ``p_log_q``: Σ p log q
+    when the caller already has it (the same reduction, not done twice)."""
+    s = (p * log_q).sum(1) if p_log_q is None else p_log_q
+    return -(1 - alpha) * (q * log_p).sum(1) - alpha * s
+
+
 class _SoftmaxLosses(torch.autograd.Function):
     """Per-pixel entropy H and/or symmetric cross-entropy of ``softmax(x)`` against a target ``q``:
     one softmax and one log-softmax of ``x`` serve both, and the backward is the closed form. An
@@ -29,21 +40,17 @@ class _SoftmaxLosses(torch.autograd.Function):
     def forward(ctx, x, q, log_q, alpha: float, entropy: bool, sce: bool):
         ctx.set_materialize_grads(False)
         p, log_p = x.softmax(1), x.log_softmax(1)
-        h = -(p * log_p).sum(1) if entropy else None
-        out = None
-        if sce:
-            p_log_q = p * log_q
-            out = -(1 - alpha) * (q * log_p).sum(1) - alpha * p_log_q.sum(1)
-            q_mass, p_log_q = q.sum(1, keepdim=True), p_log_q.sum(1, keepdim=True)
-        ctx.alpha, ctx.entropy, ctx.sce = alpha, entropy, sce
-        ctx.save_for_backward(p, log_p if entropy else None, h, q if sce else None, log_q if sce else None,
-                              q_mass if sce else None, p_log_q if sce else None)
+        h = _entropy(p, log_p) if entropy else None
+        p_log_q = (p * log_q).sum(1, keepdim=True) if sce else None
+        out = _sce(p, log_p, q, log_q, alpha, p_log_q.squeeze(1)) if sce else None
+        ctx.alpha = alpha
+        ctx.save_for_backward(p, log_p if entropy else None, h, q, log_q, p_log_q)
         return h, out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_h, g_sce):
-        p, log_p, h, q, log_q, q_mass, p_log_q = ctx.saved_tensors
+        p, log_p, h, q, log_q, p_log_q = ctx.saved_tensors
         grad = None
         if g_h is not None:      # dH/dx = -p (log p + H)
             grad = (log_p + h.unsqueeze(1)).mul_(p).mul_(g_h.neg().unsqueeze(1))
@@ -51,7 +58,7 @@ class _SoftmaxLosses(torch.autograd.Function):
             # d/dx -Σ q log p = p Σq - q;  d/dx -Σ p log q = -p (log q - Σ p log q); weighted 1-a, a:
             # p ((1-a) Σq + a Σ p log q - a log q) - (1-a) q, with the per-pixel part computed once
             a = ctx.alpha
-            per_pixel = q_mass.mul(1 - a).add_(p_log_q, alpha=a)
+            per_pixel = q.sum(1, keepdim=True).mul_(1 - a).add_(p_log_q, alpha=a)
             term = torch.add(per_pixel, log_q, alpha=-a).mul_(p).sub_(q, alpha=1 - a).mul_(g_sce.unsqueeze(1))
             grad = term if grad is None else grad.add_(term)
         return grad, None, None, None, None, None
@@ -64,7 +71,7 @@ def _needs_grad(x: torch.Tensor, *targets: torch.Tensor) -> bool:
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) over dim 1; shape (B,) or (B, H, W)."""
     if not _needs_grad(logits):
-        return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+        return _entropy(logits.softmax(1), logits.log_softmax(1))
     return _SoftmaxLosses.apply(logits, None, None, 0.0, True, False)[0]
 
 
@@ -73,7 +80,8 @@ def entropy_and_symmetric_cross_entropy(x: torch.Tensor, q: torch.Tensor, log_q:
     """``(softmax_entropy(x), symmetric_cross_entropy(x, ·, alpha, q, log_q))`` from one softmax and
     one log-softmax of ``x`` (DPLOT's two losses on the same student output): the same values."""
     if not _needs_grad(x, q, log_q):
-        return softmax_entropy(x), symmetric_cross_entropy(x, x, alpha, q, log_q)
+        p, log_p = x.softmax(1), x.log_softmax(1)
+        return _entropy(p, log_p), _sce(p, log_p, q, log_q, alpha)
     return _SoftmaxLosses.apply(x, q, log_q, float(alpha), True, True)
 
 
@@ -94,7 +102,7 @@ def symmetric_cross_entropy(x: torch.Tensor, x_ema: torch.Tensor, alpha: float =
     q = x_ema.softmax(1) if ema_prob is None else ema_prob
     log_q = x_ema.log_softmax(1) if ema_logprob is None else ema_logprob
     if not _needs_grad(x, q, log_q):
-        return -(1 - alpha) * (q * x.log_softmax(1)).sum(1) - alpha * (x.softmax(1) * log_q).sum(1)
+        return _sce(x.softmax(1), x.log_softmax(1), q, log_q, alpha)
     return _SoftmaxLosses.apply(x, q, log_q, float(alpha), False, True)[1]
 
 
