@@ -109,7 +109,7 @@ def _hostile_value(rng: random.Random, spec):
 
 def test_hostile_parameters_are_refused_or_rolled_back(ros, tmp_path):
     rng = random.Random(SEED + 1)
-    rig = Rig(ros, **dict(SEG, save_path=str(tmp_path / "s.pt")))
+    rig = Rig(ros, **dict(SEG, state_dir=str(tmp_path), save_path=str(tmp_path / "s.pt")))
     _valid(rig, 1)
     skip = {"save_path", "resume_from", "bundle", "autostart", "enable"}  # files / lifecycle: covered elsewhere
     names = [s.name for s in P.SPECS if s.name not in skip]
@@ -177,7 +177,7 @@ def test_kill_9_during_save_keeps_the_previous_or_the_new_state(harness, tmp_pat
         cmd = [sys.executable, "-m", "tta_perception.ros.tta_node", "--ros-args", "-r", f"__ns:={ns}",
                "-p", f"model:={H.arch('tiny_seg')}", "-p", f"architecture:={H.arch('tiny_seg')}",
                "-p", "allow_code_architecture:=true", "-p", "method:=tent", "-p", "device:=cpu",
-               "-p", f"save_path:={save}"]
+               "-p", f"state_dir:={save.parent}", "-p", f"save_path:={save}"]
         proc = RP.Proc(cmd, env)
         try:
             cli = h.client.create_client(Trigger, f"{ns}/tta_node/save")
@@ -200,7 +200,8 @@ def test_kill_9_during_save_keeps_the_previous_or_the_new_state(harness, tmp_pat
     leftovers = [p for p in save.parent.iterdir() if p.name.endswith(".tmp")] if save.parent.exists() else []
     ns = f"/xkill{os.getpid()}_last"
     proc = RP.Proc([sys.executable, "-m", "tta_perception.ros.tta_node", "--ros-args", "-r", f"__ns:={ns}",
-                    "-p", "method:=tent", "-p", "device:=cpu", "-p", f"save_path:={save}"], env)
+                    "-p", "method:=tent", "-p", "device:=cpu", "-p", f"state_dir:={save.parent}",
+                    "-p", f"save_path:={save}"], env)
     try:
         H.wait_until(lambda: "configured:" in proc.text or proc.p.poll() is not None, timeout=300,
                      what="the restart")

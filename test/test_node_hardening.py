@@ -153,7 +153,7 @@ def test_unfinished_saves_of_killed_processes_are_removed_at_configure(ros, tmp_
     other = save.parent / "notes.txt"
     for f in (dead, live, other):
         f.write_bytes(b"x")
-    Rig(ros, **dict(SEG, save_path=str(save)))
+    Rig(ros, **dict(SEG, state_dir=str(save.parent), save_path=str(save)))
     assert not dead.exists() and live.exists() and other.exists()
 
 
@@ -176,7 +176,7 @@ def test_domain_memory_in_the_node_publishes_the_domain_and_reports_it(ros, tmp_
     cal.write_text(json.dumps(calibrate(source_features(model, src))))
     save = tmp_path / "state" / "adapted.pt"
     dm = dict(SEG, domain_memory=True, domain_calibration=str(cal), domain_patience=2)
-    rig = Rig(ros, **dict(dm, save_path=str(save)))
+    rig = Rig(ros, **dict(dm, state_dir=str(save.parent), save_path=str(save)))
     assert rig.count("state") == "active", rig.count("config_error")
     col = rig.out("domain", String, qos=latched_qos())
     pub = rig.pub()

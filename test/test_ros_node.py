@@ -267,7 +267,7 @@ def test_nan_loss_is_skipped_and_counted(ros):
 # ---------------------------------------------------------------------------- services/lifecycle
 def test_enable_reset_save_and_resume(ros, tmp_path):
     save = tmp_path / "state" / "adapted.pt"
-    rig = Rig(ros, **dict(SEG, save_path=str(save)))
+    rig = Rig(ros, **dict(SEG, state_dir=str(save.parent), save_path=str(save)))
     ns = rig.ns
     for i in range(4):
         rig.send_until(lambda: H.image_msg(H.frame(32, 64, seed=i), stamp=(i + 1, 0)), "class_ids",

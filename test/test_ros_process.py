@@ -147,7 +147,7 @@ def test_node_process_over_dds(prefix, tmp_path):
     proc = Proc(_node_cmd(prefix, [
         "-r", f"__ns:={ns}", "-r", f"image:={ns}/camera/image_raw",
         "-p", f"model:={ckpt}", "-p", "architecture:=test_ros_helpers:tiny_seg", "-p", "allow_code_architecture:=true", "-p", "method:=tent",
-        "-p", "device:=cpu", "-p", "input_size:=[32,64]", "-p", f"save_path:={save}",
+        "-p", "device:=cpu", "-p", "input_size:=[32,64]", "-p", f"state_dir:={tmp_path}", "-p", f"save_path:={save}",
         "-p", "diagnostics_period:=0.2"]), _env(prefix))
     h = H.Harness()
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -41,20 +41,29 @@ def reason_of(err: BaseException) -> str:
     return f"corrupt or truncated ({type(err).__name__}: {clean(first, 120)})"
 
 
-def load(path: str | Path, map_location: Any = "cpu", allowed_globals: Sequence[Any] = ()) -> Any:
+def load(path: str | Path, map_location: Any = "cpu", allowed_globals: Sequence[Any] = (),
+         max_bytes: Optional[int] = None) -> Any:
     """The object in ``path``, weights only; ``allowed_globals`` extend PyTorch's safe list
-    (e.g. NumPy scalars in research checkpoints). :class:`WeightsOnlyError` otherwise."""
+    (e.g. NumPy scalars in research checkpoints). :class:`WeightsOnlyError` otherwise, also for a
+    path that is no regular file or is over ``max_bytes`` (default: ``files.CAPS['weights']``):
+    opened through ``files.open_regular``, so a FIFO or a device never blocks or floods the reader."""
     import contextlib
 
     import torch
+
+    from .files import FileProblem, open_regular
 
     path = Path(path)
     safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     # built outside the try: a torch that rejects an entry raises TypeError for the caller to handle
     ctx = safe(list(allowed_globals)) if (allowed_globals and safe) else contextlib.nullcontext()
     try:
-        with ctx:
-            return torch.load(str(path), map_location=map_location, weights_only=True)
+        fh = open_regular(path, "file", "weights", max_bytes)
+    except FileProblem as err:
+        raise WeightsOnlyError(path, err.what) from None
+    try:
+        with fh, ctx:
+            return torch.load(fh, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:  # truncated zip, random bytes, pickled code refused by weights_only

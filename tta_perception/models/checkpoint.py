@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import weights_only
 from ..atomic import atomic_write
+from ..files import open_regular, problem
 from ..paths import WEIGHTS_DIR
 from .registry import build_model
 
@@ -24,7 +25,7 @@ class CheckpointError(ValueError):
 
 def sha256_of(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path, "checkpoint") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -42,8 +43,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, arch: str, meta: dict[st
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict; a plain state dict is wrapped as ``{'state_dict': ...}``."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    reason = problem(path, "checkpoint")
+    if reason:
+        raise CheckpointError(reason)
     try:
         data = weights_only.load(path)
     except weights_only.WeightsOnlyError as err:  # truncated zip, random bytes, pickled code

@@ -333,9 +333,12 @@ def _torch_load(path: Path):
 
 
 def _read_checkpoint(path: Path) -> dict:
+    from ..files import problem
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    reason = problem(path, "checkpoint")
+    if reason:
+        raise (FileNotFoundError if reason.endswith("not found") else ValueError)(reason)
     try:
         obj = _torch_load(path)
     except weights_only.WeightsOnlyError as err:

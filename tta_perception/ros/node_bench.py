@@ -301,6 +301,7 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
         if not save_path:
             raise ValueError("restarts need a save_path")
         params["save_path"] = str(save_path)
+        params["state_dir"] = str(Path(save_path).parent)  # ~/save writes only there
     node_proc = NodeProcess(ns, params, domain_id, torch_threads, log, label=label)
     cmd, env = node_proc.cmd, node_proc.env
     holder = [node_proc]  # the running node process (a restart replaces it)

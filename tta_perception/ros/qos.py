@@ -34,3 +34,11 @@ def latched_qos(depth: int = 1) -> QoSProfile:
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
                       reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def service_qos(depth: int = 1024) -> QoSProfile:
+    """The node's services: reliable with a deep keep-last queue, so a burst of calls (a peer calling
+    ``~/save`` a thousand times at once) is queued and answered instead of dropped by DDS (the default
+    service profile keeps 10)."""
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
+                      reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)

@@ -35,9 +35,8 @@ from ..runtime.errors import one_line
 from ..runtime.frames import FrameWorker
 from ..runtime.memory import keep_freed_memory
 from ..runtime.session import Session
-from ..runtime.state import default_save_path
 from . import convert
-from .qos import image_qos, latched_qos, output_qos
+from .qos import image_qos, latched_qos, output_qos, service_qos
 from .spin import ignore_further_signals
 
 NODE_NAME = "tta_node"
@@ -94,15 +93,17 @@ class TTANode(LifecycleNode):
         self._rollback_thread: Optional[int] = None  # the thread putting rolled-back values back
         self._startup_errors = self._declare_parameters()
         self.session = Session({s.name: self._read(s.name) for s in P.SPECS}, _Log(self.get_logger()),
-                               on_swap=self._on_swap, on_rollback=self._on_rollback)
+                               on_swap=self._on_swap, on_rollback=self._on_rollback,
+                               node_name=self.get_name())
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(float(self.session.cfg["diagnostics_period"]),
                                              self._publish_diagnostics)
-        self.create_service(SetBool, "~/enable", self._srv_enable)
-        self.create_service(Trigger, "~/reset", self._srv_reset)
-        self.create_service(Trigger, "~/save", self._srv_save)
+        # deep request/response queues: a burst of calls is answered, not dropped by DDS
+        self.create_service(SetBool, "~/enable", self._srv_enable, qos_profile=service_qos())
+        self.create_service(Trigger, "~/reset", self._srv_reset, qos_profile=service_qos())
+        self.create_service(Trigger, "~/save", self._srv_save, qos_profile=service_qos())
 
     @property
     def _pipeline(self):
@@ -190,7 +191,7 @@ class TTANode(LifecycleNode):
             self.trigger_activate()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        removed = remove_orphans(self._save_path().parent)  # left by a process killed during a save
+        removed = remove_orphans(self._orphan_dir())  # left by a process killed during a save
         if removed:
             self.get_logger().info(f"removed {len(removed)} unfinished save(s) of killed processes: "
                                    + ", ".join(p.name for p in removed))
@@ -299,7 +300,8 @@ class TTANode(LifecycleNode):
         """Executor thread: O(1), only keeps the newest frame (the previous unprocessed one is dropped)."""
         import time
 
-        self.session.arrival()
+        stamp = msg.header.stamp
+        self.session.arrival(stamp.sec + stamp.nanosec * 1e-9)
         worker = self._worker
         if worker is not None and worker.put((msg, compressed, time.monotonic())):
             self.session.health.count("frames_dropped")
@@ -372,12 +374,23 @@ class TTANode(LifecycleNode):
         response.success, response.message = self.session.reset()
         return response
 
-    def _save_path(self):
-        configured = self.session.cfg["save_path"].strip()
-        return default_save_path(self.get_name()) if not configured else _expand(configured)
+    def _orphan_dir(self):
+        """Where unfinished saves of killed processes may lie: the directory of ``save_path``
+        (inside ``state_dir``), else ``state_dir`` itself."""
+        try:
+            return self.session.save_path().parent
+        except ValueError:
+            return self.session.state_dir
 
-    def _srv_save(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        response.success, response.message = self.session.save(self._save_path())
+    async def _srv_save(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """The save runs on its own thread while the executor goes on (frames, other calls); calls
+        made while it runs share its result."""
+        from rclpy.task import Future
+
+        done = Future(executor=self.executor)
+        done.add_done_callback(lambda _: None)  # its completion wakes the executor to resume us
+        self.session.request_save().add_done_callback(lambda f: done.set_result(f.result()))
+        response.success, response.message = await done
         return response
 
     # ================================================================== diagnostics
@@ -394,13 +407,6 @@ class TTANode(LifecycleNode):
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [status]
         self._diag_pub.publish(arr)
-
-
-def _expand(path: str):
-    import os
-    from pathlib import Path
-
-    return Path(os.path.expanduser(path))
 
 
 def _fmt(value: Any) -> str:

@@ -5,6 +5,7 @@ Pure Python and bounded in memory (fixed-size deques), so a 10-minute or 10-hour
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from typing import Any, Optional, Sequence
@@ -25,6 +26,48 @@ def percentile(values: Sequence[float], q: float, interpolate: bool = False) -> 
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+class StampGaps:
+    """Frames lost before the node, estimated from the header stamps of those that arrive.
+
+    A best-effort subscription loses large frames in DDS without any callback telling, so the only
+    trace is a gap in the stamps. The camera's period is a low percentile (10th) of the recent
+    stamp intervals, robust to the losses themselves (the true period shows whenever two frames in a
+    row arrive); a gap of ``k`` periods then means ``k - 1`` frames lost. Gaps longer than both
+    ``pause_s`` and ``pause_periods`` periods are a camera that paused, not losses; a stamp that goes back (a restarted driver, a
+    bag that loops, several publishers) starts a new chain. Stamps that never change (drivers
+    that leave them 0) give no estimate.
+    """
+
+    def __init__(self, history: int = 64, min_intervals: int = 8, pause_s: float = 2.0,
+                 pause_periods: int = 10) -> None:
+        self._intervals: collections.deque[float] = collections.deque(maxlen=history)
+        self._min, self._pause_s, self._pause_periods = min_intervals, pause_s, pause_periods
+        self._last: Optional[float] = None
+
+    def period(self) -> float:
+        """The camera's period in seconds as estimated now (NaN until enough frames)."""
+        if len(self._intervals) < self._min:
+            return float("nan")
+        return percentile(self._intervals, 10)
+
+    def add(self, stamp_s: float) -> int:
+        """Register a frame's stamp; the frames estimated lost just before it."""
+        last, self._last = self._last, stamp_s
+        if last is None or stamp_s <= last:
+            if last is not None and stamp_s < last:
+                self._intervals.clear()  # a new chain: the old period may not hold
+            return 0
+        gap, period = stamp_s - last, self.period()
+        if math.isnan(period) or period <= 0:  # not enough intervals yet
+            if gap <= self._pause_s:
+                self._intervals.append(gap)
+            return 0
+        if gap > max(self._pause_s, self._pause_periods * period):  # the camera paused
+            return 0
+        self._intervals.append(gap)
+        return max(0, int(round(gap / period)) - 1)
+
+
 class Health:
     """Counters, input rate and latency percentiles, thread-safe."""
 
@@ -35,6 +78,7 @@ class Health:
         self._latency: collections.deque[float] = collections.deque(maxlen=latency_samples)
         self._model_ms: collections.deque[float] = collections.deque(maxlen=latency_samples)
         self.counters: collections.Counter[str] = collections.Counter()
+        self._gaps = StampGaps()
         self.values: dict[str, Any] = {}
 
     def count(self, key: str, n: int = 1) -> None:
@@ -45,10 +89,16 @@ class Health:
         with self._lock:
             self.values.update(values)
 
-    def arrival(self, now: Optional[float] = None) -> None:
+    def arrival(self, now: Optional[float] = None, stamp_s: Optional[float] = None) -> int:
+        """A frame arrived (``stamp_s``: its header stamp, for the frames lost before the node);
+        returns the frames estimated lost just before it (counted in ``lost_in_transport``)."""
         with self._lock:
             self.counters["frames_received"] += 1
             self._arrivals.append(time.monotonic() if now is None else now)
+            lost = self._gaps.add(stamp_s) if stamp_s is not None else 0
+            if lost:
+                self.counters["lost_in_transport"] += lost
+            return lost
 
     def processed(self, latency_s: float, model_s: float) -> None:
         with self._lock:
@@ -71,10 +121,12 @@ class Health:
             else:
                 rate = 0.0
             lat, model = list(self._latency), list(self._model_ms)
+            period = self._gaps.period()
             out: dict[str, Any] = dict(self.counters)
             out.update(self.values)
         out["input_rate_hz"] = rate
         out["latency_p50_ms"] = percentile(lat, 50)
         out["latency_p95_ms"] = percentile(lat, 95)
         out["model_p50_ms"] = percentile(model, 50)
+        out["stamp_period_ms"] = period * 1000.0
         return out

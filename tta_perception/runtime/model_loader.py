@@ -92,6 +92,20 @@ def _build(architecture: str, num_classes: Optional[int], label: str, allow_impo
                           f"{one_line(err)}") from None
 
 
+def checkpoint_problem(path: str, label: str = "parameter 'model'", max_bytes: Optional[int] = None) -> Optional[str]:
+    """Why ``path`` cannot be a checkpoint (missing, a directory, a FIFO, a device, over the cap)."""
+    from ..files import problem
+
+    reason = problem(path, label, "weights", max_bytes)
+    return reason.replace(f"{label}: ", f"{label}: checkpoint ", 1) if reason else None
+
+
+def _require_file(path: Path, label: str) -> None:
+    reason = checkpoint_problem(str(path), label)
+    if reason:
+        raise ConfigError(reason)
+
+
 def _load_into(model, architecture: str, path: Path, label: str) -> None:
     """Strict, weights-only load of ``path`` into ``model``; errors name the file and the keys."""
     from ..models.checkpoint import CheckpointError, load_checkpoint
@@ -152,8 +166,7 @@ def load_model(model: str = "", architecture: str = "", *, task: Optional[str] =
         if name and name != arch:
             net = _build(arch, num_classes, architecture_label, allow_import)
             path = Path(os.path.expanduser(name))
-            if not path.is_file():
-                raise ConfigError(f"{label}: checkpoint {str(path)!r} not found")
+            _require_file(path, label)
             _load_into(net, arch, path, label)
             wid, desc = sha256_of(path), str(path)
         else:
@@ -170,8 +183,7 @@ def load_model(model: str = "", architecture: str = "", *, task: Optional[str] =
         raise ConfigError(f"{label} must name an embedded model or a checkpoint path; got ''")
     elif looks_like_path(name):
         path = Path(os.path.expanduser(name))
-        if not path.is_file():
-            raise ConfigError(f"{label}: checkpoint {str(path)!r} not found")
+        _require_file(path, label)
         net, arch = _checkpoint(path, label, architecture_label)
         wid, desc = sha256_of(path), str(path)
     else:
@@ -205,16 +217,26 @@ def default_bundle(model: str, architecture: str = "") -> Optional[str]:
 
 
 def domain_calibration(model: str, architecture: str = "", path: str = "") -> dict[str, Any]:
-    """Domain memory's detector calibration: the JSON at ``path``, else the embedded model's
-    manifest entry (``tta-perception calibrate-domains``)."""
+    """Domain memory's detector calibration: the JSON at ``path`` (a regular file of at most
+    ``files.CAPS['calibration']``), else the embedded model's manifest entry
+    (``tta-perception calibrate-domains``)."""
     import json
 
+    from ..files import FileProblem, read_bytes
+
     if path:
-        p = Path(os.path.expanduser(path))
+        label = "parameter 'domain_calibration'"
         try:
-            return json.loads(p.read_text())
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"parameter 'domain_calibration': {str(p)!r} cannot be read ({one_line(err)})") from None
+            data = json.loads(read_bytes(path, label, "calibration"))
+        except FileNotFoundError:
+            raise ConfigError(f"{label}: {path!r} not found") from None
+        except FileProblem as err:
+            raise ConfigError(str(err)) from None
+        except (OSError, ValueError, RecursionError) as err:
+            raise ConfigError(f"{label}: {path!r} cannot be read ({one_line(err)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{label}: {path!r} is not a calibration (a JSON object is expected)")
+        return data
     from ..models.checkpoint import read_manifest
 
     entry = read_manifest().get((model or "").strip()) if not (architecture or "").strip() else None

@@ -9,7 +9,7 @@ Pure Python (no rclpy) so the checks run anywhere. Each parameter says *when* a 
 - ``subscription``: the image subscription is recreated (topic type, QoS);
 - ``startup``: read at configure only (a change needs cleanup + configure, or a restart).
 
-``read_only`` parameters (what guards the node: code imports, the memory budget) are taken from the
+``read_only`` parameters (what guards the node: code imports, the memory budget, where saves go) are taken from the
 parameter file / command line at start-up and refused at run time, so no DDS peer can change them.
 """
 from __future__ import annotations
@@ -120,9 +120,14 @@ SPECS: tuple[Spec, ...] = (
     Spec("domain_calibration", "", "str", "Domain memory: calibration JSON written by `tta-perception "
          "calibrate-domains --out`; empty: the one in the embedded model's manifest entry.", "reload"),
     Spec("resume_from", "", "str", "Adapted state written by ~/save, loaded at configure so an adapted "
-         "model survives a restart; empty: start from the source state.", "startup"),
-    Spec("save_path", "", "str", "Where ~/save writes the adapted state (atomically); empty: "
-         "$ROS_HOME/tta_perception/<node>.pt.", "live"),
+         "model survives a restart (a reload starts from the source state); empty: start from the "
+         "source state.", "startup"),
+    Spec("state_dir", "", "str", "The only directory ~/save writes in; empty: $ROS_HOME/tta_perception "
+         "(~/.ros/tta_perception). Read at start-up only, refused at run time.", "startup",
+         read_only=True),
+    Spec("save_path", "", "str", "Where ~/save writes the adapted state (atomically): a file name in "
+         "state_dir, or a path inside it; an existing file is replaced only if it is a node state. "
+         "Empty: <state_dir>/<node>.pt.", "live"),
     # --- input ---
     Spec("compressed", False, "bool", "Subscribe to sensor_msgs/CompressedImage on 'image/compressed' "
          "instead of sensor_msgs/Image on 'image'.", "subscription"),
@@ -272,13 +277,15 @@ def load_params_file(path: str | Path, node: str = "tta_node") -> dict[str, Any]
     """The ``ros__parameters`` of ``node`` in a ROS parameter file (``config/adapt.yaml`` format)."""
     import yaml
 
+    from ..files import FileProblem, read_bytes
+
     path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"parameter file {path} does not exist")
-    if not path.is_file():
-        raise ValueError(f"parameter file {path} is not a file")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_bytes(path, "parameter file", "parameter file").decode("utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"parameter file {path} does not exist") from None
+    except FileProblem as err:
+        raise ValueError(f"parameter file {path} {err.what}") from None
     except UnicodeDecodeError as err:  # a binary file given by mistake: say which, in one line
         raise ValueError(f"parameter file {path} is not a text YAML file (byte {err.start} is not UTF-8)") from None
     except OSError as err:

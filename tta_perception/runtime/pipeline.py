@@ -35,8 +35,12 @@ class Pipeline:
     ``background=False`` (the replay's and the benchmark's deterministic inline steps).
     """
 
-    def __init__(self, cfg: dict[str, Any], background: bool = True):
+    def __init__(self, cfg: dict[str, Any], background: bool = True, resume: bool = True):
+        """``resume``: load the ``resume_from`` state (the node does at configure only; a reload
+        starts from the source state)."""
         import torch
+
+        from ..files import problem
 
         problems = P.check_all(cfg)
         if problems:
@@ -47,13 +51,18 @@ class Pipeline:
         if cfg["method"] not in methods:
             raise ConfigError(f"parameter 'method' must be one of {', '.join(methods)}; "
                               f"got {cfg['method']!r}")
+        cap = int(cfg["max_memory_mb"]) << 20  # no weights file larger than the memory budget
         bundle = cfg["bundle"].strip()
-        if bundle and not Path(os.path.expanduser(bundle)).exists():
-            raise ConfigError(f"parameter 'bundle': {bundle!r} not found (write it with "
-                              "`tta-perception prepare`)")
-        resume = cfg["resume_from"].strip()
-        if resume and not Path(os.path.expanduser(resume)).is_file():
-            raise ConfigError(f"parameter 'resume_from': {resume!r} not found")
+        reason = problem(bundle, "parameter 'bundle'", "weights", cap) if bundle else None
+        if reason:
+            raise ConfigError(reason + (" (write it with `tta-perception prepare`)"
+                                        if reason.endswith("not found") else ""))
+        if not resume:
+            cfg = {**cfg, "resume_from": ""}
+        reason = problem(cfg["resume_from"].strip(), "parameter 'resume_from'", "weights", cap) \
+            if cfg["resume_from"].strip() else None
+        if reason:
+            raise ConfigError(reason)
 
         device = str(resolve_device(cfg["device"], "parameter 'device'"))
         try:

@@ -26,9 +26,10 @@ from .health import Health
 MEMORY_PARAMS = {"input_size", "window", "method", "max_image_pixels", "device"}
 
 
-def _model_problem(model: str, architecture: str) -> Optional[str]:
-    """What is wrong with naming this model/architecture, as far as it can be told without loading."""
-    from .model_loader import embedded_models, looks_like_path
+def _model_problem(model: str, architecture: str, max_bytes: Optional[int] = None) -> Optional[str]:
+    """What is wrong with naming this model/architecture, as far as it can be told without loading
+    (a checkpoint must be a regular file of at most ``max_bytes``)."""
+    from .model_loader import checkpoint_problem, embedded_models, looks_like_path
 
     if architecture:
         if not architecture.startswith("torchvision:") and ":" not in architecture:
@@ -37,12 +38,11 @@ def _model_problem(model: str, architecture: str) -> Optional[str]:
             if architecture not in list_models():
                 return (f"parameter 'architecture' must be one of {', '.join(list_models())}; "
                         f"got {architecture!r}")
-        if model and model != architecture and not Path(os.path.expanduser(model)).is_file():
-            return f"parameter 'model': checkpoint {model!r} not found"
+        if model and model != architecture:
+            return checkpoint_problem(model, max_bytes=max_bytes)
         return None
     if looks_like_path(model):
-        return None if Path(os.path.expanduser(model)).is_file() else \
-            f"parameter 'model': checkpoint {model!r} not found"
+        return checkpoint_problem(model, max_bytes=max_bytes)
     names = embedded_models()
     if model not in names:
         return f"parameter 'model' must be one of {', '.join(names)} or a checkpoint path; got {model!r}"
@@ -50,9 +50,13 @@ def _model_problem(model: str, architecture: str) -> Optional[str]:
 
 
 # Counters always present in /diagnostics (0 until something happens), so tools can rely on them.
-COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "frames_during_reload",
-            *codec.REASONS, "inference_errors", "nonfinite_outputs", "cuda_oom", "reload_failures",
-            "rollbacks", "resets_requested", "saves")
+COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "lost_in_transport",
+            "frames_during_reload", *codec.REASONS, "inference_errors", "nonfinite_outputs", "cuda_oom",
+            "reloads", "reloads_coalesced", "reload_failures", "rollbacks", "resets_requested", "saves",
+            "saves_shared", "saves_refused")
+#: files a parameter names, with the kind of file (``files.CAPS``); weights are also capped by the
+#: node's memory budget (a file larger than ``max_memory_mb`` cannot be loaded within it)
+FILE_PARAMS = {"bundle": "weights", "resume_from": "weights", "domain_calibration": "calibration"}
 
 
 class Log(Protocol):
@@ -90,14 +94,29 @@ class Session:
 
     def __init__(self, cfg: dict[str, Any], log: Log,
                  on_swap: Callable[[Any, Optional[Any]], None] = lambda new, old: None,
-                 on_rollback: Callable[[dict[str, Any]], None] = lambda values: None) -> None:
+                 on_rollback: Callable[[dict[str, Any]], None] = lambda values: None,
+                 node_name: str = "tta_node") -> None:
+        from .state import state_dir_of
+
         self.log, self.on_swap, self.on_rollback = log, on_swap, on_rollback
+        self.node_name = node_name
         self.health = Health()
         self.infer_lock = threading.RLock()
         self._cfg_lock = threading.Lock()
         self._cfg = dict(cfg)
+        self.state_dir = state_dir_of(str(cfg.get("state_dir") or ""))  # fixed for the node's life
         self.reloading = threading.Event()
+        # reloads coalesce: one builder thread at a time builds the newest requested configuration
+        self._reload_lock = threading.Lock()
         self._reload_gen = 0
+        self._reload_wanted: Optional[int] = None  # the generation the builder should deliver
+        self._reload_thread: Optional[threading.Thread] = None
+        self._reload_why: list[str] = []
+        self._serve_during_reload = True  # False while falling back from CUDA out of memory
+        self._save_lock = threading.Lock()
+        self._save_future: Optional[Any] = None  # concurrent.futures.Future of the save running
+        self._warned_transport = False
+        self._last_lost = 0  # lost_in_transport at the last status
         self.pipeline = None
         self.parked: Optional[dict[str, Any]] = None  # adapted state kept while inactive
         self.state = "unconfigured"
@@ -121,15 +140,35 @@ class Session:
             cfg["device"] = self.device_override
         return cfg
 
-    @staticmethod
-    def check(name: str, value: Any) -> Optional[str]:
-        """Why ``value`` is refused for parameter ``name`` on its own (None: accepted). Missing files
-        are rejected at once rather than failing a background reload later."""
+    def weights_cap(self) -> int:
+        """The largest weights file the node reads: its memory budget."""
+        return int(self.cfg["max_memory_mb"]) << 20
+
+    def check(self, name: str, value: Any) -> Optional[str]:
+        """Why ``value`` is refused for parameter ``name`` on its own (None: accepted). A file must be
+        a regular file within its cap, and a save must land in ``state_dir``: refused at once rather
+        than failing (or blocking) a background reload or a save later."""
         reason = P.check(name, value, registered_methods() if name == "method" else None)
-        if reason is None and name in ("bundle", "resume_from") and value \
-                and not Path(os.path.expanduser(value)).exists():
-            reason = f"parameter {name!r}: {value!r} not found"
+        if reason is None and name in FILE_PARAMS and value.strip():
+            from ..files import problem
+
+            kind = FILE_PARAMS[name]
+            reason = problem(value.strip(), f"parameter {name!r}", kind,
+                             self.weights_cap() if kind == "weights" else None)
+        if reason is None and name == "save_path":
+            from .state import save_target
+
+            try:
+                save_target(value, self.state_dir, self.node_name)
+            except ValueError as err:
+                reason = str(err)
         return reason
+
+    def save_path(self) -> Path:
+        """Where ``~/save`` writes now (``save_path`` inside ``state_dir``)."""
+        from .state import save_target
+
+        return save_target(self.cfg["save_path"], self.state_dir, self.node_name)
 
     def check_updates(self, updates: dict[str, Any]) -> Optional[str]:
         """Why a run-time change of several parameters at once is refused (None: accepted): each
@@ -153,7 +192,7 @@ class Session:
                     "from the parameter file at start-up (allow_code_architecture: true); at run time use "
                     f"a registered name: {', '.join(list_models())}")
         if changed & {"architecture", "model"}:
-            reason = _model_problem(model, arch)
+            reason = _model_problem(model, arch, self.weights_cap())
             if reason:
                 return reason
         if "device" in changed:
@@ -202,17 +241,22 @@ class Session:
                 if changed:
                     self.log.info(f"learning rates updated: {', '.join(changed)}")
         whens = {P.SPEC[n].when for n in updates}
+        later = [n for n in updates if P.SPEC[n].when == "startup"]
+        if later and self.state != "unconfigured":
+            self.log.info(f"{', '.join(later)} take(s) effect at the next configure (cleanup + configure, "
+                          "or a restart)")
         if "reload" in whens and pipe is not None:
             self.start_reload("parameters " + ", ".join(n for n in updates if P.SPEC[n].when == "reload"))
         return whens
 
     # ================================================================== lifecycle
-    def _build(self, cfg: dict[str, Any]):
-        """A pipeline for ``cfg``, or the one-line reason it cannot be built."""
+    def _build(self, cfg: dict[str, Any], resume: bool = False):
+        """A pipeline for ``cfg`` (with the ``resume_from`` state only at configure), or the one-line
+        reason it cannot be built."""
         from .pipeline import Pipeline
 
         try:
-            return Pipeline(cfg), ""
+            return Pipeline(cfg, resume=resume), ""
         except ConfigError as err:
             return None, str(err)
         except KeyboardInterrupt:
@@ -229,7 +273,11 @@ class Session:
             self.config_error = startup_errors[0]
             return self.config_error
         cfg = self.effective_cfg()
-        pipe, error = self._build(cfg)
+        error = self.check("save_path", cfg["save_path"])
+        if error:
+            self.config_error = error
+            return error
+        pipe, error = self._build(cfg, resume=True)
         if pipe is None:
             self.config_error = error
             return error
@@ -281,8 +329,10 @@ class Session:
 
     def free(self) -> None:
         """Drop the model, freeing (GPU) memory; a reload still running is discarded. Idempotent."""
-        with self.infer_lock:
+        with self.infer_lock, self._reload_lock:
             self._reload_gen += 1
+            self._reload_wanted = None
+            self._serve_during_reload = True
             self.reloading.clear()
             pipe, self.pipeline = self.pipeline, None
         if pipe is not None:
@@ -292,23 +342,54 @@ class Session:
         release_memory()
 
     # ================================================================== reload
-    def start_reload(self, why: str) -> None:
-        with self.infer_lock:
+    def start_reload(self, why: str, serve: bool = True) -> None:
+        """Rebuild the pipeline in the background for the configuration now in force. Requests
+        coalesce: one builder thread delivers the newest configuration, so a storm of changes costs
+        one build after the last (a build already running finishes and is discarded when a newer
+        one was asked for meanwhile). The running model answers frames throughout, unless ``serve``
+        is false (falling back from CUDA out of memory)."""
+        with self._reload_lock:
             self._reload_gen += 1
-            gen = self._reload_gen
+            self._reload_wanted = self._reload_gen
+            self._serve_during_reload = serve and self._serve_during_reload
+            self._reload_why.append(why)
             self.reloading.set()
+            if self._reload_thread is not None:
+                return  # the builder picks the newest configuration up when its build ends
+            self._reload_thread = threading.Thread(target=self._reloader, name="tta_reload", daemon=True)
+            self._reload_thread.start()
         self.log.info(f"reloading the model ({why})")
-        threading.Thread(target=self._reload, args=(gen, self.effective_cfg()), name="tta_reload",
-                         daemon=True).start()
 
-    def _reload(self, gen: int, cfg: dict[str, Any]) -> None:
-        new, error = self._build(cfg)
+    def _reloader(self) -> None:
+        """The builder thread: build what is wanted, deliver it unless a newer request came."""
+        while True:
+            with self._reload_lock:
+                gen = self._reload_wanted
+                if gen is None:  # freed meanwhile: nothing to deliver
+                    self._reload_thread = None
+                    return
+                why, self._reload_why = self._reload_why, []
+                cfg = self.effective_cfg()
+            if len(why) > 1:
+                self.health.count("reloads_coalesced", len(why) - 1)
+                self.log.info(f"{len(why)} reload requests coalesced; building the newest configuration "
+                              f"(method {cfg['method']!r}, model {cfg['model']!r})")
+            new, error = self._build(cfg)
+            if self._deliver(gen, cfg, new, error):
+                return
+
+    def _deliver(self, gen: int, cfg: dict[str, Any], new: Any, error: str) -> bool:
+        """Swap in ``new`` (or roll back) if ``gen`` is still the newest request; False: build again."""
         old = None
-        with self.infer_lock:
-            if gen != self._reload_gen:  # superseded by a newer reload or a cleanup
+        with self.infer_lock, self._reload_lock:
+            if gen != self._reload_wanted:  # superseded by a newer request, or freed
                 if new is not None:
                     new.close()
-                return
+                self.log.info(f"a reload was superseded before it finished (method {cfg['method']!r}): "
+                              "building the newest configuration")
+                return False
+            self._reload_wanted = None
+            self._reload_thread = None
             if new is not None:
                 # live settings changed while it was building win over the snapshot it was built from
                 live = self.cfg
@@ -321,6 +402,7 @@ class Session:
             else:
                 reverted = self._roll_back()
                 self.reload_error = error + (f" (rolled back: {_listing(reverted)})" if reverted else "")
+            self._serve_during_reload = True
             self.reloading.clear()
         if new is None:
             release_memory()  # what the failed build allocated
@@ -329,7 +411,7 @@ class Session:
                 self.on_rollback(reverted)
                 self.health.count("rollbacks")
             self.health.count("reload_failures")
-            return
+            return True
         for warning in new.warnings:
             self.log.warning(warning)
         if old is not None:
@@ -337,7 +419,9 @@ class Session:
         self.on_swap(new, old)
         del old
         release_memory()
+        self.health.count("reloads")
         self.log.info(f"reloaded: {new.task} method {cfg['method']!r} on {new.device}")
+        return True
 
     def _roll_back(self) -> dict[str, Any]:
         """Put the reload parameters back to the configuration the running model came from; the
@@ -351,8 +435,19 @@ class Session:
         return reverted
 
     # ================================================================== frames
-    def arrival(self) -> None:
-        self.health.arrival()
+    def arrival(self, stamp_s: Optional[float] = None) -> None:
+        """A frame arrived (``stamp_s``: its header stamp). The first frames found lost before the
+        node (stamp gaps, ``lost_in_transport``) are reported once, with the remedy."""
+        lost = self.health.arrival(stamp_s=stamp_s)
+        if lost and not self._warned_transport:
+            self._warned_transport = True
+            cfg = self.cfg
+            remedy = ("subscribe reliable (qos_reliability:=reliable, if the publisher is reliable) or "
+                      "raise the DDS socket buffers" if cfg["qos_reliability"] == "best_effort" else
+                      "raise qos_depth and the DDS socket buffers")
+            self.log.warning(f"frames are lost before they reach the node ({lost} missing in the stamps "
+                             f"before this one, counted in lost_in_transport): large frames over "
+                             f"{cfg['qos_reliability']} DDS; {remedy} (see the node documentation)")
 
     def rejected(self, err: codec.ImageError) -> None:
         """A frame that could not be decoded: counted by reason."""
@@ -366,9 +461,12 @@ class Session:
 
         with self.infer_lock:
             pipe = self.pipeline
-            if pipe is None or self.reloading.is_set():
+            reloading = self.reloading.is_set()
+            if pipe is None or (reloading and not self._serve_during_reload):
                 self.health.count("frames_during_reload")
                 return None
+            if reloading:  # answered by the running model while the new one builds
+                self.health.count("frames_during_reload")
             t0 = time.monotonic()
             try:
                 result = pipe.infer(rgb, **outputs)
@@ -377,7 +475,7 @@ class Session:
                     self.health.count("cuda_oom")
                     self.log.warning("CUDA out of memory: falling back to CPU")
                     self.device_override = "cpu"
-                    self.start_reload("CUDA out of memory")
+                    self.start_reload("CUDA out of memory", serve=False)
                     return None
                 raise
             model_s = time.monotonic() - t0
@@ -412,24 +510,61 @@ class Session:
         self.log.info("reset to the source state")
         return True, "reset to the source state"
 
-    def save(self, path: Path) -> tuple[bool, str]:
-        """Write the adapted state atomically to ``path``; (success, path or why not)."""
-        from .state import save_state_file
+    def request_save(self) -> Any:
+        """Start ``save`` on its own thread; a concurrent.futures.Future of its (success, message).
+        A request while a save runs shares that save's result, so a burst of calls costs one save."""
+        import concurrent.futures
 
-        with self.infer_lock:
+        with self._save_lock:
+            running = self._save_future
+            if running is not None and not running.done():
+                self.health.count("saves_shared")
+                return running
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            self._save_future = future
+
+        def run() -> None:
+            try:
+                future.set_result(self.save())
+            except BaseException as err:  # never leave a caller waiting
+                future.set_result((False, f"save failed: {type(err).__name__}: {one_line(err)}"))
+
+        threading.Thread(target=run, name="tta_save", daemon=True).start()
+        return future
+
+    def save(self, path: Optional[Path] = None) -> tuple[bool, str]:
+        """Write the adapted state atomically to ``path`` (default: ``save_path`` in ``state_dir``);
+        (success, path or why not). Only inside ``state_dir``, and an existing file is replaced only
+        if it is a node state (never a link, a FIFO, a device or another file)."""
+        from .state import check_replaceable, save_state_file, save_target
+
+        try:
+            path = self.save_path() if path is None else save_target(str(path), self.state_dir, self.node_name)
+        except ValueError as err:
+            return self._refuse_save(str(err))
+        refusal = check_replaceable(path)
+        if refusal:
+            return self._refuse_save(f"save_path {refusal}")
+        with self.infer_lock:  # a snapshot (the engine's state_dict copies under its adaptation lock)
             pipe, parked = self.pipeline, self.parked
             if pipe is None and parked is None:
                 return False, ("not configured" if self.state not in ("inactive", "active")
                                else "inactive and reset: nothing adapted to save")
-            try:
-                save_state_file(pipe.state_dict() if pipe is not None else parked, path)
-            except Exception as err:
-                message = f"save failed: {one_line(err)}"
-                self.log.error(message)
-                return False, message
+            state = pipe.state_dict() if pipe is not None else parked
+        try:  # written while frames go on being answered
+            save_state_file(state, path)
+        except Exception as err:
+            message = f"save failed: {one_line(err)}"
+            self.log.error(message)
+            return False, message
         self.health.count("saves")
         self.log.info(f"adapted state saved to {path}")
         return True, str(path)
+
+    def _refuse_save(self, reason: str) -> tuple[bool, str]:
+        self.health.count("saves_refused")
+        self.log.warning(f"save refused: {reason}", throttle=True)
+        return False, f"save refused: {reason}"
 
     # ================================================================== diagnostics
     def diagnostics(self) -> dict[str, Any]:
@@ -437,8 +572,8 @@ class Session:
         snap = self.health.snapshot()
         pipe = self.pipeline
         out: dict[str, Any] = {k: snap.get(k, 0) for k in COUNTERS}
-        out.update({k: snap[k] for k in ("input_rate_hz", "latency_p50_ms", "latency_p95_ms",
-                                         "model_p50_ms")})
+        out.update({k: snap[k] for k in ("input_rate_hz", "stamp_period_ms", "latency_p50_ms",
+                                         "latency_p95_ms", "model_p50_ms")})
         cfg = self.cfg
         running = pipe.cfg if pipe else cfg  # what actually runs, not what was last asked for
         out.update({"state": self.state,
@@ -481,6 +616,10 @@ class Session:
             level, message = "warn", f"reload failed: {d['reload_error']}"
         elif bad > last_bad_total:
             level, message = "warn", "bad frames received (see counters)"
+        elif int(d["lost_in_transport"]) > self._last_lost:
+            level, message = "warn", (f"{d['lost_in_transport']} frames lost before the node (stamp gaps; "
+                                      "see lost_in_transport)")
+        self._last_lost = int(d["lost_in_transport"])
         if level == "ok" and d["frames_processed"]:
             message += f", {d['input_rate_hz']:.1f} Hz in, p50 {d['latency_p50_ms']:.0f} ms"
         return level, message, bad, d
