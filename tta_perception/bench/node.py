@@ -86,6 +86,14 @@ def cycle_plan(schedule: str, stride: int, cycles: int) -> tuple[int, int]:
     return per_cycle, per_cycle * int(cycles)
 
 
+def private_domain_id() -> int:
+    """``ROS_DOMAIN_ID`` when set, else a random private domain (1..101, the safe range on Linux);
+    discovery kept to this machine unless the user chose otherwise."""
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env_id = os.environ.get("ROS_DOMAIN_ID", "").strip()
+    return int(env_id) if env_id.isdigit() else random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)
+
+
 def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Optional[float] = 120.0,
                    frames: Optional[int] = None, rate: float = 10.0, size: tuple[int, int] = (128, 256),
                    out: str | Path = "runs/node_bench", schedule: str = "dynamic", stride: int = 2,
@@ -122,10 +130,7 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if domain_id is None:
-        env_id = os.environ.get("ROS_DOMAIN_ID", "").strip()
-        # a private domain (0..101 is the safe range on Linux) unless the caller chose one
-        domain_id = int(env_id) if env_id.isdigit() else random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        domain_id = private_domain_id()
     rendered = render_frames(schedule, min(n_frames, unique_frames) if methods else 1, size, stride, seed=seed,
                              log=log)
     report: dict[str, Any] = {

@@ -70,6 +70,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="instead: the node's RSS under the extreme parameter values it accepts (every method's "
                          "largest input size and window, the largest frame), refusals, RSS after a return to "
                          "the default (bench/memory.py); --method limits the methods")
+    g2.add_argument("--storm", action="store_true",
+                    help="instead: flood the node from one DDS peer while frames flow: --storm-calls concurrent "
+                         "service calls (~/save, ~/reset, ~/enable), then --storm-params set_parameters calls "
+                         "over --storm-seconds (every other one changing 'method'); answers, reply latency, "
+                         "frames answered meanwhile, time to settle on the last method (--method: the "
+                         "node's method at start, default tent)")
+    p.add_argument("--storm-calls", type=int, default=1000, help="--storm: concurrent service calls")
+    p.add_argument("--storm-params", type=int, default=1000, help="--storm: set_parameters calls")
+    p.add_argument("--storm-seconds", type=float, default=20.0, help="--storm: seconds the parameter calls span")
     p.add_argument("--overhead-repeats", type=int, default=60, help="frames timed for the overhead")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node")
     p.add_argument("--no-plot", action="store_true", help="no PNG")
@@ -95,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
                                   torch_threads=args.torch_threads, client=client)
         print("wrote " + ", ".join(report["files"].values()))
         return 0
+    if args.storm:
+        return _storm(args, client)
     methods = [m.strip() for item in (args.method or ["source,dplot"]) for m in item.split(",") if m.strip()]
     if args.overhead_only:
         methods = []
@@ -109,3 +120,33 @@ def run(args: argparse.Namespace) -> int:
                             restart_between_cycles=args.restart_between_cycles, seed=args.seed, client=client)
     print("wrote " + ", ".join(report["files"].values()))
     return 0
+
+
+def _storm(args: argparse.Namespace, client) -> int:
+    """``--storm``: run ``ros.storm`` against one node process, print the figures, write JSON."""
+    import json
+
+    from ..atomic import atomic_write_text
+    from ..bench.node import private_domain_id
+    from ..ros.storm import run_storm
+
+    method = next((m.strip() for item in (args.method or ["tent"]) for m in item.split(",") if m.strip()), "tent")
+    params = {"method": method, "device": args.device, **dict(args.node_param)}
+    report = run_storm(node_params=params, domain_id=private_domain_id(),
+                       log=print, n_calls=args.storm_calls, n_params=args.storm_params,
+                       param_seconds=args.storm_seconds, rate=args.rate, size=args.size,
+                       startup_timeout=args.startup_timeout, torch_threads=args.torch_threads)
+    s, p = report["services"], report["parameters"]
+    print(f"services:   {s['answered']}/{s['sent']} answered, last answer {s['last_answer_s']:.2f} s after the "
+          f"first call; successful {s['successful']}; {s['saves']} saves written ({s['saves_shared']} shared); "
+          f"{s['frames_answered']} frames answered meanwhile")
+    print(f"parameters: {p['answered']}/{p['sent']} answered, reply p50 {p['reply_p50_ms']:.1f} ms, p95 "
+          f"{p['reply_p95_ms']:.1f} ms, max {p['reply_max_ms']:.0f} ms ({p['late_over_1s']} over 1 s); "
+          f"settled on {p['last_method']!r} {p['settle_s']:.2f} s after the last call; {p['reloads']} reloads "
+          f"built, {p['reloads_coalesced']} coalesced, {p['reload_failures']} failed; {p['frames_answered']} of "
+          f"~{p['frames_sent']} frames answered during the storm")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "storm.json"
+    atomic_write_text(path, json.dumps(report, indent=2, default=str))
+    print(f"wrote {path}")
+    return 0 if report.get("node_alive") else 1

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
                               ParameterUninitializedException)
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -103,7 +104,9 @@ class TTANode(LifecycleNode):
         # deep request/response queues: a burst of calls is answered, not dropped by DDS
         self.create_service(SetBool, "~/enable", self._srv_enable, qos_profile=service_qos())
         self.create_service(Trigger, "~/reset", self._srv_reset, qos_profile=service_qos())
-        self.create_service(Trigger, "~/save", self._srv_save, qos_profile=service_qos())
+        # reentrant: the executor takes further calls (and frames) while a save awaits its thread
+        self.create_service(Trigger, "~/save", self._srv_save, qos_profile=service_qos(),
+                            callback_group=ReentrantCallbackGroup())
 
     @property
     def _pipeline(self):

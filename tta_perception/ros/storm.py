@@ -1,0 +1,205 @@
+"""The DDS side of ``tta-perception node-bench --storm``: one peer floods a ``tta_node`` process with
+requests while a camera keeps publishing, and measures what a driving stack would notice.
+
+Without SROS2 any participant on the domain may call the node's services and set its parameters, by
+mistake (a script in a loop, a dashboard that retries) or on purpose. Two storms, one after the other:
+
+- services: ``n_calls`` concurrent calls (half ``~/save``, a sixth ``~/reset``, a third ``~/enable``)
+  sent at once from one client per service (deep queues on our side, so DDS drops none of the
+  requests): how many are answered, and when the last answer arrives;
+- parameters: ``n_params`` ``set_parameters`` calls spread over ``param_seconds``, every other one
+  changing ``method`` (a reload each), the others a live parameter: reply latency, missing replies,
+  and how long after the last call the node runs the last requested method.
+
+Frames are published at ``rate`` throughout; the outputs that come back per storm tell whether the
+running model kept answering.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+from sensor_msgs.msg import Image
+
+from ..runtime.health import percentile
+from . import convert
+from .node_bench import NodeProcess, _spin_in_background
+from .qos import output_qos, service_qos
+
+#: methods the parameter storm cycles through (cheap to build: no phase-A bundle to load)
+STORM_METHODS = ("tent", "norm", "source", "eata")
+
+
+def run_storm(*, node_params: dict[str, Any], domain_id: int, log: Callable[[str], None],
+              n_calls: int = 1000, n_params: int = 1000, param_seconds: float = 20.0, rate: float = 10.0,
+              size: tuple[int, int] = (128, 256), answer_timeout: float = 60.0, settle_timeout: float = 60.0,
+              startup_timeout: float = 120.0, torch_threads: int = 0) -> dict[str, Any]:
+    """Both storms against one node process (see the module docstring); a dict of the figures."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.context import Context
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import Header
+    from std_srvs.srv import SetBool, Trigger
+
+    ns = f"/node_bench_storm_{os.getpid()}"
+    state_dir = tempfile.mkdtemp(prefix="tta_storm_")  # where the storm's saves land, removed after
+    node_proc = NodeProcess(ns, {"diagnostics_period": 0.5, "state_dir": state_dir, **node_params}, domain_id,
+                            torch_threads, log, label="storm")
+    proc = node_proc.proc
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=domain_id)
+    peer = Node(f"node_bench_storm_{os.getpid()}", context=ctx)
+    pub = peer.create_publisher(Image, f"{ns}/image", output_qos(2))
+    outputs: list[float] = []
+    peer.create_subscription(Image, f"{ns}/class_ids", lambda m: outputs.append(time.monotonic()), output_qos(50))
+    diag: dict[str, str] = {}
+    diag_count = [0]
+
+    def on_diag(msg: Any) -> None:
+        for st in msg.status:
+            if ns in st.name and "tta_node" in st.name:
+                diag.clear()
+                diag.update({kv.key: kv.value for kv in st.values})
+                diag_count[0] += 1
+
+    def fresh() -> None:
+        """Wait for two diagnostics messages newer than now (counters read after what was sent)."""
+        seen = diag_count[0]
+        wait_for(lambda: diag_count[0] >= seen + 2, 10.0)
+
+    def counter(key: str) -> int:
+        return int(float(diag.get(key, 0) or 0))
+
+    peer.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 20)
+    clients = {name: peer.create_client(srv, f"{ns}/tta_node/{name}", qos_profile=service_qos())
+               for name, srv in (("save", Trigger), ("reset", Trigger), ("enable", SetBool))}
+    params_client = peer.create_client(SetParameters, f"{ns}/tta_node/set_parameters",
+                                       qos_profile=service_qos())
+    executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+    executor.add_node(peer)
+    stop = threading.Event()
+    _spin_in_background(executor, ctx, stop)
+
+    def alive() -> None:
+        if proc.poll() is not None:
+            raise RuntimeError("tta_node exited: " + " | ".join(node_proc.log[-5:]))
+
+    def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive()
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def publish() -> None:
+        h, w = size
+        rgb = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+        for stamp in itertools.count(1):
+            if stop.wait(1.0 / rate):
+                return
+            header = Header(frame_id="camera")
+            header.stamp.sec, header.stamp.nanosec = divmod(stamp * int(1e9 / rate), 10**9)
+            pub.publish(convert.rgb_image(header, rgb, "rgb8"))
+
+    def answered_between(t0: float, t1: float) -> int:
+        return sum(1 for t in list(outputs) if t0 <= t <= t1)
+
+    report: dict[str, Any] = {"n_calls": n_calls, "n_params": n_params, "param_seconds": param_seconds,
+                              "rate_hz": rate, "node_params": node_params}
+    try:
+        if not wait_for(lambda: diag.get("state") == "active" and pub.get_subscription_count() > 0
+                        and all(c.service_is_ready() for c in (*clients.values(), params_client)),
+                        startup_timeout):
+            raise RuntimeError("tta_node did not start: " + " | ".join(node_proc.log[-5:]))
+        threading.Thread(target=publish, daemon=True).start()
+        wait_for(lambda: len(outputs) >= 3, 60.0)
+        log(f"[node-bench] storm: node ready; {n_calls} concurrent service calls")
+
+        # ---- services: everything at once
+        kinds = ["save"] * (n_calls // 2) + ["reset"] * (n_calls // 6)
+        kinds += ["enable"] * (n_calls - len(kinds))
+        replies: list[float] = []
+        futures = []
+        t0 = time.monotonic()
+        for i, kind in enumerate(kinds):
+            request = SetBool.Request(data=True) if kind == "enable" else Trigger.Request()
+            future = clients[kind].call_async(request)
+            future.add_done_callback(lambda f: replies.append(time.monotonic()))
+            futures.append((kind, future))
+        sent_s = time.monotonic() - t0
+        wait_for(lambda: len(replies) >= n_calls, answer_timeout)
+        t1 = time.monotonic()
+        ok = {k: sum(1 for kind, f in futures if kind == k and f.done() and f.result().success)
+              for k in clients}
+        fresh()
+        report["services"] = {
+            "sent": n_calls, "send_s": sent_s, "answered": len(replies),
+            "last_answer_s": (max(replies) - t0) if replies else float("nan"),
+            "successful": ok, "frames_answered": answered_between(t0, t1), "seconds": t1 - t0,
+            "saves": counter("saves"), "saves_shared": counter("saves_shared")}
+        log(f"[node-bench] storm: {len(replies)}/{n_calls} service calls answered, the last after "
+            f"{report['services']['last_answer_s']:.2f} s; {report['services']['frames_answered']} frames "
+            f"answered meanwhile")
+
+        # ---- parameters: n_params calls over param_seconds, every other one a reload
+        latencies: list[float] = []
+        calls = []
+        method_cycle = itertools.cycle(STORM_METHODS)
+        last_method = None
+        t0 = time.monotonic()
+        for i in range(n_params):
+            due = t0 + i * param_seconds / max(1, n_params)
+            time.sleep(max(0.0, due - time.monotonic()))
+            if i % 2 == 0:
+                last_method = next(method_cycle)
+                param = Parameter("method", value=last_method)
+            else:
+                param = Parameter("overlay_alpha", value=round(0.1 + 0.8 * (i % 9) / 8, 3))
+            sent_at = time.monotonic()
+            future = params_client.call_async(SetParameters.Request(parameters=[param.to_parameter_msg()]))
+            future.add_done_callback(lambda f, s=sent_at: latencies.append(time.monotonic() - s))
+            calls.append(future)
+        t_last = time.monotonic()
+        wait_for(lambda: len(latencies) >= n_params, answer_timeout)
+        settled = wait_for(lambda: diag.get("method") == last_method and diag.get("reloading") == "false",
+                           settle_timeout)
+        t_settled = time.monotonic()
+        fresh()
+        accepted = sum(1 for f in calls if f.done() and all(r.successful for r in f.result().results))
+        report["parameters"] = {
+            "sent": n_params, "answered": len(latencies), "accepted": accepted,
+            "reply_p50_ms": percentile(latencies, 50) * 1000, "reply_p95_ms": percentile(latencies, 95) * 1000,
+            "reply_max_ms": max(latencies) * 1000 if latencies else float("nan"),
+            "late_over_1s": sum(1 for v in latencies if v > 1.0),
+            "last_method": last_method, "settled": settled,
+            "settle_s": (t_settled - t_last) if settled else float("nan"),
+            "frames_answered": answered_between(t0, t_last), "frames_sent": int((t_last - t0) * rate),
+            "reloads": counter("reloads"), "reloads_coalesced": counter("reloads_coalesced"),
+            "reload_failures": counter("reload_failures")}
+        p = report["parameters"]
+        log(f"[node-bench] storm: {p['answered']}/{n_params} parameter calls answered (p50 {p['reply_p50_ms']:.1f} ms, "
+            f"p95 {p['reply_p95_ms']:.1f} ms); settled on {last_method!r} {p['settle_s']:.2f} s after the last; "
+            f"{p['reloads']} reloads built, {p['reloads_coalesced']} coalesced; {p['frames_answered']} of "
+            f"~{p['frames_sent']} frames answered during the storm")
+        report["node_alive"] = proc.poll() is None
+        report["diagnostics"] = dict(diag)
+    finally:
+        stop.set()
+        node_proc.stop()
+        executor.shutdown()
+        peer.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return report
