@@ -1,4 +1,10 @@
-"""``bench --profile-step``: every method's step and floor on the committed driveseg at a small size."""
+"""``bench --profile-step``: every method's step and floor on the committed driveseg at a small size;
+the real command keeps torch.profiler's C++ (Kineto) lines off the terminal on a machine without CUDA."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -30,3 +36,27 @@ def test_step_floor_and_breakdown(name, frames):
     # the NaN guard ran (the node's default) and the snapshot it takes is labelled
     assert r["nan_guard"] and (parts["snapshot"] > 0 or name == "norm")
     assert sum(parts.values()) + r["floor_ms"] == pytest.approx(r["step_ms"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the quieting applies only without CUDA")
+def test_profile_step_prints_no_kineto_lines_without_cuda(tmp_path):
+    """Before: ``USDT ... profiler_start``/``profiler_stop`` and ``ERROR ... gpuGetDeviceCount failed``
+    from Kineto on the process's stderr. The smallest real run: one method, window 1, one thread."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([repo] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    done = subprocess.run([sys.executable, "-m", "tta_perception.cli.main", "bench", "--profile-step",
+                           "--methods", "norm", "--window", "1", "--threads", "1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "adaptation step vs its floor" in out and "| norm |" in out
+    noisy = [line for line in out.splitlines() if "ERROR" in line or "USDT" in line]
+    assert not noisy, noisy
+    assert (tmp_path / "profile_step.json").is_file()
+
+
+def test_profiler_leaves_the_environment_as_it_was(frames):
+    before = os.environ.get("KINETO_LOG_LEVEL")
+    profile_method("norm", frames, window=1, repeats=1, warmup=0, node_params={"input_size": [32, 64]})
+    assert os.environ.get("KINETO_LOG_LEVEL") == before

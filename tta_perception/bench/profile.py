@@ -19,7 +19,9 @@ run mean anything.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import statistics
 import time
 from pathlib import Path
@@ -107,6 +109,32 @@ FLOORS: dict[str, Callable[[Any, torch.Tensor], None]] = {
 }
 
 
+@contextlib.contextmanager
+def _kineto_quiet_without_cuda():
+    """Keep Kineto (torch.profiler's C++ back end) off the terminal on a machine without CUDA.
+
+    Even with only ``ProfilerActivity.CPU`` requested, a CUDA build of torch starts Kineto, which logs
+    its ``USDT ... profiler_start``/``profiler_stop`` probe markers (a severity above ERROR) and, in
+    post-processing, ``ERROR ... gpuGetDeviceCount failed`` (no driver) straight to the process's
+    stderr, below Python. Kineto reads its minimum severity from ``KINETO_LOG_LEVEL`` once, when the
+    profiler first starts in the process; set above every severity for that start (and restored
+    right after, so neither this process's environment nor its children's change). A user's own
+    ``KINETO_LOG_LEVEL`` wins; with CUDA present nothing changes.
+    """
+    if "KINETO_LOG_LEVEL" in os.environ or torch.cuda.is_available():
+        yield
+        return
+    os.environ["KINETO_LOG_LEVEL"] = _KINETO_SILENT
+    try:
+        yield
+    finally:
+        os.environ.pop("KINETO_LOG_LEVEL", None)
+
+
+#: above every Kineto severity (VERBOSE 0 ... USDT 5 in torch 2.14; fewer in older releases)
+_KINETO_SILENT = "100"
+
+
 def _ms(fn: Callable[[], None]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -139,7 +167,9 @@ def profile_method(name: str, frames: Sequence[torch.Tensor], *, window: int = 4
             step_times.append(_ms(adapter._adapt_once))
             floor_times.append(_ms(lambda: floor_fn(shadow, batch)))
         step_ms, floor_ms = statistics.median(step_times), statistics.median(floor_times)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        # CPU activities only: the method runs on the CPU (device="cpu" above)
+        with _kineto_quiet_without_cuda(), \
+                torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             for _ in range(repeats):
                 adapter._adapt_once()
         labelled: dict[str, float] = {k: 0.0 for k in LABELS}

@@ -28,7 +28,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from .spin import ConfigError, declare_parameters, publish_status, spin_node
+from .spin import ConfigError, declare_parameters, describe, format_help, publish_status, spin_node, table_help
 from ..runtime.messages import WEATHER_TOPIC, weather_json
 
 NODE_NAME = "carla_weather"
@@ -299,9 +299,22 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _help_text() -> str:
+    """``carla_weather --help``: the parameters from ``PARAMS`` (the table that declares them)."""
+    return format_help(NODE_NAME, describe(__doc__), table_help(PARAMS), sections=(
+        ("topics out", [f"{WEATHER_TOPIC}, {WEATHER_TOPIC}/latest (std_msgs/String JSON, the weather applied; "
+                        "/latest latched)",
+                        "/diagnostics (diagnostic_msgs/DiagnosticArray)"]),
+        ("needs", ["the 'carla' Python package matching the server, and a CARLA server at host:port "
+                   "(retried with back-off until then)"]),
+    ))
+
+
 def main(args: Optional[list[str]] = None) -> int:
-    """``ros2 run tta_perception carla_weather``."""
-    return spin_node(CarlaWeather, "carla_weather", args, finish=lambda node: node.stop())
+    """``ros2 run tta_perception carla_weather``; ``-h``/``--help`` prints the parameters without
+    initialising rclpy."""
+    return spin_node(CarlaWeather, "carla_weather", args, finish=lambda node: node.stop(),
+                     help_text=_help_text)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,7 +40,7 @@ from ..runtime.image_codec import DEFAULT_MAX_PIXELS, ImageError
 from ..runtime.messages import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns
 from .convert import labels_of, rgb_of
 from .qos import latched_qos
-from .spin import ConfigError, declare_parameters, publish_status, spin_node
+from .spin import ConfigError, declare_parameters, describe, format_help, publish_status, spin_node, table_help
 
 NODE_NAME = "evaluator"
 TRUTH_ENCODINGS = ("class_ids", "carla_palette")
@@ -252,9 +252,24 @@ def _finish(node: "Evaluator") -> None:
         print("[evaluator] wrote " + ", ".join(str(p) for p in written.values()), file=sys.stderr)
 
 
+def _help_text() -> str:
+    """``evaluator --help``: the parameters from ``PARAMS`` (the table that declares them)."""
+    return format_help(NODE_NAME, describe(__doc__), table_help(PARAMS), sections=(
+        ("topics in", [f"{TRUTH_TOPIC} (sensor_msgs/Image; truth_encoding)",
+                       f"{WEATHER_TOPIC} (std_msgs/String JSON)",
+                       "each of prediction_topics (sensor_msgs/Image mono8 class ids) and its "
+                       "<namespace>/domain (std_msgs/String JSON, latched)"]),
+        ("topics out", ["~/metrics (std_msgs/String JSON)", "/diagnostics (diagnostic_msgs/DiagnosticArray)"]),
+        ("services", ["~/write (std_srvs/Trigger): write the CSV / JSON / PNG files now"]),
+        ("files", ["<output_dir>/<prefix>frames.csv, domains.csv, summary.json, plot.png (at shutdown, "
+                   "every write_period and on ~/write)"]),
+    ))
+
+
 def main(args: Optional[list[str]] = None) -> int:
-    """``ros2 run tta_perception evaluator``; writes its files on Ctrl-C / launch shutdown."""
-    return spin_node(Evaluator, "evaluator", args, finish=_finish)
+    """``ros2 run tta_perception evaluator``; writes its files on Ctrl-C / launch shutdown; ``-h``/``--help``
+    prints the parameters without initialising rclpy."""
+    return spin_node(Evaluator, "evaluator", args, finish=_finish, help_text=_help_text)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,7 +38,8 @@ from ..runtime.memory import keep_freed_memory
 from ..runtime.session import Session
 from . import convert
 from .qos import image_qos, latched_qos, output_qos, service_qos
-from .spin import ignore_further_signals
+from .spin import (ParamHelp, describe, format_help, help_requested, ignore_further_signals, init_rclpy,
+                   print_help)
 
 NODE_NAME = "tta_node"
 _PARAM_TYPES = {
@@ -420,8 +421,40 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _param_help(spec: "P.Spec") -> ParamHelp:
+    return ParamHelp(spec.name, spec.type, spec.default, spec.when + (", read-only" if spec.read_only else ""),
+                     spec.description, P.allowed(spec))
+
+
+#: what --help lists besides the parameters (the node's create_* calls in TTANode are the source)
+_HELP_SECTIONS = (
+    ("topics in", ["image (sensor_msgs/Image), or image/compressed (sensor_msgs/CompressedImage) with "
+                   "compressed:=true"]),
+    ("topics out", ["segmentation: class_ids (mono8), confidence (mono8), confidence_float (32FC1), "
+                    "overlay (rgb8) (sensor_msgs/Image)",
+                    "classification: classification_json (std_msgs/String), classification "
+                    "(vision_msgs/Classification, where installed)",
+                    "class_names, domain (std_msgs/String JSON, latched); label_info (vision_msgs/LabelInfo, "
+                    "where installed)",
+                    "/diagnostics (diagnostic_msgs/DiagnosticArray)"]),
+    ("services", ["~/enable (std_srvs/SetBool), ~/reset, ~/save (std_srvs/Trigger)",
+                  "lifecycle: ~/change_state, ~/get_state, ~/get_available_states, "
+                  "~/get_available_transitions (autostart:=false waits for them)"]),
+)
+
+
+def _help_text() -> str:
+    """``tta_node --help``: every parameter of ``runtime.params.SPECS`` (the table that declares them)."""
+    return format_help(
+        NODE_NAME, describe(__doc__), [_param_help(s) for s in P.SPECS], sections=_HELP_SECTIONS,
+        when_legend=P.WHEN_LEGEND)
+
+
 def main(args: Optional[list[str]] = None) -> int:
-    """Entry point of ``ros2 run tta_perception tta_node`` (and of the launch file)."""
+    """Entry point of ``ros2 run tta_perception tta_node`` (and of the launch file); ``-h``/``--help``
+    (before ``--ros-args``) prints the parameters and exits 0 without initialising rclpy."""
+    if help_requested(sys.argv if args is None else args):
+        return print_help(_help_text())
     import rclpy
     import rclpy.exceptions
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -429,7 +462,9 @@ def main(args: Optional[list[str]] = None) -> int:
     invalid_handle = getattr(rclpy.exceptions, "InvalidHandle", ())  # () catches nothing
 
     keep_freed_memory()
-    rclpy.init(args=args)
+    refused = init_rclpy(NODE_NAME, args)
+    if refused is not None:
+        return refused
     node = None
     try:
         # the executor first, while the context is surely valid: made after a start-up that a

@@ -33,7 +33,7 @@ from std_msgs.msg import Header, String
 from ..runtime import image_codec as codec
 from ..runtime.messages import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, stamp_to_ns, weather_json
 from .convert import mono8_image, rgb_image
-from .spin import ConfigError, declare_parameters, publish_status, spin_node
+from .spin import ConfigError, declare_parameters, describe, format_help, publish_status, spin_node, table_help
 
 NODE_NAME = "weather_camera"
 ENCODINGS = tuple(codec.ENCODINGS)  # what codec.rgb_to_raw writes, not every INPUT_ENCODINGS
@@ -230,9 +230,22 @@ class WeatherCamera(Node):
         self._thread.join(timeout=5.0)
 
 
+def _help_text() -> str:
+    """``weather_camera --help``: the parameters from ``PARAMS`` (the table that declares them)."""
+    return format_help(NODE_NAME, describe(__doc__), table_help(PARAMS), sections=(
+        ("topics out", [f"{IMAGE_TOPIC} (sensor_msgs/Image, 'encoding')",
+                        f"{TRUTH_TOPIC} (sensor_msgs/Image mono8, 255 = unlabeled; publish_ground_truth)",
+                        f"{WEATHER_TOPIC}, {WEATHER_TOPIC}/latest (std_msgs/String JSON; /latest latched)",
+                        "/diagnostics (diagnostic_msgs/DiagnosticArray)"]),
+        ("clock", ["use_sim_time:=true: the timer and the stamps follow /clock"]),
+    ))
+
+
 def main(args: Optional[list[str]] = None) -> int:
-    """``ros2 run tta_perception weather_camera`` (and the launch files)."""
-    return spin_node(WeatherCamera, "weather_camera", args, finish=lambda node: node.stop())
+    """``ros2 run tta_perception weather_camera`` (and the launch files); ``-h``/``--help`` prints the
+    parameters without initialising rclpy."""
+    return spin_node(WeatherCamera, "weather_camera", args, finish=lambda node: node.stop(),
+                     help_text=_help_text)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -228,6 +228,20 @@ def check_all(cfg: dict[str, Any], methods: Optional[Iterable[str]] = None) -> l
     return [m for s in SPECS if (m := check(s.name, cfg.get(s.name, s.default), methods))]
 
 
+#: what the ``when`` of a parameter means (config/adapt.yaml's header and ``tta_node --help``)
+WHEN_LEGEND = ("[when] a new value takes effect: live (at once), reload (model rebuilt in the background), "
+               "subscription (input re-subscribed), startup (next configure); read-only: start-up only.")
+
+
+def allowed(spec: Spec) -> str:
+    """The values ``spec`` allows, as one sentence ('' when any value of its type is)."""
+    if spec.choices:
+        return "One of: " + ", ".join(spec.choices) + "."
+    if spec.range:
+        return f"Range: {spec.range[0]}..{spec.range[1]}" + (" (or [0, 0])." if spec.name == "input_size" else ".")
+    return ""
+
+
 def render_yaml(node: str = "/**/tta_node") -> str:
     """config/adapt.yaml as generated from the table (a test keeps the shipped file identical)."""
     import json
@@ -251,8 +265,7 @@ def render_yaml(node: str = "/**/tta_node") -> str:
         "# once launched with namespace:=...).",
         "# Use: ros2 launch tta_perception adapt.launch.py params_file:=<this file>",
         "#      ros2 run tta_perception tta_node --ros-args --params-file config/adapt.yaml",
-        "# [when] a new value takes effect: live (at once), reload (model rebuilt in the background),",
-        "# subscription (input re-subscribed), startup (next configure); read-only: start-up only.",
+        *("# " + line for line in textwrap.wrap(WHEN_LEGEND, 96)),
         f"{node}:",
         "  ros__parameters:",
     ]
@@ -261,10 +274,8 @@ def render_yaml(node: str = "/**/tta_node") -> str:
         if s.name in groups:
             lines.append(f"    # --- {groups[s.name]} ---")
         text = f"{s.description} [{s.when}{', read-only' if s.read_only else ''}]"
-        if s.choices:
-            text += " One of: " + ", ".join(s.choices) + "."
-        elif s.range:
-            text += f" Range: {s.range[0]}..{s.range[1]}" + (" (or [0, 0])." if s.name == "input_size" else ".")
+        if allowed(s):
+            text += " " + allowed(s)
         lines += ["    # " + line for line in textwrap.wrap(text, 96)]
         if s.type == "str_array" and not s.default:
             lines.append(f"    # {s.name}: [road, sidewalk, ...]   (unset; an empty list has no ROS type)")
