@@ -320,7 +320,7 @@ def test_binary_or_malformed_parameter_files_are_one_line_naming_the_file(tmp_pa
         capsys.readouterr()
         assert cli(["replay", str(tmp_path / "nobag"), "--out", str(tmp_path / "o"), "--params-file", str(path)]) == 2
         assert str(path) in _one_error_line(capsys.readouterr().err)
-    with pytest.raises(ValueError, match="is not a file"):
+    with pytest.raises(ValueError, match="is a directory, not a parameter file"):
         load_params_file(tmp_path)
 
 

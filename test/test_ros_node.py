@@ -329,7 +329,7 @@ def test_lifecycle_over_dds_frees_and_reloads_the_model(ros):
 
     # deactivate frees the model (as yolo_ros), keeping the adapted state on the CPU ...
     assert change(Transition.TRANSITION_DEACTIVATE).success
-    assert rig.node._subscription is None and rig.count("state") == "inactive"
+    assert rig.node._subscriptions == [] and rig.count("state") == "inactive"
     assert rig.node._pipeline is None
     # ... which activate restores
     assert change(Transition.TRANSITION_ACTIVATE).success
@@ -526,7 +526,7 @@ def test_cuda_out_of_memory_at_run_time_reloads_on_cpu(ros):
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
 
-    pipe.infer = oom
+    pipe.infer_batch = oom
     rig.pub().publish(H.image_msg(H.frame(32, 64), stamp=(1, 0)))
     H.wait_until(lambda: rig.count("cuda_oom") == 1, what="the out-of-memory to be counted")
     rig.send_until(lambda: H.image_msg(H.frame(32, 64), stamp=(2, 0)), "class_ids", stamp_is(2))

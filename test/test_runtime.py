@@ -14,7 +14,7 @@ import yaml
 
 from tta_perception.runtime import image_codec as codec
 from tta_perception.runtime import params as P
-from tta_perception.runtime.frames import LatestSlot
+from tta_perception.runtime.frames import CameraSlots
 from tta_perception.runtime.health import Health, percentile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_adapt_yaml_matches_the_parameter_table():
     unknown = set(values) - set(P.SPEC)
     assert not unknown, f"adapt.yaml has parameters the node does not declare: {unknown}"
     # every parameter is in the file (class_names is commented: an empty list has no ROS type)
-    assert set(P.SPEC) - set(values) == {"class_names"}
+    assert set(P.SPEC) - set(values) == {s.name for s in P.SPECS if s.type == "str_array" and not s.default}
     for name, value in values.items():
         assert P.check(name, value) is None, P.check(name, value)
         assert value == P.SPEC[name].default, f"adapt.yaml {name}={value!r} differs from the default"
@@ -184,21 +184,21 @@ def test_every_parameter_has_a_description_and_a_known_change_mode():
 
 
 # ------------------------------------------------------------------------------ mailbox and stats
-def test_latest_slot_keeps_only_the_newest_and_reports_drops():
-    slot = LatestSlot()
-    assert slot.put(1) is False
-    assert slot.put(2) is True  # 1 was never taken: dropped
-    assert slot.put(3) is True
-    assert slot.take(0) == 3
-    assert slot.take(0) is None
+def test_camera_slots_keep_only_the_newest_of_each_camera_and_report_drops():
+    slot = CameraSlots(["front", "rear"])
+    assert slot.put("rear", 1) is False
+    assert slot.put("rear", 2) is True  # 1 was never taken: dropped
+    assert slot.put("front", 3) is False  # another camera's frame is no drop
+    assert slot.take_all(0) == [("front", 3), ("rear", 2)]  # the cameras' order
+    assert slot.take_all(0) == []
     got = []
-    t = threading.Thread(target=lambda: got.append(slot.take(30)))
+    t = threading.Thread(target=lambda: got.append(slot.take_all(30)))  # a silent camera is not awaited
     t.start()
-    slot.put(4)
+    slot.put("rear", 4)
     t.join(30)
-    assert got == [4]
+    assert got == [[("rear", 4)]]
     slot.close()
-    assert slot.take(30) is None and slot.closed
+    assert slot.take_all(30) == [] and slot.closed
 
 
 def test_health_counts_and_percentiles():
@@ -281,7 +281,7 @@ def test_pipeline_postprocessing_matches_softmax_and_marks_nan_unlabeled():
     try:
         logits = torch.randn(3, 32, 64, generator=torch.Generator().manual_seed(0)) * 3
         logits[1, 5, 7] = float("nan")
-        pipe.adapter.predict = lambda x: logits.clone()
+        pipe.adapter.predict_batch = lambda x, adapt=None: logits.clone()[None]
         rgb = H.frame(32, 64)
         r = pipe.infer(rgb, output_size="model", confidence_float=True)
         prob = torch.softmax(logits, 0)

@@ -23,7 +23,7 @@ MiB = 1 << 20
 CAPS = {
     "weights": 8192 * MiB,
     "calibration": 1 * MiB,
-    "parameter file": 4 * MiB,
+    "parameter": 4 * MiB,
 }
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),

@@ -32,20 +32,27 @@ def set_bn_mode(model: nn.Module, mode: str, momentum: float | None = None) -> N
     - ``"source"``: eval, running (source or EMA-of-test) statistics.
     - ``"batch"``: normalise with the batch statistics, never touch the running buffers
       (used for block selection / warm-up copies and for side computations).
+    - ``"frame"``: as ``"batch"``, but each frame of a batch with its own statistics
+      (``PerFrameBatchNorm2d``): the streaming protocol's per-frame statistics for a batch of
+      frames from several cameras; identical to ``"batch"`` for one frame.
     - ``"batch_ema"``: normalise with the batch statistics and update the running buffers as an
       EMA with ``momentum`` (what adapting methods use; see the module docstring).
     """
-    from ..models.base import SingleFrameBatchNorm2d
+    from ..models.base import PerFrameBatchNorm2d, SingleFrameBatchNorm2d
 
     model.eval()  # dropout / stochastic depth off, as the reference framework does
     for m in bn_modules(model):
         if mode != "source" and type(m) is nn.BatchNorm2d:
             m.__class__ = SingleFrameBatchNorm2d  # batch 1, 1x1: running statistics instead of failing
+        if mode == "frame" and type(m) is SingleFrameBatchNorm2d:
+            m.__class__ = PerFrameBatchNorm2d  # same parameters and buffers: a copy stays loadable
+        elif mode != "frame" and type(m) is PerFrameBatchNorm2d:
+            m.__class__ = SingleFrameBatchNorm2d
         if mode == "source":
             m.eval()
             if m.running_mean is not None:
                 m.track_running_stats = True
-        elif mode == "batch":
+        elif mode in ("batch", "frame"):
             m.train()
             m.track_running_stats = False  # F.batch_norm then gets running=None: no update
         elif mode == "batch_ema":

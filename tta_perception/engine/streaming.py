@@ -51,7 +51,7 @@ import copy
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -154,12 +154,28 @@ class StreamingAdapter:
     @torch.no_grad()
     def predict(self, frame: torch.Tensor) -> torch.Tensor:
         """Prediction for ``frame`` with the current weights; never waits for adaptation."""
-        if self._closed:
-            raise RuntimeError("StreamingAdapter is closed")
         squeeze = frame.dim() == 3
         x = frame.unsqueeze(0) if squeeze else frame
         if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise ValueError(f"expected a frame (3, H, W) or (1, 3, H, W), got {tuple(frame.shape)}")
+        out = self.predict_batch(x)
+        return out[0] if squeeze else out
+
+    @torch.no_grad()
+    def predict_batch(self, frames: torch.Tensor, adapt: Sequence[bool] | None = None) -> torch.Tensor:
+        """Predictions for a batch of frames (N, 3, H, W) in one forward pass: the newest frame of
+        each of N cameras. With ``bn_stats='frame'`` each frame keeps its own BatchNorm statistics
+        (``PerFrameBatchNorm2d``), so the result equals N single-frame predictions. The frames whose
+        ``adapt`` flag is set (default: all) join the adaptation window in order and count towards
+        ``adapt_every``; the others are only predicted. Domain memory observes the first frame."""
+        if self._closed:
+            raise RuntimeError("StreamingAdapter is closed")
+        x = frames
+        if x.dim() != 4 or x.shape[0] < 1 or x.shape[1] != 3:
+            raise ValueError(f"expected frames (N, 3, H, W), got {tuple(frames.shape)}")
+        flags = [True] * x.shape[0] if adapt is None else [bool(a) for a in adapt]
+        if len(flags) != x.shape[0]:
+            raise ValueError(f"adapt has {len(flags)} flags for {x.shape[0]} frames")
         if not x.is_floating_point():
             raise ValueError(f"expected float images in [0, 1], got dtype {x.dtype}")
         x = x.to(self.method.device, non_blocking=True)
@@ -194,14 +210,16 @@ class StreamingAdapter:
             c["frames"] += 1
             c["last_predict_ms"] = ms
             c["mean_predict_ms"] = ms if c["frames"] == 1 else c["mean_predict_ms"] + (ms - c["mean_predict_ms"]) / c["frames"]
-            self._frames.append(x[0].detach().clone())
-            self._handover.frames_written()
-            if self._enabled:
-                self._since_adapt += 1
-                if self._since_adapt >= self.adapt_every and len(self._frames) >= self.min_window:
-                    self._since_adapt = 0
-                    request = True
-                    c["adapt_requests"] += 1
+            for i in (i for i, a in enumerate(flags) if a):
+                self._frames.append(x[i].detach().clone())
+                if self._enabled:
+                    self._since_adapt += 1
+            if any(flags):
+                self._handover.frames_written()
+            if self._enabled and self._since_adapt >= self.adapt_every and len(self._frames) >= self.min_window:
+                self._since_adapt = 0
+                request = True
+                c["adapt_requests"] += 1
         if request:
             if self.background:
                 with self._wake:
@@ -214,8 +232,7 @@ class StreamingAdapter:
                 self.on_request()
             else:
                 self._adapt_once()
-        out = out.detach()
-        return out[0] if squeeze else out
+        return out.detach()
 
     # ------------------------------------------------------------------ adaptation path
     def _setup_worker_thread(self) -> None:
@@ -352,7 +369,7 @@ class StreamingAdapter:
         mods = {k: copy.deepcopy(m) for k, m in self.method.inference_modules().items()}
         for m in mods.values():
             # eval BN on the running (EMA-of-test) statistics, or the frame's own (buffers untouched)
-            set_bn_mode(m, "batch" if self.bn_stats == "frame" else "source")
+            set_bn_mode(m, "frame" if self.bn_stats == "frame" else "source")
             m.requires_grad_(False)
         return mods
 

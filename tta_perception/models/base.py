@@ -83,6 +83,24 @@ class SingleFrameBatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
+class PerFrameBatchNorm2d(SingleFrameBatchNorm2d):
+    """Training-mode BatchNorm whose statistics are each frame's own, also in a batch of frames
+    from several cameras: a batch of N normalises exactly as N batch-1 forwards would (the
+    streaming protocol's per-frame statistics), instead of pooling the cameras' statistics. The
+    N frames are laid side by side as N*C channels of one image, so one ``F.batch_norm`` call does
+    it. One frame: the parent's computation, unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if not self.training or n == 1 or x.dim() != 4 or x.shape[2] * x.shape[3] <= 1:
+            return super().forward(x)
+        c = x.shape[1]
+        weight = self.weight.repeat(n) if self.weight is not None else None
+        bias = self.bias.repeat(n) if self.bias is not None else None
+        y = F.batch_norm(x.reshape(1, n * c, *x.shape[2:]), None, None, weight, bias, True, 0.0, self.eps)
+        return y.reshape(x.shape)
+
+
 def check_model(model: nn.Module) -> None:
     """Raise a clear error if ``model`` does not follow the contract above."""
     for attr in ("task", "num_classes", "candidate_blocks", "forward_features", "classify"):

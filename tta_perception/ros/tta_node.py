@@ -85,11 +85,12 @@ class TTANode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._subscription = None
+        self._subscriptions: list[Any] = []
         self._worker: Optional[FrameWorker] = None
         self._pubs: dict[str, Any] = {}
         self._last_bad_total = 0
-        self._last_domain: Optional[int] = None
+        self._camera_bad: dict[str, int] = {}
+        self._last_domain: dict[str, int] = {}  # per camera
         self._vm = _vision_msgs()
 
         self._rollback_thread: Optional[int] = None  # the thread putting rolled-back values back
@@ -215,7 +216,7 @@ class TTANode(LifecycleNode):
         pipe = self.session.pipeline
         if not had_model and (not self._pubs or self.session.last_task != (pipe.task, pipe.class_names)):
             self._make_publishers(pipe)
-        self._worker = FrameWorker(self._process, self.session.frame_failed)
+        self._worker = FrameWorker(self._process, self.session.frame_failed, cameras=self._cameras)
         self._subscribe()
         return TransitionCallbackReturn.SUCCESS
 
@@ -241,8 +242,8 @@ class TTANode(LifecycleNode):
 
     def _stop_processing(self) -> None:
         """Unsubscribe and stop the worker (idempotent)."""
-        sub, self._subscription = self._subscription, None
-        if sub is not None:
+        subs, self._subscriptions = self._subscriptions, []
+        for sub in subs:
             self.destroy_subscription(sub)
         worker, self._worker = self._worker, None
         if worker is not None:
@@ -260,19 +261,32 @@ class TTANode(LifecycleNode):
             self._make_publishers(new)
 
     # ================================================================== topics
+    @property
+    def _cameras(self) -> list[str]:
+        """The cameras' names ('' for the single camera on ``image``)."""
+        return self.session.cameras or [""]
+
+    @staticmethod
+    def _topic(camera: str, name: str) -> str:
+        return f"{camera}/{name}" if camera else name
+
     def _make_publishers(self, pipe: Any) -> None:
-        """Create the outputs of ``pipe``'s task; the old set is destroyed only after the swap so the
-        worker never publishes on a destroyed publisher."""
+        """Create the outputs of ``pipe``'s task, under ``C/`` for each camera C (the class names and
+        ``label_info`` once per node); the old set is destroyed only after the swap so the worker
+        never publishes on a destroyed publisher."""
         old, out, pubs = self._pubs, output_qos(), {}
-        if pipe.task == "segmentation":
-            for name in ("class_ids", "confidence", "confidence_float", "overlay"):
-                pubs[name] = self.create_publisher(Image, name, out)
-        else:
-            pubs["classification_json"] = self.create_publisher(String, "classification_json", out)
-            if self._vm is not None:
-                pubs["classification"] = self.create_publisher(self._vm.Classification, "classification", out)
+        for cam in self._cameras:
+            topic = lambda name: self._topic(cam, name)  # noqa: E731
+            if pipe.task == "segmentation":
+                for name in ("class_ids", "confidence", "confidence_float", "overlay"):
+                    pubs[topic(name)] = self.create_publisher(Image, topic(name), out)
+            else:
+                pubs[topic("classification_json")] = self.create_publisher(String, topic("classification_json"), out)
+                if self._vm is not None:
+                    pubs[topic("classification")] = self.create_publisher(self._vm.Classification,
+                                                                          topic("classification"), out)
+            pubs[topic("domain")] = self.create_publisher(String, topic("domain"), latched_qos())
         pubs["class_names"] = self.create_publisher(String, "class_names", latched_qos())
-        pubs["domain"] = self.create_publisher(String, "domain", latched_qos())
         if self._vm is not None and hasattr(self._vm, "LabelInfo"):
             pubs["label_info"] = self.create_publisher(self._vm.LabelInfo, "label_info", latched_qos())
         self._pubs = pubs
@@ -286,60 +300,73 @@ class TTANode(LifecycleNode):
                                                           self._vm))
 
     def _subscribe(self) -> None:
-        if self._subscription is not None:
-            self.destroy_subscription(self._subscription)
-            self._subscription = None
+        for sub in self._subscriptions:
+            self.destroy_subscription(sub)
+        self._subscriptions = []
         cfg = self.session.effective_cfg()
         qos = image_qos(cfg["qos_reliability"], cfg["qos_depth"])
-        if cfg["compressed"]:
-            self._subscription = self.create_subscription(
-                CompressedImage, "image/compressed", lambda m: self._on_frame(m, True), qos)
-        else:
-            self._subscription = self.create_subscription(
-                Image, "image", lambda m: self._on_frame(m, False), qos)
-        self.get_logger().info(f"listening on {self._subscription.topic_name} "
+        for cam in self._cameras:
+            if cfg["compressed"]:
+                sub = self.create_subscription(CompressedImage, self._topic(cam, "image/compressed"),
+                                               lambda m, c=cam: self._on_frame(m, True, c), qos)
+            else:
+                sub = self.create_subscription(Image, self._topic(cam, "image"),
+                                               lambda m, c=cam: self._on_frame(m, False, c), qos)
+            self._subscriptions.append(sub)
+        self.get_logger().info(f"listening on {', '.join(s.topic_name for s in self._subscriptions)} "
                                f"({cfg['qos_reliability']}, depth {cfg['qos_depth']})")
 
-    def _on_frame(self, msg: Any, compressed: bool) -> None:
-        """Executor thread: O(1), only keeps the newest frame (the previous unprocessed one is dropped)."""
+    def _on_frame(self, msg: Any, compressed: bool, camera: str = "") -> None:
+        """Executor thread: O(1), only keeps the newest frame of each camera (the previous
+        unprocessed one of that camera is dropped)."""
         import time
 
         stamp = msg.header.stamp
-        self.session.arrival(stamp.sec + stamp.nanosec * 1e-9)
+        self.session.arrival(stamp.sec + stamp.nanosec * 1e-9, camera)
         worker = self._worker
-        if worker is not None and worker.put((msg, compressed, time.monotonic())):
-            self.session.health.count("frames_dropped")
+        if worker is not None and worker.put((msg, compressed, time.monotonic()), camera):
+            self.session.count("frames_dropped", camera)
 
     # ================================================================== worker
-    def _process(self, item: tuple[Any, bool, float]) -> None:
-        msg, compressed, t_arrival = item
+    def _process(self, items: list[tuple[str, tuple[Any, bool, float]]]) -> None:
+        """The newest frame of every camera with one: decoded one by one (a bad frame only costs its
+        camera), predicted in one batch, published per camera."""
         cfg = self.session.cfg
-        try:
-            rgb = convert.rgb_of(msg, compressed, cfg["max_image_pixels"])
-        except codec.ImageError as err:
-            self.session.rejected(err)
+        frames = []
+        for cam, (msg, compressed, t_arrival) in items:
+            try:
+                frames.append((cam, msg, t_arrival, convert.rgb_of(msg, compressed, cfg["max_image_pixels"])))
+            except codec.ImageError as err:
+                self.session.rejected(err, cam)
+        if not frames:
             return
-        done = self.session.infer(
-            rgb, output_size=cfg["output_size"], top_k=cfg["top_k"], overlay_alpha=cfg["overlay_alpha"],
-            overlay=cfg["publish_overlay"] and self._listened("overlay"),
-            confidence=cfg["publish_confidence"] and self._listened("confidence"),
-            confidence_float=cfg["publish_confidence_float"] and self._listened("confidence_float"))
+        cams = [f[0] for f in frames]
+        listened = lambda name: [self._listened(self._topic(c, name)) for c in cams]  # noqa: E731
+        done = self.session.infer_batch(
+            [f[3] for f in frames], cams, output_size=cfg["output_size"], top_k=cfg["top_k"],
+            overlay_alpha=cfg["overlay_alpha"],
+            overlay=[cfg["publish_overlay"] and v for v in listened("overlay")],
+            confidence=[cfg["publish_confidence"] and v for v in listened("confidence")],
+            confidence_float=cfg["publish_confidence_float"] and any(listened("confidence_float")))
         if done is None:
             return
-        result, pipe, model_s = done
-        self._publish(result, msg.header, pipe, cfg)
-        self._publish_domain(pipe, msg.header)
-        self.session.done(result, t_arrival, model_s)
+        results, pipe, model_s = done
+        for (cam, msg, t_arrival, _), result in zip(frames, results):
+            self._publish(result, msg.header, pipe, cfg, cam)
+            self._publish_domain(pipe, msg.header, cam)
+            self.session.done(result, t_arrival, model_s, cam)
 
-    def _publish_domain(self, pipe: Any, header: Header) -> None:
-        """Domain memory: the domain on ``domain`` (latched JSON), published when it changes."""
+    def _publish_domain(self, pipe: Any, header: Header, camera: str = "") -> None:
+        """Domain memory: the domain on ``domain`` (latched JSON, under each camera), published when
+        it changes."""
         info = pipe.domain()
-        if info is None or info["id"] == self._last_domain or "domain" not in self._pubs:
+        topic = self._topic(camera, "domain")
+        if info is None or info["id"] == self._last_domain.get(camera) or topic not in self._pubs:
             return
-        self._last_domain = info["id"]
+        self._last_domain[camera] = info["id"]
         payload = {"stamp": {"sec": header.stamp.sec, "nanosec": header.stamp.nanosec},
                    "frame_id": header.frame_id, **info}
-        self._pubs["domain"].publish(String(data=json.dumps(payload)))
+        self._pubs[topic].publish(String(data=json.dumps(payload)))
 
     def _listened(self, name: str) -> bool:
         """Whether an optional output has a subscriber: maps nobody reads are not computed (as
@@ -350,21 +377,22 @@ class TTANode(LifecycleNode):
         except Exception:  # a publisher being destroyed by a reload: compute as asked
             return True
 
-    def _publish(self, result: Any, header_in: Header, pipe: Any, cfg: dict[str, Any]) -> None:
+    def _publish(self, result: Any, header_in: Header, pipe: Any, cfg: dict[str, Any], camera: str = "") -> None:
         pubs = self._pubs
         header = Header(stamp=header_in.stamp, frame_id=header_in.frame_id)
         if result.task == "segmentation":
-            if "class_ids" not in pubs:
+            if self._topic(camera, "class_ids") not in pubs:
                 return
             msgs = convert.segmentation_messages(result, header, confidence=cfg["publish_confidence"],
                                                  overlay=cfg["publish_overlay"])
         else:
-            if "classification_json" not in pubs:
+            if self._topic(camera, "classification_json") not in pubs:
                 return
             msgs = convert.classification_messages(result, pipe.class_names, header,
-                                                   self._vm if "classification" in pubs else None)
+                                                   self._vm if self._topic(camera, "classification") in pubs
+                                                   else None)
         for name, out in msgs.items():
-            pubs[name].publish(out)
+            pubs[self._topic(camera, name)].publish(out)
 
     # ================================================================== services
     def _srv_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
@@ -409,8 +437,27 @@ class TTANode(LifecycleNode):
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [status]
+        arr.status = [status] + self._camera_statuses(values)
         self._diag_pub.publish(arr)
+
+    def _camera_statuses(self, node_values: dict[str, Any]) -> list[DiagnosticStatus]:
+        """One status per camera (several cameras only): warn while it is silent (no frame for 2 s,
+        or none yet) or sends frames the node cannot decode."""
+        out = []
+        for cam, row in self.session.camera_diagnostics().items():
+            bad = sum(int(row[r]) for r in codec.REASONS)
+            age = row["last_frame_age_s"]
+            level, message = DiagnosticStatus.OK, f"{row['input_rate_hz']:.1f} Hz in, p50 {row['latency_p50_ms']:.0f} ms"
+            if math.isnan(age) or age > 2.0:
+                level, message = DiagnosticStatus.WARN, ("no frame yet" if math.isnan(age) else f"no frame for {age:.0f} s")
+            elif bad > self._camera_bad.get(cam, 0):
+                level, message = DiagnosticStatus.WARN, "bad frames received (see counters)"
+            self._camera_bad[cam] = bad
+            status = DiagnosticStatus(level=level, message=message, hardware_id=str(node_values["device"]),
+                                      name=f"tta_perception: {self.get_fully_qualified_name()} camera {cam}")
+            status.values = [KeyValue(key="camera", value=cam)] + [KeyValue(key=k, value=_fmt(v)) for k, v in row.items()]
+            out.append(status)
+        return out
 
 
 def _fmt(value: Any) -> str:

@@ -122,6 +122,7 @@ class Health:
                 rate = 0.0
             lat, model = list(self._latency), list(self._model_ms)
             period = self._gaps.period()
+            last = self._arrivals[-1] if self._arrivals else None
             out: dict[str, Any] = dict(self.counters)
             out.update(self.values)
         out["input_rate_hz"] = rate
@@ -129,4 +130,5 @@ class Health:
         out["latency_p95_ms"] = percentile(lat, 95)
         out["model_p50_ms"] = percentile(model, 50)
         out["stamp_period_ms"] = period * 1000.0
+        out["last_frame_age_s"] = (now - last) if last is not None else float("nan")
         return out

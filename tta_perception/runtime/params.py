@@ -15,6 +15,7 @@ parameter file / command line at start-up and refused at run time, so no DDS pee
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -26,6 +27,9 @@ TASK_OF_MODEL = {"seg": "segmentation", "cls": "classification"}
 DEFAULT_INPUT_SIZE = {"segmentation": (128, 256), "classification": (32, 32)}
 RELIABILITY = ("best_effort", "reliable", "system_default")
 OUTPUT_SIZES = ("input", "model")
+#: a camera name: a relative ROS name (its topics are <name>/image, <name>/class_ids, ...)
+CAMERA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
+MAX_CAMERAS = 16
 # Used only when the engine cannot be imported to list its methods (message wording, never behaviour).
 KNOWN_METHODS = ("source", "norm", "tent", "eata", "sar", "cotta", "rmt", "dplot")
 
@@ -129,6 +133,13 @@ SPECS: tuple[Spec, ...] = (
          "state_dir, or a path inside it; an existing file is replaced only if it is a node state. "
          "Empty: <state_dir>/<node>.pt.", "live"),
     # --- input ---
+    Spec("cameras", [], "str_array", "Several cameras, one adapted model: for each name C the node "
+         "subscribes to C/image (C/image/compressed with 'compressed') and publishes its outputs under C/; "
+         "the newest frame of every camera with one is predicted in one batch, each with its own BatchNorm "
+         "statistics. Empty: one camera on 'image'. Names: letters, digits, '_', '/' (a namespace), as "
+         "ROS topic names allow.", "startup"),
+    Spec("adapt_cameras", [], "str_array", "Cameras whose frames feed the shared adaptation window; the "
+         "others are only predicted. Empty: all of 'cameras'.", "live"),
     Spec("compressed", False, "bool", "Subscribe to sensor_msgs/CompressedImage on 'image/compressed' "
          "instead of sensor_msgs/Image on 'image'.", "subscription"),
     Spec("qos_reliability", "best_effort", "str", "Image subscription reliability; best_effort matches "
@@ -219,13 +230,27 @@ def check(name: str, value: Any, methods: Optional[Iterable[str]] = None) -> Opt
             return f"parameter 'method' must be one of {', '.join(methods)}; got {value!r}"
     if name == "model" and not value.strip():
         return "parameter 'model' must name an embedded model or a checkpoint path; got ''"
+    if name in ("cameras", "adapt_cameras"):
+        bad = [c for c in value if not CAMERA_RE.match(c)]
+        if bad:
+            return (f"parameter {name!r}: {bad[0]!r} is no camera name (letters, digits and '_', "
+                    "'/' between them: a valid relative ROS topic name)")
+        if len(set(value)) != len(value):
+            return f"parameter {name!r} names a camera twice: {_fmt(value)}"
+        if len(value) > MAX_CAMERAS:
+            return f"parameter {name!r}: at most {MAX_CAMERAS} cameras, got {len(value)}"
     return None
 
 
 def check_all(cfg: dict[str, Any], methods: Optional[Iterable[str]] = None) -> list[str]:
     """All problems of a full configuration, in declaration order."""
     methods = list(methods) if methods is not None else None
-    return [m for s in SPECS if (m := check(s.name, cfg.get(s.name, s.default), methods))]
+    problems = [m for s in SPECS if (m := check(s.name, cfg.get(s.name, s.default), methods))]
+    unknown = [c for c in cfg.get("adapt_cameras", []) if c not in cfg.get("cameras", [])]
+    if unknown and not problems:
+        problems.append(f"parameter 'adapt_cameras' names {unknown[0]!r}, which is not in 'cameras' "
+                        f"{_fmt(list(cfg.get('cameras', [])))}")
+    return problems
 
 
 #: what the ``when`` of a parameter means (config/adapt.yaml's header and ``tta_node --help``)
@@ -292,7 +317,7 @@ def load_params_file(path: str | Path, node: str = "tta_node") -> dict[str, Any]
 
     path = Path(path).expanduser()
     try:
-        text = read_bytes(path, "parameter file", "parameter file").decode("utf-8")
+        text = read_bytes(path, "parameter file", "parameter").decode("utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"parameter file {path} does not exist") from None
     except FileProblem as err:

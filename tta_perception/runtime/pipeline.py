@@ -217,14 +217,27 @@ class Pipeline:
         """Predict one frame. ``confidence`` / ``overlay`` False skip those maps (the node asks for
         them only while someone subscribes); the mean confidence and entropy for diagnostics then
         come from every 8th pixel."""
+        return self.infer_batch([rgb], output_size=output_size, top_k=top_k, overlay_alpha=overlay_alpha,
+                                overlay=overlay, confidence_float=confidence_float, confidence=confidence)[0]
+
+    def infer_batch(self, rgbs: list[np.ndarray], adapt: Optional[list[bool]] = None,
+                    output_size: str = "input", top_k: int = 5, overlay_alpha: float = 0.5,
+                    overlay: Any = True, confidence_float: bool = False, confidence: Any = True) -> list[Result]:
+        """Predict the newest frame of several cameras in one forward pass (frames of any size and
+        encoding: each is resized to the model's input). ``adapt[i]``: whether frame i feeds the
+        adaptation window (default: all). ``overlay``/``confidence``: one flag, or one per frame
+        (a camera whose map nobody reads does not compute it)."""
         import torch
 
-        x = self.to_input(rgb)
+        n = len(rgbs)
+        xs = [self.to_input(rgb) for rgb in rgbs]
         with torch.no_grad():
-            logits = self.adapter.predict(x)
-        return self.postprocess(logits, rgb, x, output_size=output_size, top_k=top_k,
-                                overlay_alpha=overlay_alpha, overlay=overlay,
-                                confidence_float=confidence_float, confidence=confidence)
+            logits = self.adapter.predict_batch(torch.stack(xs), adapt)
+        flag = lambda v, i: v[i] if isinstance(v, (list, tuple)) else v  # noqa: E731
+        return [self.postprocess(logits[i], rgbs[i], xs[i], output_size=output_size, top_k=top_k,
+                                 overlay_alpha=overlay_alpha, overlay=flag(overlay, i),
+                                 confidence_float=confidence_float, confidence=flag(confidence, i))
+                for i in range(n)]
 
     def postprocess(self, logits, rgb: np.ndarray, x, output_size: str = "input", top_k: int = 5,
                     overlay_alpha: float = 0.5, overlay: bool = True, confidence_float: bool = False,

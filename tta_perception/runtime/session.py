@@ -116,6 +116,9 @@ class Session:
         self._save_lock = threading.Lock()
         self._save_future: Optional[Any] = None  # concurrent.futures.Future of the save running
         self._warned_transport = False
+        # several cameras (the 'cameras' parameter, fixed at start-up): a Health each, beside the totals
+        self.cameras: list[str] = list(cfg.get("cameras") or [])
+        self.camera_health = {c: Health() for c in self.cameras}
         self._last_lost = 0  # lost_in_transport at the last status
         self.pipeline = None
         self.parked: Optional[dict[str, Any]] = None  # adapted state kept while inactive
@@ -155,6 +158,11 @@ class Session:
             kind = FILE_PARAMS[name]
             reason = problem(value.strip(), f"parameter {name!r}", kind,
                              self.weights_cap() if kind == "weights" else None)
+        if reason is None and name == "adapt_cameras":
+            unknown = [c for c in value if c not in self.cameras]
+            if unknown:
+                reason = (f"parameter 'adapt_cameras' names {unknown[0]!r}, which is not one of the node's "
+                          f"cameras ({', '.join(self.cameras) or 'none: the cameras parameter is empty'})")
         if reason is None and name == "save_path":
             from .state import save_target
 
@@ -436,10 +444,18 @@ class Session:
         return reverted
 
     # ================================================================== frames
-    def arrival(self, stamp_s: Optional[float] = None) -> None:
-        """A frame arrived (``stamp_s``: its header stamp). The first frames found lost before the
-        node (stamp gaps, ``lost_in_transport``) are reported once, with the remedy."""
-        lost = self.health.arrival(stamp_s=stamp_s)
+    def arrival(self, stamp_s: Optional[float] = None, camera: str = "") -> None:
+        """A frame arrived (``stamp_s``: its header stamp) from ``camera``. The first frames found
+        lost before the node (stamp gaps, per camera: ``lost_in_transport``) are reported once,
+        with the remedy."""
+        cam = self.camera_health.get(camera)
+        if cam is None:
+            lost = self.health.arrival(stamp_s=stamp_s)
+        else:  # the stamps of one camera make a chain; the node's total counts them all
+            lost = cam.arrival(stamp_s=stamp_s)
+            self.health.arrival()
+            if lost:
+                self.health.count("lost_in_transport", lost)
         if lost and not self._warned_transport:
             self._warned_transport = True
             cfg = self.cfg
@@ -450,27 +466,47 @@ class Session:
                              f"before this one, counted in lost_in_transport): large frames over "
                              f"{cfg['qos_reliability']} DDS; {remedy} (see the node documentation)")
 
-    def rejected(self, err: codec.ImageError) -> None:
-        """A frame that could not be decoded: counted by reason."""
-        self.health.count(err.reason)
-        self.log.warning(f"bad frame ({err.reason}): {err}", throttle=True)
+    def count(self, key: str, camera: str = "") -> None:
+        """A counter of the node, and of ``camera`` where there are several."""
+        self.health.count(key)
+        if camera in self.camera_health:
+            self.camera_health[camera].count(key)
+
+    def rejected(self, err: codec.ImageError, camera: str = "") -> None:
+        """A frame that could not be decoded: counted by reason (and camera)."""
+        self.count(err.reason, camera)
+        where = f" from camera {camera!r}" if camera else ""
+        self.log.warning(f"bad frame{where} ({err.reason}): {err}", throttle=True)
+
+    def adapt_flags(self, cameras: list[str]) -> list[bool]:
+        """Which of these cameras feed the adaptation window (``adapt_cameras``; empty: all)."""
+        chosen = set(self.cfg["adapt_cameras"] or self.cameras)
+        return [c in chosen or not self.cameras for c in cameras]
 
     def infer(self, rgb, **outputs: Any):
         """(result, pipeline, model seconds) of one decoded frame, or None when there is no model to
         run (a reload, CUDA out of memory: counted)."""
+        done = self.infer_batch([rgb], [""], **outputs)
+        return None if done is None else (done[0][0], done[1], done[2])
+
+    def infer_batch(self, rgbs: list, cameras: list[str], **outputs: Any):
+        """(results, pipeline, model seconds) of the newest decoded frame of several cameras, in one
+        forward pass, or None when there is no model to run (a reload, CUDA out of memory: counted)."""
         from .devices import is_cuda_oom
 
         with self.infer_lock:
             pipe = self.pipeline
             reloading = self.reloading.is_set()
             if pipe is None or (reloading and not self._serve_during_reload):
-                self.health.count("frames_during_reload")
+                for camera in cameras:
+                    self.count("frames_during_reload", camera)
                 return None
             if reloading:  # answered by the running model while the new one builds
-                self.health.count("frames_during_reload")
+                for camera in cameras:
+                    self.count("frames_during_reload", camera)
             t0 = time.monotonic()
             try:
-                result = pipe.infer(rgb, **outputs)
+                result = pipe.infer_batch(rgbs, self.adapt_flags(cameras), **outputs)
             except Exception as err:
                 if is_cuda_oom(err) and self.cfg["device"] == "auto" and pipe.device != "cpu":
                     self.health.count("cuda_oom")
@@ -482,12 +518,15 @@ class Session:
             model_s = time.monotonic() - t0
         return result, pipe, model_s
 
-    def done(self, result, t_arrival: float, model_s: float) -> None:
+    def done(self, result, t_arrival: float, model_s: float, camera: str = "") -> None:
         """Book-keeping once a frame's outputs are published."""
         if result.nonfinite:
-            self.health.count("nonfinite_outputs")
+            self.count("nonfinite_outputs", camera)
         self._last = {"confidence": result.mean_confidence, "entropy": result.mean_entropy}
-        self.health.processed(time.monotonic() - t_arrival, model_s)
+        latency = time.monotonic() - t_arrival
+        self.health.processed(latency, model_s)
+        if camera in self.camera_health:
+            self.camera_health[camera].processed(latency, model_s)
 
     def frame_failed(self, err: BaseException) -> None:
         self.health.count("inference_errors")
@@ -602,6 +641,23 @@ class Session:
                 out[key] = stats[key]
         out["config_error"] = self.config_error
         out["reload_error"] = self.reload_error
+        return out
+
+    #: what /diagnostics shows of each camera
+    CAMERA_KEYS = ("frames_received", "frames_processed", "frames_dropped", "lost_in_transport",
+                   *codec.REASONS, "nonfinite_outputs")
+
+    def camera_diagnostics(self) -> dict[str, dict[str, Any]]:
+        """Per camera: input rate, latency p50/p95, frames received/processed/dropped/lost, bad
+        inputs by kind, the age of its last frame (NaN before the first); empty with one camera."""
+        out = {}
+        for camera, health in self.camera_health.items():
+            snap = health.snapshot()
+            row = {k: snap.get(k, 0) for k in self.CAMERA_KEYS}
+            row.update({k: snap[k] for k in ("input_rate_hz", "stamp_period_ms", "latency_p50_ms",
+                                             "latency_p95_ms", "last_frame_age_s")})
+            row["adapts"] = self.adapt_flags([camera])[0]
+            out[camera] = row
         return out
 
     def status(self, last_bad_total: int) -> tuple[str, str, int, dict[str, Any]]:
