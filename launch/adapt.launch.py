@@ -4,6 +4,15 @@
     ros2 launch tta_perception adapt.launch.py image_topic:=/camera/image_raw compressed:=true \
         method:=tent device:=cpu namespace:=front use_sim_time:=true
 
+Several cameras, one adapted model (Autoware's camera topics):
+
+    ros2 launch tta_perception adapt.launch.py cameras:=front,rear,left,right \
+        image_topics:=/sensing/camera/camera0/image_rect_color,/sensing/camera/camera1/image_rect_color,\
+/sensing/camera/camera2/image_rect_color,/sensing/camera/camera3/image_rect_color
+
+Each camera C reads ``C/image`` (remapped to its entry of ``image_topics``, in the same order) and
+publishes under ``C/`` (``front/class_ids``, ...); without ``image_topics`` the topics stay relative.
+
 Empty ``task``/``method``/``device``/``model``/``compressed`` keep the value of ``params_file``
 (default: the installed config/adapt.yaml). The node configures and activates by itself
 (``autostart``); it is a launch_ros ``LifecycleNode`` so lifecycle events and ``ros2 lifecycle`` work.
@@ -33,7 +42,24 @@ ARGUMENTS = {
     "use_sim_time": ("false", "Use /clock (bag replay with --clock, CARLA bridge).", ["true", "false"]),
     "compressed": ("", "Override: subscribe to CompressedImage.", ["", "true", "false"]),
     "log_level": ("info", "Node log level.", ["debug", "info", "warn", "error", "fatal"]),
+    "cameras": ("", "Several cameras, one adapted model: comma-separated names (front,rear,...); each "
+                "reads <name>/image and publishes under <name>/. Empty: one camera on image_topic.", None),
+    "image_topics": ("", "With cameras: the input topic of each camera, comma-separated in the same "
+                     "order. Empty: <namespace>/<camera>/image.", None),
 }
+
+
+def _list(text: str) -> list:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _remaps(local: str, topic: str) -> list:
+    """``local/image`` (and its compressed twin) onto ``topic``."""
+    topic = topic.strip().rstrip("/")
+    compressed = topic if topic.endswith("/compressed") else topic + "/compressed"
+    base = topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
+    prefix = f"{local}/" if local else ""
+    return [(f"{prefix}image", base), (f"{prefix}image/compressed", compressed)]
 
 
 def node_settings(values: dict) -> dict:
@@ -44,15 +70,22 @@ def node_settings(values: dict) -> dict:
             overrides[key] = values[key].strip()
     if values["compressed"].strip():
         overrides["compressed"] = values["compressed"].strip().lower() == "true"
-    topic = values["image_topic"].strip().rstrip("/")
-    compressed_topic = topic if topic.endswith("/compressed") else topic + "/compressed"
+    cameras, topics = _list(values.get("cameras", "")), _list(values.get("image_topics", ""))
+    if topics and len(topics) != len(cameras):
+        raise ValueError(f"image_topics names {len(topics)} topic(s) for {len(cameras)} camera(s) "
+                         f"({', '.join(cameras) or 'cameras is empty'}): give one per camera, in the same order")
+    if cameras:
+        overrides["cameras"] = cameras
+        remappings = [r for cam, topic in zip(cameras, topics) for r in _remaps(cam, topic)]
+    else:
+        remappings = _remaps("", values["image_topic"])
     return {
         "package": PACKAGE,
         "executable": EXECUTABLE,
         "name": EXECUTABLE,
         "namespace": values["namespace"].strip(),
         "parameters": [values["params_file"], overrides],
-        "remappings": [("image", topic), ("image/compressed", compressed_topic)],
+        "remappings": remappings,
         "ros_arguments": ["--log-level", values["log_level"]],
         "output": "screen",
         "emulate_tty": True,
