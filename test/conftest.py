@@ -20,3 +20,8 @@ _ROS_TMP = tempfile.mkdtemp(prefix="tta_pytest_ros_")
 os.environ.setdefault("ROS_LOG_DIR", os.path.join(_ROS_TMP, "log"))
 os.environ.setdefault("ROS_HOME", os.path.join(_ROS_TMP, "home"))
 atexit.register(shutil.rmtree, _ROS_TMP, ignore_errors=True)
+
+
+def pytest_configure(config):
+    # deselect with `pytest -m "not network"`; such tests skip by themselves where PyPI is not reachable
+    config.addinivalue_line("markers", "network: needs PyPI (pip resolves real releases)")
