@@ -329,7 +329,7 @@ def test_lifecycle_over_dds_frees_and_reloads_the_model(ros):
 
     # deactivate frees the model (as yolo_ros), keeping the adapted state on the CPU ...
     assert change(Transition.TRANSITION_DEACTIVATE).success
-    assert rig.node._subscriptions == [] and rig.count("state") == "inactive"
+    assert rig.node._image_subs == [] and rig.count("state") == "inactive"
     assert rig.node._pipeline is None
     # ... which activate restores
     assert change(Transition.TRANSITION_ACTIVATE).success

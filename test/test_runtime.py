@@ -252,6 +252,20 @@ def test_launch_overrides_and_remaps():
     assert ("image/compressed", "/cam/image_raw/compressed") in s["remappings"]
 
 
+def test_launch_several_cameras_remaps_each_to_its_topic_in_order():
+    m = _launch_module()
+    topics = [f"/sensing/camera/camera{i}/image_rect_color" for i in range(4)]
+    s = m.node_settings(_defaults(m, cameras="front, rear,left,right", image_topics=",".join(topics)))
+    assert s["parameters"][1]["cameras"] == ["front", "rear", "left", "right"]
+    assert ("front/image", topics[0]) in s["remappings"] and ("right/image", topics[3]) in s["remappings"]
+    assert ("rear/image/compressed", topics[1] + "/compressed") in s["remappings"]
+    assert not any(local == "image" for local, _ in s["remappings"])  # image_topic is not used then
+    s = m.node_settings(_defaults(m, cameras="front,rear"))  # relative: <namespace>/<camera>/image
+    assert s["remappings"] == [] and s["parameters"][1]["cameras"] == ["front", "rear"]
+    with pytest.raises(ValueError, match="2 topic.*3 camera"):
+        m.node_settings(_defaults(m, cameras="a,b,c", image_topics="/x,/y"))
+
+
 def test_launch_description_with_real_launch():
     pytest.importorskip("launch")
     pytest.importorskip("launch_ros")

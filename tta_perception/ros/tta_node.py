@@ -85,7 +85,7 @@ class TTANode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._subscriptions: list[Any] = []
+        self._image_subs: list[Any] = []
         self._worker: Optional[FrameWorker] = None
         self._pubs: dict[str, Any] = {}
         self._last_bad_total = 0
@@ -242,7 +242,7 @@ class TTANode(LifecycleNode):
 
     def _stop_processing(self) -> None:
         """Unsubscribe and stop the worker (idempotent)."""
-        subs, self._subscriptions = self._subscriptions, []
+        subs, self._image_subs = self._image_subs, []
         for sub in subs:
             self.destroy_subscription(sub)
         worker, self._worker = self._worker, None
@@ -300,9 +300,9 @@ class TTANode(LifecycleNode):
                                                           self._vm))
 
     def _subscribe(self) -> None:
-        for sub in self._subscriptions:
+        for sub in self._image_subs:
             self.destroy_subscription(sub)
-        self._subscriptions = []
+        self._image_subs = []
         cfg = self.session.effective_cfg()
         qos = image_qos(cfg["qos_reliability"], cfg["qos_depth"])
         for cam in self._cameras:
@@ -312,8 +312,8 @@ class TTANode(LifecycleNode):
             else:
                 sub = self.create_subscription(Image, self._topic(cam, "image"),
                                                lambda m, c=cam: self._on_frame(m, False, c), qos)
-            self._subscriptions.append(sub)
-        self.get_logger().info(f"listening on {', '.join(s.topic_name for s in self._subscriptions)} "
+            self._image_subs.append(sub)
+        self.get_logger().info(f"listening on {', '.join(s.topic_name for s in self._image_subs)} "
                                f"({cfg['qos_reliability']}, depth {cfg['qos_depth']})")
 
     def _on_frame(self, msg: Any, compressed: bool, camera: str = "") -> None:
