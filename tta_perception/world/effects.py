@@ -116,12 +116,15 @@ def compose(buf: Buffers, wx: WeatherParameters, frame: int = 0, noise_seed: int
         x_cam = np.abs(u[None, :] * Z)
         cone = np.clip(1.0 - x_cam / (1.2 + 0.35 * Z), 0, 1)
         head = 2.5 * cone * 40.0 / (Z * Z + 40.0) * (surf != SURF_SKY)
+        if not getattr(buf, "headlights", True):  # a rear camera: the car's tail lights, dim and red
+            head = head * 0.25
         lamp_light = np.zeros((H, W), np.float32)
         g = surf == SURF_GROUND
         for lr, lz in buf.lamps:
             d2 = (buf.ground_r[g] - lr) ** 2 + (buf.ground_z[g] - lz) ** 2
             lamp_light[g] += 1.4 * np.exp(-d2 / (2 * 5.0 ** 2))
-        irr += (night * (head + lamp_light))[..., None] * np.array((1.0, 0.9, 0.7), np.float32)
+        colour = np.array((1.0, 0.9, 0.7) if getattr(buf, "headlights", True) else (1.0, 0.15, 0.08), np.float32)
+        irr += (night * head)[..., None] * colour + (night * lamp_light)[..., None] * np.array((1.0, 0.9, 0.7), np.float32)
 
     wet = max(wx.precipitation_deposits / 100.0, 0.7 * rain, 0.3 * wx.wetness / 100.0)
     albedo = buf.albedo

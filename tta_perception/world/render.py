@@ -45,6 +45,7 @@ class Buffers:
     lamps: np.ndarray     # (N, 2) (r, z) of street lamps near the camera
     horizon: float
     focal: float
+    headlights: bool = True  # the camera looks where the car's headlights shine (False: rear, tail lights)
 
 
 class Camera:
@@ -60,13 +61,22 @@ class Camera:
 
 
 class Renderer:
-    """Renders the geometry of world ``seed`` at time ``t`` (seconds since the start of the drive)."""
+    """Renders the geometry of world ``seed`` at time ``t`` (seconds since the start of the drive),
+    seen by one of the car's cameras (``view``, ``world.views``: where it sits, which way it looks,
+    its field of view); the default is the front camera every benchmark uses."""
 
-    def __init__(self, seed: int = 0, height: int = 128, width: int = 256, speed: float = 8.0):
+    def __init__(self, seed: int = 0, height: int = 128, width: int = 256, speed: float = 8.0,
+                 view: "str | View" = "front"):
+        from .views import get_view
+
         self.seed = int(seed)
         self.layout = S.make_layout(self.seed)
-        self.cam = Camera(height, width)
+        self.view = get_view(view)
+        self.cam = Camera(height, width, fov_deg=self.view.fov_deg, horizon=self.view.horizon)
         self.speed = float(speed)
+        self.d = float(self.view.direction)  # +1 looks along the road, -1 back
+        self.cam_h = float(self.view.height_m or self.layout.camera_height)  # above the road
+        self.cam_x = self.layout.lane_offset + self.view.lateral_m  # lateral position from the centre line
 
     def camera_z(self, t: float) -> float:
         return self.speed * t
@@ -76,7 +86,7 @@ class Renderer:
         H, W, f, yh = cam.h, cam.w, cam.f, cam.yh
         zc = self.camera_z(t)
         xc0 = float(S.road_centre(lay, zc))
-        left, right, objs = S.gather(self.seed, lay, zc, zc + FAR)
+        left, right, objs = S.gather(self.seed, lay, *sorted((zc, zc + self.d * FAR)))
 
         albedo = np.zeros((H, W, 3), np.float32)
         label = np.full((H, W), C.SKY, np.uint8)
@@ -93,21 +103,23 @@ class Renderer:
         self._sprites(objs, zc, xc0, t, albedo, label, depth, surface, emissive, glow)
         lamp = objs.kind == S.OBJ_LAMP
         lamps = np.stack([objs.r[lamp], objs.z[lamp]], axis=1)
-        lamps = lamps[(lamps[:, 1] > zc - 10) & (lamps[:, 1] < zc + 80)]
-        return Buffers(albedo, label, depth, surface, emissive, glow, ground_r, ground_z, lamps, yh, f)
+        ahead = self.d * (lamps[:, 1] - zc)
+        lamps = lamps[(ahead > -10) & (ahead < 80)]
+        return Buffers(albedo, label, depth, surface, emissive, glow, ground_r, ground_z, lamps, yh, f,
+                       headlights=self.view.direction > 0)
 
     # ground ------------------------------------------------------------------------------------
     def _ground(self, zc, xc0, albedo, label, depth, surface, ground_r, ground_z):
         cam, lay = self.cam, self.layout
         rows = cam.ys > cam.yh + 0.5
         y = cam.ys[rows]
-        Z = cam.f * lay.camera_height / (y - cam.yh)           # (R,)
+        Z = cam.f * self.cam_h / (y - cam.yh)           # (R,)
         keep = Z < FAR
         idx = np.nonzero(rows)[0][keep]
         Z = Z[keep]
-        dc = S.road_centre(lay, zc + Z) - xc0
-        r = (cam.us[None, :] - cam.cx) * Z[:, None] / cam.f + lay.lane_offset - dc[:, None]  # (R, W)
-        zw = zc + Z[:, None] + 0 * r
+        dc = S.road_centre(lay, zc + self.d * Z) - xc0
+        r = self.d * (cam.us[None, :] - cam.cx) * Z[:, None] / cam.f + self.cam_x - dc[:, None]  # (R, W)
+        zw = zc + self.d * Z[:, None] + 0 * r
         ar = np.abs(r)
         rh, sw = lay.road_half, lay.sidewalk
         lab = np.full(r.shape, C.TERRAIN, np.uint8)
@@ -141,12 +153,12 @@ class Renderer:
     def _plane_hits(self, side, offset, zc, xc0):
         """Depth at which each image column meets the vertical plane ``r = side * offset``."""
         cam, lay = self.cam, self.layout
-        k = (cam.us - cam.cx) / cam.f
-        target = side * offset - lay.lane_offset
+        k = self.d * (cam.us - cam.cx) / cam.f  # a rear camera sees the world mirrored left-right
+        target = side * offset - self.cam_x
         with np.errstate(divide="ignore", invalid="ignore"):
             Z = np.where(np.abs(k) > 1e-6, target / k, np.inf)
             for _ in range(3):  # fixed point: the plane follows the curving road
-                dc = S.road_centre(lay, zc + np.clip(Z, 0, FAR)) - xc0
+                dc = S.road_centre(lay, zc + self.d * np.clip(Z, 0, FAR)) - xc0
                 Z = np.where(np.abs(k) > 1e-6, (target + dc) / k, np.inf)
         valid = np.isfinite(Z) & (Z > 0.8) & (Z < FAR)
         return np.where(valid, Z, np.inf), valid
@@ -156,13 +168,13 @@ class Renderer:
         Y = cam.ys[:, None]
         # fence along the back of the sidewalk, in front of non-building segments
         Zf, vf = self._plane_hits(side, lay.road_half + lay.sidewalk + 0.05, zc, xc0)
-        iseg = np.clip(np.searchsorted(segs.start, zc + np.where(vf, Zf, 0)) - 1, 0, len(segs.start) - 1)
+        iseg = np.clip(np.searchsorted(segs.start, zc + self.d * np.where(vf, Zf, 0)) - 1, 0, len(segs.start) - 1)
         vf &= segs.fence[iseg]
-        top = cam.yh - cam.f * (1.25 - lay.camera_height) / Zf
-        bot = cam.yh + cam.f * lay.camera_height / Zf
+        top = cam.yh - cam.f * (1.25 - self.cam_h) / Zf
+        bot = cam.yh + cam.f * self.cam_h / Zf
         mask = vf[None, :] & (Y >= top[None, :]) & (Y < bot[None, :]) & (Zf[None, :] < depth)
         if mask.any():
-            slat = (np.mod(zc + np.where(vf, Zf, 0.0), 0.5) < 0.42)[None, :]
+            slat = (np.mod(zc + self.d * np.where(vf, Zf, 0.0), 0.5) < 0.42)[None, :]
             col = np.where(slat[..., None], (0.45, 0.36, 0.26), (0.33, 0.26, 0.18)).astype(np.float32)
             albedo[mask] = srgb_to_linear(np.broadcast_to(col, mask.shape + (3,))[mask])
             label[mask] = C.FENCE
@@ -170,19 +182,19 @@ class Renderer:
             surface[mask] = SURF_FACADE_L if side < 0 else SURF_FACADE_R
 
         Z, valid = self._plane_hits(side, lay.setback[0 if side < 0 else 1], zc, xc0)
-        zw = zc + np.where(valid, Z, 0)
+        zw = zc + self.d * np.where(valid, Z, 0)
         iseg = np.clip(np.searchsorted(segs.start, zw) - 1, 0, len(segs.start) - 1)
         kind = segs.kind[iseg]
         valid &= kind > 0
         hgt = segs.height[iseg]
-        top = cam.yh - cam.f * (hgt - lay.camera_height) / Z
-        bot = cam.yh + cam.f * lay.camera_height / Z
+        top = cam.yh - cam.f * (hgt - self.cam_h) / Z
+        bot = cam.yh + cam.f * self.cam_h / Z
         mask = valid[None, :] & (Y >= top[None, :]) & (Y < bot[None, :]) & (Z[None, :] < depth)
         if not mask.any():
             return
         ys, us = np.nonzero(mask)
         Zp = Z[us]
-        hw = lay.camera_height - (cam.ys[ys] - cam.yh) * Zp / cam.f  # height above ground (m)
+        hw = self.cam_h - (cam.ys[ys] - cam.yh) * Zp / cam.f  # height above ground (m)
         zp = zw[us]
         seg = iseg[us]
         base = segs.color[seg]
@@ -208,7 +220,7 @@ class Renderer:
     def _sprites(self, objs, zc, xc0, t, albedo, label, depth, surface, emissive, glow):
         lay = self.layout
         z_now = objs.z + objs.v * t
-        Zo = z_now - zc
+        Zo = self.d * (z_now - zc)
         # cull sprites that would cover less than about a pixel
         f_over_z = self.cam.f / np.maximum(Zo, 1e-3)
         vis = (Zo > 1.5) & (Zo < 140) & (f_over_z * np.maximum(objs.width, 0.6) > 0.8) & (f_over_z * objs.height > 3.0)
@@ -218,20 +230,22 @@ class Renderer:
         ids = np.nonzero(vis)[0][order]
         for i in ids:
             self._draw(objs, i, Zo[i], z_now[i], zc, xc0, t, albedo, label, depth, surface, emissive, glow)
-        lead = S.Objects(np.array([S.OBJ_VEHICLE]), np.array([lay.lane_offset]), np.array([zc + lead_d]),
+        # the car ahead in the ego lane (its back seen by a front camera; a rear camera sees the one
+        # that follows, from the front)
+        lead = S.Objects(np.array([S.OBJ_VEHICLE]), np.array([lay.lane_offset]), np.array([zc + self.d * lead_d]),
                          np.array([0.0]), np.array([1.8], np.float32), np.array([1.5], np.float32),
                          S.VEHICLE_COLORS[[self.seed % len(S.VEHICLE_COLORS)]],
                          np.array([(0.08, 0.09, 0.1)], np.float32), np.array([0]), np.array([0.0], np.float32))
-        self._draw(lead, 0, lead_d, zc + lead_d, zc, xc0, t, albedo, label, depth, surface, emissive, glow)
+        self._draw(lead, 0, lead_d, zc + self.d * lead_d, zc, xc0, t, albedo, label, depth, surface, emissive, glow)
 
     def _box(self, r, z_world, Z, zc, xc0, width, y_bottom_m, y_top_m):
         """Screen rectangle (float px) of a camera-facing sprite."""
         cam, lay = self.cam, self.layout
-        x_cam = r + float(S.road_centre(lay, z_world)) - xc0 - lay.lane_offset
+        x_cam = self.d * (r + float(S.road_centre(lay, z_world)) - xc0 - self.cam_x)
         u = cam.cx + cam.f * x_cam / Z
         half = cam.f * width / 2 / Z
-        y_b = cam.yh + cam.f * (lay.camera_height - y_bottom_m) / Z
-        y_t = cam.yh + cam.f * (lay.camera_height - y_top_m) / Z
+        y_b = cam.yh + cam.f * (self.cam_h - y_bottom_m) / Z
+        y_t = cam.yh + cam.f * (self.cam_h - y_top_m) / Z
         return u - half, u + half, y_t, y_b
 
     def _patch(self, x0, x1, y0, y1):
@@ -274,7 +288,7 @@ class Renderer:
             col = np.where(wheels[..., None], (0.04, 0.04, 0.04), col)
             self._write(sl, body | cabin | wheels, Z, C.VEHICLE, col, *bufs)
             lamp = (b > 0.48) & (b < 0.6) & (((a > 0.04) & (a < 0.2)) | ((a > 0.8) & (a < 0.96)))
-            front = int(o.sub[i]) == 1
+            front = (int(o.sub[i]) == 1) != (self.d < 0)  # which side of it this camera sees
             lamp_col = (1.0, 0.95, 0.8) if front else (0.9, 0.05, 0.03)
             self._write(sl, lamp, Z, C.VEHICLE, lamp_col, *bufs,
                         emis=(4.0, 3.8, 3.2) if front else (2.5, 0.1, 0.05), emissive=emissive)

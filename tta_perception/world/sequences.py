@@ -28,13 +28,15 @@ class Frame:
 
 
 class SequenceRenderer:
-    """Renders frame ``i`` of a schedule: a pure function of (schedule, world seed, size, i)."""
+    """Renders frame ``i`` of a schedule: a pure function of (schedule, world seed, size, view, i).
+    ``view`` (``world.views``) picks the car's camera; every view of one (schedule, seed) is the
+    same drive under the same weather at the same time."""
 
     def __init__(self, schedule: Schedule | str, seed: int | None = None,
-                 size: tuple[int, int] = DEFAULT_SIZE, speed: float = 8.0):
+                 size: tuple[int, int] = DEFAULT_SIZE, speed: float = 8.0, view: str = "front"):
         self.schedule = load_schedule(schedule) if isinstance(schedule, str) else schedule
         self.seed = self.schedule.seed if seed is None else int(seed)
-        self.renderer = Renderer(self.seed, size[0], size[1], speed)
+        self.renderer = Renderer(self.seed, size[0], size[1], speed, view=view)
 
     def frame(self, index: int) -> Frame:
         t = self.schedule.frame_time(index)
@@ -47,10 +49,10 @@ class SequenceRenderer:
 _WORKER: SequenceRenderer | None = None
 
 
-def _init_worker(schedule, seed, size, speed):
+def _init_worker(schedule, seed, size, speed, view="front"):
     global _WORKER
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _WORKER = SequenceRenderer(schedule, seed, size, speed)
+    _WORKER = SequenceRenderer(schedule, seed, size, speed, view)
 
 
 def _render_one(index: int) -> Frame:
@@ -60,7 +62,7 @@ def _render_one(index: int) -> Frame:
 
 def iter_sequence(schedule: Schedule | str, seed: int | None = None, size: tuple[int, int] = DEFAULT_SIZE,
                   start: int = 0, stop: int | None = None, stride: int = 1, workers: int = 1,
-                  speed: float = 8.0) -> Iterator[Frame]:
+                  speed: float = 8.0, view: str = "front") -> Iterator[Frame]:
     """Frames ``start, start+stride, ... < stop`` (default: the schedule's length), in order.
 
     ``workers > 1`` renders in a process pool; the frames are identical to ``workers=1``.
@@ -69,10 +71,10 @@ def iter_sequence(schedule: Schedule | str, seed: int | None = None, size: tuple
     stop = sched.frames if stop is None else min(int(stop), sched.frames) if not sched.loop else int(stop)
     indices = range(int(start), stop, int(stride))
     if workers <= 1 or len(indices) < 16:
-        renderer = SequenceRenderer(sched, seed, size, speed)
+        renderer = SequenceRenderer(sched, seed, size, speed, view)
         for i in indices:
             yield renderer.frame(i)
         return
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(sched, seed, size, speed)) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(sched, seed, size, speed, view)) as pool:
         yield from pool.imap(_render_one, indices, chunksize=8)
