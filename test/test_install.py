@@ -100,6 +100,7 @@ def test_pip_install_installs_weights_launchers_and_share_files(wheel_install, m
     weights = sorted(p.name for p in (REPO / "tta_perception" / "weights").iterdir()
                      if p.suffix in (".pt", ".bundle", ".json"))
     assert weights and all((package / "weights" / name).is_file() for name in weights)
+    assert len((package / "datasets" / "imagenet_classes.txt").read_text().splitlines()) == 1000
     for exe in LAUNCHERS:
         assert os.access(package / "ros" / "bin" / exe, os.X_OK)
     _assert_found_by_name(prefix, monkeypatch)

