@@ -139,7 +139,7 @@ SPECS: tuple[Spec, ...] = (
          "subscribes to C/image (C/image/compressed with 'compressed') and publishes its outputs under C/; "
          "the newest frame of every camera with one is predicted in one batch, each with its own BatchNorm "
          "statistics. Empty: one camera on 'image'. Names: letters, digits, '_', '/' (a namespace), as "
-         "ROS topic names allow.", "startup"),
+         "ROS topic names allow. Read at start-up only, refused at run time.", "startup", read_only=True),
     Spec("adapt_cameras", [], "str_array", "Cameras whose frames feed the shared adaptation window; the "
          "others are only predicted. Empty: all of 'cameras'.", "live"),
     Spec("compressed", False, "bool", "Subscribe to sensor_msgs/CompressedImage on 'image/compressed' "
@@ -305,7 +305,8 @@ def render_yaml(node: str = "/**/tta_node") -> str:
             text += " " + allowed(s)
         lines += ["    # " + line for line in textwrap.wrap(text, 96)]
         if s.type == "str_array" and not s.default:
-            lines.append(f"    # {s.name}: [road, sidewalk, ...]   (unset; an empty list has no ROS type)")
+            example = {"class_names": "[road, sidewalk, ...]"}.get(s.name, "[front, rear]")
+            lines.append(f"    # {s.name}: {example}   (unset; an empty list has no ROS type)")
         else:
             lines.append(f"    {s.name}: {value(s.default)}")
     return "\n".join(lines) + "\n"
