@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -342,7 +342,8 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
     with B.BagReader(bag_path, skip_damaged=opts.skip_bad) as reader:
         multi = resolve_cameras(reader, opts)
         if multi is None:
-            topic, msgtype, truth_topic, weather_topic = resolve_topics(reader, opts)
+            one = replace(opts, topic=opts.topics[0], topics=None) if opts.topics else opts
+            topic, msgtype, truth_topic, weather_topic = resolve_topics(reader, one)
             # image topic -> (camera, message type, truth topic); '' is the one camera (outputs <prefix>/...)
             cams = {topic: ("", msgtype, truth_topic)}
         else:
