@@ -55,21 +55,7 @@ def test_overall_score_sums_the_cameras_confusion_matrices():
 # ------------------------------------------------------------------------------------------ over DDS
 @pytest.fixture
 def ros(harness):  # noqa: F811
-    H.require_rclpy()
-    added = []
-
-    def add(node):
-        added.append(node)
-        harness.executor.add_node(node)
-        return node
-
-    harness.add = add
-    yield harness
-    for node in added:
-        if hasattr(node, "stop"):
-            node.stop()
-        harness.executor.remove_node(node)
-        node.destroy_node()
+    yield from H.added_nodes(harness)
 
 
 def _params(**kw):
