@@ -13,6 +13,12 @@
 ``tta_node`` adapts on it, ``evaluator`` writes ``<output_dir>/<method>_{frames,domains}.csv``,
 ``..._summary.json`` and ``..._plot.png`` at shutdown (``duration:=N`` stops the launch after N s).
 
+``cameras:=N`` (synthetic): the car's first N views (1..4: front, rear, narrow, wide; or view names,
+``cameras:=front,wide``): ``weather_camera`` publishes ``<view>/image_raw`` and
+``<view>/ground_truth/class_ids`` with one stamp, one ``tta_node`` adapts one model on all of them
+(its ``<view>/image`` remapped to ``<view>/image_raw``, outputs under ``<view>/``), and the evaluator
+scores each camera and all together (``<method>_<view>_frames.csv``, ``<method>_summary.json``).
+
 ``mode:=carla``: ``carla_weather`` applies ``schedule`` to the server with ``world.set_weather`` on
 simulation time, ``tta_node`` listens to ``/carla/ego_vehicle/rgb_front/image`` (bgra8) with
 ``use_sim_time:=true``. The carla-ros-bridge (with its example ego vehicle, which carries the
@@ -54,6 +60,8 @@ ARGUMENTS = {
     "weather_params_file": (DEFAULT_WEATHER_PARAMS, "weather_camera / carla_weather / evaluator parameters.",
                             None),
     "namespace": ("", "Namespace of all nodes and topics.", None),
+    "cameras": ("1", "synthetic: cameras of the car, a count 1..4 (front, rear, narrow, wide in that order) or "
+                "view names (front,wide); 1 = the single camera on camera/image_raw.", None),
     "image_topic": ("", f"Camera topic; '' = {SYNTHETIC_IMAGE} (synthetic) or {CARLA_IMAGE} (carla).", None),
     "use_sim_time": ("", "'' = false (synthetic) / true (carla).", ["", "true", "false"]),
     "evaluator": ("", "Run the evaluator; '' = true (synthetic) / true when truth_topic is set (carla).",
@@ -142,6 +150,31 @@ def find_bridge_launch(find_share=None):
     return None
 
 
+def views_of(values: dict, carla: bool) -> list:
+    """The views of ``cameras:=`` (a count or names); [] for the single camera."""
+    from tta_perception.world.views import VIEWS, views_for
+
+    text = str(values.get("cameras", "1")).strip() or "1"
+    if text.isdigit():
+        try:
+            views = views_for(int(text))
+        except ValueError as err:
+            raise ValueError(f"launch argument 'cameras': {err}") from None
+        views = [] if views == ["front"] else views
+    else:
+        views = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in views if v not in VIEWS]
+        if bad or len(set(views)) != len(views):
+            raise ValueError(f"launch argument 'cameras' must be a count 1..4 or distinct views of "
+                             f"{', '.join(VIEWS)}, got {text!r}")
+    if views and carla:
+        raise ValueError("launch argument 'cameras' is for mode:=synthetic (in CARLA, use adapt.launch.py "
+                         "cameras:= image_topics:= with the bridge's cameras)")
+    if views and values["image_topic"].strip():
+        raise ValueError("cameras:= publishes <view>/image_raw per view; leave image_topic empty")
+    return views
+
+
 def plan(values: dict, find_share=None) -> list:
     """Launch-argument strings -> the actions to run, as plain dicts (pure, unit-tested).
 
@@ -156,6 +189,7 @@ def plan(values: dict, find_share=None) -> list:
     ns = values["namespace"].strip()
     image = values["image_topic"].strip() or (CARLA_IMAGE if carla else SYNTHETIC_IMAGE)
     method = method_of(values)
+    views = views_of(values, carla)
     weather_file = values["weather_params_file"]
     log = ["--log-level", values["log_level"]]
     actions = []
@@ -190,6 +224,8 @@ def plan(values: dict, find_share=None) -> list:
         # frames published before tta_node has loaded (seconds) or the evaluator listens would be lost
         camera["wait_for_subscribers"] = 1
         camera["wait_for_truth_subscribers"] = 1 if _bool(values["evaluator"], True) else 0
+        if views:
+            camera["cameras"] = views
         actions.append({"kind": "node", "package": PACKAGE, "executable": "weather_camera",
                         "name": "weather_camera", "namespace": ns, "output": "screen",
                         "parameters": [weather_file, camera],
@@ -200,6 +236,8 @@ def plan(values: dict, find_share=None) -> list:
                     "method": values["method"], "device": values["device"], "model": values["model"],
                     "use_sim_time": "true" if sim_time else "false", "compressed": "",
                     "log_level": values["log_level"]}
+    if views:  # one model, each view's <view>/image remapped to the camera's <view>/image_raw
+        adapt_values.update(cameras=",".join(views), image_topics=",".join(f"{v}/image_raw" for v in views))
     tta = _adapt_launch().node_settings(adapt_values)  # a relative image topic resolves in namespace:=
     actions.append({"kind": "lifecycle_node", **tta})
 
@@ -213,6 +251,8 @@ def plan(values: dict, find_share=None) -> list:
                     "title": f"{values['schedule']}: {method}"}
         if carla:
             settings["truth_encoding"] = "carla_palette"
+        if views:
+            settings["cameras"] = views
         actions.append({"kind": "node", "package": PACKAGE, "executable": "evaluator", "name": "evaluator",
                         "namespace": ns, "output": "screen", "parameters": [weather_file, settings],
                         "remappings": [(TRUTH_TOPIC, truth)] if truth else [],

@@ -68,6 +68,33 @@ def test_synthetic_overrides_and_duration():
         m.plan(_values(m, mode="gazebo"))
 
 
+def test_synthetic_cameras_wire_each_view_to_one_node_and_the_evaluator():
+    m = _module("carla_weather.launch.py")
+    a = _by_exe(m.plan(_values(m, method="norm", cameras="4")))
+    views = ["front", "rear", "narrow", "wide"]
+    assert a["weather_camera"]["parameters"][1]["cameras"] == views
+    assert a["weather_camera"]["remappings"] == []
+    tta = a["tta_node"]
+    assert tta["parameters"][1]["cameras"] == views
+    for v in views:  # relative: follows namespace:=
+        assert (f"{v}/image", f"{v}/image_raw") in tta["remappings"]
+    ev = a["evaluator"]["parameters"][1]
+    assert ev["cameras"] == views and ev["prediction_topics"] == ["class_ids"] and ev["labels"] == ["norm"]
+    named = _by_exe(m.plan(_values(m, cameras="front,wide")))
+    assert named["weather_camera"]["parameters"][1]["cameras"] == ["front", "wide"]
+    one = _by_exe(m.plan(_values(m, cameras="1")))  # the single camera, as before
+    assert "cameras" not in one["weather_camera"]["parameters"][1] and "cameras" not in one["tta_node"]["parameters"][1]
+    assert "cameras" not in one["evaluator"]["parameters"][1]
+    for bad, message in (("5", "camera count must be 1..4"), ("front,side", "distinct views"),
+                         ("front,front", "distinct views")):
+        with pytest.raises(ValueError, match=message):
+            m.plan(_values(m, cameras=bad))
+    with pytest.raises(ValueError, match="leave image_topic empty"):
+        m.plan(_values(m, cameras="2", image_topic="/cam"))
+    with pytest.raises(ValueError, match="mode:=synthetic"):
+        m.plan(_values(m, cameras="2", mode="carla", bridge="false"))
+
+
 def test_carla_mode_drives_the_server_weather_and_reads_the_bridge_camera(tmp_path):
     m = _module("carla_weather.launch.py")
     share = tmp_path / "carla_ros_bridge"

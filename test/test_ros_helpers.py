@@ -289,6 +289,25 @@ def ros(harness):
         harness.remove(node)
 
 
+def added_nodes(harness):
+    """Body of a ``ros`` fixture for nodes other than tta_node: ``harness.add(node)`` spins it, and it
+    is stopped (``stop()`` where it has one) and destroyed after the test (``yield from``)."""
+    added = []
+
+    def add(node):
+        added.append(node)
+        harness.executor.add_node(node)
+        return node
+
+    harness.add = add
+    yield harness
+    for node in added:
+        if hasattr(node, "stop"):
+            node.stop()
+        harness.executor.remove_node(node)
+        node.destroy_node()
+
+
 def image_msg(rgb: np.ndarray, encoding: str = "rgb8", stamp=(12, 345), frame_id: str = "camera"):
     import array
 

@@ -47,20 +47,7 @@ RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 @pytest.fixture
 def ros(harness):
     """The harness; nodes added with ``add`` are stopped and destroyed after the test."""
-    added = []
-
-    def add(node):
-        added.append(node)
-        harness.executor.add_node(node)
-        return node
-
-    harness.add = add
-    yield harness
-    for node in added:
-        if hasattr(node, "stop"):
-            node.stop()
-        harness.executor.remove_node(node)
-        node.destroy_node()
+    yield from H.added_nodes(harness)
 
 
 def _params(**kw):

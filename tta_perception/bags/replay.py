@@ -15,13 +15,22 @@ nothing is written; with ``skip_bad`` the damaged MCAP chunks are left out and c
 (``bad_chunks``, ``skipped_messages``, ``skipped_frames`` in the result and ``replay.json``). A run that
 fails leaves no output, no temporary folder and no ``<out>.resume/`` unless that holds a finished
 checkpoint to resume from.
+
+Several cameras (``topics``, or by default every camera topic of a bag that has no single one, e.g.
+``make-bag --cameras 2``): one shared model adapts over all of them in stamp order. Camera C is the
+namespace of its topic (``/front/image_raw`` -> ``front``); its outputs go to ``<prefix>/C/class_ids``,
+``<prefix>/C/confidence``, ...; its ground truth is ``/C/ground_truth/class_ids`` when the bag has it,
+scored per camera and over all cameras (``replay_C_frames.csv``, ``replay_summary.json``). Grouping:
+consecutive frames with the identical header stamp (at most one per camera) go through
+``Pipeline.infer_batch`` together, as the node batches the newest frame of each camera; a frame whose
+stamp differs from the group's starts a new group, so unsynchronised cameras run one frame at a time.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,6 +50,7 @@ OUTPUT_NAMES = ("class_ids", "confidence", "overlay", "classification_json")
 @dataclass
 class ReplayOptions:
     topic: Optional[str] = None            # None: the bag's camera topic (found when unambiguous)
+    topics: Optional[list[str]] = None     # several cameras, one shared model (module docstring)
     truth_topic: Optional[str] = None      # None: DEFAULT_TRUTH when present; "" disables
     weather_topic: Optional[str] = None    # None: DEFAULT_WEATHER when present; "" disables
     prefix: str = "/tta"                   # output topics: <prefix>/class_ids, ...
@@ -73,6 +83,9 @@ class ReplayResult:
     skipped_messages: int = 0            # messages of the topics read that were in them, or undecodable
     skipped_frames: int = 0              # of which on the image topic
     damage: list[str] = field(default_factory=list)  # one line per damaged part left out
+    cameras: dict[str, str] = field(default_factory=dict)  # several cameras: topic -> camera name
+    camera_tables: dict[str, Any] = field(default_factory=dict)  # {method: {camera | overall: {phase: ...}}}
+    camera_text: str = ""
 
     @property
     def fps(self) -> float:
@@ -116,6 +129,50 @@ def resolve_topics(reader: B.BagReader, opts: ReplayOptions) -> tuple[str, str, 
     if weather:
         reader.check_topic(weather, (B.TYPE_STRING,), "weather topic")
     return topic, msgtype, truth or None, weather or None
+
+
+def camera_of(topic: str) -> str:
+    """The camera a topic belongs to: its namespace (``/front/image_raw`` -> ``front``,
+    ``/front/image_raw/compressed`` -> ``front``); a topic in the root names itself."""
+    parts = [p for p in topic.strip("/").split("/") if p]
+    if parts and parts[-1] == "compressed":
+        parts = parts[:-1]
+    return "/".join(parts[:-1]) or "/".join(parts) or topic
+
+
+def resolve_cameras(reader: B.BagReader, opts: ReplayOptions) -> Optional[dict[str, tuple[str, Optional[str]]]]:
+    """Several cameras: ``{topic: (message type, truth topic or None)}`` in bag order; None for the
+    one-topic replay (``--topic``, or a bag with one camera topic or a preferred one)."""
+    topics = list(opts.topics or [])
+    if opts.topic and topics:
+        raise B.BagError("give either a topic or topics, not both")
+    if not topics:
+        if opts.topic:
+            return None
+        candidates = [t for t in reader.find(B.IMAGE_TYPES)
+                      if "ground_truth" not in t and not t.rstrip("/").endswith(OUTPUT_NAMES)]
+        if len(candidates) < 2 or any(t in candidates for t in PREFERRED_IMAGE):
+            return None
+        topics = candidates
+    if len(topics) == 1:
+        return None
+    names = [camera_of(t) for t in topics]
+    if len(set(names)) != len(names) or len(set(topics)) != len(topics):
+        raise B.BagError(f"bag {reader.path}: topics {', '.join(topics)} do not name distinct cameras "
+                         f"({', '.join(names)}); give one topic per camera namespace")
+    out = {}
+    for t, cam in zip(topics, names):
+        msgtype = reader.check_topic(t, B.IMAGE_TYPES, "image topic")
+        if reader.count(t) == 0:
+            raise B.BagError(f"bag {reader.path}: image topic {t!r} has no messages")
+        truth = None
+        if opts.truth_topic != "":
+            truth = f"/{cam}/ground_truth/class_ids"
+            truth = truth if truth in reader.topics else None
+            if truth:
+                reader.check_topic(truth, (B.TYPE_IMAGE,), "ground-truth topic")
+        out[t] = (msgtype, truth)
+    return out
 
 
 def _out(prefix: str, name: str) -> str:
@@ -220,7 +277,7 @@ class _Sink:
 
 def _fingerprint(bag_path: Path, topic: str, cfg: dict[str, Any], opts: ReplayOptions) -> dict[str, Any]:
     """What must not change between an interrupted replay and its resumption."""
-    keep = {k: v for k, v in cfg.items() if k not in ("device",)}
+    keep = {k: v for k, v in cfg.items() if k not in ("device",)}  # topic: one, or the cameras' joined
     return {"bag": str(bag_path.absolute()), "topic": topic, "cfg": json.dumps(_jsonable(keep), sort_keys=True),
             "limit": -1 if opts.limit is None else int(opts.limit), "checkpoint_every": int(opts.checkpoint_every),
             "storage": opts.storage, "version": int(opts.version), "prefix": opts.prefix,
@@ -258,7 +315,7 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
     import torch
     from tqdm.auto import tqdm
 
-    from tta_perception.metrics import StreamScorer
+    from tta_perception.metrics import CameraScorers, StreamScorer
     from tta_perception.runtime import image_codec as codec
     from tta_perception.runtime.messages import parse_weather
     from tta_perception.runtime.pipeline import make_pipeline
@@ -283,25 +340,45 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
         raise B.BagError("resume needs checkpoints: pass --checkpoint-every N (the same N as the "
                          "interrupted run)")
     with B.BagReader(bag_path, skip_damaged=opts.skip_bad) as reader:
-        topic, msgtype, truth_topic, weather_topic = resolve_topics(reader, opts)
-        total = reader.count(topic) if opts.limit is None else min(reader.count(topic), int(opts.limit))
-        readable = reader.count(topic) - reader.skipped(topic)  # the rest was in damaged chunks
+        multi = resolve_cameras(reader, opts)
+        if multi is None:
+            one = replace(opts, topic=opts.topics[0], topics=None) if opts.topics else opts
+            topic, msgtype, truth_topic, weather_topic = resolve_topics(reader, one)
+            # image topic -> (camera, message type, truth topic); '' is the one camera (outputs <prefix>/...)
+            cams = {topic: ("", msgtype, truth_topic)}
+        else:
+            _, _, _, weather_topic = resolve_topics(reader, ReplayOptions(
+                topic=next(iter(multi)), truth_topic="", weather_topic=opts.weather_topic))
+            cams = {t: (camera_of(t), ty, truth) for t, (ty, truth) in multi.items()}
+            topic, msgtype, truth_topic = ",".join(cams), "", None
+        truths = {truth: cam for cam, _, truth in cams.values() if truth}
+        available = sum(reader.count(t) for t in cams)
+        total = available if opts.limit is None else min(available, int(opts.limit))
+        readable = available - sum(reader.skipped(t) for t in cams)  # the rest was in damaged chunks
         fingerprint = _fingerprint(bag_path, topic, cfg, opts)
         state = _load_checkpoint(rdir / "checkpoint.pt", fingerprint, out_path) if opts.resume else None
         pipe = pipeline if pipeline is not None else make_pipeline(cfg, background=opts.background)
         label = cfg["method"]
-        scorer = StreamScorer([label], num_classes=len(pipe.class_names)) if truth_topic else None
-        seg = pipe.task == "segmentation"
-        names = {n: _out(opts.prefix, n) for n in OUTPUT_NAMES}
-        topics: dict[str, str] = {}
-        if seg:
-            topics[names["class_ids"]] = B.TYPE_IMAGE
-            topics[names["confidence"]] = B.TYPE_IMAGE
-            if opts.overlay:
-                topics[names["overlay"]] = B.TYPE_IMAGE
+        if multi is None:
+            scorer = StreamScorer([label], num_classes=len(pipe.class_names)) if truth_topic else None
+            scorers = {"": scorer} if scorer is not None else {}
         else:
-            topics[names["classification_json"]] = B.TYPE_STRING
-        copy = [t for t in (truth_topic, weather_topic) if t and opts.copy_truth]
+            scored = [cam for cam, _, truth in cams.values() if truth]
+            scorer = CameraScorers(scored, [label], len(pipe.class_names)) if scored else None
+            scorers = scorer.scorers if scorer is not None else {}
+        seg = pipe.task == "segmentation"
+        names_of = {cam: {n: _out(opts.prefix, f"{cam}/{n}" if cam else n) for n in OUTPUT_NAMES}
+                    for cam, _, _ in cams.values()}
+        topics: dict[str, str] = {}
+        for names in names_of.values():
+            if seg:
+                topics[names["class_ids"]] = B.TYPE_IMAGE
+                topics[names["confidence"]] = B.TYPE_IMAGE
+                if opts.overlay:
+                    topics[names["overlay"]] = B.TYPE_IMAGE
+            else:
+                topics[names["classification_json"]] = B.TYPE_STRING
+        copy = [t for t in (*truths, weather_topic) if t and opts.copy_truth]
         for t in copy:
             topics[t] = reader.topics[t][0]
         run = {"frames": 0, "bad": 0, "seen": 0, "consumed": 0, "model_s": 0.0, "wall_s": 0.0, "stamps": []}
@@ -313,7 +390,8 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
             pipe.adapter.load_state_dict(state["adapter"])
             pipe.adapter.load_stream_state(state["stream"])
             torch.set_rng_state(state["rng"])
-        done_preds = _predictions_of(rdir, parts, names["class_ids"]) if (state and scorer and seg) else {}
+        done_preds = ({cam: _predictions_of(rdir, parts, names_of[cam]["class_ids"]) for cam in scorers}
+                      if (state and scorer and seg) else {})
         t_start = time.perf_counter()
         wall_before = float(run["wall_s"])
 
@@ -327,9 +405,9 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
 
         def feed_context(t: str, log_ns: int, msg: Any) -> None:
             """Ground truth and weather into the scorer."""
-            if t == truth_topic and scorer is not None:
+            if t in truths and truths[t] in scorers:
                 try:
-                    scorer.add_truth(B.stamp_ns_of(msg), B.decode_labels(msg))
+                    scorers[truths[t]].add_truth(B.stamp_ns_of(msg), B.decode_labels(msg))
                 except ValueError as err:
                     raise B.BagError(f"bag {bag_path}: ground-truth topic {t!r}: {err}") from None
             elif t == weather_topic and scorer is not None:
@@ -339,10 +417,51 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                     raise B.BagError(f"bag {bag_path}: weather topic {t!r}: {err}") from None
                 scorer.add_weather(stamp_w if stamp_w is not None else log_ns, payload)
 
+        group: dict[str, tuple[Any, int, Any]] = {}  # camera -> (rgb, log_ns, msg): frames with one stamp
+
+        def flush(consumed: int) -> None:
+            """Predict (and adapt on) the pending group in one pass, write its outputs, checkpoint."""
+            if not group:
+                return
+            items = list(group.items())
+            group.clear()
+            t0 = time.perf_counter()
+            kwargs = dict(output_size=cfg["output_size"], top_k=cfg["top_k"], overlay_alpha=cfg["overlay_alpha"],
+                          overlay=opts.overlay)
+            if multi is None:  # one camera: exactly the single-frame path
+                results = [pipe.infer(items[0][1][0], **kwargs)]
+            else:
+                results = pipe.infer_batch([rgb for _, (rgb, _, _) in items], **kwargs)
+            run["model_s"] += time.perf_counter() - t0
+            before = run["frames"]
+            for (cam, (_, log_ns, msg)), result in zip(items, results):
+                stamp, frame_id, names = B.stamp_ns_of(msg), msg.header.frame_id, names_of[cam]
+                if seg:
+                    sink.write(names["class_ids"], log_ns, B.mono8_message(stamp, frame_id, result.class_ids))
+                    sink.write(names["confidence"], log_ns, B.mono8_message(stamp, frame_id, result.confidence_u8))
+                    if opts.overlay and result.overlay is not None:
+                        sink.write(names["overlay"], log_ns,
+                                   B.rgb_image_message(stamp, frame_id, result.overlay, "rgb8"))
+                    if cam in scorers:
+                        scorers[cam].add_prediction(label, stamp, result.class_ids)
+                else:
+                    sink.write(names["classification_json"], log_ns,
+                               B.string_message(json.dumps(classification_payload(result, pipe.class_names, stamp,
+                                                                                  frame_id))))
+                run["stamps"].append(stamp)
+                run["frames"] += 1
+            bar.update(len(items))
+            run["consumed"] = consumed
+            every = opts.checkpoint_every
+            if every > 0 and run["frames"] // every > before // every:
+                if opts.background:
+                    pipe.adapter.wait_idle()
+                sink.checkpoint(save)
+
         sink = None
         try:
             sink = _Sink(out_path, opts, topics, parts)
-            read = [topic] + [t for t in (truth_topic, weather_topic) if t]
+            read = list(cams) + [t for t in (*truths, weather_topic) if t]
             bar = tqdm(total=total, initial=run["seen"], desc=f"replay {label}", unit="frame",
                        disable=not opts.progress)
             skip = int(run["consumed"])
@@ -350,11 +469,12 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
             try:
                 for index, (t, log_ns, msg) in enumerate(reader.messages(read)):
                     if index < skip:  # done before the checkpoint: only the scorer catches up
-                        if t == topic:
+                        if t in cams:
                             last_log = log_ns
-                            pred = done_preds.pop(B.stamp_ns_of(msg), None)
+                            cam = cams[t][0]
+                            pred = done_preds.get(cam, {}).pop(B.stamp_ns_of(msg), None)
                             if pred is not None:
-                                scorer.add_prediction(label, B.stamp_ns_of(msg), pred)
+                                scorers[cam].add_prediction(label, B.stamp_ns_of(msg), pred)
                         else:
                             feed_context(t, log_ns, msg)
                         if scorer is not None:
@@ -362,53 +482,37 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                         continue
                     if opts.limit is not None and run["seen"] >= opts.limit and (last_log is None or log_ns > last_log):
                         break  # past the last frame asked for (its truth/weather are read)
-                    run["consumed"] = index + 1
-                    if t == topic:
+                    if t in cams:
+                        cam, ty, _ = cams[t]
+                        stamp = B.stamp_ns_of(msg)
+                        if group and (cam in group or B.stamp_ns_of(next(iter(group.values()))[2]) != stamp):
+                            flush(index)  # a new stamp (or the same camera again): the group is complete
+                        run["consumed"] = index + 1
                         if opts.limit is not None and run["seen"] >= opts.limit:
                             continue
                         run["seen"] += 1
                         last_log = log_ns
-                        stamp = B.stamp_ns_of(msg)
                         try:
-                            rgb = B.decode_image(msg, msgtype, int(cfg["max_image_pixels"]))
+                            rgb = B.decode_image(msg, ty, int(cfg["max_image_pixels"]))
                         except codec.ImageError as err:
                             if opts.skip_bad:
                                 run["bad"] += 1
                                 bar.update(1)
                                 continue
-                            raise B.BagError(f"bag {bag_path}: topic {topic!r}: frame at stamp {stamp} "
+                            raise B.BagError(f"bag {bag_path}: topic {t!r}: frame at stamp {stamp} "
                                              f"cannot be used ({err.reason}): {err}") from None
-                        t0 = time.perf_counter()
-                        result = pipe.infer(rgb, output_size=cfg["output_size"], top_k=cfg["top_k"],
-                                            overlay_alpha=cfg["overlay_alpha"], overlay=opts.overlay)
-                        run["model_s"] += time.perf_counter() - t0
-                        frame_id = msg.header.frame_id
-                        if seg:
-                            sink.write(names["class_ids"], log_ns, B.mono8_message(stamp, frame_id, result.class_ids))
-                            sink.write(names["confidence"], log_ns,
-                                       B.mono8_message(stamp, frame_id, result.confidence_u8))
-                            if opts.overlay and result.overlay is not None:
-                                sink.write(names["overlay"], log_ns,
-                                           B.rgb_image_message(stamp, frame_id, result.overlay, "rgb8"))
-                            if scorer is not None:
-                                scorer.add_prediction(label, stamp, result.class_ids)
-                        else:
-                            sink.write(names["classification_json"], log_ns,
-                                       B.string_message(json.dumps(classification_payload(result, pipe.class_names, stamp,
-                                                                                    frame_id))))
-                        run["stamps"].append(stamp)
-                        run["frames"] += 1
-                        bar.update(1)
-                        if opts.checkpoint_every > 0 and run["frames"] % opts.checkpoint_every == 0:
-                            if opts.background:
-                                pipe.adapter.wait_idle()
-                            sink.checkpoint(save)
+                        group[cam] = (rgb, log_ns, msg)
+                        if len(group) == len(cams):  # every camera's frame of this stamp
+                            flush(index + 1)
                     else:
+                        if not group:
+                            run["consumed"] = index + 1
                         if t in copy:
                             sink.write(t, log_ns, msg)
                         feed_context(t, log_ns, msg)
                     if scorer is not None:
                         scorer.process()
+                flush(int(run["consumed"]))
             finally:
                 bar.close()
             if run["seen"] < min(total, readable):  # damage that neither the check nor rosbags noticed
@@ -424,15 +528,21 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
             writer = sink.finish()
             files: dict[str, str] = {}
             table: dict[str, Any] = {}
+            camera_tables: dict[str, Any] = {}
             if scorer is not None:
                 written = scorer.write(writer.tmp_path, prefix="replay_", plot=opts.plot,
                                        title=f"replay of {bag_path.name}")
-                table = scorer.table()
+                if multi is None:
+                    table = scorer.table()
+                else:
+                    camera_tables = scorer.tables()
+                    table = {m: t["overall"] for m, t in camera_tables.items()}
                 files = {k: str(out_path / p.name) for k, p in written.items()}
             frames, model_s = int(run["frames"]), float(run["model_s"])
             damage = {"bad_chunks": sum(d.what == "chunk" for d in reader.damage),
                       "skipped_messages": sum(d.count(read) for d in reader.damage) + reader.undecodable,
-                      "skipped_frames": reader.skipped(topic), "damage": [d.describe() for d in reader.damage]}
+                      "skipped_frames": sum(reader.skipped(t) for t in cams),
+                      "damage": [d.describe() for d in reader.damage]}
             info = {"bag": str(bag_path), "topic": topic, "message_type": msgtype,
                     "truth_topic": truth_topic, "weather_topic": weather_topic, "method": label,
                     "model": cfg["model"], "device": pipe.device, "frames": frames, "bad_frames": run["bad"],
@@ -443,6 +553,10 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                     "bn_stats": pipe.adapter.bn_stats, "checkpoint_every": opts.checkpoint_every,
                     "resumed_from_frame": int(state["progress"]["frames"]) if state else None,
                     "outputs": sorted(writer.counts), "table": table, "adapter": _jsonable(pipe.stats()),
+                    **({"cameras": {t: c for t, (c, _, _) in cams.items()},
+                        "truth_topics": {c: tr for _, (c, _, tr) in cams.items()},
+                        "camera_tables": camera_tables, "grouping": "identical header stamps, one frame per "
+                        "camera, through Pipeline.infer_batch"} if multi is not None else {}),
                     **damage, "integrity": reader.integrity()}
             _write_json(writer.extra_file("replay.json"), info)
             files["replay"] = str(out_path / "replay.json")
@@ -458,7 +572,9 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
             if pipeline is None:
                 pipe.close()
     return ReplayResult(out_path, frames, int(run["bad"]), wall, model_s, label, table, files, list(run["stamps"]),
-                        damage["bad_chunks"], damage["skipped_messages"], damage["skipped_frames"], damage["damage"])
+                        damage["bad_chunks"], damage["skipped_messages"], damage["skipped_frames"], damage["damage"],
+                        cameras={t: c for t, (c, _, _) in cams.items()} if multi is not None else {},
+                        camera_tables=camera_tables, camera_text=scorer.text() if multi is not None and scorer else "")
 
 
 class ReplayInterrupted(KeyboardInterrupt):

@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="source,dplot", help="loop mode: adaptation methods side by side")
     p.add_argument("--duration", type=float, default=60.0,
                    help="loop mode: seconds of camera time at 10 Hz (60 s covers one weather cycle)")
+    p.add_argument("--cameras", type=int, default=1,
+                   help="loop mode: cameras of the car (1..4: front, rear, narrow, wide), one adapted model "
+                        "per method over all of them; scored per camera and overall")
     p.add_argument("--offline", action="store_true",
                    help="no ROS: run the source model over the rendered frames and plot per-frame mIoU")
     p.add_argument("--frames", type=int, default=1200, help="offline mode: frames to run (one weather cycle)")
@@ -39,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
         if ok:
             methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
             result = run_weather_loop(args.sequence, duration=args.duration, methods=methods,
-                                      device=args.device, out=args.out)
+                                      device=args.device, out=args.out, cameras=args.cameras)
             print(result.text)
+            if result.camera_text:
+                print("\n" + result.camera_text)
             for name, path in result.files.items():
                 print(f"wrote {path}")
             return 0

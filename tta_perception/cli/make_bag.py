@@ -1,5 +1,6 @@
 """make-bag: a ROS 2 bag (MCAP or sqlite3) of the embedded world's camera, ground truth and weather,
-written with rosbags (no ROS needed), playable with ``ros2 bag play --clock``."""
+written with rosbags (no ROS needed), playable with ``ros2 bag play --clock``; several cameras of the
+car with ``--cameras N`` / ``--views``."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--truth-topic", default="/camera/ground_truth/class_ids",
                    help="mono8 class-id ground truth topic ('' to leave it out)")
     p.add_argument("--weather-topic", default="/weather", help="weather JSON topic ('' to leave it out)")
+    cams = p.add_mutually_exclusive_group()
+    cams.add_argument("--cameras", type=int, default=None,
+                      help="several cameras of the car: the first N views (1..4: front, rear, narrow, wide), "
+                           "each on /<view>/image_raw + /<view>/ground_truth/class_ids, same stamps")
+    cams.add_argument("--views", default=None, help="several cameras by name, comma-separated (front,wide)")
     p.add_argument("--frame-id", default="camera", help="header frame_id")
     p.add_argument("--seed", type=int, default=None, help="world seed (default: the schedule's)")
     p.add_argument("--start-time", type=float, default=DEFAULT_START_S,
@@ -46,12 +52,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.frames is not None and args.frames <= 0:
         raise ValueError("--frames must be positive")
+    from ..world.views import views_for
+
+    views = (views_for(args.cameras) if args.cameras is not None and args.cameras > 1 else
+             [v.strip() for v in args.views.split(",") if v.strip()] if args.views else [])
+    if args.cameras is not None:
+        views_for(args.cameras)  # 1..4, one line if not
     topics = BagTopics(image=args.topic, truth=args.truth_topic or None, weather=args.weather_topic or None)
     info = make_bag(args.sequence, args.out, storage=args.storage, frames=args.frames,
                     start_frame=args.start_frame, stride=args.stride, size=args.size, encoding=args.encoding,
                     frame_id=args.frame_id, seed=args.seed, start_s=args.start_time, topics=topics,
                     version=args.bag_version, overwrite=args.overwrite, progress=not args.no_progress,
-                    workers=args.workers)
+                    workers=args.workers, views=views)
     print(f"wrote {info['path']} ({info['storage']}, {info['frames']} frames of {info['schedule']!r} at "
           f"{info['fps']:g} Hz)")
     for topic, n in info["topics"].items():

@@ -14,6 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output bag folder (refused if it exists)")
     p.add_argument("--topic", default=None, help="image topic (default: the bag's camera topic when "
                                                  "there is only one)")
+    p.add_argument("--topics", default=None,
+                   help="several cameras, one shared model: image topics, comma-separated (default: every "
+                        "camera topic of a bag without a single one); outputs under <prefix>/<camera>/, "
+                        "ground truth /<camera>/ground_truth/class_ids")
     p.add_argument("--truth-topic", default=None, help="mono8 ground-truth topic (default: "
                    "/camera/ground_truth/class_ids when present; '' to ignore it)")
     p.add_argument("--weather-topic", default=None, help="weather JSON topic (default: /weather when "
@@ -67,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.architecture and ":" in args.architecture:  # the user's own command line: trusted
         overrides["allow_code_architecture"] = True
     cfg = node_config(overrides, args.params_file)
-    opts = ReplayOptions(topic=args.topic, truth_topic=args.truth_topic, weather_topic=args.weather_topic,
+    topics = [t.strip() for t in args.topics.split(",") if t.strip()] if args.topics else None
+    opts = ReplayOptions(topic=args.topic, topics=topics, truth_topic=args.truth_topic, weather_topic=args.weather_topic,
                          prefix=args.prefix, storage=args.storage, version=args.bag_version,
                          overwrite=args.overwrite, overlay=args.overlay, background=args.background,
                          limit=args.limit, skip_bad=args.skip_bad, progress=not args.no_progress,
@@ -91,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if res.table:
         print("\nmIoU % per weather phase (pixel accuracy in replay_domains.csv):")
         print(format_table(res.table))
+    if res.camera_text:
+        print("\n" + res.camera_text)
     print(f"\nwrote {res.path}" + (f" (+ {', '.join(sorted(Path(f).name for f in res.files.values()))})"
                                      if res.files else ""))
     return 0

@@ -17,8 +17,8 @@ from .gap import gap_closed
 from .intervals import Interval, paired_difference, t_interval
 from .recovery import Recovery, frame_rows_from_csv, recovery_summary, time_to_recover
 from .resize import nearest_resize
-from .stream import StreamScorer, format_table, id_at, plot_frame_csvs
+from .stream import CameraScorers, StreamScorer, format_table, id_at, plot_frame_csvs
 
-__all__ = ["Accuracy", "ConfusionMatrix", "DomainScores", "Interval", "Recovery", "StreamScorer", "detector_purity",
+__all__ = ["Accuracy", "CameraScorers", "ConfusionMatrix", "DomainScores", "Interval", "Recovery", "StreamScorer", "detector_purity",
            "format_table", "frame_miou", "frame_rows_from_csv", "gap_closed", "id_at", "nearest_resize",
            "paired_difference", "plot_frame_csvs", "recovery_summary", "t_interval", "time_to_recover"]

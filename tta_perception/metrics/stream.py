@@ -328,6 +328,113 @@ class StreamScorer:
                            smooth=smooth)
 
 
+class CameraScorers:
+    """Several cameras of one car: a ``StreamScorer`` per camera (its own ground truth, matched by
+    stamp) and the overall score of each method over every camera.
+
+    The overall score accumulates the cameras' confusion matrices (the benchmark's formula: mIoU of
+    the summed matrix, not a mean of the cameras' mIoU). The weather is the car's, shared by all.
+    """
+
+    def __init__(self, cameras: Sequence[str], methods: Sequence[str], num_classes: int, max_pending: int = 300):
+        if not cameras or len(set(cameras)) != len(cameras):
+            raise ValueError(f"camera names must be distinct and non-empty, got {list(cameras)}")
+        self.cameras, self.methods, self.num_classes = list(cameras), list(methods), int(num_classes)
+        self.scorers = {c: StreamScorer(methods, num_classes, max_pending=max_pending) for c in self.cameras}
+
+    def add_weather(self, stamp_ns: Optional[int], payload: Mapping[str, Any]) -> None:
+        for s in self.scorers.values():
+            s.add_weather(stamp_ns, payload)
+
+    def process(self, final: bool = False) -> int:
+        return sum(s.process(final) for s in self.scorers.values())
+
+    def overall(self, method: str) -> DomainScores:
+        """``method``'s scores over every camera (the per-domain matrices summed)."""
+        total = DomainScores(self.num_classes)
+        for s in self.scorers.values():
+            part = s.scores[method]
+            for d, cm in part.per_domain.items():
+                total.per_domain.setdefault(d, total._new()).merge(cm)
+                total.frames[d] += part.frames[d]
+            total.total.merge(part.total)
+        return total
+
+    def domain_order(self) -> list[str]:
+        order: list[str] = []
+        for s in self.scorers.values():
+            order += [d for d in s.domain_order if d not in order]
+        return order
+
+    def tables(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+        """``{method: {camera | 'overall': {domain: {miou, acc, frames}, ..., all}}}`` (one
+        ``format_table`` per method: the cameras side by side)."""
+        out: dict[str, Any] = {}
+        order = self.domain_order()
+        for m in self.methods:
+            per_cam = {c: s.table()[m] for c, s in self.scorers.items()}
+            total = self.overall(m)
+            overall = {d: total.summary(d) for d in order if d in total.per_domain}
+            overall["all"] = total.summary()
+            out[m] = {**per_cam, "overall": overall}
+        return out
+
+    def text(self) -> str:
+        """The per-camera tables, one per method (what the demo, the evaluator and replay print)."""
+        return "\n\n".join(f"{m}: mIoU % per camera and overall\n{format_table(t)}" for m, t in self.tables().items())
+
+    def write(self, out_dir: str | Path, prefix: str = "", plot: bool = True, title: str = "") -> dict[str, Path]:
+        """Each camera's files (``<prefix><camera>_frames.csv`` ...) and the cameras together:
+        ``<prefix>summary.json`` (per camera and overall), ``<prefix>domains.csv`` (method, camera,
+        domain; camera ``overall`` over all of them) and ``<prefix>plot.png``."""
+        self.process(final=True)
+        out_dir = Path(out_dir)
+        paths: dict[str, Path] = {}
+        for c, s in self.scorers.items():
+            for k, p in s.write(out_dir, prefix=f"{prefix}{c}_", plot=False).items():
+                paths[f"{c}_{k}"] = p
+        tables = self.tables()
+        paths["domains"] = out_dir / f"{prefix}domains.csv"
+        _atomic_csv(paths["domains"], ["method", "camera", "domain", "frames", "miou", "acc"],
+                    [[m, c, d, int(v["frames"]), _fmt(v["miou"]), _fmt(v["acc"])]
+                     for m, per_cam in tables.items() for c, per in per_cam.items() for d, v in per.items()])
+        summary = {"cameras": self.cameras, "methods": self.methods, "num_classes": self.num_classes,
+                   "domains": self.domain_order(),
+                   "overall": {m: t["overall"] for m, t in tables.items()},
+                   "per_camera": {c: {m: tables[m][c] for m in self.methods} for c in self.cameras},
+                   "counts": {c: dict(s.counts) for c, s in self.scorers.items()}}
+        paths["summary"] = out_dir / f"{prefix}summary.json"
+        atomic_write_text(paths["summary"], json.dumps(summary, indent=2, default=_json_default) + "\n")
+        if plot and any(r.miou for s in self.scorers.values() for r in s.rows.values()):
+            paths["plot"] = self.plot(out_dir / f"{prefix}plot.png", title=title)
+        return paths
+
+    def plot(self, path: str | Path, title: str = "") -> Path:
+        """Per-frame mIoU of every camera (and method), the weather timeline underneath."""
+        from tta_perception.plots import plot_stream
+        from tta_perception.world.weather import WeatherParameters
+
+        stamps = sorted({st for s in self.scorers.values() for st in s.rows})
+        rows = {st: next(s.rows[st] for s in self.scorers.values() if st in s.rows) for st in stamps}
+        default = WeatherParameters().as_dict()
+        weather, last = [], default
+        for st in stamps:
+            last = {**default, **(rows[st].weather or last)}
+            weather.append(last)
+        have_frames = all(rows[st].frame is not None for st in stamps)
+        frames = [rows[st].frame for st in stamps] if have_frames else list(range(len(stamps)))
+        series = {}
+        for c, s in self.scorers.items():
+            for m in self.methods:
+                name = c if len(self.methods) == 1 else f"{c}/{m}"
+                series[name] = [100.0 * s.rows[st].miou[m] if st in s.rows and m in s.rows[st].miou else math.nan
+                                for st in stamps]
+        label = ", ".join(f"{m} {t['overall']['all']['miou']:.1f}" for m, t in self.tables().items())
+        return plot_stream(path, series, frames, weather, [rows[st].domain or UNKNOWN_DOMAIN for st in stamps],
+                           ylabel="mIoU %", title=(title + " " if title else "") + f"(all cameras: {label})",
+                           smooth=max(1, min(25, len(stamps) // 20)))
+
+
 def id_at(stamps: Sequence[int], ids: Sequence[int], stamp_ns: int) -> Optional[int]:
     """The detected domain in force at ``stamp_ns``: the id of the last change at or before it
     (``stamps`` sorted), None before the first."""

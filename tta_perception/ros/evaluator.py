@@ -12,6 +12,13 @@ At shutdown (and every ``write_period`` seconds, and on ``~/write``) it writes, 
 accuracy), ``<prefix>domains.csv`` and ``<prefix>summary.json`` (per phase and method), and
 ``<prefix>plot.png`` (mIoU over time with the weather timeline underneath).
 
+Several cameras of one car (``cameras``, e.g. ``[front, rear]``): camera C's ground truth is
+``C/ground_truth/class_ids`` and each prediction topic gets C before its last name
+(``/loop/dplot/class_ids`` -> ``/loop/dplot/C/class_ids``, where ``tta_node cameras:=[...]``
+publishes). Each camera is scored on its own (``<prefix>C_frames.csv``, ...) and every method over
+all cameras (the confusion matrices summed); ``<prefix>summary.json``, ``<prefix>domains.csv`` and
+``<prefix>plot.png`` then hold the per-camera and overall scores.
+
 Frames a method did not process (``tta_node`` keeps only the newest frame when it is slower than the
 camera) are not scored for it; their count is in the summary (``truth`` vs ``scored_<method>``).
 """
@@ -35,9 +42,9 @@ from std_srvs.srv import Trigger
 
 from tta_perception.world.carla_labels import palette_to_ids
 
-from ..metrics import StreamScorer, format_table, recovery_summary
+from ..metrics import CameraScorers, StreamScorer, format_table, recovery_summary
 from ..runtime.image_codec import DEFAULT_MAX_PIXELS, ImageError
-from ..runtime.messages import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns
+from ..runtime.messages import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns, view_topic
 from .convert import labels_of, rgb_of
 from .qos import latched_qos
 from .spin import ConfigError, declare_parameters, describe, format_help, publish_status, spin_node, table_help
@@ -66,6 +73,9 @@ PARAMS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "max_pending": (300, "Frames kept while waiting for their match (bounded memory).",
                     {"int_range": (1, 100000)}),
     "plot": (True, "Write the PNG plot.", {}),
+    "cameras": (Parameter.Type.STRING_ARRAY, "Several cameras: score each on <camera>/ground_truth/class_ids "
+                "against its prediction topics with <camera> before their last name, and all of them "
+                "together. Unset or empty: one camera on camera/ground_truth/class_ids.", {}),
 }
 
 
@@ -105,27 +115,40 @@ class Evaluator(Node):
         self.cfg, self.topics, self.labels = cfg, topics, labels
         self.out_dir = Path(cfg["output_dir"]).expanduser()
         self._lock = threading.Lock()
-        self.scorer = StreamScorer(labels, int(cfg["num_classes"]), max_pending=int(cfg["max_pending"]))
+        self.cameras = [c for c in (cfg["cameras"] or []) if c]
+        if len(set(self.cameras)) != len(self.cameras) or any("/" in c for c in self.cameras):
+            raise ConfigError(f"parameter 'cameras' must be distinct names without '/', got {self.cameras}")
+        self.multi = (CameraScorers(self.cameras, labels, int(cfg["num_classes"]), int(cfg["max_pending"]))
+                      if self.cameras else None)
+        self.scorer = (self.multi.scorers[self.cameras[0]] if self.multi else
+                       StreamScorer(labels, int(cfg["num_classes"]), max_pending=int(cfg["max_pending"])))
         self.bad_messages = 0
         self.written: dict[str, Path] = {}
 
         qos = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
-        self.create_subscription(Image, TRUTH_TOPIC, self._on_truth, qos)
         self.create_subscription(String, WEATHER_TOPIC, self._on_weather, qos)
-        for topic, label in zip(topics, labels):
-            self.create_subscription(Image, topic, lambda m, label=label: self._on_prediction(label, m), qos)
-            # domain memory: the node's detected domain beside its class ids (latched, by change)
-            self.create_subscription(String, domain_topic_of(topic), lambda m, label=label: self._on_domain(label, m),
-                                     latched_qos(depth=50))
+        for cam in self.cameras or [""]:
+            self.create_subscription(Image, view_topic(cam, TRUTH_TOPIC),
+                                     lambda m, c=cam: self._on_truth(m, c), qos)
+            for topic, label in zip(topics, labels):
+                topic = camera_topic(topic, cam)
+                self.create_subscription(Image, topic, lambda m, label=label, c=cam: self._on_prediction(label, m, c),
+                                         qos)
+                # domain memory: the node's detected domain beside its class ids (latched, by change)
+                self.create_subscription(String, domain_topic_of(topic),
+                                         lambda m, label=label, c=cam: self._on_domain(label, m, c),
+                                         latched_qos(depth=50))
         self.metrics_pub = self.create_publisher(String, "~/metrics", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(Trigger, "~/write", self._srv_write)
         self.create_timer(float(cfg["metrics_period"]), self._publish_metrics)
         if float(cfg["write_period"]) > 0:
             self.create_timer(float(cfg["write_period"]), lambda: self.write())
-        self.get_logger().info(f"scoring {', '.join(f'{lab} ({t})' for lab, t in zip(labels, topics))} "
-                               f"against {self.resolve_topic_name(TRUTH_TOPIC)}; files in {self.out_dir}")
+        self.get_logger().info(f"scoring {', '.join(f'{lab} ({t})' for lab, t in zip(labels, topics))}"
+                               + (f" against <camera>/ground_truth/class_ids of cameras {', '.join(self.cameras)}"
+                                  if self.cameras else f" against {self.resolve_topic_name(TRUTH_TOPIC)}")
+                               + f"; files in {self.out_dir}")
 
     # ------------------------------------------------------------------ inputs
     def _truth_of(self, msg: Image) -> Optional[np.ndarray]:
@@ -139,13 +162,17 @@ class Evaluator(Node):
                                       throttle_duration_sec=5.0)
             return None
 
-    def _on_truth(self, msg: Image) -> None:
+    def _scorer_of(self, camera: str) -> StreamScorer:
+        return self.multi.scorers[camera] if camera else self.scorer
+
+    def _on_truth(self, msg: Image, camera: str = "") -> None:
         labels = self._truth_of(msg)
         if labels is None:
             return
         with self._lock:
-            self.scorer.add_truth(stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec), labels)
-            self.scorer.process()
+            scorer = self._scorer_of(camera)
+            scorer.add_truth(stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec), labels)
+            scorer.process()
 
     def _on_weather(self, msg: String) -> None:
         try:
@@ -155,10 +182,11 @@ class Evaluator(Node):
             self.get_logger().warning(f"ignored weather message: {err}", throttle_duration_sec=5.0)
             return
         with self._lock:
-            self.scorer.add_weather(stamp, payload)
-            self.scorer.process()
+            target = self.multi or self.scorer
+            target.add_weather(stamp, payload)
+            target.process()
 
-    def _on_domain(self, label: str, msg: String) -> None:
+    def _on_domain(self, label: str, msg: String, camera: str = "") -> None:
         try:
             data = json.loads(msg.data)
             stamp = stamp_to_ns(data["stamp"]["sec"], data["stamp"]["nanosec"])
@@ -168,9 +196,9 @@ class Evaluator(Node):
             self.get_logger().warning(f"ignored domain message on {label}: {err}", throttle_duration_sec=5.0)
             return
         with self._lock:
-            self.scorer.add_detected(label, stamp, domain)
+            self._scorer_of(camera).add_detected(label, stamp, domain)
 
-    def _on_prediction(self, label: str, msg: Image) -> None:
+    def _on_prediction(self, label: str, msg: Image, camera: str = "") -> None:
         try:
             ids = labels_of(msg)
         except ImageError as err:
@@ -178,17 +206,40 @@ class Evaluator(Node):
             self.get_logger().warning(f"prediction on {label}: {err}", throttle_duration_sec=5.0)
             return
         with self._lock:
-            self.scorer.add_prediction(label, stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec), ids)
-            self.scorer.process()
+            scorer = self._scorer_of(camera)
+            scorer.add_prediction(label, stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec), ids)
+            scorer.process()
 
     # ------------------------------------------------------------------ outputs
     def status(self) -> dict[str, Any]:
+        """The running scores; with cameras the table's columns are ``<camera>/<label>`` and
+        ``overall/<label>``, and the counts are summed over the cameras."""
         with self._lock:
-            return self.scorer.status()
+            if self.multi is None:
+                return self.scorer.status()
+            tables = self.multi.tables()
+            counts: dict[str, int] = {}
+            for cam, scorer in self.multi.scorers.items():
+                for k, v in scorer.counts.items():
+                    counts[k] = counts.get(k, 0) + int(v)
+                    if k.startswith("scored_"):
+                        counts[f"scored_{cam}/{k[7:]}"] = int(v)
+            counts.update({f"scored_overall/{m}": counts.get(f"scored_{m}", 0) for m in self.labels})
+            return {"methods": self.labels, "cameras": self.cameras, "current_domain": self.scorer.current_domain,
+                    "table": {f"{c}/{m}": per for m, t in tables.items() for c, per in t.items()},
+                    "counts": counts}
 
     def table(self) -> dict[str, Any]:
+        """Per method: {domain: scores}; with cameras, the overall scores of each method."""
         with self._lock:
-            return self.scorer.table()
+            if self.multi is None:
+                return self.scorer.table()
+            return {m: t["overall"] for m, t in self.multi.tables().items()}
+
+    def camera_tables(self) -> dict[str, Any]:
+        """With cameras: {method: {camera | 'overall': {domain: scores}}} (``CameraScorers.tables``)."""
+        with self._lock:
+            return self.multi.tables() if self.multi is not None else {}
 
     def _publish_metrics(self) -> None:
         st = self.status()
@@ -203,7 +254,7 @@ class Evaluator(Node):
             for domain, v in per.items():
                 values.append(KeyValue(key=f"{label}/{domain}/miou", value=f"{v['miou']:.2f}"))
                 values.append(KeyValue(key=f"{label}/{domain}/acc", value=f"{v['acc']:.2f}"))
-        scored = any(st["counts"].get(f"scored_{label}", 0) for label in self.labels)
+        scored = any(st["counts"].get(f"scored_{label}", 0) for label in self.labels)  # summed over cameras
         status = DiagnosticStatus(level=DiagnosticStatus.OK if scored else DiagnosticStatus.WARN,
                                   name=f"tta_perception: {self.get_fully_qualified_name()}",
                                   message=("scoring, phase " + st["current_domain"]) if scored
@@ -215,8 +266,8 @@ class Evaluator(Node):
         """The CSV / JSON / PNG files now (atomic; the last complete set stays if this fails)."""
         with self._lock:
             try:
-                self.written = self.scorer.write(self.out_dir, prefix=self.cfg["prefix"],
-                                                 plot=bool(self.cfg["plot"]), title=self.cfg["title"])
+                self.written = (self.multi or self.scorer).write(self.out_dir, prefix=self.cfg["prefix"],
+                                                                 plot=bool(self.cfg["plot"]), title=self.cfg["title"])
             except Exception as err:  # disk full, bad folder: report, keep scoring
                 self.get_logger().error(f"writing results to {self.out_dir} failed: {type(err).__name__}: {err}")
         return self.written
@@ -228,6 +279,9 @@ class Evaluator(Node):
         return response
 
     def summary_text(self) -> str:
+        if self.multi is not None:
+            with self._lock:
+                return self.multi.text()
         lines = [format_table(self.table())]
         for m, changes in self.scorer.recovery().items():
             t = recovery_summary([c["frames"] for c in changes])
@@ -237,6 +291,15 @@ class Evaluator(Node):
                                 if t["recovered"] else "none recovered")
                              + " (meaningful for instant switches, e.g. schedule dynamic_abrupt)")
         return "\n".join(lines)
+
+
+def camera_topic(topic: str, camera: str) -> str:
+    """Camera ``front`` of a per-camera topic: ``/loop/dplot/class_ids`` -> ``/loop/dplot/front/class_ids``,
+    ``class_ids`` -> ``front/class_ids`` (where ``tta_node cameras:=[front, ...]`` publishes)."""
+    if not camera:
+        return topic
+    head, _, tail = topic.rstrip("/").rpartition("/")
+    return f"{head}/{camera}/{tail}" if (head or topic.startswith("/")) else f"{camera}/{tail}"
 
 
 def domain_topic_of(prediction_topic: str) -> str:
@@ -255,7 +318,8 @@ def _finish(node: "Evaluator") -> None:
 def _help_text() -> str:
     """``evaluator --help``: the parameters from ``PARAMS`` (the table that declares them)."""
     return format_help(NODE_NAME, describe(__doc__), table_help(PARAMS), sections=(
-        ("topics in", [f"{TRUTH_TOPIC} (sensor_msgs/Image; truth_encoding)",
+        ("topics in", [f"{TRUTH_TOPIC} (sensor_msgs/Image; truth_encoding); with cameras: "
+                       "<camera>/ground_truth/class_ids",
                        f"{WEATHER_TOPIC} (std_msgs/String JSON)",
                        "each of prediction_topics (sensor_msgs/Image mono8 class ids) and its "
                        "<namespace>/domain (std_msgs/String JSON, latched)"]),

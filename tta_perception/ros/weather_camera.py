@@ -6,6 +6,13 @@ Publishes, all with the same header stamp:
 - ``weather`` (``std_msgs/String``, JSON: the stamp, the schedule's ``WeatherParameters`` and domain),
 and its health on ``/diagnostics``.
 
+Several cameras of one car (``cameras``, view names of ``world.views``: front, rear, narrow, wide):
+each view V publishes ``V/image_raw`` and ``V/ground_truth/class_ids`` (frame_id ``<frame_id>_V``),
+all views of a frame with one stamp and one ``weather`` message; they are the same drive under the
+same weather at the same instant, each with its own ground truth (``tta_node cameras:=[V, ...]``
+reads ``V/image``: remap it to ``V/image_raw``). Rendering cost grows with the views; they are
+rendered together on the render thread, so a tick publishes all of a frame's views or none.
+
 Frame ``k`` is frame ``start_frame + k * frame_stride`` of the schedule, rendered exactly as
 ``SequenceRenderer`` renders it (the same pixels as ``make-bag`` and the benchmark); ``rate`` sets
 how often a frame is published, so ``rate = fps / frame_stride`` runs the world in real time and a
@@ -28,10 +35,11 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
+from rclpy.parameter import Parameter
 from std_msgs.msg import Header, String
 
 from ..runtime import image_codec as codec
-from ..runtime.messages import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, stamp_to_ns, weather_json
+from ..runtime.messages import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, view_topic, weather_json
 from .convert import mono8_image, rgb_image
 from .spin import ConfigError, declare_parameters, describe, format_help, publish_status, spin_node, table_help
 
@@ -48,7 +56,10 @@ PARAMS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "height": (128, "Image height in pixels.", {"int_range": (8, 4096)}),
     "encoding": ("rgb8", "Image encoding: " + ", ".join(ENCODINGS) + " (bgra8 is what the CARLA bridge "
                  "sends).", {}),
-    "frame_id": ("camera", "header.frame_id of every message.", {}),
+    "frame_id": ("camera", "header.frame_id of every message (with cameras: <frame_id>_<view>).", {}),
+    "cameras": (Parameter.Type.STRING_ARRAY, "Several views of one car (front, rear, narrow, wide): each "
+                "publishes <view>/image_raw and <view>/ground_truth/class_ids with the same stamp. Unset or "
+                "empty: one camera on camera/image_raw.", {}),
     "seed": (-1, "World seed (layout of the street); -1: the schedule's.", {"int_range": (-1, 2**31 - 1)}),
     "start_frame": (0, "First frame of the schedule.", {"int_range": (0, 2**31 - 1)}),
     "frame_stride": (1, "Advance the schedule by this many frames per published frame (fast-forward "
@@ -75,6 +86,7 @@ class WeatherCamera(Node):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self.cfg = declare_parameters(self, PARAMS)
+        self.cfg["cameras"] = [c for c in (self.cfg.get("cameras") or []) if c]
         self._check(self.cfg)
         from tta_perception.world.schedule import load_schedule
         from tta_perception.world.sequences import SequenceRenderer
@@ -84,7 +96,12 @@ class WeatherCamera(Node):
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(f"parameter 'schedule': {err}") from None
         seed = None if self.cfg["seed"] < 0 else int(self.cfg["seed"])
-        self.renderer = SequenceRenderer(self.schedule, seed, (int(self.cfg["height"]), int(self.cfg["width"])))
+        size = (int(self.cfg["height"]), int(self.cfg["width"]))
+        self.cameras: list[str] = list(self.cfg["cameras"])
+        # one renderer per view; '' is the single legacy camera (the front view)
+        self.renderers = {cam: SequenceRenderer(self.schedule, seed, size, view=cam or "front")
+                          for cam in (self.cameras or [""])}
+        self.renderer = next(iter(self.renderers.values()))
         self.rate = float(self.cfg["rate"]) or self.schedule.fps / int(self.cfg["frame_stride"])
 
         qos = QoSProfile(depth=int(self.cfg["depth"]), history=HistoryPolicy.KEEP_LAST,
@@ -96,9 +113,12 @@ class WeatherCamera(Node):
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         weather_qos = QoSProfile(depth=max(10, int(self.cfg["depth"])), history=HistoryPolicy.KEEP_LAST,
                                  reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-        self.image_pub = self.create_publisher(Image, IMAGE_TOPIC, qos)
-        self.truth_pub = (self.create_publisher(Image, TRUTH_TOPIC, qos)
-                          if self.cfg["publish_ground_truth"] else None)
+        self.image_pubs = {cam: self.create_publisher(Image, view_topic(cam, IMAGE_TOPIC), qos)
+                           for cam in self.renderers}
+        self.truth_pubs = ({cam: self.create_publisher(Image, view_topic(cam, TRUTH_TOPIC), qos)
+                            for cam in self.renderers} if self.cfg["publish_ground_truth"] else {})
+        self.image_pub = next(iter(self.image_pubs.values()))
+        self.truth_pub = next(iter(self.truth_pubs.values()), None)
         self.weather_pub = self.create_publisher(String, WEATHER_TOPIC, weather_qos)
         self.weather_latched_pub = self.create_publisher(String, WEATHER_TOPIC + "/latest", latched)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -119,7 +139,8 @@ class WeatherCamera(Node):
         self._diag_timer = self.create_timer(float(self.cfg["diagnostics_period"]), self._diagnostics)
         self.get_logger().info(
             f"schedule {self.schedule.name!r} ({len(self.schedule.keyframes)} keyframes, "
-            f"{'loop' if self.schedule.loop else 'hold'}), {self.cfg['width']}x{self.cfg['height']} "
+            f"{'loop' if self.schedule.loop else 'hold'}), "
+            f"{'views ' + ','.join(self.cameras) + ', ' if self.cameras else ''}{self.cfg['width']}x{self.cfg['height']} "
             f"{self.cfg['encoding']} at {self.rate:g} Hz, frames from {self.cfg['start_frame']} every "
             f"{self.cfg['frame_stride']}")
 
@@ -132,6 +153,12 @@ class WeatherCamera(Node):
             raise ConfigError(f"parameter 'reliability' must be reliable or best_effort; got {cfg['reliability']!r}")
         if cfg["rate"] < 0:
             raise ConfigError(f"parameter 'rate' must be >= 0; got {cfg['rate']}")
+        from tta_perception.world.views import VIEWS
+
+        unknown = [c for c in cfg["cameras"] if c not in VIEWS]
+        if unknown or len(set(cfg["cameras"])) != len(cfg["cameras"]):
+            raise ConfigError(f"parameter 'cameras' must name distinct views of {', '.join(VIEWS)}; "
+                              f"got {cfg['cameras']}")
 
     # ------------------------------------------------------------------ render thread
     def _render_loop(self) -> None:
@@ -140,8 +167,8 @@ class WeatherCamera(Node):
         rendered = 0
         while not self._stop.is_set() and (limit == 0 or rendered < limit):
             t0 = time.perf_counter()
-            try:
-                frame = self.renderer.frame(self._next_index)
+            try:  # every view of the frame, so a tick publishes all of them or none
+                frame = {cam: r.frame(self._next_index) for cam, r in self.renderers.items()}
             except Exception as err:  # a bad schedule value etc.: report, do not spin
                 self._render_error = f"{type(err).__name__}: {err}"
                 self.get_logger().error(f"rendering frame {self._next_index} failed: {self._render_error}")
@@ -182,23 +209,29 @@ class WeatherCamera(Node):
         self.publish_frame(frame, now.nanoseconds)
 
     def _subscribers_ready(self) -> bool:
-        if self.image_pub.get_subscription_count() < int(self.cfg["wait_for_subscribers"]):
+        """Every view's image (and, when asked, ground truth) has its subscribers, and the weather."""
+        if any(p.get_subscription_count() < int(self.cfg["wait_for_subscribers"]) for p in self.image_pubs.values()):
             return False
         need = int(self.cfg["wait_for_truth_subscribers"])
-        if need and self.truth_pub is not None and self.truth_pub.get_subscription_count() < need:
+        if need and any(p.get_subscription_count() < need for p in self.truth_pubs.values()):
             return False
         return not need or self.weather_pub.get_subscription_count() >= need
 
-    def publish_frame(self, frame: Any, stamp_ns: int) -> None:
-        """Image, ground truth and weather of one frame, with one stamp."""
-        header = Header(frame_id=str(self.cfg["frame_id"]))
-        header.stamp.sec, header.stamp.nanosec = stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000
-        self.image_pub.publish(rgb_image(header, frame.rgb, self.cfg["encoding"]))
-        if self.truth_pub is not None:
-            self.truth_pub.publish(mono8_image(header, frame.labels))
-        text = weather_json(stamp_to_ns(header.stamp.sec, header.stamp.nanosec), frame.weather, frame.domain,
-                            schedule=self.schedule.name, time=frame.time, frame=frame.index,
-                            frame_id=header.frame_id)
+    def publish_frame(self, frames: Any, stamp_ns: int) -> None:
+        """Image and ground truth of every view of one frame and its weather, with one stamp."""
+        if not isinstance(frames, dict):
+            frames = {next(iter(self.renderers)): frames}
+        stamp = Header().stamp
+        stamp.sec, stamp.nanosec = stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000
+        base = str(self.cfg["frame_id"])
+        for cam, frame in frames.items():
+            header = Header(stamp=stamp, frame_id=f"{base}_{cam}" if cam else base)
+            self.image_pubs[cam].publish(rgb_image(header, frame.rgb, self.cfg["encoding"]))
+            if cam in self.truth_pubs:
+                self.truth_pubs[cam].publish(mono8_image(header, frame.labels))
+        frame = next(iter(frames.values()))
+        text = weather_json(stamp_ns, frame.weather, frame.domain, schedule=self.schedule.name, time=frame.time,
+                            frame=frame.index, frame_id=base)
         self.weather_pub.publish(String(data=text))
         self.weather_latched_pub.publish(String(data=text))
         self.published += 1
@@ -219,7 +252,8 @@ class WeatherCamera(Node):
                   "waiting_for_clock": self.waiting_for_clock, "rate_hz": f"{self.rate:g}",
                   "render_p50_ms": f"{render[len(render) // 2]:.1f}" if render else "nan",
                   "schedule": self.schedule.name, "domain": getattr(self, "last_domain", ""),
-                  "encoding": self.cfg["encoding"], "next_frame": self._next_index}
+                  "encoding": self.cfg["encoding"], "next_frame": self._next_index,
+                  "cameras": ",".join(self.cameras) or "camera"}
         status = DiagnosticStatus(level=level, name=f"tta_perception: {self.get_fully_qualified_name()}",
                                   message=message, hardware_id="embedded_world")
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
@@ -235,6 +269,7 @@ def _help_text() -> str:
     return format_help(NODE_NAME, describe(__doc__), table_help(PARAMS), sections=(
         ("topics out", [f"{IMAGE_TOPIC} (sensor_msgs/Image, 'encoding')",
                         f"{TRUTH_TOPIC} (sensor_msgs/Image mono8, 255 = unlabeled; publish_ground_truth)",
+                        "with cameras: <view>/image_raw and <view>/ground_truth/class_ids per view",
                         f"{WEATHER_TOPIC}, {WEATHER_TOPIC}/latest (std_msgs/String JSON; /latest latched)",
                         "/diagnostics (diagnostic_msgs/DiagnosticArray)"]),
         ("clock", ["use_sim_time:=true: the timer and the stamps follow /clock"]),

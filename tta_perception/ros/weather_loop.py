@@ -16,6 +16,10 @@ multi-threaded executor; each ``tta_node`` still infers on its own worker thread
 adapter's thread, keeping only the newest frame, so a method slower than the camera skips frames
 (reported as processed/dropped). The nodes live under a private namespace (``/tta_weather_loop_<pid>``)
 so a loop never mixes with other nodes on the same ROS network.
+
+``cameras=N`` (or view names): the car's first N views (``world.views``: front, rear, narrow, wide)
+publish together; each ``tta_node`` adapts one model on all of them (``cameras`` parameter) and the
+evaluator scores every camera and all of them together (``result.camera_text``).
 """
 from __future__ import annotations
 
@@ -52,6 +56,9 @@ class LoopResult:
     wall_s: float
     late_ticks: int = 0
     latency_p50_ms: dict[str, float] = field(default_factory=dict)
+    cameras: list[str] = field(default_factory=list)
+    camera_tables: dict[str, Any] = field(default_factory=dict)  # {method: {camera | overall: {phase: ...}}}
+    camera_text: str = ""
 
 
 class LoopError(ValueError):
@@ -66,14 +73,16 @@ def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
                      architecture: str = "", node_params: Optional[dict[str, Any]] = None,
                      out: str | Path = "runs/weather_loop", domain_id: Optional[int] = None,
                      num_classes: int = 12, drain_s: float = 3.0, threads: int = 4,
-                     log: Callable[[str], None] = print, report_every: float = 10.0) -> LoopResult:
+                     log: Callable[[str], None] = print, report_every: float = 10.0,
+                     cameras: "int | Sequence[str]" = 1) -> LoopResult:
     """Run the loop for ``duration`` seconds of camera time (``duration * rate`` frames).
 
     Defaults: the ``dynamic`` schedule fast-forwarded 2x (``frame_stride=2`` at 10 Hz covers its
     120-s cycle — clear, rain, fog, dusk, night, night rain — in 60 s), 128x256 bgra8 frames as the
     CARLA bridge sends, the embedded ``driveseg`` model. ``node_params`` go to every ``tta_node``
     (e.g. ``{"window": 16}``); the evaluator writes ``out/loop_{frames,domains}.csv``,
-    ``loop_summary.json`` and ``loop_plot.png``.
+    ``loop_summary.json`` and ``loop_plot.png``. ``cameras``: a count (``views_for``) or view names;
+    1 is the single ``camera/image_raw`` camera.
     """
     import rclpy
     from rclpy.context import Context
@@ -85,6 +94,10 @@ def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
     from .tta_node import TTANode
     from .weather_camera import WeatherCamera
 
+    from tta_perception.world.views import views_for
+
+    views = views_for(cameras) if isinstance(cameras, int) else list(cameras)
+    views = [] if views == ["front"] and isinstance(cameras, int) else views  # one camera: as ever
     methods = list(methods)
     if not methods or len(set(methods)) != len(methods):
         raise ValueError(f"methods must be distinct and non-empty, got {methods}")
@@ -115,10 +128,13 @@ def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
             overrides = {"model": model, "architecture": architecture, "method": m, "device": device,
                          "allow_code_architecture": ":" in architecture,
                          "diagnostics_period": 1.0}
+            if views:
+                overrides["cameras"] = views
             overrides.update(node_params or {})
+            remaps = ([a for v in views for a in ("-r", f"{v}/image:={ns}/{v}/image_raw")] if views
+                      else ["-r", f"image:={ns}/camera/image_raw"])
             node = TTANode(namespace=f"{ns}/{m}", context=ctx, parameter_overrides=params(**overrides),
-                           cli_args=["--ros-args", "-r", f"image:={ns}/camera/image_raw"],
-                           use_global_arguments=False)
+                           cli_args=["--ros-args", *remaps], use_global_arguments=False)
             nodes.append(node)
             tta_nodes[m] = node
             log(f"[weather_loop] loading {m!r} ({model}) ...")
@@ -128,7 +144,7 @@ def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
                                 f"{node.session.config_error or node.session.state}")
         evaluator = Evaluator(namespace=ns, context=ctx, use_global_arguments=False, parameter_overrides=params(
             prediction_topics=[f"{ns}/{m}/class_ids" for m in methods], labels=methods,
-            num_classes=int(num_classes), output_dir=str(out), prefix="loop_",
+            num_classes=int(num_classes), output_dir=str(out), prefix="loop_", **({"cameras": views} if views else {}),
             title=f"{schedule}, {frames} frames at {rate:g} Hz (x{frame_stride})"))
         nodes.append(evaluator)
         for node in nodes:
@@ -138,11 +154,12 @@ def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
         camera = WeatherCamera(namespace=ns, context=ctx, use_global_arguments=False, parameter_overrides=params(
             schedule=schedule, rate=float(rate), frame_stride=int(frame_stride), start_frame=int(start_frame),
             height=int(size[0]), width=int(size[1]), encoding=encoding, max_frames=frames,
-            wait_for_subscribers=len(methods), wait_for_truth_subscribers=1))
+            wait_for_subscribers=len(methods), wait_for_truth_subscribers=1,
+            **({"cameras": views} if views else {})))
         nodes.append(camera)
         executor.add_node(camera)
         log(f"[weather_loop] {schedule!r}: {frames} frames at {rate:g} Hz ({duration:g} s), methods "
-            f"{', '.join(methods)}, device {device}")
+            f"{', '.join(methods)}, device {device}" + (f", cameras {', '.join(views)}" if views else ""))
         t_start = time.monotonic()
         next_report = t_start + report_every
         deadline = t_start + duration * 3 + 60.0  # generous: a stalled loop still ends
@@ -159,7 +176,9 @@ def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
         diags = {m: n.diagnostics() for m, n in tta_nodes.items()}
         files = evaluator.write()
         table = evaluator.table()
-        return LoopResult(table=table, text=format_table(table), files=files, published=camera.published,
+        camera_tables = evaluator.camera_tables()
+        return LoopResult(table=table, text=format_table(table), cameras=views, camera_tables=camera_tables,
+                          camera_text=evaluator.summary_text() if views else "", files=files, published=camera.published,
                           processed={m: int(d["frames_processed"]) for m, d in diags.items()},
                           dropped={m: int(d["frames_dropped"]) for m, d in diags.items()}, wall_s=wall,
                           late_ticks=camera.late_ticks,
@@ -213,6 +232,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--model", default="driveseg")
     p.add_argument("--architecture", default="")
     p.add_argument("--out", type=Path, default=Path("runs/weather_loop"))
+    p.add_argument("--cameras", type=int, default=1, help="views of the car (1..4: front, rear, narrow, wide)")
     args = p.parse_args(argv)
     ok, why = available()
     if not ok:
@@ -223,7 +243,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         res = run_weather_loop(args.schedule, args.duration, [m for m in args.methods.split(",") if m],
                                rate=args.rate, frame_stride=args.frame_stride, start_frame=args.start_frame,
                                encoding=args.encoding, device=args.device, model=args.model,
-                               architecture=args.architecture, out=args.out)
+                               architecture=args.architecture, out=args.out, cameras=args.cameras)
     except (ValueError, FileNotFoundError) as err:
         print(f"weather loop: error: {err}", file=sys.stderr)
         return 2
@@ -232,6 +252,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                       for m, n in res.processed.items()))
     print("\nmIoU % per weather phase (frames scored per method on the right):")
     print(res.text)
+    if res.camera_text:
+        print("\n" + res.camera_text)
     print("\nwrote " + ", ".join(str(p) for p in res.files.values()))
     return 0
 

@@ -20,6 +20,12 @@ CARLA_IMAGE_TOPIC = "/carla/ego_vehicle/rgb_front/image"
 WEATHER_FORMAT = "tta_perception.weather/1"
 
 
+def view_topic(view: str, topic: str) -> str:
+    """A camera topic of one view of several: ``camera/image_raw`` of ``front`` -> ``front/image_raw``
+    (the camera's namespace becomes the view's; '' keeps the single camera's topic)."""
+    return f"{view}/{topic.split('/', 1)[1]}" if view else topic
+
+
 def absolute(topic: str) -> str:
     return topic if topic.startswith("/") else "/" + topic
 
