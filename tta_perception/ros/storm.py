@@ -29,6 +29,7 @@ from sensor_msgs.msg import Image
 
 from ..runtime.health import percentile
 from . import convert
+from .diagnostics import Watch
 from .node_bench import NodeProcess, _spin_in_background
 from .qos import output_qos, service_qos
 
@@ -62,25 +63,14 @@ def run_storm(*, node_params: dict[str, Any], domain_id: int, log: Callable[[str
     pub = peer.create_publisher(Image, f"{ns}/image", output_qos(2))
     outputs: list[float] = []
     peer.create_subscription(Image, f"{ns}/class_ids", lambda m: outputs.append(time.monotonic()), output_qos(50))
-    diag: dict[str, str] = {}
-    diag_count = [0]
-
-    def on_diag(msg: Any) -> None:
-        for st in msg.status:
-            if ns in st.name and "tta_node" in st.name:
-                diag.clear()
-                diag.update({kv.key: kv.value for kv in st.values})
-                diag_count[0] += 1
+    diag = Watch(ns)
 
     def fresh() -> None:
-        """Wait for two diagnostics messages newer than now (counters read after what was sent)."""
-        seen = diag_count[0]
-        wait_for(lambda: diag_count[0] >= seen + 2, 10.0)
+        diag.fresh(alive)
 
-    def counter(key: str) -> int:
-        return int(float(diag.get(key, 0) or 0))
+    counter = diag.counter
 
-    peer.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 20)
+    peer.create_subscription(DiagnosticArray, "/diagnostics", diag, 20)
     clients = {name: peer.create_client(srv, f"{ns}/tta_node/{name}", qos_profile=service_qos())
                for name, srv in (("save", Trigger), ("reset", Trigger), ("enable", SetBool))}
     params_client = peer.create_client(SetParameters, f"{ns}/tta_node/set_parameters",
@@ -194,7 +184,7 @@ def run_storm(*, node_params: dict[str, Any], domain_id: int, log: Callable[[str
             f"{p['reloads']} reloads built, {p['reloads_coalesced']} coalesced; {p['frames_answered']} of "
             f"~{p['frames_sent']} frames answered during the storm")
         report["node_alive"] = proc.poll() is None
-        report["diagnostics"] = dict(diag)
+        report["diagnostics"] = dict(diag.values)
     finally:
         stop.set()
         node_proc.stop()
