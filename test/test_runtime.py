@@ -412,3 +412,40 @@ def test_a_pipeline_over_the_budget_is_refused_before_allocating():
     cfg.update(device="cpu", input_size=[2048, 4096])
     with pytest.raises(ConfigError, match="max_memory_mb"):
         Pipeline(cfg)
+
+
+def test_pipeline_finds_checks_and_explains_the_phase_a_bundle(tmp_path, monkeypatch):
+    """The default bundle is looked for at prepare's default output for the loaded architecture
+    (also with 'architecture' set); one prepared for other weights is refused when named and skipped
+    with a warning when found by default; without one, DPLOT's error names node parameters."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "test"))
+    import test_ros_helpers as H
+    from tta_perception.engine.bundle import Bundle, default_bundle_path, save_bundle
+    from tta_perception.runtime.errors import ConfigError
+    from tta_perception.runtime.pipeline import Pipeline
+
+    monkeypatch.chdir(tmp_path)
+    cfg = P.defaults()
+    cfg.update(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), allow_code_architecture=True,
+               method="dplot", device="cpu", input_size=[32, 64])
+    with pytest.raises(ConfigError) as err:
+        Pipeline(cfg, background=False)
+    assert "set parameter 'bundle'" in str(err.value) and "blocks=" not in str(err.value)
+    weights = H.tiny_seg().state_dict()
+    path = default_bundle_path(H.arch("tiny_seg"))
+    path.parent.mkdir(parents=True)
+    save_bundle(Bundle(["block1"], student_state=weights, teacher_state=weights,
+                       metadata={"weights_id": f"builder:{H.arch('tiny_seg')}"}), path)
+    pipe = Pipeline(cfg, background=False)  # found by itself, made for these weights
+    assert pipe.selected_blocks() == ["block1"] and Path(pipe.bundle) == path.resolve()
+    pipe.close()
+    save_bundle(Bundle(["block1"], student_state=weights, teacher_state=weights,
+                       metadata={"weights_id": "0" * 64, "weights": "someone else's fine-tune"}), path)
+    with pytest.raises(ConfigError, match="prepared for other weights .someone else's fine-tune."):
+        Pipeline(cfg, background=False)  # skipped by default: then DPLOT has no blocks
+    with pytest.raises(ConfigError, match="parameter 'bundle'.*prepared for other weights"):
+        Pipeline({**cfg, "bundle": str(path)}, background=False)
+    cfg["method"] = "tent"  # a method without phase A never looks
+    Pipeline(cfg, background=False).close()

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from ..engine.bundle import default_bundle_path  # noqa: F401  (prepare's default output, re-exported)
 from .common import DEFAULT_CACHE, cache_key, cached_npz
 
 # per task: source samples (block selection + prototypes), source batch size, warm-up samples
@@ -267,10 +268,6 @@ def score_table(bundle) -> str:
         mark = "*" if b in bundle.selected_blocks else ""
         lines.append(f"  {b:<22} {v:>12.6f} {bundle.scaled_scores.get(b, float('nan')):>8.3f}  {mark}")
     return "\n".join(lines)
-
-
-def default_bundle_path(arch: str) -> Path:
-    return Path("runs/prepare") / f"{arch}_dplot.bundle"
 
 
 def cached_bundle_path(cache_dir: Path, arch: str, key: str) -> Path:

@@ -109,6 +109,15 @@ def load_bundle(path: str | os.PathLike, map_location: str | torch.device = "cpu
         raise BundleError(f"{path}: malformed DPLOT bundle: {e}") from e
 
 
+def default_bundle_path(arch: str) -> "Path":
+    """Where ``tta-perception prepare`` writes a bundle by default, and where the node and the
+    benchmark look for one (relative to the working directory); ``module:function`` names are made
+    file-name safe."""
+    from pathlib import Path
+
+    return Path("runs/prepare") / f"{arch.replace(':', '_').replace('/', '_')}_dplot.bundle"
+
+
 def resolve_bundle(bundle: Bundle | str | os.PathLike | None) -> Bundle | None:
     if bundle is None or isinstance(bundle, Bundle):
         return bundle

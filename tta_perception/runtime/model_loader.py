@@ -219,21 +219,34 @@ def load_model(model: str = "", architecture: str = "", *, task: Optional[str] =
     return LoadedModel(net.to(device).eval(), arch, wid, desc)
 
 
-def default_bundle(model: str, architecture: str = "") -> Optional[str]:
-    """The phase-A bundle to use when none is given, for an embedded model: the one committed beside
-    its weights, else the output of ``tta-perception prepare`` in its default place
-    (runs/prepare/<model>_dplot.bundle, relative to the working directory, where the benchmark
-    looks for it)."""
+def default_bundle(model: str, architecture: str = "", arch: str = "") -> Optional[str]:
+    """The phase-A bundle to use when none is given: for an embedded model the one committed beside
+    its weights, else the output of ``tta-perception prepare`` in its default place,
+    runs/prepare/<arch>_dplot.bundle relative to the working directory (``arch``: the architecture of
+    the loaded model, default the ``architecture`` or embedded name). Whether it was prepared for
+    these weights is :func:`bundle_mismatch`'s question."""
     name = (model or "").strip()
-    if (architecture or "").strip() or looks_like_path(name):
-        return None
-    from ..models.checkpoint import default_bundle as shipped
+    if not (architecture or "").strip() and not looks_like_path(name):
+        from ..models.checkpoint import default_bundle as shipped
 
-    found = shipped(name)
-    if found:
-        return str(found)
-    candidate = Path("runs") / "prepare" / f"{name}_dplot.bundle"
-    return str(candidate.resolve()) if candidate.is_file() else None
+        found = shipped(name)
+        if found:
+            return str(found)
+    from ..engine.bundle import default_bundle_path
+
+    arch = (arch or architecture or ("" if looks_like_path(name) else name)).strip()
+    candidate = default_bundle_path(arch)
+    return str(candidate.resolve()) if arch and candidate.is_file() else None
+
+
+def bundle_mismatch(metadata: dict[str, Any], loaded: LoadedModel) -> Optional[str]:
+    """Why a bundle with this metadata was not made for the loaded model (None: it was, or it records
+    no weights): its warmed-up student would replace the model's own weights."""
+    made_for = str(metadata.get("weights_id") or "")
+    if not made_for or made_for == loaded.weights_id:
+        return None
+    return (f"it was prepared for other weights ({metadata.get('weights') or made_for[:12]}), not for the "
+            f"running model ({loaded.weights_desc}): run `tta-perception prepare` for this model")
 
 
 def domain_calibration(model: str, architecture: str = "", path: str = "") -> dict[str, Any]:

@@ -67,8 +67,9 @@ SPECS: tuple[Spec, ...] = (
          read_only=True),
     Spec("bundle", "", "str", "DPLOT/RMT phase-A bundle written by `tta-perception prepare` (selected "
          "blocks, warmed-up teacher; RMT in the node uses its warm-up, having no source data for its own); "
-         "empty: the one shipped for an embedded model, else runs/prepare/<model>_dplot.bundle (prepare's "
-         "default output) if present.", "reload"),
+         "empty: the one shipped for an embedded model, else runs/prepare/<architecture>_dplot.bundle "
+         "(prepare's default output for the loaded architecture) if present. A bundle prepared for other "
+         "weights is refused (skipped when found by default).", "reload"),
     Spec("method", "dplot", "str", "Adaptation method of the engine (source, norm, tent, eata, sar, "
          "cotta, rmt, dplot).", "reload"),
     Spec("device", "auto", "str", "auto (CUDA when present, else CPU with a warning; CPU also after "

@@ -84,8 +84,9 @@ class Pipeline:
         bundle, resume = cfg["bundle"].strip(), cfg["resume_from"].strip()
         self.device, self.device_warning = device, device_warning
         self.cfg = dict(cfg)  # what this pipeline was built from (the node reports it)
-        self.model = load_model(cfg["model"], cfg["architecture"], device=self.device,
-                                allow_import=bool(cfg["allow_code_architecture"])).model
+        loaded = load_model(cfg["model"], cfg["architecture"], device=self.device,
+                            allow_import=bool(cfg["allow_code_architecture"]))
+        self.model = loaded.model
         model_task = P.TASK_OF_MODEL[self.model.task]
         if cfg["task"] not in ("auto", model_task):
             embedded = EMBEDDED_FOR_TASK[next(k for k, v in P.TASK_OF_MODEL.items() if v == cfg["task"])]
@@ -110,6 +111,8 @@ class Pipeline:
         if problem:
             raise ConfigError(problem)
 
+        from ..engine.bundle import default_bundle_path
+
         cls = method_class(cfg["method"])
         keys = set(config_keys(cls.Config))
         overrides: dict[str, Any] = {}
@@ -120,10 +123,16 @@ class Pipeline:
         self.warnings: list[str] = [self.device_warning] if self.device_warning else []
         self.bundle = ""
         if "bundle" in getattr(cls, "RESOURCES", ()):
-            self.bundle = os.path.expanduser(bundle) if bundle else \
-                (default_bundle(cfg["model"], cfg["architecture"]) or "")
-            if self.bundle:
-                overrides["bundle"] = self.bundle
+            self.bundle, phase_a = self._bundle(bundle, cfg, loaded)
+            if phase_a is not None:
+                overrides["bundle"] = phase_a
+            elif cfg["method"] == "dplot":  # the selected blocks come from phase A
+                skipped = next((w for w in self.warnings if w.startswith("bundle ")), "")
+                raise ConfigError(
+                    f"method 'dplot' needs a phase-A bundle (the selected blocks) for {loaded.weights_desc}"
+                    + (f" ({skipped})" if skipped else "") + ": write one with `tta-perception prepare` and "
+                    f"set parameter 'bundle' (found by itself at {default_bundle_path(loaded.arch)}, relative "
+                    "to the working directory)")
             if "warmup" in keys:  # RMT: the node has no source data for rmt.py's own warm-up
                 overrides["warmup"] = "bundle"
         elif bundle:
@@ -150,6 +159,30 @@ class Pipeline:
             self.load_state(Path(os.path.expanduser(resume)))
         self.set_learning_rates(cfg["lr"], cfg["lr_consistency"])
         self.set_enabled(bool(cfg["enable"]))
+
+    def _bundle(self, given: str, cfg: dict[str, Any], loaded) -> tuple[str, Any]:
+        """(path, Bundle) of the phase-A bundle for ``loaded``: the one named by ``bundle``, else the
+        default one (``default_bundle``); one prepared for other weights is refused when named and
+        skipped with a warning when found by default. ("", None) without one."""
+        from ..engine.bundle import BundleError, load_bundle
+        from .model_loader import bundle_mismatch
+
+
+        path = os.path.expanduser(given) if given else \
+            (default_bundle(cfg["model"], cfg["architecture"], loaded.arch) or "")
+        if not path:
+            return "", None
+        try:
+            phase_a = load_bundle(path)
+        except (FileNotFoundError, BundleError) as err:
+            raise ConfigError(f"parameter 'bundle' (method {cfg['method']!r}): {one_line(err)}") from None
+        problem = bundle_mismatch(phase_a.metadata, loaded)
+        if problem and given:
+            raise ConfigError(f"parameter 'bundle': {path!r} {problem}")
+        if problem:
+            self.warnings.append(f"bundle {path!r} not used: {problem}")
+            return "", None
+        return path, phase_a
 
     def set_enabled(self, enabled: bool) -> None:
         """Adaptation on/off; a method that does not adapt ('source') never runs pointless steps."""
