@@ -2,6 +2,8 @@
 loads; amounts and deviations are what the docs say."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,20 @@ def test_prepare_rejects_bad_arguments(tmp_path, capsys):
     assert "--task" in capsys.readouterr().err
     assert main(["prepare", "--task", "cls", "--quick", "--official", "--random-init"]) == 2
     assert main(["prepare", "--dataset", "cifar10_c", "--model", "wrn28_10", "--random-init"]) == 2  # no root
+
+
+def test_prepare_takes_a_module_function_builder_only_with_the_opt_in(tmp_path, capsys):
+    """Your own network without an installed entry point: ``--model pkg.mod:build`` is refused with
+    the way out named, and runs with ``--allow-code-architecture``."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import test_ros_helpers as H
+
+    args = ["prepare", "--task", "cls", "--model", H.arch("tiny_cls"), "--quick", "--samples", "16",
+            "--batch-size", "8", "--warmup-samples", "8", "--out", str(tmp_path / "b.bundle"),
+            "--cache", str(tmp_path / "cache"), "--no-progress", "--device", "cpu"]
+    assert main(args) == 2
+    assert "--allow-code-architecture" in capsys.readouterr().err
+    assert main(args + ["--allow-code-architecture"]) == 0
+    assert "selected blocks" in capsys.readouterr().out and (tmp_path / "b.bundle").is_file()

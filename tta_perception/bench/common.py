@@ -46,21 +46,23 @@ def cached_npz(path: Path, build: Callable[[], dict[str, np.ndarray]]) -> dict[s
 
 
 def model_spec(task: str, arch: str | None = None, weights: str | os.PathLike | None = None,
-               random_init: bool = False) -> dict[str, Any]:
+               random_init: bool = False, allow_code: bool = False) -> dict[str, Any]:
     """``runtime.model_loader.load_model`` arguments for the benchmark's ``--model/--weights/
     --random-init``: the ``weights`` file loaded into ``arch``, else the committed embedded weights of
     ``arch`` (the task's embedded model by default), else (``random_init``, for smoke tests) a seeded
-    untrained model, or torchvision's published weights for ``torchvision:<arch>``."""
+    untrained model, or torchvision's published weights for ``torchvision:<arch>``. ``allow_code``:
+    ``arch`` may be ``module:function`` (``--allow-code-architecture``: the user's own builder)."""
     from ..runtime.model_loader import EMBEDDED_FOR_TASK
 
     arch = arch or EMBEDDED_FOR_TASK[task]
+    code = {"allow_import": True} if allow_code else {}
     if weights is not None:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights file {weights} does not exist")
-        return {"model": str(weights), "architecture": arch}
-    if random_init or arch.startswith("torchvision:"):
-        return {"architecture": arch, "random_init": random_init}
-    return {"model": arch}
+        return {"model": str(weights), "architecture": arch, **code}
+    if random_init or arch.startswith("torchvision:") or ":" in arch:
+        return {"architecture": arch, "random_init": random_init, **code}
+    return {"model": arch, **code}
 
 
 def sync(device: torch.device) -> None:

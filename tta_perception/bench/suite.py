@@ -52,6 +52,7 @@ class BenchConfig:
     model: str | None = None
     weights: str | None = None
     random_init: bool = False
+    allow_code_architecture: bool = False  # --model may be 'module:function' (the user's builder)
     batch_size: int | None = None
     severity: int = 5
     corruptions: list[str] | None = None
@@ -253,7 +254,7 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     streams0 = build_streams(cfg, cfg.seeds[0])
     task = streams0[0].task
-    lm = load_model(**model_spec(task, cfg.model, cfg.weights, cfg.random_init), task=task,
+    lm = load_model(**model_spec(task, cfg.model, cfg.weights, cfg.random_init, cfg.allow_code_architecture), task=task,
                     num_classes=streams0[0].num_classes, device=device, label="--model", architecture_label="--model")
     if getattr(lm.model, "num_classes", None) != streams0[0].num_classes:
         raise ValueError(f"model {lm.arch} has {lm.model.num_classes} classes, the stream {streams0[0].num_classes}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_device
+from .common import add_code_architecture, add_device
 
 HELP = ("benchmark methods side by side: 15 corruptions on sign crops (cls, error %) or driving sequences "
         "(seg, mIoU), batch or streaming protocol; table + JSON/CSV/PNG + ms/frame + memory")
@@ -79,6 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="architecture (default: signnet / driveseg)")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the committed source model)")
     p.add_argument("--random-init", action="store_true", help="untrained model (smoke tests only)")
+    add_code_architecture(p)
     p.add_argument("--bundle", type=Path, default=None,
                    help="DPLOT phase-A bundle (default, for the same weights: the committed bundle, else "
                         "runs/prepare/<arch>_dplot.bundle, else phase A runs once and is cached under --cache)")
@@ -171,6 +172,7 @@ def config_from_args(args: argparse.Namespace):
         data_root=str(args.data_root) if args.data_root else None,
         source_root=str(args.source_root) if args.source_root else None, sequences=seqs, model=args.model,
         weights=str(args.weights) if args.weights else None, random_init=args.random_init,
+        allow_code_architecture=args.allow_code_architecture,
         batch_size=batch_size, severity=args.severity, corruptions=corr, n=n, start=args.start,
         frames=args.frames, stride=args.stride, size=parse_size(args.size), streaming=args.stream,
         window=args.window, adapt_every=args.adapt_every, background=args.background, predict=args.predict,

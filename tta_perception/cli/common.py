@@ -19,6 +19,13 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
 
 
+def add_code_architecture(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-code-architecture", action="store_true",
+                        help="let --model be 'module:function' (a builder in your own code, imported from "
+                             "PYTHONPATH) instead of a registered name; without it, declare the builder in "
+                             "the entry-point group 'tta_perception.architectures'")
+
+
 def device_of(args: argparse.Namespace):
     """The ``torch.device`` of ``--device`` (``runtime.devices``: the rule every command shares)."""
     from ..runtime.devices import resolve_device

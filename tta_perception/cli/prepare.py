@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_device
+from .common import add_code_architecture, add_device
 
 HELP = "DPLOT phase A on source data: block selection + mean-teacher warm-up, writes the bundle"
 
@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="architecture (default: signnet / driveseg)")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the committed source model)")
     p.add_argument("--random-init", action="store_true", help="untrained model (smoke tests only)")
+    add_code_architecture(p)
     p.add_argument("--dataset", default="world", choices=DATASETS,
                    help="source data: the embedded world's clear renders, or a public dataset's source loader")
     p.add_argument("--data-root", type=Path, default=None, help="root of the public dataset")
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None:
             raise ValueError("--model is required with a public dataset")
         num_classes = {"cifar10_c": 10, "cifar100_c": 100, "carlatta": 14}.get(args.dataset)
-    lm = load_model(**model_spec(task, args.model, args.weights, args.random_init), task=task,
+    lm = load_model(**model_spec(task, args.model, args.weights, args.random_init, args.allow_code_architecture), task=task,
                     num_classes=num_classes, seed=args.seed, device=device, label="--model",
                     architecture_label="--model")
     # public data: a reproduction (normally on a GPU) gets the official amounts by default

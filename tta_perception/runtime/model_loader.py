@@ -67,8 +67,9 @@ def _build(architecture: str, num_classes: Optional[int], label: str, allow_impo
 
     code = ":" in architecture and not architecture.startswith("torchvision:")
     if code and not allow_import:
-        raise ConfigError(f"{label} {architecture!r}: 'module:function' imports code, so it is taken only "
-                          "from the parameter file at start-up with allow_code_architecture: true; "
+        where = ("pass --allow-code-architecture to import it" if label.startswith("--") else
+                 "it is taken only from the parameter file at start-up with allow_code_architecture: true")
+        raise ConfigError(f"{label} {architecture!r}: 'module:function' imports code, so {where}; "
                           "otherwise use a registered name (" + ", ".join(list_models()) + ") or "
                           "declare yours in the entry-point group 'tta_perception.architectures'")
     if code:
