@@ -110,3 +110,30 @@ def test_prepare_takes_a_module_function_builder_only_with_the_opt_in(tmp_path, 
     assert "--allow-code-architecture" in capsys.readouterr().err
     assert main(args + ["--allow-code-architecture"]) == 0
     assert "selected blocks" in capsys.readouterr().out and (tmp_path / "b.bundle").is_file()
+
+
+def test_prepare_on_a_folder_of_photos_of_different_sizes(tmp_path, capsys):
+    """Your own labelled photos (``root/<class>/<image>``) of any sizes: resized to the model's input
+    (or --size), and never more samples than the folder holds (said, not silently 50,000)."""
+    import sys
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import test_ros_helpers as H
+
+    rng = np.random.default_rng(0)
+    for c, sizes in (("cat", [(120, 90), (64, 200)]), ("cup", [(300, 160), (50, 50), (99, 77)])):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "photos" / c / f"{i}.png")
+    out = tmp_path / "b.bundle"
+    rc = main(["prepare", "--dataset", "folder", "--data-root", str(tmp_path / "photos"), "--model", H.arch("tiny_cls"),
+               "--allow-code-architecture", "--batch-size", "2", "--warmup-samples", "4", "--size", "32x32",
+               "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress", "--device", "cpu"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "the folder holds 5 images: phase A uses all of them (not 50000)" in text and out.is_file()
+    assert main(["prepare", "--dataset", "folder", "--data-root", str(tmp_path / "photos"), "--model",
+                 H.arch("tiny_cls"), "--allow-code-architecture", "--size", "32x48", "--out", str(out)]) == 2
+    assert "square crop" in capsys.readouterr().err

@@ -177,8 +177,10 @@ def source_batches(s: PrepareSettings, cache_dir: Path = DEFAULT_CACHE, progress
 
     if not s.data_root:
         raise ValueError(f"--data-root is required for source dataset {s.source!r}")
+    square = s.size[0] if s.size and s.size[0] == s.size[1] else None
     loader = build_source_loader(s.source, s.data_root, batch_size=s.batch_size, num_samples=s.samples,
-                                 shuffle=False, seed=s.seed)
+                                 shuffle=False, seed=s.seed,
+                                 image_size=square if s.source in ("folder", "imagenet_c") else None)
     return CappedLoader(loader, length)
 
 

@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.75, help="selection threshold on min-max scaled scores")
     p.add_argument("--noise-std", type=float, default=0.5, help="Gaussian noise std added to source images")
     p.add_argument("--clip", action="store_true", help="clip noisy images to [0, 1] (official: no)")
-    p.add_argument("--size", default="128x256", help="seg: source render size HEIGHTxWIDTH")
+    p.add_argument("--size", default=None,
+                   help="seg world: source render size HEIGHTxWIDTH (default 128x256); --dataset folder/imagenet_c: "
+                        "the square crop SxS the images are resized to (default: the model's input_size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--cache", type=Path, default=Path("runs/cache"), help="cache folder for rendered source data")
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.model_loader import load_model
     from ..bench.prepare import PrepareSettings, default_bundle_path, run_prepare, score_table
     from ..engine.bundle import save_bundle
-    from .common import device_of, parse_size
+    from .common import device_of
 
     if args.official and args.quick:
         raise ValueError("--official and --quick exclude each other")
@@ -89,8 +91,18 @@ def run(args: argparse.Namespace) -> int:
                                  warmup_samples=args.warmup_samples, selection_steps=args.selection_steps,
                                  threshold=args.threshold, noise_std=args.noise_std, clip=args.clip, seed=args.seed,
                                  source=args.dataset, data_root=str(args.data_root) if args.data_root else None,
-                                 size=parse_size(args.size))
+                                 size=_source_size(args, lm.model))
+    if args.dataset == "folder":  # a user's own folder: never more samples than it holds
+        from ..datasets.source import source_domain
+
+        held = len(source_domain("folder", args.data_root, image_size=s.size[0])[0])
+        if s.samples > held:
+            print(f"the folder holds {held} images: phase A uses all of them (not {s.samples})")
+            s.samples = held
     print(f"DPLOT phase A for {lm.arch} ({lm.weights_desc}) on {device}")
+    if s.source != "world":
+        print(f"source data: {s.samples} samples of {s.source} at {s.data_root}"
+              + (" (--official amounts: set --samples for fewer)" if s.profile.startswith("official") else ""))
     res = run_prepare(lm.model, s, arch=lm.arch, weights_id=lm.weights_id, weights_desc=lm.weights_desc,
                       cache_dir=args.cache, progress=not args.no_progress)
     b = res.bundle
@@ -109,3 +121,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({Path(out).stat().st_size / 1e6:.2f} MB) in {res.seconds:.0f} s "
           f"[{time.strftime('%H:%M:%S')}]")
     return 0
+
+
+def _source_size(args, model) -> tuple[int, int]:
+    """--size, else: the world's render size (seg), or the model's own square input for image
+    folders (Lite0: 224), which have no size of their own."""
+    from .common import parse_size
+
+    if args.size:
+        size = parse_size(args.size)
+    elif args.dataset in ("folder", "imagenet_c"):
+        own = tuple(getattr(model, "input_size", None) or (224, 224))
+        size = (int(own[0]), int(own[1]))
+    else:
+        size = (128, 256)
+    if args.dataset in ("folder", "imagenet_c") and size[0] != size[1]:
+        raise ValueError(f"--size for --dataset {args.dataset} is a square crop SxS, got {size[0]}x{size[1]}")
+    return size

@@ -200,7 +200,7 @@ def stack_images(tensors: Sequence[torch.Tensor], paths: Sequence[Path]) -> torc
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
         raise DatasetError(f"images of different sizes {sorted(shapes)} in one batch (e.g. {paths[0]}); "
-                           "pass image_size=... to resize them")
+                           "resize them: --size (prepare), image_size=... (Python)")
     return torch.stack(list(tensors))
 
 

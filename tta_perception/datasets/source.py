@@ -166,8 +166,10 @@ def source_domain(dataset: str, root, *, split: str = "train", image_size=None, 
         size = image_size or 1024
         return (CarlaDomain(f"carlatta_{split}", frames, size), "seg", len(CARLA_CLASSES), CARLA_CLASSES,
                 {"root": str(root), "frame_list": src})
-    if key == "folder":
-        domain, classes = class_folder_domain(root, Path(root).name, resize=image_size, crop=None)
+    if key == "folder":  # image_size: ImageNet-style eval crop (shorter side 256/224 of it, centre crop)
+        resize = round(image_size * 256 / 224) if isinstance(image_size, int) else image_size
+        domain, classes = class_folder_domain(root, Path(root).name, resize=resize,
+                                              crop=image_size if isinstance(image_size, int) else None)
         return domain, "cls", len(classes), tuple(classes), {"root": str(root)}
     raise ValueError(f"unknown source dataset {dataset!r}; choose from cifar10, cifar100, imagenet, "
                      "carlatta, folder (or their -C names)")
