@@ -169,3 +169,36 @@ def test_node_pipeline_classifies_a_photo_and_adapts():
         assert not torch.equal(pipe.method.model.state_dict()["_bn0.weight"], before)  # tent stepped
     finally:
         pipe.close()
+
+
+@needs_weights
+def test_the_imagenet_classifier_as_a_node_over_dds():
+    """The documented example: ``tta_node model:=efficientnet_lite0 architecture:=efficientnet_lite0``
+    classifies a real photo sent over DDS (the whole photo resized to 224x224) and names it from the
+    1000 ImageNet names, which it publishes once on ``class_names``."""
+    import json
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("rclpy", reason="rclpy not installed (pip install -e '.[ros]')")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import test_ros_helpers as H
+    from std_msgs.msg import String
+
+    from test_ros_node import Rig
+    from tta_perception.ros.qos import latched_qos
+
+    h = H.Harness()
+    try:
+        rig = Rig(h, model="efficientnet_lite0", architecture="efficientnet_lite0", method="tent",
+                  qos_reliability="reliable", max_memory_mb=4096, max_image_pixels=640 * 480, top_k=5)
+        assert rig.count("state") == "active", rig.count("config_error")
+        out = rig.send_until(lambda: H.image_msg(photo("chelsea"), stamp=(7, 0)), "classification_json",
+                             lambda m: json.loads(m.data)["stamp"]["sec"] == 7)
+        result = json.loads(out.data)
+        assert {t["class_id"] for t in result["top_k"]} & CATS, result
+        assert result["class_name"] == imagenet_classes()[result["label"]]
+        names = H.Collector(h.client, String, f"{rig.ns}/class_names", latched_qos()).wait(1)[0]
+        assert json.loads(names.data)["class_names"] == list(imagenet_classes())
+    finally:
+        h.close()
