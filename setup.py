@@ -26,7 +26,7 @@ LAUNCHERS = [f"{PACKAGE}/ros/bin/tta_node", f"{PACKAGE}/ros/bin/weather_camera",
 
 setup(
     name=PACKAGE,
-    version="0.1.0",
+    version="0.2.0",
     # weights/ and ros/bin/ hold only data; their __init__.py makes them packages, so setuptools installs
     # their files as package data without its "absent from the packages configuration" warning
     packages=find_packages(exclude=["test", "test.*"]),
