@@ -5,8 +5,12 @@ pipeline (the engine's ``StreamingAdapter``, the same code the benchmark runs), 
 diagnostics; ``ros.convert`` turns messages into arrays and results into messages. This module only
 declares the parameters and wires topics, services, lifecycle transitions and /diagnostics.
 
-Threads: the executor thread only stores the newest frame (``runtime.frames.FrameWorker``); the
-worker thread decodes, infers and publishes; adaptation and reloads run on their own threads.
+Threads: the executor thread only stores the newest frame of each camera
+(``runtime.frames.FrameWorker``); the worker thread decodes, infers (the newest frame of every camera
+with one, in one batch) and publishes; adaptation, reloads and ``~/save`` run on their own threads.
+
+Several cameras (``cameras``): one subscription and one set of outputs per camera under its name, one
+model; the names are fixed at start-up.
 """
 from __future__ import annotations
 
