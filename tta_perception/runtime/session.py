@@ -393,9 +393,10 @@ class Session:
             if gen != self._reload_wanted:  # superseded by a newer request, or freed
                 if new is not None:
                     new.close()
-                self.health.count("reloads_coalesced")  # built for a request a newer one replaced
-                self.log.info(f"a reload was superseded before it finished (method {cfg['method']!r}): "
-                              "building the newest configuration")
+                if self._reload_wanted is not None:
+                    self.health.count("reloads_coalesced")  # built for a request a newer one replaced
+                    self.log.info(f"a reload was superseded before it finished (method {cfg['method']!r}): "
+                                  "building the newest configuration")
                 return False
             self._reload_wanted = None
             self._reload_thread = None
