@@ -36,9 +36,11 @@ from .output import markdown_table, write_report
 
 
 def render_frames(schedule: str, count: int, size: tuple[int, int], stride: int = 2,
-                  workers: int = 2, seed: int = 0, log: Callable[[str], None] = print) -> list[Any]:
+                  workers: int = 2, seed: int = 0, log: Callable[[str], None] = print,
+                  view: str = "front") -> list[Any]:
     """``count`` frames ``0, stride, 2*stride, ...`` of ``schedule`` (rgb, labels, domain) in the
-    world of benchmark seed ``seed`` (the rule of ``bench --seeds``: schedule seed + seed)."""
+    world of benchmark seed ``seed`` (the rule of ``bench --seeds``: schedule seed + seed), seen by
+    the car's camera ``view`` (``world.views``)."""
     from ..world.schedule import load_schedule
     from ..world.sequences import iter_sequence
     from .streams import stream_seeds
@@ -46,8 +48,8 @@ def render_frames(schedule: str, count: int, size: tuple[int, int], stride: int 
     t0 = time.monotonic()
     world = stream_seeds(seed, load_schedule(schedule).seed)["world_seed"]
     frames = [(f.rgb, f.labels, f.domain) for f in iter_sequence(
-        schedule, seed=world, size=size, start=0, stop=count * stride, stride=stride, workers=workers)]
-    log(f"[node-bench] rendered {len(frames)} frames of {schedule!r} ({size[0]}x{size[1]}, stride "
+        schedule, seed=world, size=size, start=0, stop=count * stride, stride=stride, workers=workers, view=view)]
+    log(f"[node-bench] rendered {len(frames)} {view} frames of {schedule!r} ({size[0]}x{size[1]}, stride "
         f"{stride}, world seed {world}) in {time.monotonic() - t0:.1f} s")
     return frames
 
@@ -377,3 +379,173 @@ def markdown_report(report: dict[str, Any]) -> str:
         text += "\n\nmIoU per phase, cycle 1 / cycle 2 ... (gain):\n\n" + markdown_table(
             crow, ["method", *phases], ["method", *phases])
     return text
+
+
+# ------------------------------------------------------------------------------------ several cameras
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, every thread (``/proc/PID/stat``); NaN
+    where unreadable."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
+
+
+def camera_layouts(cameras: Sequence[str], single: bool = True) -> dict[str, dict[str, Optional[list[str]]]]:
+    """The node layouts compared: ``shared`` (one node, ``cameras`` parameter), ``independent`` (one
+    single-camera node per camera, all at once) and ``single`` (the first camera's node alone: the
+    latency a camera gets with the machine to itself)."""
+    out: dict[str, dict[str, Optional[list[str]]]] = {"shared": {"shared": list(cameras)},
+                                                       "independent": {c: None for c in cameras}}
+    if single:
+        out["single"] = {cameras[0]: None}
+    return out
+
+
+def layout_summary(r: dict[str, Any], rate: float) -> dict[str, Any]:
+    """Totals of one layout's run: CPU seconds per camera frame, the worst camera's p50/p95, frames
+    not output or dropped (% of published), adaptation steps per second, RSS, mean online mIoU."""
+    cams, nodes = r["per_camera"], r["per_node"]
+    published = sum(c["published"] for c in cams.values())
+    dropped = sum((n["frames_dropped"] or 0) for n in nodes.values())
+    steps = sum((n["adaptation_steps"] or 0) for n in nodes.values())
+    rss_max = max((v for _, v in r["rss_timeline"]), default=float("nan"))
+    return {"cameras": len(cams), "nodes": len(nodes), "published": published,
+            "cpu_s": sum(n["cpu_s"] for n in nodes.values()),
+            "cpu_s_per_frame": sum(n["cpu_s"] for n in nodes.values()) / max(1, published),
+            "p50_ms": {c: v["latency_ms"]["p50"] for c, v in cams.items()},
+            "p95_ms": {c: v["latency_ms"]["p95"] for c, v in cams.items()},
+            "worst_p50_ms": max(v["latency_ms"]["p50"] for v in cams.values()),
+            "not_output_pct": 100.0 * sum(v["not_output"] for v in cams.values()) / max(1, published),
+            "dropped_pct": 100.0 * dropped / max(1, published), "dropped": dropped,
+            "adaptation_steps": steps, "steps_per_s": steps / max(r["publish_wall_s"], 1e-9),
+            "rss_max_mb": rss_max, "miou": {c: v["miou"] for c, v in cams.items()},
+            "mean_miou": float(np.mean([v["miou"] for v in cams.values()]))}
+
+
+def camera_goals(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's goals for one shared node (4 cameras x 10 Hz): <= 1 % dropped, p50 per camera <=
+    2x the single-camera node's, RSS <= 1.6 GB, CPU <= 0.6x the independent nodes'."""
+    sh, ind, one = summary.get("shared"), summary.get("independent"), summary.get("single")
+    goals: dict[str, Any] = {}
+    if sh is None:
+        return goals
+    lost = max(sh["dropped_pct"], sh["not_output_pct"])
+    goals["dropped_le_1pct"] = {"value": lost, "met": lost <= 1.0}
+    base = one or ind
+    if base is not None:
+        ref = float(np.median(list(base["p50_ms"].values())))
+        ratio = sh["worst_p50_ms"] / ref if ref > 0 else float("nan")
+        goals["p50_le_2x_single"] = {"value": ratio, "reference": "single" if one else "independent",
+                                     "reference_p50_ms": ref, "met": bool(ratio <= 2.0)}
+    goals["rss_le_1600mb"] = {"value": sh["rss_max_mb"], "met": bool(sh["rss_max_mb"] <= 1600)}
+    if ind is not None:
+        ratio = sh["cpu_s_per_frame"] / ind["cpu_s_per_frame"] if ind["cpu_s_per_frame"] > 0 else float("nan")
+        goals["cpu_le_0.6x_independent"] = {"value": ratio, "met": bool(ratio <= 0.6)}
+    return goals
+
+
+def format_cameras(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [f"{s['method']} on {len(s['cameras'])} cameras ({', '.join(s['cameras'])}) at {s['rate_hz']:g} Hz each, "
+             f"{s['size'][0]}x{s['size'][1]}, {s['frames']} frames per camera; load average before "
+             f"{', '.join(f'{v:.2f}' for v in s['load_avg_at_start'])}, after "
+             f"{', '.join(f'{v:.2f}' for v in s.get('load_avg_at_end', []))}",
+             f"{'layout':<12} {'nodes':>5} {'CPU s/frame':>11} {'steps/s':>7} {'drop %':>6} {'lost %':>6} "
+             f"{'RSS MB':>7} {'mIoU':>6}  p50 / p95 ms per camera"]
+    for name, t in report["summary"].items():
+        cams = " ".join(f"{c} {t['p50_ms'][c]:.0f}/{t['p95_ms'][c]:.0f}" for c in t["p50_ms"])
+        lines.append(f"{name:<12} {t['nodes']:>5} {t['cpu_s_per_frame']:>11.3f} {t['steps_per_s']:>7.2f} "
+                     f"{t['dropped_pct']:>6.1f} {t['not_output_pct']:>6.1f} {t['rss_max_mb']:>7.0f} "
+                     f"{t['mean_miou']:>6.1f}  {cams}")
+    lines.append("mIoU per camera: " + "; ".join(
+        f"{name} " + ", ".join(f"{c} {v:.1f}" for c, v in t["miou"].items()) for name, t in report["summary"].items()))
+    for g, v in report["goals"].items():
+        lines.append(f"goal {g}: {v['value']:.3g} -> {'met' if v['met'] else 'NOT met'}"
+                     + (f" (reference: {v['reference']} p50 {v['reference_p50_ms']:.0f} ms)" if "reference" in v else ""))
+    return "\n".join(lines)
+
+
+def plot_cameras(report: dict[str, Any], path: Path) -> Path:
+    """Latency over time per layout and camera (trailing median), RSS of each layout's nodes."""
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, height_ratios=(3, 1.4))
+    styles = {"shared": "-", "independent": "--", "single": ":"}
+    for li, (name, r) in enumerate(report["layouts"].items()):
+        for ci, (c, v) in enumerate(r["per_camera"].items()):
+            t, lat = v["timeline"]["t_s"], v["timeline"]["latency_ms"]
+            if not lat:
+                continue
+            k = 20
+            med = [float(np.median(lat[max(0, i - k):i + 1])) for i in range(len(lat))]
+            ax.plot(t, med, styles.get(name, "-"), color=f"C{ci}", lw=1,
+                    label=f"{name} {c}: p50 {v['latency_ms']['p50']:.0f} ms")
+        ax2.plot([x[0] for x in r["rss_timeline"]], [x[1] for x in r["rss_timeline"]], styles.get(name, "-"),
+                 color="k", label=f"{name}: {len(r['per_node'])} node(s)")
+    s = report["settings"]
+    ax.set_title(f"tta_node, {s['method']}: one node for {len(s['cameras'])} cameras vs one node per camera, "
+                 f"{s['rate_hz']:g} Hz each, {s['size'][0]}x{s['size'][1]}")
+    ax.set_ylabel("publish -> class_ids latency (ms, trailing median)")
+    ax.set_yscale("log")
+    ax.legend(loc="upper right", fontsize=6, ncol=2)
+    ax2.set_ylabel("RSS of the nodes (MB)")
+    ax2.set_xlabel("seconds since the first frame")
+    ax2.legend(loc="lower right", fontsize=7)
+    return save_figure(fig, path)
+
+
+def run_camera_bench(method: str = "dplot", cameras: int = 4, *, duration: Optional[float] = 60.0,
+                     frames: Optional[int] = None, rate: float = 10.0, size: tuple[int, int] = (128, 256),
+                     out: str | Path = "runs/node_bench_cameras", schedule: str = "dynamic", stride: int = 2,
+                     encoding: str = "bgra8", device: str = "cpu", node_params: Optional[dict[str, Any]] = None,
+                     startup_timeout: float = 120.0, drain_s: float = 2.0, plot: bool = True,
+                     torch_threads: int = 0, seed: int = 0, single: bool = True, client: Any = None,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``node-bench --cameras N``: the same frames of N cameras of one car (``world.views``) to one
+    shared node, then to N single-camera nodes at once, then (``single``) to the first camera's node
+    alone; the layouts run one after the other on this machine (``camera_layouts``)."""
+    from ..world.views import views_for
+
+    if client is None:
+        raise ValueError("run_camera_bench needs the DDS client (tta_perception.ros.node_bench)")
+    if rate <= 0:
+        raise ValueError("--rate must be positive")
+    cams = views_for(cameras)
+    n_frames = int(frames) if frames else int(round(float(duration or 0) * rate))
+    if n_frames <= 0:
+        raise ValueError("--frames or --duration must be positive")
+    base, implied = method_params(method)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    domain_id = private_domain_id()
+    rendered = {c: render_frames(schedule, n_frames, size, stride, seed=seed, log=log, view=c) for c in cams}
+    report: dict[str, Any] = {
+        "settings": {"method": method, "cameras": cams, "frames": n_frames, "rate_hz": rate, "size": list(size),
+                     "schedule": schedule, "frame_stride": stride, "seed": seed, "encoding": encoding,
+                     "device": device, "node_params": node_params or {}, "cpus": os.cpu_count(),
+                     "torch_threads": torch_threads or "torch default (= cores)", "ros_domain_id": domain_id,
+                     "load_avg_at_start": list(os.getloadavg())},
+        "layouts": {}}
+    for name, nodes in camera_layouts(cams, single and cameras > 1).items():
+        report["layouts"][name] = client.run_cameras(
+            base, rendered, n_frames, nodes, rate=rate, encoding=encoding, device=device, domain_id=domain_id,
+            node_params={**dict(node_params or {}), **implied}, startup_timeout=startup_timeout, drain_s=drain_s,
+            log=log, torch_threads=torch_threads, label=f"{method} {name}")
+    report["settings"]["load_avg_at_end"] = list(os.getloadavg())
+    report["summary"] = {n: layout_summary(r, rate) for n, r in report["layouts"].items()}
+    report["goals"] = camera_goals(report["summary"])
+    report["text"] = format_cameras(report)
+    rows = [{"layout": n, "camera": c, "p50_ms": t["p50_ms"][c], "p95_ms": t["p95_ms"][c], "miou": t["miou"][c],
+             "cpu_s_per_frame": t["cpu_s_per_frame"], "steps_per_s": t["steps_per_s"], "dropped_pct": t["dropped_pct"],
+             "not_output_pct": t["not_output_pct"], "rss_max_mb": t["rss_max_mb"]}
+            for n, t in report["summary"].items() for c in t["p50_ms"]]
+    md = markdown_table(rows, list(rows[0]), list(rows[0]), fmt="{:.2f}") if rows else ""
+    files = write_report(out, "node_bench_cameras", text=report["text"], payload=report, rows=rows, markdown=md,
+                         digits=None)
+    if plot:
+        files["png"] = str(plot_cameras(report, out / "node_bench_cameras.png"))
+    report["files"] = files
+    log(report["text"])
+    return report

@@ -207,9 +207,10 @@ def world_cls_stream(*, n: int, setting: str = "continual", batch_size: int = 64
 # ------------------------------------------------------------------------------------ segmentation
 def sequence_frames(sequence: str, *, start: int = 0, stop: int | None = None, stride: int = 1,
                     size=(128, 256), workers: int = 2, cache_dir: Path = DEFAULT_CACHE,
-                    progress: bool = True, world_seed: int | None = None) -> dict[str, np.ndarray]:
+                    progress: bool = True, world_seed: int | None = None, view: str = "front") -> dict[str, np.ndarray]:
     """Rendered frames of a sequence in world ``world_seed`` (default: the schedule's seed, 0 for the
-    shipped ones), cached: ``rgb``, ``labels``, ``index``, ``domain`` and ``weather`` (JSON)."""
+    shipped ones) seen by the car's camera ``view`` (``world.views``), cached: ``rgb``, ``labels``,
+    ``index``, ``domain`` and ``weather`` (JSON). The front view keeps its earlier cache key."""
     import dataclasses
 
     from ..world.schedule import load_schedule
@@ -225,13 +226,15 @@ def sequence_frames(sequence: str, *, start: int = 0, stop: int | None = None, s
     idx = range(int(start), stop, int(stride))
     if len(idx) == 0:
         raise ValueError(f"sequence {sequence}: no frames in range({start}, {stop}, {stride})")
+    extra = {} if view == "front" else {"view": view}
     key = cache_key(kind="frames", seq=sequence, sched=repr(sched), start=start, stop=stop, stride=stride,
-                    size=list(size))
+                    size=list(size), **extra)
 
     def build():
         from tqdm.auto import tqdm
         frames = list(tqdm(iter_sequence(sched, size=tuple(size), start=start, stop=stop, stride=stride,
-                                         workers=workers), total=len(idx), desc=f"render {sequence} (cached)",
+                                         workers=workers, view=view), total=len(idx),
+                           desc=f"render {sequence}{'' if view == 'front' else ' ' + view} (cached)",
                            unit="frame", disable=not progress))
         return {"rgb": np.stack([f.rgb for f in frames]), "labels": np.stack([f.labels for f in frames]),
                 "index": np.array([f.index for f in frames], np.int64),
@@ -239,13 +242,16 @@ def sequence_frames(sequence: str, *, start: int = 0, stop: int | None = None, s
                 "weather": np.array(json.dumps([f.weather.as_dict() for f in frames]))}
 
     world = "" if sched.seed == default_world else f"_w{sched.seed}"
+    world += "" if view == "front" else f"_{view}"
     name = f"{sequence}_{size[0]}x{size[1]}_{start}-{stop}-{stride}{world}_{key}.npz"
     return cached_npz(Path(cache_dir) / "seg" / name, build)
 
 
 def world_seg_stream(sequence: str, *, setting: str = "continual", batch_size: int = 8, start: int = 0,
                      stop: int | None = None, stride: int = 1, size=(128, 256), seed: int = 0, workers: int = 2,
-                     cache_dir: Path = DEFAULT_CACHE, progress: bool = True) -> BenchStream:
+                     cache_dir: Path = DEFAULT_CACHE, progress: bool = True, view: str = "front") -> BenchStream:
+    """``view``: the car's camera (``world.views``); a camera other than the front one names the
+    stream ``<sequence>@<view>``, so the streams of several cameras stay apart in one report."""
     from ..world.classes import NUM_CLASSES
     from ..world.schedule import load_schedule
 
@@ -257,7 +263,7 @@ def world_seg_stream(sequence: str, *, setting: str = "continual", batch_size: i
     sched = load_schedule(sequence)
     world_seed = stream_seeds(seed, sched.seed)["world_seed"]
     d = sequence_frames(sequence, start=start, stop=stop, stride=stride, size=size, workers=workers,
-                        cache_dir=cache_dir, progress=progress, world_seed=world_seed)
+                        cache_dir=cache_dir, progress=progress, world_seed=world_seed, view=view)
     rgb, labels, index = d["rgb"], d["labels"], d["index"]
     domains = [str(v) for v in d["domain"]]
     weather = json.loads(str(d["weather"]))
@@ -290,9 +296,10 @@ def world_seg_stream(sequence: str, *, setting: str = "continual", batch_size: i
                for i in range(1, n) if domains[i] != domains[i - 1]]
     info = {"data": f"sequence {sequence} (world seed {world_seed}), frames {start}..{(stop or sched.frames) - 1} "
                     f"every {stride}: {n} frames at {size[0]}x{size[1]}", "frames": n, "stride": stride,
-            "seed": seed, "world_seed": world_seed, "fps": sched.fps, "domain_changes": changes}
+            "seed": seed, "world_seed": world_seed, "fps": sched.fps, "domain_changes": changes, "view": view}
     cycle = int(round(sched.period * sched.fps)) if sched.loop and sched.period > 0 else None
-    return BenchStream(sequence, "seg", NUM_CLASSES, setting, batch_size, present, {c: c for c in present}, n,
+    name = sequence if view == "front" else f"{sequence}@{view}"
+    return BenchStream(name, "seg", NUM_CLASSES, setting, batch_size, present, {c: c for c in present}, n,
                        chunks, info, "frame", cycle)
 
 

@@ -72,6 +72,7 @@ class BenchConfig:
     realtime: float | None = None        # streaming: also run the real-time protocol at this camera rate (Hz)
     realtime_costs: str | None = None    # ... with the costs recorded in this results.json
     cycles: int | None = None            # looping sequences (dynamic): this many weather cycles
+    cameras: int | None = None           # streaming: N cameras of one car, shared vs independent (bench/cameras.py)
     # methods that run every seed (the others only the first); "bestK": the K best prior methods of
     # the first seed. None: every method runs every seed
     seeds_for: list[str] | None = None

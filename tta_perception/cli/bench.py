@@ -99,6 +99,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "domain_memory), compared per weather cycle; the detector's purity")
     p.add_argument("--cycles", type=int, default=None,
                    help="looping sequences (dynamic): this many weather cycles (dynamic's own length is 2)")
+    p.add_argument("--cameras", type=int, default=None, metavar="N",
+                   help="streaming: N cameras of one car (1..4: front, rear, narrow, wide; the same drive and "
+                        "weather): one model adapted on all of them (shared, as tta_node cameras:=[...]) against "
+                        "one model per camera (independent), per camera and on their mean, with the paired "
+                        "interval of shared - independent over --seeds (bench/cameras.py); one --sequence "
+                        "(default dynamic)")
     p.add_argument("--profile-step", action="store_true",
                    help="instead: each method's adaptation step (as the node builds it) against its floor, "
                         "the bare forward/backward passes it needs, with a torch.profiler breakdown "
@@ -129,6 +135,11 @@ def config_from_args(args: argparse.Namespace):
         from ..bench.variants import VARIANTS
 
         methods += [f"{m}+dm" for m in methods if f"{m}+dm" in VARIANTS and f"{m}+dm" not in methods]
+    if args.cameras is not None:
+        if not args.stream:
+            raise ValueError("--cameras is a streaming protocol: add --stream")
+        if not 1 <= args.cameras <= 4:
+            raise ValueError(f"--cameras must be 1..4 (front, rear, narrow, wide), got {args.cameras}")
     if args.cycles is not None and args.cycles < 1:
         raise ValueError("--cycles must be >= 1")
     preset: dict = {}
@@ -180,7 +191,7 @@ def config_from_args(args: argparse.Namespace):
         quick=args.quick,
         seeds=seeds, seeds_for=seeds_for, shuffle=args.shuffle or preset.get("shuffle", False),
         prepare_profile=preset.get("prepare_profile"), paper_scale=args.paper_scale,
-        cycles=args.cycles, realtime=args.realtime,
+        cycles=args.cycles, cameras=args.cameras, realtime=args.realtime,
         realtime_costs=str(args.realtime_costs) if args.realtime_costs else None,
         bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,
@@ -201,5 +212,11 @@ def run(args: argparse.Namespace) -> int:
         methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
         run_profile(methods, out=args.out or "runs/bench/profile_step", threads=args.threads, window=args.window)
         return 0
-    run_suite(config_from_args(args))
+    cfg = config_from_args(args)
+    if cfg.cameras:
+        from ..bench.cameras import run_cameras
+
+        run_cameras(cfg)
+        return 0
+    run_suite(cfg)
     return 0

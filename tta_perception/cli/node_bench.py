@@ -40,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cycles", type=int, default=None,
                    help="instead: this many whole weather cycles of a looping schedule (dynamic: 1,200 "
                         "frames per cycle at --stride 1), every frame rendered; mIoU per phase and cycle")
+    p.add_argument("--cameras", type=int, default=None, metavar="N",
+                   help="instead: N cameras of one car (1..4: front, rear, narrow, wide) at --rate each: one "
+                        "shared node (cameras:=[...]) against N single-camera nodes at once and the first "
+                        "camera's node alone, on the same frames; total CPU seconds per frame, p50/p95 per "
+                        "camera, drops, adaptation steps/s, RSS, online mIoU per camera (one --method; default "
+                        "dplot; --duration default 60)")
     p.add_argument("--restart-between-cycles", action="store_true",
                    help="with --cycles: between two cycles the node saves (~/save), is killed with SIGKILL "
                         "and restarts with resume_from (does what it learned survive a crash?)")
@@ -106,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.storm:
         return _storm(args, client)
+    if args.cameras is not None:
+        return _cameras(args, client)
     methods = [m.strip() for item in (args.method or ["source,dplot"]) for m in item.split(",") if m.strip()]
     if args.overhead_only:
         methods = []
@@ -118,6 +126,28 @@ def run(args: argparse.Namespace) -> int:
                             startup_timeout=args.startup_timeout, plot=not args.no_plot,
                             torch_threads=args.torch_threads, cycles=args.cycles,
                             restart_between_cycles=args.restart_between_cycles, seed=args.seed, client=client)
+    print("wrote " + ", ".join(report["files"].values()))
+    return 0
+
+
+def _cameras(args: argparse.Namespace, client) -> int:
+    """``--cameras N``: ``bench.node.run_camera_bench``."""
+    from ..bench.node import run_camera_bench
+
+    methods = [m.strip() for item in (args.method or ["dplot"]) for m in item.split(",") if m.strip()]
+    if len(methods) != 1:
+        raise ValueError(f"--cameras runs one --method, got {methods}")
+    if not 1 <= args.cameras <= 4:
+        raise ValueError(f"--cameras must be 1..4 (front, rear, narrow, wide), got {args.cameras}")
+    if args.cycles is not None:
+        raise ValueError("--cameras runs --duration or --frames, not --cycles")
+    duration = args.duration if args.duration is not None else (None if args.frames else 60.0)
+    out = args.out if args.out != Path("runs/node_bench") else Path("runs/node_bench_cameras")
+    report = run_camera_bench(methods[0], args.cameras, duration=duration, frames=args.frames, rate=args.rate,
+                              size=args.size, out=out, schedule=args.schedule, stride=args.stride,
+                              encoding=args.encoding, device=args.device, node_params=dict(args.node_param),
+                              startup_timeout=args.startup_timeout, plot=not args.no_plot,
+                              torch_threads=args.torch_threads, seed=args.seed, client=client)
     print("wrote " + ", ".join(report["files"].values()))
     return 0
 

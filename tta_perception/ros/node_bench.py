@@ -669,3 +669,166 @@ def run_memory_sweep(steps: Sequence[dict[str, Any]], *, node_params: dict[str, 
         rclpy.try_shutdown(context=ctx)
     return {"baseline_rss_mb": baseline if rows else float("nan"), "steps": rows,
             "node_exit_code": proc.returncode, "node_log_tail": node_proc.log[-8:]}
+
+
+# ====================================================================== several cameras
+
+
+def run_cameras(method: str, frames: dict[str, list[Any]], n_frames: int, nodes: dict[str, Optional[list[str]]], *,
+                rate: float, encoding: str, device: str, domain_id: int, node_params: dict[str, Any],
+                startup_timeout: float, drain_s: float, log: Callable[[str], None], torch_threads: int = 0,
+                label: str = "") -> dict[str, Any]:
+    """Node processes fed the frames of several cameras at ``rate``, the same stamp for every camera
+    of a tick. ``nodes``: node label -> its cameras (a list: the ``cameras`` parameter, topics
+    ``C/image``; None: a single-camera node of the camera named by the label, topic ``image``). Per
+    camera: latency, outputs, online mIoU; per node: CPU seconds while publishing (``/proc``),
+    RSS once a second, the node's counters."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Header
+
+    from ..bench.node import cpu_seconds
+    from .qos import output_qos
+
+    label = label or method
+    base = f"/node_bench_{os.getpid()}_{safe_tag(label)}"
+    procs: dict[str, NodeProcess] = {}
+    topic: dict[str, str] = {}          # camera -> its topic prefix
+    owner: dict[str, str] = {}          # camera -> node label
+    for name, cams in nodes.items():
+        ns = f"{base}_{safe_tag(name)}"
+        params = {"method": method, "device": device, "diagnostics_period": 1.0, **node_params}
+        if cams is not None:
+            params["cameras"] = list(cams)
+        for c in (cams if cams is not None else [name]):
+            topic[c], owner[c] = (f"{ns}/{c}" if cams is not None else ns), name
+        procs[name] = NodeProcess(ns, params, domain_id, torch_threads, log, label=f"{label} {name}")
+    cams = [c for c in frames if c in topic]
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=domain_id)
+    t0 = [time.monotonic_ns()]
+    truth = {c: {} for c in cams}
+    sent = {c: {} for c in cams}
+    recs = {c: _Recorder(base, truth[c], sent[c], t0) for c in cams}
+    diag: dict[str, dict[str, str]] = {}     # node label -> its last node-level status values
+    ns_of = {name: f"{base}_{safe_tag(name)}" for name in nodes}
+    lock = threading.Lock()
+
+    def on_diag(msg: Any) -> None:
+        for status in msg.status:
+            for name, ns in ns_of.items():
+                if status.name == f"tta_perception: {ns}/tta_node":
+                    with lock:
+                        diag[name] = {kv.key: kv.value for kv in status.values}
+
+    node = Node(f"node_bench_{os.getpid()}", context=ctx)
+    img_qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {c: node.create_publisher(Image, f"{topic[c]}/image", img_qos) for c in cams}
+    for c in cams:
+        node.create_subscription(Image, f"{topic[c]}/class_ids", recs[c].on_output, output_qos(depth=50))
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    stop = threading.Event()
+    spinner = _spin_in_background(executor, ctx, stop)
+    rss: list[tuple[float, dict[str, float]]] = []
+    result: dict[str, Any] = {"method": label, "nodes": {k: v for k, v in nodes.items()}, "cameras": cams}
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            with lock:
+                ready = all(diag.get(n, {}).get("state") == "active" for n in nodes)
+            if ready and all(p.get_subscription_count() >= 1 for p in pubs.values()):
+                break
+            dead = [n for n, p in procs.items() if p.proc.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                n = (dead or list(procs))[0]
+                raise RuntimeError(f"tta_node ({label} {n}) did not start: " + " | ".join(procs[n].log[-5:]))
+            time.sleep(0.1)
+        time.sleep(0.5)
+        rss_ready = {n: rss_mb(p.proc.pid) for n, p in procs.items()}
+        log(f"[node-bench] {label}: {len(procs)} node(s) ready (RSS {sum(rss_ready.values()):.0f} MB); publishing "
+            f"{n_frames} frames at {rate:g} Hz to each of {len(cams)} cameras")
+
+        def sample_rss() -> None:
+            while not stop.is_set():
+                rss.append(((time.monotonic_ns() - t0[0]) / 1e9, {n: rss_mb(p.proc.pid) for n, p in procs.items()}))
+                stop.wait(1.0)
+        period = 1.0 / rate
+        cpu0 = {n: cpu_seconds(p.proc.pid) for n, p in procs.items()}
+        t0[0] = time.monotonic_ns()
+        threading.Thread(target=sample_rss, daemon=True).start()
+        base_ns = time.time_ns()
+        start = time.monotonic()
+        late = 0
+        for k in range(n_frames):
+            delay = start + k * period - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -period:
+                late += 1
+            stamp = base_ns + k * int(period * 1e9)
+            for c in cams:
+                rgb, labels, domain = frames[c][k % len(frames[c])][:3]
+                header = Header(frame_id=c)
+                header.stamp.sec, header.stamp.nanosec = stamp // 1_000_000_000, stamp % 1_000_000_000
+                msg = convert.rgb_image(header, rgb, encoding)
+                with recs[c].lock:
+                    truth[c][stamp] = (labels, domain, None, k)
+                    sent[c][stamp] = time.monotonic_ns()
+                pubs[c].publish(msg)
+                if len(truth[c]) > 600:
+                    with recs[c].lock:
+                        for old in sorted(truth[c])[:len(truth[c]) - 600]:
+                            truth[c].pop(old, None)
+        wall = time.monotonic() - start
+        time.sleep(drain_s)
+        cpu1 = {n: cpu_seconds(p.proc.pid) for n, p in procs.items()}
+        n_diag = dict(diag)
+        wait_until = time.monotonic() + 3.0
+        while time.monotonic() < wait_until:  # one more /diagnostics of every node
+            with lock:
+                if all(diag.get(n) is not n_diag.get(n) for n in nodes):
+                    break
+            time.sleep(0.1)
+        for n, p in procs.items():
+            if p.proc.poll() is not None:
+                raise RuntimeError(f"tta_node ({label} {n}) exited early: " + " | ".join(p.log[-5:]))
+        per_cam = {}
+        for c in cams:
+            r = recs[c]
+            with r.lock:
+                lat = [s[1] for s in r.samples]
+                total = r.scores.summary()
+                per_domain = {d: r.scores.summary(d)["miou"] for d in r.scores.per_domain}
+            per_cam[c] = {"node": owner[c], "published": n_frames, "matched": len(lat), "not_output": n_frames - len(lat),
+                          "latency_ms": {"p50": percentile(lat, 50, True), "p95": percentile(lat, 95, True),
+                                         "mean": float(np.mean(lat)) if lat else float("nan")},
+                          "miou": total["miou"], "miou_per_domain": per_domain,
+                          "timeline": {"t_s": [s[0] for s in r.samples], "latency_ms": lat}}
+        with lock:
+            last = {n: dict(diag.get(n, {})) for n in nodes}
+        per_node = {n: {"cpu_s": cpu1[n] - cpu0[n], "pid": procs[n].proc.pid,
+                        "rss_ready_mb": rss_ready[n], "rss_max_mb": max((x[1][n] for x in rss), default=float("nan")),
+                        **{k: int(_f(last[n].get(k, "nan"))) if not np.isnan(_f(last[n].get(k, "nan"))) else None
+                           for k in ("frames_received", "frames_processed", "frames_dropped", "adaptation_steps")}}
+                    for n in nodes}
+        result.update({"publish_wall_s": wall, "late_publish_ticks": late, "per_camera": per_cam, "per_node": per_node,
+                       "rss_timeline": [(t, sum(v.values())) for t, v in rss]})
+        log(f"[node-bench] {label}: " + "; ".join(
+            f"{c} p50 {v['latency_ms']['p50']:.0f} ms, {v['matched']}/{n_frames} out, mIoU {v['miou']:.1f}"
+            for c, v in per_cam.items()) + f"; CPU {sum(x['cpu_s'] for x in per_node.values()):.1f} s")
+    finally:
+        stop.set()
+        for p in procs.values():
+            p.stop()
+        spinner.join(timeout=2.0)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        result["node_log_tail"] = {n: p.log[-5:] for n, p in procs.items()}
+    return result
