@@ -29,6 +29,7 @@ from ..runtime.memory import rss_mb
 from ..bench.node import safe_tag
 from ..metrics import DomainScores, id_at, nearest_resize
 from . import convert
+from .diagnostics import Watch, node_values
 
 NUM_CLASSES = 12
 
@@ -252,15 +253,15 @@ class _Recorder:
         return [p for p, i in pairs if i is not None], [i for _, i in pairs if i is not None]
 
     def on_diagnostics(self, msg: Any) -> None:
-        for status in msg.status:
-            if self.ns in status.name and "tta_node" in status.name:
-                values = {kv.key: kv.value for kv in status.values}
-                with self.lock:
-                    self.diag = values
-                    self.diag_timeline.append({"t": (time.monotonic_ns() - self.t0[0]) / 1e9, **{
-                        k: values.get(k) for k in ("frames_received", "frames_processed", "frames_dropped",
-                                                   "latency_p50_ms", "latency_p95_ms", "model_p50_ms",
-                                                   "adaptation_steps")}})
+        values = node_values(msg, self.ns)
+        if values is None:
+            return
+        with self.lock:
+            self.diag = values
+            self.diag_timeline.append({"t": (time.monotonic_ns() - self.t0[0]) / 1e9, **{
+                k: values.get(k) for k in ("frames_received", "frames_processed", "frames_dropped",
+                                           "latency_p50_ms", "latency_p95_ms", "model_p50_ms",
+                                           "adaptation_steps")}})
 
 
 def _f(value: Any) -> float:
@@ -555,17 +556,9 @@ def run_memory_sweep(steps: Sequence[dict[str, Any]], *, node_params: dict[str, 
     node = Node(f"node_bench_mem_{os.getpid()}", context=ctx)
     pub = node.create_publisher(Image, f"{ns}/image", QoSProfile(
         depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE))
-    diag: dict[str, str] = {}
-    diag_count = [0]
+    diag = Watch(ns)
 
-    def on_diag(msg: Any) -> None:
-        for st in msg.status:
-            if ns in st.name and "tta_node" in st.name:
-                diag.clear()
-                diag.update({kv.key: kv.value for kv in st.values})
-                diag_count[0] += 1
-
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 20)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diag, 20)
     client = node.create_client(SetParametersAtomically, f"{ns}/tta_node/set_parameters_atomically")
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
@@ -623,14 +616,13 @@ def run_memory_sweep(steps: Sequence[dict[str, Any]], *, node_params: dict[str, 
                 log(f"[node-bench] memory: {step['name']}: every candidate refused")
                 rows.append(row)
                 continue
-            seen = diag_count[0]
-            wait_for(lambda: diag_count[0] >= seen + 2 and diag.get("reloading") == "false", step_timeout)
+            seen = diag.count
+            wait_for(lambda: diag.count >= seen + 2 and diag.get("reloading") == "false", step_timeout)
             size = tuple(diag.get("input_size", "128x256").split("x"))
             h, w = (int(size[0]), int(size[1])) if step.get("frame_size", "input") == "input" else step["frame_size"]
             base = (rng.random((h // 8 + 1, w // 8 + 1, 3)) * 255).astype(np.uint8)
             rgb = np.ascontiguousarray(base.repeat(8, 0).repeat(8, 1)[:h, :w])
-            def count(key: str) -> int:
-                return int(float(diag.get(key, 0) or 0))
+            count = diag.counter
 
             steps_before, processed_before = count("adaptation_steps"), count("frames_processed")
             peak[0] = rss_mb(proc.pid)
