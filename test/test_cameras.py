@@ -147,3 +147,40 @@ def test_a_camera_that_stops_floods_or_sends_garbage_never_stalls_the_others(ros
     msgs = diags.wait(1, predicate=lambda m: any(s.name.endswith("camera stops") and s.level == warn for s in m.status))
     statuses = {s.name.rsplit(" ", 1)[-1]: s for s in msgs[-1].status if " camera " in s.name}
     assert set(cams) <= set(statuses) and "no frame" in statuses["stops"].message
+
+
+@needs_ros
+def test_domain_memory_with_several_cameras(ros, tmp_path):
+    """The detector observes the first frame of each batch (adapting cameras first); each camera
+    publishes the domain under its own name."""
+    import json
+
+    from tta_perception.engine.domains import calibrate, source_features
+
+    dark = [np.clip(70 + 20 * np.random.default_rng(i).random((32, 64, 3)), 0, 255).astype(np.uint8)
+            for i in range(40)]
+    src = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in dark])
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps(calibrate(source_features(H.tiny_seg(), src))))
+    rig = Rig(ros, **dict(SEG, cameras=["front", "rear"], domain_memory=True, domain_calibration=str(cal),
+                          domain_patience=2))
+    assert rig.count("state") == "active", rig.count("config_error")
+    cols = {c: rig.out(f"{c}/domain", String, qos=latched_qos()) for c in ("front", "rear")}
+    for i in range(3):
+        for c in ("front", "rear"):
+            rig.send_until(lambda: H.image_msg(dark[i], stamp=(10 + i, 0)), f"{c}/class_ids", stamp_is(10 + i),
+                           topic=f"{c}/image")
+    bright = np.full((32, 64, 3), 230, np.uint8)
+    pubs = {c: rig.pub(topic=f"{c}/image") for c in ("front", "rear")}
+    seq = iter(range(100, 10_000))
+
+    def brighter():
+        k = next(seq)
+        for pub in pubs.values():
+            pub.publish(H.image_msg(bright, stamp=(k, 0)))
+        return rig.count("domain") == 1
+
+    H.wait_until(brighter, what="the detector to open a new domain")
+    for c, col in cols.items():
+        msgs = col.wait(2)
+        assert [json.loads(m.data)["id"] for m in msgs][:2] == [0, 1], c
