@@ -96,6 +96,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain-memory", action="store_true",
                    help="streaming: also run every method with domain memory ('<method>+dm': the node's "
                         "domain_memory), compared per weather cycle; the detector's purity")
+    p.add_argument("--temporal-fusion", type=float, default=0.0, metavar="W",
+                   help="streaming seg: also score every method with its outputs fused over time ('<method>+tf' "
+                        "rows from the same run): class probabilities mixed with the previous fused map warped along "
+                        "the optical flow, W the weight of the past (0 = off; docs/video.md). Flicker is reported "
+                        "for every streaming run regardless")
+    p.add_argument("--flow-preset", default="fast", choices=("ultrafast", "fast", "medium"),
+                   help="streaming seg: OpenCV DIS preset of the optical flow (flicker metric, fusion, dplot-tpl)")
     p.add_argument("--cycles", type=int, default=None,
                    help="looping sequences (dynamic): this many weather cycles (dynamic's own length is 2)")
     p.add_argument("--profile-step", action="store_true",
@@ -128,6 +135,17 @@ def config_from_args(args: argparse.Namespace):
         from ..bench.variants import VARIANTS
 
         methods += [f"{m}+dm" for m in methods if f"{m}+dm" in VARIANTS and f"{m}+dm" not in methods]
+    if args.temporal_fusion:
+        if not (args.stream and task == "seg") or not 0 < args.temporal_fusion < 1:
+            raise ValueError("--temporal-fusion W needs --stream on segmentation and 0 < W < 1")
+        from ..bench.variants import VARIANTS
+
+        methods += [f"{m}+tf" for m in methods if f"{m}+tf" in VARIANTS and f"{m}+tf" not in methods]
+    else:
+        from ..bench.variants import VARIANTS
+
+        if any(VARIANTS[m].fused for m in methods):
+            raise ValueError("'<method>+tf' rows need --temporal-fusion W")
     if args.cycles is not None and args.cycles < 1:
         raise ValueError("--cycles must be >= 1")
     preset: dict = {}
@@ -178,7 +196,8 @@ def config_from_args(args: argparse.Namespace):
         quick=args.quick,
         seeds=seeds, seeds_for=seeds_for, shuffle=args.shuffle or preset.get("shuffle", False),
         prepare_profile=preset.get("prepare_profile"), paper_scale=args.paper_scale,
-        cycles=args.cycles, realtime=args.realtime,
+        cycles=args.cycles, realtime=args.realtime, temporal_fusion=float(args.temporal_fusion),
+        flow_preset=args.flow_preset,
         realtime_costs=str(args.realtime_costs) if args.realtime_costs else None,
         bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,

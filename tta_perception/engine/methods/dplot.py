@@ -18,6 +18,17 @@ the same split for given modules. Both gradients are taken at the same parameter
 then the two Adam steps are applied: the official code stepped the first optimiser before
 back-propagating the second loss through the same graph, which current PyTorch rejects.
 
+Video (``temporal_pl``, off by default: the paper has none; ``docs/video.md``): in a stream of
+consecutive frames, frame i's pseudo-label gets the previous frame's teacher output, warped to frame
+i along the optical flow, as a third view: ``pseudo = (z_t + back(z_t') + warp(pseudo_{i-1})) / 3``
+where the flow is valid (logits, as the pair), unchanged elsewhere. The streaming adapter hands the
+window's serial numbers and motions to ``set_motion`` before the step; the previous frame is the
+one before in the window (same teacher, same step) or, for the window's first frame, the last
+step's pair pseudo-label of that frame (kept for the frames of the last step only, one EMA update
+older). The warped term is the previous *pair* average, never a temporally fused one, so no
+pseudo-label feeds on itself. Without motion (batch protocol, classification, a break) the step is
+the paper's.
+
 Ablations (paper): ``block_selection=False`` -> the entropy step updates ``no_bs_params``
 ('all' parameters by default, or 'norm' = BN/LN/GN affine as Tent); ``paired_views=False`` ->
 student and teacher see only x, pseudo = z_t, L_pc = SCE(z, z_t), predict = z + z_t.
@@ -35,6 +46,7 @@ from ..bundle import Bundle, apply_bundle
 from ..config import MethodConfig, _check
 from ..losses import ema_update, entropy_and_symmetric_cross_entropy, hflip
 from ..model_utils import named_norm_params, named_params_of_blocks, set_bn_mode
+from ..temporal import warp
 from ..registry import register_method
 
 
@@ -48,6 +60,7 @@ class DPLOTConfig(MethodConfig):
     lr_entropy: float = 1e-3       # dplot.py: optim.Adam(selected block params, lr=0.001)
     lr_consistency: float = 1e-4   # dplot.py: optim.Adam(model.parameters(), lr=0.0001)
     ema: float = 0.999             # dplot.py: update_ema_variables(alpha_teacher=0.999)
+    temporal_pl: bool = False      # video: the previous frame's warped teacher output as a 3rd view (not the paper)
     # both optimisers use Adam's default betas (0.9, 0.999), as dplot.py
 
     def validate(self) -> None:
@@ -92,6 +105,10 @@ class DPLOT(TTAMethod):
             raise ValueError("dplot: the entropy step has no parameters")
         self.optimizers["entropy"] = torch.optim.Adam(self._ent_params, lr=c.lr_entropy)
         self.optimizers["consistency"] = torch.optim.Adam(self._all_params, lr=c.lr_consistency)
+        self.uses_motion = bool(c.temporal_pl) and self.task == "seg"
+        self._motion_ctx: tuple[list[int], list[Any]] | None = None
+        self._prev_pseudo: dict[int, torch.Tensor] = {}
+        self._stats.update(temporal_frames=0, temporal_pixel_fraction=float("nan"))
         self._stats.update(blocks=list(self.blocks), warmed_up=bool(b is not None and b.teacher_state is not None),
                            last_entropy_loss=float("nan"), last_consistency_loss=float("nan"))
 
@@ -141,6 +158,7 @@ class DPLOT(TTAMethod):
         with torch.no_grad():
             t0, t1 = self._pair(self.teacher(v), b)
             pseudo = t0 if t1 is None else (t0 + t1) / 2
+            pseudo = self.with_previous_frame(pseudo, 1 if t1 is None else 2)
             q, log_q = pseudo.softmax(1), pseudo.log_softmax(1)  # the target of both views, once
             if t1 is not None:  # the target in each view's own frame, so no gradient map is flipped
                 q, log_q = torch.cat([q, self._back(q)], 0), torch.cat([log_q, self._back(log_q)], 0)
@@ -161,6 +179,39 @@ class DPLOT(TTAMethod):
         with torch.enable_grad():
             out["g_ent"] = torch.autograd.grad(l_ent, self._ent_params, retain_graph=True, allow_unused=True)
             out["g_pc"] = torch.autograd.grad(l_pc, self._all_params, allow_unused=True)
+        return out
+
+    # ----------------------------------------------------------------- video
+    def set_motion(self, serials, motions) -> None:
+        self._motion_ctx = (list(serials), list(motions))
+
+    def reset(self, count: bool = True) -> None:
+        super().reset(count)
+        self._prev_pseudo = {}
+        self._motion_ctx = None
+
+    @torch.no_grad()
+    def with_previous_frame(self, pseudo: torch.Tensor, views: int) -> torch.Tensor:
+        """``temporal_pl``: each frame's pseudo-label (the average of ``views`` teacher views) with the
+        previous frame's, warped, as one more view where the flow is valid (see the module doc)."""
+        ctx, self._motion_ctx = self._motion_ctx, None
+        if not self.uses_motion or ctx is None or len(ctx[0]) != pseudo.shape[0]:
+            return pseudo
+        serials, motions = ctx
+        known, self._prev_pseudo = self._prev_pseudo, {s: pseudo[i].detach() for i, s in enumerate(serials)}
+        out, used, total = pseudo, 0, 0
+        for i, (s, m) in enumerate(zip(serials, motions)):
+            total += pseudo[i, 0].numel()
+            prev = pseudo[i - 1] if i > 0 and serials[i - 1] == s - 1 else known.get(s - 1)
+            if m is None or prev is None:
+                continue
+            warped, valid = warp(prev, m)
+            if out is pseudo:
+                out = pseudo.clone()
+            out[i] = torch.where(valid[None], (views * pseudo[i] + warped) / (views + 1), pseudo[i])
+            used += int(valid.sum())
+            self._stats["temporal_frames"] += 1
+        self._stats["temporal_pixel_fraction"] = used / total if total else float("nan")
         return out
 
     def _apply(self, name: str, params: list[torch.nn.Parameter], grads) -> None:
