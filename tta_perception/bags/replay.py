@@ -380,7 +380,8 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                                              f"cannot be used ({err.reason}): {err}") from None
                         t0 = time.perf_counter()
                         result = pipe.infer(rgb, output_size=cfg["output_size"], top_k=cfg["top_k"],
-                                            overlay_alpha=cfg["overlay_alpha"], overlay=opts.overlay)
+                                            overlay_alpha=cfg["overlay_alpha"], overlay=opts.overlay,
+                                            stamp=stamp * 1e-9)
                         run["model_s"] += time.perf_counter() - t0
                         frame_id = msg.header.frame_id
                         if seg:

@@ -116,6 +116,7 @@ def estimate_motion(prev: np.ndarray, cur: np.ndarray, dis: Any = None, fb_check
 
     t0 = time.perf_counter()
     dis = dis if dis is not None else _dis(DEFAULT_PRESET)
+    prev, cur = np.ascontiguousarray(prev, np.uint8), np.ascontiguousarray(cur, np.uint8)  # DIS needs both
     back = dis.calc(cur, prev, None)
     h, w = cur.shape
     gx, gy = _pixel_grid(h, w)

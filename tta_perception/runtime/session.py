@@ -236,6 +236,8 @@ class Session:
             if "enable" in updates:
                 pipe.set_enabled(bool(updates["enable"]))
                 self.log.info(f"adaptation {'enabled' if updates['enable'] else 'disabled'}")
+            if "temporal_fusion" in updates:
+                pipe.set_temporal_fusion(cfg["temporal_fusion"])
             if "lr" in updates or "lr_consistency" in updates:
                 changed = pipe.set_learning_rates(cfg["lr"], cfg["lr_consistency"])
                 if changed:
@@ -396,6 +398,7 @@ class Session:
                 live = self.cfg
                 new.set_enabled(bool(live["enable"]))
                 new.set_learning_rates(live["lr"], live["lr_consistency"])
+                new.set_temporal_fusion(live["temporal_fusion"])
                 old, self.pipeline = self.pipeline, new
                 self.good_cfg = dict(cfg)
                 self.reload_error = ""
