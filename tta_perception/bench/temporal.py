@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from ..metrics import paired_difference, t_interval
 from .output import write_rows_csv
 from .report import SHORT
@@ -162,3 +164,85 @@ def _paired(a: Sequence[float], b: Sequence[float]):
 def _mean(vals: Sequence[float]) -> float:
     vals = [v for v in vals if v is not None and not math.isnan(v)]
     return sum(vals) / len(vals) if vals else float("nan")
+
+
+# ------------------------------------------------------------------------------------ cost per frame
+def measure_costs(sequence: str = "day2night", start: int = 800, frames: int = 100, size=(128, 256),
+                  repeats: int = 3, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Flow (every preset, with and without the forward-backward check) and fusion, ms per frame on
+    consecutive rendered frames at the model input size, one thread (torch and OpenCV), the best
+    of ``repeats`` passes; plus the source model's forward pass on the same frames for scale."""
+    import time
+
+    import cv2
+    import torch
+
+    from ..engine.temporal import PRESETS, FlowChain, TemporalFusion
+    from ..runtime.model_loader import load_model
+    from .common import DEFAULT_CACHE
+    from .streams import sequence_frames
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    d = sequence_frames(sequence, start=start, stop=start + frames, size=size, workers=1, progress=False,
+                        cache_dir=Path(cache_dir) if cache_dir else DEFAULT_CACHE)
+    xs = [torch.from_numpy(r).permute(2, 0, 1).float() / 255.0 for r in d["rgb"]]
+    out: dict[str, Any] = {"sequence": sequence, "frames": f"{start}..{start + frames - 1}", "size": list(size),
+                           "threads": 1, "flow": {}}
+    for preset in PRESETS:
+        for fb in (True, False):
+            best, valid = float("inf"), float("nan")
+            for _ in range(repeats):
+                chain = FlowChain(preset, fb)
+                t0 = time.perf_counter()
+                motions = [chain.update(x) for x in xs]
+                best = min(best, (time.perf_counter() - t0) * 1e3 / len(xs))
+                valid = float(np.mean([m.valid.mean() for m in motions if m is not None]))
+            out["flow"][f"{preset}{'' if fb else ' (no fb check)'}"] = {"ms": best, "valid_fraction": valid}
+    model = load_model(architecture="driveseg").model.eval()
+    chain = FlowChain()
+    motions = [chain.update(x) for x in xs]
+    with torch.no_grad():
+        logits = [model(x[None]) for x in xs[:20]]
+        best_fwd, best_fuse = float("inf"), float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for x in xs[:20]:
+                model(x[None])
+            best_fwd = min(best_fwd, (time.perf_counter() - t0) * 1e3 / 20)
+            fusion = TemporalFusion(0.5)
+            t0 = time.perf_counter()
+            for z, m in zip(logits, motions):
+                fusion(z, m)
+            best_fuse = min(best_fuse, (time.perf_counter() - t0) * 1e3 / len(logits))
+    out["fusion_ms"] = best_fuse
+    out["source_forward_ms"] = best_fwd
+    return out
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m tta_perception.bench.temporal",
+                                description="cost per frame of the optical flow presets and of the output fusion")
+    p.add_argument("--sequence", default="day2night")
+    p.add_argument("--start", type=int, default=800)
+    p.add_argument("--frames", type=int, default=100)
+    p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
+    a = p.parse_args(argv)
+    r = measure_costs(a.sequence, a.start, a.frames, cache_dir=a.cache)
+    print(f"{a.sequence} frames {r['frames']} at {r['size'][0]}x{r['size'][1]}, one thread, best of 3 passes")
+    print(f"{'flow preset':<28} {'ms/frame':>9} {'valid %':>8}")
+    for k, v in r["flow"].items():
+        print(f"{k:<28} {v['ms']:>9.2f} {100 * v['valid_fraction']:>8.1f}")
+    print(f"fusion (14 classes, w 0.5): {r['fusion_ms']:.2f} ms/frame; source forward pass: "
+          f"{r['source_forward_ms']:.2f} ms/frame")
+    if a.out:
+        a.out.write_text(json.dumps(r, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

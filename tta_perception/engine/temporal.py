@@ -125,8 +125,9 @@ def estimate_motion(prev: np.ndarray, cur: np.ndarray, dis: Any = None, fb_check
     if fb_check:
         fwd = dis.calc(prev, cur, None)
         f_at_q = cv2.remap(fwd, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        err = ((f_at_q + back) ** 2).sum(-1)
-        bound = FB_ALPHA * ((f_at_q ** 2).sum(-1) + (back ** 2).sum(-1)) + FB_BETA
+        fx, fy, bx, by = f_at_q[..., 0], f_at_q[..., 1], back[..., 0], back[..., 1]
+        err = (fx + bx) ** 2 + (fy + by) ** 2  # per channel: a sum over the last axis is 10x slower
+        bound = FB_ALPHA * (fx * fx + fy * fy + bx * bx + by * by) + FB_BETA
         valid &= err <= bound
     return Motion(back, valid, (time.perf_counter() - t0) * 1e3)
 
@@ -270,7 +271,7 @@ class TemporalFusion:
         p = z.float().softmax(1)
         if motion is not None and self._prev is not None and self._prev.shape == p.shape:
             past, valid = warp(self._prev, motion)
-            p = torch.where(valid[None, None], (1.0 - self.weight) * p + self.weight * past, p)
+            p = torch.lerp(p, past, self.weight * valid.to(p.dtype))  # one pass; w = 0 where invalid
             self.fused_frames += 1
         self._prev = p
         out = p.clamp_min(1e-12).log()
