@@ -266,7 +266,10 @@ class Pipeline:
         x = self.to_input(rgb)
         motion = self._motion(x, camera, stamp)
         with torch.no_grad():
-            logits = self.adapter.predict(x, motion=motion)
+            if motion is not None and getattr(self.method, "uses_motion", False):  # DPLOT temporal_pl
+                logits = self.adapter.predict(x, motion=motion)
+            else:
+                logits = self.adapter.predict(x)
             logits = self._fuse(logits, motion, camera)
         return self.postprocess(logits, rgb, x, output_size=output_size, top_k=top_k,
                                 overlay_alpha=overlay_alpha, overlay=overlay,
