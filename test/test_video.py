@@ -189,6 +189,22 @@ def test_dplot_temporal_pl_changes_the_pseudo_label_only_where_the_flow_is_valid
     assert torch.equal(d.with_previous_frame(nxt[:1], views=2), nxt[:1])
 
 
+def test_dplot_recursive_temporal_pl_carries_the_temporal_pseudo_label_on():
+    _, m = frames_and_motion()
+    pseudo = torch.randn(3, 4, H // 2, W // 2)
+    prev, rec = dplot(temporal_pl=True), dplot(temporal_pl=True, temporal_pl_mode="recursive")
+    for d in (prev, rec):
+        d.set_motion([1, 2, 3], [None, m, m])
+    a, b = prev.with_previous_frame(pseudo, views=2), rec.with_previous_frame(pseudo, views=2)
+    assert torch.equal(a[:2], b[:2])                      # frames 1 and 2: the same
+    valid = torch.from_numpy(m.resized((H // 2, W // 2)).valid)
+    want = (2 * pseudo[2] + warp(b[1], m)[0]) / 3         # frame 3 sees frame 2's temporal pseudo-label
+    assert torch.allclose(b[2][:, valid], want[:, valid], atol=1e-6)
+    assert not torch.allclose(a[2][:, valid], b[2][:, valid])
+    with pytest.raises(ValueError):
+        dplot(temporal_pl=True, temporal_pl_mode="ema")
+
+
 def test_streaming_adapter_hands_serials_and_motions_to_the_step():
     x, m = frames_and_motion()
     d = dplot(temporal_pl=True)

@@ -4,8 +4,8 @@ per phase, and the paired effect of each temporal option on both.
 - Flicker table per stream: label flicker % (``metrics.flicker``) per phase and over the sequence
   (``seq``), mean over seeds (± 95 % CI with several seeds). Lower is steadier.
 - Paired effects: every ``<m>+tf`` row against ``<m>`` (output fusion; the same run, so exactly
-  paired) and ``dplot-tpl`` against ``dplot`` (temporal pseudo-labels; with ``+tf`` also
-  ``dplot-tpl+tf`` against ``dplot+tf``): per seed the difference of each cell, then its Student-t
+  paired) and each DPLOT variant with temporal pseudo-labels (``dplot-tpl``, ``dplot-tplr``)
+  against ``dplot`` (with ``+tf``: fused against ``dplot+tf``): per seed the difference of each cell, then its Student-t
   interval over seeds; ``*`` marks an interval that excludes 0. Across several streams also the
   difference of the mean over the streams of the ``seq`` cells.
 - Costs: the flow per frame and the fusion per frame (ms, same process).
@@ -40,9 +40,11 @@ def _cells(stream: BenchStream, run: MethodRun, metric: str) -> dict[str, float]
 def pairs_of(methods: Sequence[str]) -> list[tuple[str, str]]:
     """(variant, base) pairs whose difference the report gives."""
     out = [(m, m[:-3]) for m in methods if VARIANTS[m].fused and m[:-3] in methods]
-    for a, b in (("dplot-tpl", "dplot"), ("dplot-tpl+tf", "dplot+tf")):
-        if a in methods and b in methods:
-            out.append((a, b))
+    for m in methods:  # DPLOT with temporal pseudo-labels against DPLOT (fused against fused)
+        v = VARIANTS[m]
+        base = "dplot+tf" if v.fused else "dplot"
+        if v.method == "dplot" and v.overrides.get("temporal_pl") and base in methods:
+            out.append((m, base))
     return out
 
 

@@ -43,6 +43,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("dplot-tpl", "dplot", {"temporal_pl": True}, "full", False,
             "DPLOT + temporal pseudo-labels: the previous frame's warped teacher output as a third view "
             "(streaming, consecutive frames; docs/video.md)"),
+    Variant("dplot-tplr", "dplot", {"temporal_pl": True, "temporal_pl_mode": "recursive"}, "full", False,
+            "DPLOT + recursive temporal pseudo-labels: the previous frame's warped temporal pseudo-label as the "
+            "third view (an average along the flow over past frames; docs/video.md)"),
     Variant("tent+bs", "tent", bundle="blocks", prior=False, doc="Tent on DPLOT's selected blocks"),
     Variant("eata+bs", "eata", bundle="blocks", prior=False, doc="EATA on DPLOT's selected blocks"),
     Variant("sar+bs", "sar", bundle="blocks", prior=False, doc="SAR on DPLOT's selected blocks"),

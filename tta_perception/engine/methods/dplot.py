@@ -25,8 +25,9 @@ where the flow is valid (logits, as the pair), unchanged elsewhere. The streamin
 window's serial numbers and motions to ``set_motion`` before the step; the previous frame is the
 one before in the window (same teacher, same step) or, for the window's first frame, the last
 step's pair pseudo-label of that frame (kept for the frames of the last step only, one EMA update
-older). The warped term is the previous *pair* average, never a temporally fused one, so no
-pseudo-label feeds on itself. Without motion (batch protocol, classification, a break) the step is
+older). The warped term is the previous *pair* average (``temporal_pl_mode='previous'``, the
+default: no pseudo-label feeds on itself), or the previous temporal pseudo-label ('recursive': an
+average along the flow over the past frames, each frame back weighted 1/3 of the one after). Without motion (batch protocol, classification, a break) the step is
 the paper's.
 
 Ablations (paper): ``block_selection=False`` -> the entropy step updates ``no_bs_params``
@@ -61,11 +62,15 @@ class DPLOTConfig(MethodConfig):
     lr_consistency: float = 1e-4   # dplot.py: optim.Adam(model.parameters(), lr=0.0001)
     ema: float = 0.999             # dplot.py: update_ema_variables(alpha_teacher=0.999)
     temporal_pl: bool = False      # video: the previous frame's warped teacher output as a 3rd view (not the paper)
+    # 'previous': that view is the previous frame's pair pseudo-label; 'recursive': its temporal one
+    # (itself including the frame before: an average along the flow whose weight falls by 1/(views+1) a frame)
+    temporal_pl_mode: str = "previous"
     # both optimisers use Adam's default betas (0.9, 0.999), as dplot.py
 
     def validate(self) -> None:
         super().validate()
         _check(self.no_bs_params in ("all", "norm"), "no_bs_params must be 'all' or 'norm'")
+        _check(self.temporal_pl_mode in ("previous", "recursive"), "temporal_pl_mode must be 'previous' or 'recursive'")
         _check(self.lr_entropy >= 0 and self.lr_consistency >= 0, "learning rates must be >= 0")
         _check(0 <= self.ema <= 1, "ema must be in [0, 1]")
         _check(self.blocks is None or len(self.blocks) > 0, "blocks must be None or non-empty")
@@ -198,19 +203,19 @@ class DPLOT(TTAMethod):
         if not self.uses_motion or ctx is None or len(ctx[0]) != pseudo.shape[0]:
             return pseudo
         serials, motions = ctx
-        known, self._prev_pseudo = self._prev_pseudo, {s: pseudo[i].detach() for i, s in enumerate(serials)}
-        out, used, total = pseudo, 0, 0
+        recursive = self.cfg.temporal_pl_mode == "recursive"
+        known = self._prev_pseudo
+        out, used, total = pseudo.clone(), 0, 0
         for i, (s, m) in enumerate(zip(serials, motions)):
             total += pseudo[i, 0].numel()
-            prev = pseudo[i - 1] if i > 0 and serials[i - 1] == s - 1 else known.get(s - 1)
+            prev = (out if recursive else pseudo)[i - 1] if i > 0 and serials[i - 1] == s - 1 else known.get(s - 1)
             if m is None or prev is None:
                 continue
             warped, valid = warp(prev, m)
-            if out is pseudo:
-                out = pseudo.clone()
             out[i] = torch.where(valid[None], (views * pseudo[i] + warped) / (views + 1), pseudo[i])
             used += int(valid.sum())
             self._stats["temporal_frames"] += 1
+        self._prev_pseudo = {s: (out if recursive else pseudo)[i].detach() for i, s in enumerate(serials)}
         self._stats["temporal_pixel_fraction"] = used / total if total else float("nan")
         return out
 
