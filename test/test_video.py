@@ -302,3 +302,25 @@ def test_stream_bench_scores_flicker_and_fused_rows(tmp_path):
     assert rc == 0
     r = json.loads((tmp_path / "s10" / "results.json").read_text())["runs"][0]
     assert r["temporal"]["links"] == 0 and r["temporal"]["breaks"]["gap"] == 3
+
+
+def test_session_applies_temporal_fusion_live():
+    from tta_perception.runtime import params as P
+    from tta_perception.runtime.session import Session
+
+    class Log:
+        def info(self, msg, **kw):
+            pass
+
+        warning = error = debug = info
+
+    cfg = P.defaults()
+    cfg.update(method="source", device="cpu")
+    s = Session(cfg, Log())
+    try:
+        assert s.configure() is None
+        assert s.pipeline.temporal_fusion == 0.0
+        assert s.update({"temporal_fusion": 0.5}) == {"live"}
+        assert s.pipeline.temporal_fusion == 0.5 and s.cfg["temporal_fusion"] == 0.5
+    finally:
+        s.pipeline.close()

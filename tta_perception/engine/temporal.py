@@ -152,6 +152,7 @@ class FlowChain:
         self.breaks: Counter[str] = Counter()
         self.links = 0
         self.total_ms = 0.0
+        self.valid_sum = 0.0  # sum over links of the valid fraction
 
     def reset(self) -> None:
         """Forget the previous frame (a method reset, a new stream): the next frame starts a chain."""
@@ -182,6 +183,7 @@ class FlowChain:
         if reason is None:
             motion = estimate_motion(self._prev, cur, self._dis, self.fb_check)
             self.links += 1
+            self.valid_sum += motion.valid_fraction()
         else:
             self.breaks[reason] += 1
         self._prev, self._prev_stamp = cur, (None if stamp is None else float(stamp))
@@ -195,7 +197,8 @@ class FlowChain:
     def stats(self) -> dict[str, Any]:
         n = self.links + sum(self.breaks.values())
         return {"preset": self.preset, "fb_check": self.fb_check, "frames": n, "links": self.links,
-                "breaks": dict(self.breaks), "mean_flow_ms": self.total_ms / n if n else float("nan")}
+                "breaks": dict(self.breaks), "mean_flow_ms": self.total_ms / n if n else float("nan"),
+                "mean_valid_fraction": self.valid_sum / self.links if self.links else float("nan")}
 
 
 # ------------------------------------------------------------------------------------ warping
