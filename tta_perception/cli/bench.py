@@ -138,6 +138,9 @@ def config_from_args(args: argparse.Namespace):
     if args.temporal_fusion:
         if not (args.stream and task == "seg") or not 0 < args.temporal_fusion < 1:
             raise ValueError("--temporal-fusion W needs --stream on segmentation and 0 < W < 1")
+        if args.realtime is not None:
+            raise ValueError("--temporal-fusion is not combined with --realtime (its simulated clock does not "
+                             "carry the fused rows); run them separately")
         from ..bench.variants import VARIANTS
 
         methods += [f"{m}+tf" for m in methods if f"{m}+tf" in VARIANTS and f"{m}+tf" not in methods]
