@@ -5,8 +5,8 @@ the one home of the motion between frames, used by the pipeline (node, replay), 
 benchmark and DPLOT's temporal pseudo-labels (``docs/video.md``).
 
 - :class:`FlowChain` (one per camera): for each new frame, the **backward flow** to the previous
-  frame (OpenCV DIS at the model's input size, preset ``fast`` by default: 1.2 ms per 128x256 pair
-  on one core, see :data:`PRESETS`) and a **validity mask**: a forward-backward consistency check
+  frame (OpenCV DIS at the model's input size, preset ``fast`` by default, the outside prototype's;
+  1.6 ms a 128x256 frame on one core with the check, see :data:`PRESETS`) and a **validity mask**: a forward-backward consistency check
   (Sundaram et al. 2010: occlusions and bad matches fail it) and the border (a pixel whose match
   falls outside the previous frame was uncovered). The chain **breaks** (returns None) at the
   first frame, after :meth:`FlowChain.reset`, on a size change and on a time gap: a stamp step
@@ -32,13 +32,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-#: OpenCV DIS presets (cost per 128x256 pair on one core of the 2-core CPU here: ultrafast 0.6 ms,
-#: fast 1.2 ms, medium 6.5 ms; the forward-backward check runs two pairs)
+#: OpenCV DIS presets; ms per 128x256 frame on one core here, with / without the forward-backward
+#: check (two DIS passes / one): ultrafast 1.1 / 0.5, fast 1.6 / 0.8, medium 5.5 / 2.8
+#: (``python -m tta_perception.bench.temporal``, docs/video.md)
 PRESETS = ("ultrafast", "fast", "medium")
 DEFAULT_PRESET = "fast"
 #: forward-backward check: |f(q) + b(p)|^2 <= FB_ALPHA (|f(q)|^2 + |b(p)|^2) + FB_BETA (Sundaram et al.)
 FB_ALPHA, FB_BETA = 0.01, 0.5
-BREAK_REASONS = ("start", "reset", "size", "gap", "order")
 
 
 @dataclass
