@@ -6,9 +6,9 @@ benchmark and DPLOT's temporal pseudo-labels (``docs/video.md``).
 
 - :class:`FlowChain` (one per camera): for each new frame, the **backward flow** to the previous
   frame (OpenCV DIS at the model's input size, preset ``fast`` by default, the outside prototype's;
-  1.6 ms a 128x256 frame on one core with the check, see :data:`PRESETS`) and a **validity mask**: a forward-backward consistency check
-  (Sundaram et al. 2010: occlusions and bad matches fail it) and the border (a pixel whose match
-  falls outside the previous frame was uncovered). The chain **breaks** (returns None) at the
+  1.6 ms a 128x256 frame on one core with the check, see :data:`PRESETS`) and a **validity mask**:
+  a forward-backward consistency check (Sundaram et al. 2010: occlusions and bad matches fail it)
+  and the border (a pixel whose match falls outside the previous frame was uncovered). The chain **breaks** (returns None) at the
   first frame, after :meth:`FlowChain.reset`, on a size change and on a time gap: a stamp step
   larger than ``gap_factor`` x the usual step (a dropped frame) or than ``max_gap_s``.
 - :func:`warp` / :func:`warp_nearest`: a map of the previous frame (probabilities, logits / class

@@ -27,8 +27,9 @@ one before in the window (same teacher, same step) or, for the window's first fr
 step's pair pseudo-label of that frame (kept for the frames of the last step only, one EMA update
 older). The warped term is the previous *pair* average (``temporal_pl_mode='previous'``, the
 default: no pseudo-label feeds on itself), or the previous temporal pseudo-label ('recursive': an
-average along the flow over the past frames, each frame back weighted 1/3 of the one after). Without motion (batch protocol, classification, a break) the step is
-the paper's.
+average along the flow over the past frames, each frame back weighted 1/3 of the one after).
+Without motion (batch protocol, classification, a break) the step is the paper's. Measured at
+stride 1 on night driving: +0.01 mIoU (not significant), -3 % label flicker, so it stays off.
 
 Ablations (paper): ``block_selection=False`` -> the entropy step updates ``no_bs_params``
 ('all' parameters by default, or 'norm' = BN/LN/GN affine as Tent); ``paired_views=False`` ->
