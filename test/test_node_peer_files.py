@@ -223,3 +223,22 @@ def test_stamp_gap_estimate():
     assert gaps.add(100.0) == 0 and gaps.add(100.1) == 0 and gaps.add(5.0) == 0
     flat = StampGaps()
     assert sum(flat.add(0.0) for _ in range(50)) == 0 and flat.period() != flat.period()
+
+
+def test_throttled_and_plain_log_lines_never_take_the_node_down(ros):
+    """rclpy raises when one call site logs with other filters than before; a bad frame (throttled
+    warning) and frames lost in transport (a plain warning) in one run ended the node's spin."""
+    rig = Rig(ros, **SEG)
+    log = rig.node.session.log
+    for _ in range(2):
+        log.warning("throttled", throttle=True)
+        log.warning("plain")
+        log.error("throttled", throttle=True)
+        log.error("plain")
+    pub = rig.pub()
+    pub.publish(H.raw_msg("rgb8", 32, 64, 192, b"\x00" * 100, stamp=(1, 0)))  # a bad frame: throttled
+    for i in range(12):  # a stamp gap after 8 intervals: the plain lost-in-transport warning
+        pub.publish(H.image_msg(H.frame(32, 64), stamp=(10 + i + (3 if i == 11 else 0), 0)))
+    H.wait_until(lambda: rig.count("lost_in_transport") >= 1, what="the loss to be counted")
+    _serves(rig, 100)
+    assert not ros.errors, ros.errors

@@ -295,7 +295,7 @@ def test_pipeline_postprocessing_matches_softmax_and_marks_nan_unlabeled():
     try:
         logits = torch.randn(3, 32, 64, generator=torch.Generator().manual_seed(0)) * 3
         logits[1, 5, 7] = float("nan")
-        pipe.adapter.predict_batch = lambda x, adapt=None: logits.clone()[None]
+        pipe.adapter.predict_batch = lambda x, adapt=None, **kw: logits.clone()[None]
         rgb = H.frame(32, 64)
         r = pipe.infer(rgb, output_size="model", confidence_float=True)
         prob = torch.softmax(logits, 0)

@@ -428,10 +428,12 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
             t0 = time.perf_counter()
             kwargs = dict(output_size=cfg["output_size"], top_k=cfg["top_k"], overlay_alpha=cfg["overlay_alpha"],
                           overlay=opts.overlay)
+            stamps = [B.stamp_ns_of(msg) * 1e-9 for _, (_, _, msg) in items]  # the flow chains' clock
             if multi is None:  # one camera: exactly the single-frame path
-                results = [pipe.infer(items[0][1][0], **kwargs)]
+                results = [pipe.infer(items[0][1][0], stamp=stamps[0], **kwargs)]
             else:
-                results = pipe.infer_batch([rgb for _, (rgb, _, _) in items], **kwargs)
+                results = pipe.infer_batch([rgb for _, (rgb, _, _) in items], stamps=stamps,
+                                           cameras=[cam for cam, _ in items], **kwargs)
             run["model_s"] += time.perf_counter() - t0
             before = run["frames"]
             for (cam, (_, log_ns, msg)), result in zip(items, results):

@@ -8,6 +8,15 @@ frame is made before adapting on it, as in the background mode).
 Time per frame counts only the method's own work (``step`` / ``predict``, device-synchronised), not
 data conversion or scoring. The source model's plain forward pass is timed on the same inputs in the
 same process, and every method's time is reported as a multiple of it.
+
+Video (streaming segmentation, ``docs/video.md``): the frames of a stream go through one
+``engine.temporal.FlowChain`` (stamps = frame index / fps, so a stride > 1 or a reset breaks it).
+Every run scores **label flicker** per domain beside the mIoU (``metrics.flicker``; the flow for
+the metric is not counted in a method's time unless the method uses it: DPLOT ``temporal_pl``).
+With ``temporal_fusion`` > 0 the same run also scores its outputs fused over time
+(``engine.temporal.TemporalFusion``) as the companion row ``<method>+tf``: fusion only changes what
+is published, never what the method adapts on, so both rows come from one run (exactly paired);
+its time adds the flow and the fusion.
 """
 from __future__ import annotations
 
@@ -44,6 +53,8 @@ class RunOptions:
     realtime_hz: float | None = None  # streaming: a simulated camera at this rate (bench/realtime.py)
     realtime_costs: dict[str, Any] | None = None   # ... and this method's predict_ms / step_ms
     domain_calibration: dict[str, Any] | None = None  # '+dm' variants: the shift detector's calibration
+    temporal_fusion: float = 0.0      # streaming seg: also score the outputs fused over time ('<method>+tf')
+    flow_preset: str = "fast"         # engine.temporal.PRESETS
 
 
 @dataclass
@@ -69,10 +80,15 @@ class MethodRun:
     # batch protocol, methods with ``last_parts`` (DPLOT, RMT): each half of the prediction scored alone,
     # from the same forward passes: {part: {"domains": ..., "overall": ...}}
     parts: dict[str, Any] = field(default_factory=dict)
+    # video (streaming seg): label flicker % per domain / over the stream, flow and fusion costs
+    flicker: dict[str, float] = field(default_factory=dict)
+    flicker_overall: float = float("nan")
+    temporal: dict[str, Any] = field(default_factory=dict)
+    companions: list["MethodRun"] = field(default_factory=list)  # '+tf': the same run's fused outputs
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-point lists, plus the metric series (x, y) for later analysis."""
-        d = {k: v for k, v in self.__dict__.items() if not k.startswith("series_")}
+        d = {k: v for k, v in self.__dict__.items() if not k.startswith("series_") and k != "companions"}
         d["series"] = {"x": self.series_x, "y": [round(v, 2) for v in self.series_y]}
         if self.series_detected:
             d["series"]["domain"], d["series"]["detected"] = self.series_domain, self.series_detected
@@ -157,6 +173,25 @@ def source_forward_ms(model: torch.nn.Module, stream: BenchStream, opts: RunOpti
     return float(statistics.median(per_frame))
 
 
+class _FlickerScore:
+    """Label flicker of one prediction stream: the previous frame's prediction and labels, warped."""
+
+    def __init__(self):
+        from ..metrics import Flicker
+
+        self.flicker = Flicker()
+        self._prev: tuple[np.ndarray, np.ndarray] | None = None
+
+    def update(self, pred: np.ndarray, labels: np.ndarray, motion, domain: str) -> None:
+        from ..engine.temporal import warp_nearest
+
+        if motion is not None and self._prev is not None:
+            p, valid = warp_nearest(self._prev[0], motion)
+            lab, _ = warp_nearest(self._prev[1], motion)
+            self.flicker.add(pred, p, labels, lab, valid, domain)
+        self._prev = (pred, labels)
+
+
 def build_stream_adapter(method, opts: RunOptions, domain_memory: bool = False):
     """The streaming adapter as the node builds it (inline, so runs are deterministic unless
     ``opts.background``); the source model only predicts (no pointless steps); ``domain_memory``
@@ -202,6 +237,20 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
             raise ValueError(f"{name}: domain memory is a streaming protocol (bench --stream)")
         bar = tqdm(total=stream.n_samples, desc=f"{name} on {stream.name}", unit=stream.x_label,
                    disable=not opts.progress, leave=False)
+        video = adapter is not None and stream.task == "seg"
+        chain = fusion = None
+        flow_s = fuse_s = 0.0
+        if video:
+            from ..engine.temporal import FlowChain, TemporalFusion
+
+            chain = FlowChain(opts.flow_preset)
+            fps = float(stream.info.get("fps") or 0) or None
+            flick = _FlickerScore()
+            if opts.temporal_fusion > 0:
+                fusion = TemporalFusion(opts.temporal_fusion)
+                fused_scorer = _Scorer(stream.task, stream.num_classes, getattr(stream, "cycle_frames", None))
+                fused_flick = _FlickerScore()
+        uses_motion = bool(getattr(method, "uses_motion", False))
         try:
             for k, chunk in enumerate(stream):
                 x = chunk.tensor().to(opts.device)
@@ -209,17 +258,30 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                     (adapter or method).reset()
                     if clock is not None:
                         clock.reset()
+                    if chain is not None:
+                        chain.reset()
                 if adapter is not None:
-                    outs = []
+                    outs, fused, motions = [], [], []
                     for i in range(x.shape[0]):
                         if clock is not None:
                             clock.arrive()
+                        motion = None
+                        if chain is not None:
+                            t0 = time.perf_counter()
+                            motion = chain.update(x[i], None if fps is None else chunk.index[i] / fps)
+                            flow_s += time.perf_counter() - t0
+                            motions.append(motion)
                         sync(opts.device)
                         t0 = time.perf_counter()
-                        out = adapter.predict(x[i:i + 1])
+                        out = adapter.predict(x[i:i + 1], motion=motion if uses_motion else None)
                         sync(opts.device)
                         busy += time.perf_counter() - t0
                         outs.append(out)
+                        if fusion is not None:
+                            t0 = time.perf_counter()
+                            fused.append(fusion(out, motion))
+                            sync(opts.device)
+                            fuse_s += time.perf_counter() - t0
                         if adapter.domains is not None:
                             detected.append(adapter.domains.last.domain if adapter.domains.last else -1)
                     logits = torch.cat(outs)
@@ -233,6 +295,15 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                         part_scores.setdefault(part, _Scorer(stream.task, stream.num_classes)).update(out, chunk)
                 frames += x.shape[0]
                 scorer.update(logits, chunk)
+                if video:
+                    preds, labs = logits.argmax(1).cpu().numpy(), chunk.label_array()
+                    for i in range(len(preds)):
+                        flick.update(preds[i], labs[i], motions[i], chunk.domains[i])
+                    if fusion is not None:
+                        fl = torch.cat(fused)
+                        fused_scorer.update(fl, chunk)
+                        for i, p in enumerate(fl.argmax(1).cpu().numpy()):
+                            fused_flick.update(p, labs[i], motions[i], chunk.domains[i])
                 bar.update(x.shape[0])
         finally:
             bar.close()
@@ -249,13 +320,31 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                                                                        "domains_stored", "domain_bank_mb")}
                 if clock is not None:
                     stream_info["realtime"] = clock.summary()
-    stats = {k: v for k, v in method.stats.items() if k in KEEP_STATS}
+    stats = {k: v for k, v in method.stats.items() if k in KEEP_STATS or k.startswith("temporal_")}
     parts = {p: {"domains": sc.domains(), "overall": sc.overall()} for p, sc in part_scores.items()}
     del method, model, adapter, clock
-    return MethodRun(name, stream.name, opts.seed, scorer.domains(), scorer.overall(), frames,
-                     busy * 1e3 / max(frames, 1), setup_s, mem.peak_mib, mem.kind, scorer.x, scorer.y, scorer.d,
-                     scorer.w, stats, stream_info, series_detected=detected, parts=parts,
-                     domains_by_cycle=scorer.cycles.domains() if scorer.cycles is not None else {})
+    n = max(frames, 1)
+    if uses_motion:  # the method needs the flow: part of its own work
+        busy += flow_s
+    temporal: dict[str, Any] = {}
+    if video:
+        temporal = {**chain.stats(), "flow_ms": flow_s * 1e3 / n, "flow_counted": uses_motion}
+    run = MethodRun(name, stream.name, opts.seed, scorer.domains(), scorer.overall(), frames,
+                    busy * 1e3 / n, setup_s, mem.peak_mib, mem.kind, scorer.x, scorer.y, scorer.d,
+                    scorer.w, stats, stream_info, series_detected=detected, parts=parts,
+                    domains_by_cycle=scorer.cycles.domains() if scorer.cycles is not None else {},
+                    flicker=flick.flicker.domains() if video else {},
+                    flicker_overall=flick.flicker.overall() if video else float("nan"), temporal=temporal)
+    if fusion is not None:
+        extra = fuse_s + (0.0 if uses_motion else flow_s)  # the fused output needs the flow and the fusion
+        run.companions.append(MethodRun(
+            f"{name}+tf", stream.name, opts.seed, fused_scorer.domains(), fused_scorer.overall(), frames,
+            (busy + extra) * 1e3 / n, setup_s, mem.peak_mib, mem.kind, fused_scorer.x, fused_scorer.y,
+            fused_scorer.d, fused_scorer.w, stats, dict(stream_info), parts={},
+            domains_by_cycle=fused_scorer.cycles.domains() if fused_scorer.cycles is not None else {},
+            flicker=fused_flick.flicker.domains(), flicker_overall=fused_flick.flicker.overall(),
+            temporal={**temporal, **fusion.stats(), "fusion_ms": fuse_s * 1e3 / n}))
+    return run
 
 
 def _realtime_clock(adapter, opts: RunOptions):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from dataclasses import replace
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from .report import (add_ratios, aggregate, format_costs, format_headline, forma
                      write_csv)
 from .runner import RunOptions, run_method, source_forward_ms
 from .streams import SEG_SEQUENCES, public_stream, stream_seeds, world_cls_stream, world_seg_stream
+from .temporal import temporal_report
 from .variants import VARIANTS, needs_bundle
 
 DEFAULT_BATCH = {"cls": 64, "seg": 8}
@@ -73,6 +75,8 @@ class BenchConfig:
     realtime_costs: str | None = None    # ... with the costs recorded in this results.json
     cycles: int | None = None            # looping sequences (dynamic): this many weather cycles
     cameras: int | None = None           # streaming: N cameras of one car, shared vs independent (bench/cameras.py)
+    temporal_fusion: float = 0.0         # streaming seg: weight of the past of the '<m>+tf' rows (docs/video.md)
+    flow_preset: str = "fast"            # optical flow of the video rows and the flicker metric
     # methods that run every seed (the others only the first); "bestK": the K best prior methods of
     # the first seed. None: every method runs every seed
     seeds_for: list[str] | None = None
@@ -276,7 +280,10 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
         warm, warm_info = rmt_warmup(cfg, lm, bundle, streams0[0].batch_size, log)
     opts_base = dict(device=device, streaming=cfg.streaming, window=cfg.window, adapt_every=cfg.adapt_every,
                      background=cfg.background, predict_mode=cfg.predict, bn_stats=cfg.bn_stats, safety=cfg.safety,
-                     progress=cfg.progress)
+                     progress=cfg.progress, flow_preset=cfg.flow_preset)
+    fused = [m for m in cfg.methods if VARIANTS[m].fused]
+    if fused and not (cfg.streaming and task == "seg" and cfg.temporal_fusion > 0):
+        raise ValueError(f"{', '.join(fused)}: fused rows need --stream on segmentation and --temporal-fusion W > 0")
     if any(VARIANTS[m].domain_memory for m in cfg.methods):  # the detector's clear-source calibration
         from ..runtime.model_loader import domain_calibration
 
@@ -297,12 +304,19 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
             opts = RunOptions(seed=seed, **opts_base)
             src_fwd.setdefault(st.name, []).append(source_forward_ms(lm.model, st, opts))
             for m in methods_of_seed:
+                if VARIANTS[m].fused:
+                    continue  # scored in the run of its base method
                 t0 = time.perf_counter()
-                r = run_method(m, lm.model, st, opts, bundle=bundle, fisher_batches=fisher, rmt_warmup=warm)
+                tf = cfg.temporal_fusion if f"{m}+tf" in methods_of_seed else 0.0
+                r = run_method(m, lm.model, st, replace(opts, temporal_fusion=tf), bundle=bundle,
+                               fisher_batches=fisher, rmt_warmup=warm)
                 runs.append(r)
+                runs.extend(r.companions)
                 metric = "error" if task == "cls" else "mIoU"
-                log(f"  seed {seed} {st.name:<11} {m:<14} {metric} {r.overall:6.2f}  "
-                    f"{r.ms_per_frame:8.2f} ms/frame  {time.perf_counter() - t0:6.1f} s")
+                for rr in (r, *r.companions):
+                    flick = f"  flicker {rr.flicker_overall:5.2f} %" if rr.flicker else ""
+                    log(f"  seed {seed} {st.name:<11} {rr.method:<14} {metric} {rr.overall:6.2f}{flick}  "
+                        f"{rr.ms_per_frame:8.2f} ms/frame  {time.perf_counter() - t0:6.1f} s")
                 if rt_costs is not None:
                     rt_runs.append(run_realtime(m, lm.model, st, opts, cfg, rt_costs[m], bundle, fisher, log))
             if ceiling is not None:
@@ -392,7 +406,8 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
             payload["summary"]["ceiling"] = gap_block
     evidence_text, payload["evidence"] = evidence_report(streams0, runs, cfg.methods, task, out, cfg.streaming)
     cycles_text, payload["cycles"] = cycles_report(streams0, runs, cfg.methods, out)
-    printed += evidence_text + cycles_text
+    temporal_text, payload["temporal"] = temporal_report(streams0, runs, cfg.methods, out)
+    printed += evidence_text + cycles_text + temporal_text
     if rt_costs is not None:
         rt_text, payload["realtime"] = realtime_report(streams0, runs, rt_runs, cfg.methods, task, cfg.realtime,
                                                        rt_costs, rt_from, out)

@@ -21,6 +21,7 @@ class Variant:
     prior: bool = True       # a published prior method (candidate for "best other method")
     doc: str = ""
     domain_memory: bool = False  # streaming: resume a known domain's adapted state (engine.domains)
+    fused: bool = False          # streaming seg: the base method's outputs fused over time (scored in its run)
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -39,6 +40,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "DPLOT ablation: entropy step on the norm layers (Tent's parameters) instead of selected blocks"),
     Variant("dplot-nopair", "dplot", {"paired_views": False}, "full", False,
             "DPLOT ablation: no flipped view (pseudo-label = teacher on x)"),
+    Variant("dplot-tpl", "dplot", {"temporal_pl": True}, "full", False,
+            "DPLOT + temporal pseudo-labels: the previous frame's warped teacher output as a third view "
+            "(streaming, consecutive frames; docs/video.md)"),
+    Variant("dplot-tplr", "dplot", {"temporal_pl": True, "temporal_pl_mode": "recursive"}, "full", False,
+            "DPLOT + recursive temporal pseudo-labels: the previous frame's warped temporal pseudo-label as the "
+            "third view (an average along the flow over past frames; docs/video.md)"),
     Variant("tent+bs", "tent", bundle="blocks", prior=False, doc="Tent on DPLOT's selected blocks"),
     Variant("eata+bs", "eata", bundle="blocks", prior=False, doc="EATA on DPLOT's selected blocks"),
     Variant("sar+bs", "sar", bundle="blocks", prior=False, doc="SAR on DPLOT's selected blocks"),
@@ -49,6 +56,11 @@ DEFAULT_METHODS = ("source", "norm", "tent", "eata", "sar", "cotta", "rmt", "dpl
 VARIANTS.update({f"{n}+dm": Variant(f"{n}+dm", VARIANTS[n].method, VARIANTS[n].overrides, VARIANTS[n].bundle,
                                     False, f"{VARIANTS[n].doc}, with domain memory", True)
                  for n in DEFAULT_METHODS if n not in ("source", "norm")})
+# every variant with temporal output fusion: '<name>+tf' (streaming seg; `bench --temporal-fusion W` adds
+# them). Not a separate run: the base run scores its fused outputs too (bench/runner.py)
+VARIANTS.update({f"{n}+tf": Variant(f"{n}+tf", v.method, v.overrides, v.bundle, False,
+                                    f"{v.doc}, outputs fused over time (temporal_fusion)", v.domain_memory, True)
+                 for n, v in list(VARIANTS.items())})
 ABLATION_METHODS = ("dplot", "dplot-nobs", "dplot-nopair", "tent", "tent+bs", "eata", "eata+bs", "sar", "sar+bs")
 QUICK_METHODS = ("source", "norm", "tent", "dplot")
 GROUPS = {

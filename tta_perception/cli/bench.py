@@ -97,6 +97,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain-memory", action="store_true",
                    help="streaming: also run every method with domain memory ('<method>+dm': the node's "
                         "domain_memory), compared per weather cycle; the detector's purity")
+    p.add_argument("--temporal-fusion", type=float, default=0.0, metavar="W",
+                   help="streaming seg: also score every method with its outputs fused over time ('<method>+tf' "
+                        "rows from the same run): class probabilities mixed with the previous fused map warped along "
+                        "the optical flow, W the weight of the past (0 = off; docs/video.md). Flicker is reported "
+                        "for every streaming run regardless")
+    p.add_argument("--flow-preset", default="fast", choices=("ultrafast", "fast", "medium"),
+                   help="streaming seg: OpenCV DIS preset of the optical flow (flicker metric, fusion, dplot-tpl)")
     p.add_argument("--cycles", type=int, default=None,
                    help="looping sequences (dynamic): this many weather cycles (dynamic's own length is 2)")
     p.add_argument("--cameras", type=int, default=None, metavar="N",
@@ -140,6 +147,22 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError("--cameras is a streaming protocol: add --stream")
         if not 1 <= args.cameras <= 4:
             raise ValueError(f"--cameras must be 1..4 (front, rear, narrow, wide), got {args.cameras}")
+        if args.temporal_fusion:
+            raise ValueError("--cameras and --temporal-fusion are separate protocols: run them separately")
+    if args.temporal_fusion:
+        if not (args.stream and task == "seg") or not 0 < args.temporal_fusion < 1:
+            raise ValueError("--temporal-fusion W needs --stream on segmentation and 0 < W < 1")
+        if args.realtime is not None:
+            raise ValueError("--temporal-fusion is not combined with --realtime (its simulated clock does not "
+                             "carry the fused rows); run them separately")
+        from ..bench.variants import VARIANTS
+
+        methods += [f"{m}+tf" for m in methods if f"{m}+tf" in VARIANTS and f"{m}+tf" not in methods]
+    else:
+        from ..bench.variants import VARIANTS
+
+        if any(VARIANTS[m].fused for m in methods):
+            raise ValueError("'<method>+tf' rows need --temporal-fusion W")
     if args.cycles is not None and args.cycles < 1:
         raise ValueError("--cycles must be >= 1")
     preset: dict = {}
@@ -191,7 +214,8 @@ def config_from_args(args: argparse.Namespace):
         quick=args.quick,
         seeds=seeds, seeds_for=seeds_for, shuffle=args.shuffle or preset.get("shuffle", False),
         prepare_profile=preset.get("prepare_profile"), paper_scale=args.paper_scale,
-        cycles=args.cycles, cameras=args.cameras, realtime=args.realtime,
+        cycles=args.cycles, cameras=args.cameras, realtime=args.realtime, temporal_fusion=float(args.temporal_fusion),
+        flow_preset=args.flow_preset,
         realtime_costs=str(args.realtime_costs) if args.realtime_costs else None,
         bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,

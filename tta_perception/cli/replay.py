@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the adaptation")
     p.add_argument("--output-size", choices=("input", "model"), default=None,
                    help="outputs at the camera size (default) or the model size")
+    p.add_argument("--temporal-fusion", type=float, default=None, metavar="W",
+                   help="segmentation: weight of the past in the written prediction, fused along the optical "
+                        "flow (the node's temporal_fusion; default 0 = off; docs/video.md)")
     p.add_argument("--prefix", default="/tta", help="namespace of the output topics")
     p.add_argument("--overlay", action="store_true", help="also write the rgb8 overlay")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output storage")
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--limit must be positive")
     overrides = {"method": args.method, "model": args.model, "architecture": args.architecture,
                  "bundle": args.bundle, "device": args.device, "window": args.window,
-                 "adapt_every": args.adapt_every, "seed": args.seed, "output_size": args.output_size}
+                 "adapt_every": args.adapt_every, "seed": args.seed, "output_size": args.output_size,
+                 "temporal_fusion": args.temporal_fusion}
     if args.architecture and ":" in args.architecture:  # the user's own command line: trusted
         overrides["allow_code_architecture"] = True
     cfg = node_config(overrides, args.params_file)

@@ -65,6 +65,9 @@ class TTAMethod:
     # the named halves of the last step's prediction (logits that sum to it, from the same forward
     # passes: DPLOT's student and teacher); None for methods whose prediction is one output
     last_parts: dict[str, torch.Tensor] | None = None
+    # video (engine.temporal): True when the method's step uses the motion between window frames; the
+    # streaming adapter then calls ``set_motion`` before each step (DPLOT ``temporal_pl``)
+    uses_motion: bool = False
 
     def __init__(self, model: nn.Module, cfg: Any = None, **overrides: Any):
         check_model(model)
@@ -106,6 +109,10 @@ class TTAMethod:
     def predict_with(self, modules: dict[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
         """Prediction from ``modules`` (the method's own or the streaming copies), no adaptation."""
         return modules["model"](x)
+
+    def set_motion(self, serials: list[int], motions: list[Any]) -> None:
+        """The next step's frames: serial numbers (consecutive frames differ by one) and each one's
+        ``engine.temporal.Motion`` from the previous frame (None: no link). Used when ``uses_motion``."""
 
     def _extra_state(self) -> dict[str, Any]:
         """Method-specific state (plain tensors / numbers) beyond modules and optimizers."""

@@ -43,6 +43,13 @@ for an adaptation step (issue 3 §3):
 
 ``predict(frame)``: frame (3, H, W) or (1, 3, H, W) float in [0, 1]; returns logits without/with the
 leading batch axis accordingly ((C,) / (C, H, W) or (1, C) / (1, C, H, W)).
+
+* **Video** (``docs/video.md``). ``predict(frame, motion=...)`` takes the frame's motion from the
+  previous frame of the stream (``engine.temporal.FlowChain``, computed once by the caller, which
+  may also fuse outputs with it). Each frame in the window keeps its motion and a serial number; a
+  method that uses motion (``method.uses_motion``: DPLOT ``temporal_pl``) receives both
+  (``method.set_motion``) just before its step, so it can tell which window frames are consecutive
+  (serials one apart) and warp between them. ``reset`` restarts the serials' chain.
 """
 from __future__ import annotations
 
@@ -114,6 +121,10 @@ class StreamingAdapter:
             for m in method.modules.values():
                 m.to(memory_format=torch.channels_last)
         self._frames: collections.deque[torch.Tensor] = collections.deque(maxlen=self.window)
+        # per window frame: its serial number and motion from the previous frame (video; see above)
+        self._motions: collections.deque[Any] = collections.deque(maxlen=self.window)
+        self._serials: collections.deque[int] = collections.deque(maxlen=self.window)
+        self._serial = 0
         self._enabled = True
         self._lock = threading.Lock()                  # guards the fields below (short sections only)
         self._buffers_free = threading.Condition(self._lock)
@@ -152,22 +163,26 @@ class StreamingAdapter:
 
     # ------------------------------------------------------------------ inference path
     @torch.no_grad()
-    def predict(self, frame: torch.Tensor) -> torch.Tensor:
-        """Prediction for ``frame`` with the current weights; never waits for adaptation."""
+    def predict(self, frame: torch.Tensor, motion: Any = None) -> torch.Tensor:
+        """Prediction for ``frame`` with the current weights; never waits for adaptation.
+        ``motion``: its ``engine.temporal.Motion`` from the previous frame, None where the chain broke."""
         squeeze = frame.dim() == 3
         x = frame.unsqueeze(0) if squeeze else frame
         if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise ValueError(f"expected a frame (3, H, W) or (1, 3, H, W), got {tuple(frame.shape)}")
-        out = self.predict_batch(x)
+        out = self.predict_batch(x, motions=[motion])
         return out[0] if squeeze else out
 
     @torch.no_grad()
-    def predict_batch(self, frames: torch.Tensor, adapt: Sequence[bool] | None = None) -> torch.Tensor:
+    def predict_batch(self, frames: torch.Tensor, adapt: Sequence[bool] | None = None,
+                      motions: Sequence[Any] | None = None) -> torch.Tensor:
         """Predictions for a batch of frames (N, 3, H, W) in one forward pass: the newest frame of
         each of N cameras. With ``bn_stats='frame'`` each frame keeps its own BatchNorm statistics
         (``PerFrameBatchNorm2d``), so the result equals N single-frame predictions. The frames whose
         ``adapt`` flag is set (default: all) join the adaptation window in order and count towards
-        ``adapt_every``; the others are only predicted. Domain memory observes the first frame."""
+        ``adapt_every``; the others are only predicted. Domain memory observes the first frame.
+        ``motions[i]``: frame i's motion from its camera's previous frame (temporal pseudo-labels);
+        several cameras interleave in the window, so a batch of more than one frame passes none."""
         if self._closed:
             raise RuntimeError("StreamingAdapter is closed")
         x = frames
@@ -212,6 +227,9 @@ class StreamingAdapter:
             c["mean_predict_ms"] = ms if c["frames"] == 1 else c["mean_predict_ms"] + (ms - c["mean_predict_ms"]) / c["frames"]
             for i in (i for i, a in enumerate(flags) if a):
                 self._frames.append(x[i].detach().clone())
+                self._serial += 1
+                self._serials.append(self._serial)
+                self._motions.append(motions[i] if motions is not None else None)
                 if self._enabled:
                     self._since_adapt += 1
             if any(flags):
@@ -301,11 +319,14 @@ class StreamingAdapter:
                 return False
             with self._lock:
                 frames = list(self._frames)
+                serials, motions = list(self._serials), list(self._motions)
             if len(frames) < self.min_window:
                 return False
             t0 = time.perf_counter()
             while True:
                 use = frames[-self._oom_window:]
+                if getattr(self.method, "uses_motion", False):
+                    self.method.set_motion(serials[-len(use):], motions[-len(use):])
                 try:
                     with self._handover.step(use):
                         batch = torch.stack(use)
@@ -426,7 +447,7 @@ class StreamingAdapter:
                 self._pending = False
             self.method.reset()
             with self._lock:
-                self._frames.clear()
+                self._clear_window()
                 self._since_adapt = 0
             self._publish()
             self._publish()  # both copies hold the source state
@@ -458,9 +479,16 @@ class StreamingAdapter:
             if self.domains is not None and "domains" in state:
                 self.domains.load_state_dict(state["domains"])
             with self._lock:
-                self._frames.clear()
+                self._clear_window()
             self._publish()
             self._publish()
+
+    def _clear_window(self) -> None:
+        """Empty the window (caller holds ``_lock``); the next frame starts a new chain of serials."""
+        self._frames.clear()
+        self._serials.clear()
+        self._motions.clear()
+        self._serial += 1
 
     def stream_state(self) -> dict[str, Any]:
         """The frame window, the frames since the last request and the counters: with
@@ -477,9 +505,12 @@ class StreamingAdapter:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError("not a StreamingAdapter stream state")
         with self._lock:
-            self._frames.clear()
-            for f in state["frames"][-self.window:]:
+            self._clear_window()
+            for f in state["frames"][-self.window:]:  # motions are not saved: no temporal view for these
                 self._frames.append(f.to(self.method.device))
+                self._serial += 1
+                self._serials.append(self._serial)
+                self._motions.append(None)
             self._since_adapt = int(state["since_adapt"])
             for k, v in state.get("counters", {}).items():
                 if k in self._counters and not k.startswith("worker_"):

@@ -69,7 +69,11 @@ def _vision_msgs():
 
 
 class _Log:
-    """The session's log lines through the node's logger (repeated warnings throttled to one per 5 s)."""
+    """The session's log lines through the node's logger (repeated warnings throttled to one per 5 s).
+
+    rclpy keys a log call's filters by its call site and raises if one site is called with other
+    filters later ("Requested logging filters cannot be changed between calls"): throttled and plain
+    lines therefore go through separate calls."""
 
     def __init__(self, logger: Any) -> None:
         self._logger = logger
@@ -78,10 +82,16 @@ class _Log:
         self._logger.info(message)
 
     def warning(self, message: str, throttle: bool = False) -> None:
-        self._logger.warning(message, **({"throttle_duration_sec": 5.0} if throttle else {}))
+        if throttle:
+            self._logger.warning(message, throttle_duration_sec=5.0)
+        else:
+            self._logger.warning(message)
 
     def error(self, message: str, throttle: bool = False) -> None:
-        self._logger.error(message, **({"throttle_duration_sec": 5.0} if throttle else {}))
+        if throttle:
+            self._logger.error(message, throttle_duration_sec=5.0)
+        else:
+            self._logger.error(message)
 
 
 class TTANode(LifecycleNode):
@@ -322,14 +332,18 @@ class TTANode(LifecycleNode):
 
     def _on_frame(self, msg: Any, compressed: bool, camera: str = "") -> None:
         """Executor thread: O(1), only keeps the newest frame of each camera (the previous
-        unprocessed one of that camera is dropped)."""
+        unprocessed one of that camera is dropped). Never raises: an exception here would end the
+        executor's spin and the node."""
         import time
 
-        stamp = msg.header.stamp
-        self.session.arrival(stamp.sec + stamp.nanosec * 1e-9, camera)
-        worker = self._worker
-        if worker is not None and worker.put((msg, compressed, time.monotonic()), camera):
-            self.session.count("frames_dropped", camera)
+        try:
+            stamp = msg.header.stamp
+            self.session.arrival(stamp.sec + stamp.nanosec * 1e-9, camera)
+            worker = self._worker
+            if worker is not None and worker.put((msg, compressed, time.monotonic()), camera):
+                self.session.count("frames_dropped", camera)
+        except Exception as err:  # noqa: BLE001 - counted and logged, the node goes on
+            self.session.frame_failed(err)
 
     # ================================================================== worker
     def _process(self, items: list[tuple[str, tuple[Any, bool, float]]]) -> None:
@@ -346,8 +360,9 @@ class TTANode(LifecycleNode):
             return
         cams = [f[0] for f in frames]
         listened = lambda name: [self._listened(self._topic(c, name)) for c in cams]  # noqa: E731
+        stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for _, m, _, _ in frames]
         done = self.session.infer_batch(
-            [f[3] for f in frames], cams, output_size=cfg["output_size"], top_k=cfg["top_k"],
+            [f[3] for f in frames], cams, stamps, output_size=cfg["output_size"], top_k=cfg["top_k"],
             overlay_alpha=cfg["overlay_alpha"],
             overlay=[cfg["publish_overlay"] and v for v in listened("overlay")],
             confidence=[cfg["publish_confidence"] and v for v in listened("confidence")],

@@ -168,6 +168,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("publish_overlay", True, "bool", "Segmentation: rgb8 colourised overlay on 'overlay'.", "live"),
     Spec("overlay_alpha", 0.5, "float", "Weight of the class colours in the overlay.", "live",
          range=(0.0, 1.0)),
+    Spec("temporal_fusion", 0.0, "float", "Segmentation: weight w of the past in the published "
+         "prediction: class probabilities fused with the previous fused map warped to this frame along "
+         "the optical flow, (1-w) now + w past where the flow is valid (forward-backward check); 0 = off "
+         "(default; docs/video.md): on night driving DPLOT's label flicker falls 25 % at 0.5 (mIoU +0.2) and "
+         "44 % at 0.6 (mIoU unchanged), for about 3 ms a frame on a CPU. "
+         "The chain restarts after a dropped frame or a stamp gap.", "live", range=(0.0, 0.95)),
     Spec("diagnostics_period", 1.0, "float", "Seconds between /diagnostics messages.", "startup",
          range=(0.05, 60.0)),
     Spec("autostart", True, "bool", "Configure and activate by itself at start-up (as yolo_ros); false: "

@@ -154,6 +154,10 @@ class Pipeline:
         self.adapter = build_adapter(self.method, **adapter_options(cfg, self.method), background=background,
                                      domains=domains)
         self.adapts = bool(getattr(self.method, "ADAPTS", True))  # False for 'source'
+        # video (engine.temporal, docs/video.md): per camera, the flow chain and the output fusion
+        self._video: dict[str, Any] = {}
+        self.temporal_fusion = 0.0
+        self.set_temporal_fusion(float(cfg.get("temporal_fusion", 0.0)))
 
         if resume:
             self.load_state(Path(os.path.expanduser(resume)))
@@ -183,6 +187,44 @@ class Pipeline:
             self.warnings.append(f"bundle {path!r} not used: {problem}")
             return "", None
         return path, phase_a
+
+    def set_temporal_fusion(self, weight: float) -> None:
+        """Weight of the past in the published prediction (``temporal_fusion``, live); 0 = off.
+        Classification outputs are never fused (one label per frame, no pixels to follow)."""
+        weight = float(weight)
+        if weight and self.task != "segmentation":
+            self.warnings.append("temporal_fusion applies to segmentation only: ignored")
+            weight = 0.0
+        self.temporal_fusion = weight
+        for cam in self._video.values():
+            cam["fusion"] = None  # the next frame starts a new fusion with the new weight
+
+    def reset_video(self) -> None:
+        """Break every camera's chain (a reset or a new stream): no past is fused into the next frame."""
+        self._video.clear()
+
+    def _motion(self, x, camera: str, stamp: Optional[float]):
+        """The frame's motion from the previous frame of ``camera`` (None: not needed, or a break)."""
+        if not (self.temporal_fusion or getattr(self.method, "uses_motion", False)):
+            return None
+        import time
+
+        from ..engine.temporal import FlowChain
+
+        cam = self._video.setdefault(camera, {"chain": FlowChain(), "fusion": None})
+        return cam["chain"].update(x, time.monotonic() if stamp is None else stamp)
+
+    def _fuse(self, logits, motion, camera: str):
+        """``temporal_fusion`` > 0: the logits replaced by the fused log-probabilities (see
+        ``engine.temporal.TemporalFusion``); exactly the logits when it is 0."""
+        if not self.temporal_fusion:
+            return logits
+        from ..engine.temporal import TemporalFusion
+
+        cam = self._video[camera]
+        if cam["fusion"] is None:
+            cam["fusion"] = TemporalFusion(self.temporal_fusion)
+        return cam["fusion"](logits, motion)
 
     def set_enabled(self, enabled: bool) -> None:
         """Adaptation on/off; a method that does not adapt ('source') never runs pointless steps."""
@@ -246,28 +288,41 @@ class Pipeline:
 
     def infer(self, rgb: np.ndarray, output_size: str = "input", top_k: int = 5,
               overlay_alpha: float = 0.5, overlay: bool = True, confidence_float: bool = False,
-              confidence: bool = True) -> Result:
+              confidence: bool = True, stamp: Optional[float] = None, camera: str = "") -> Result:
         """Predict one frame. ``confidence`` / ``overlay`` False skip those maps (the node asks for
         them only while someone subscribes); the mean confidence and entropy for diagnostics then
-        come from every 8th pixel."""
+        come from every 8th pixel. Video (``temporal_fusion``, DPLOT ``temporal_pl``): frames of one
+        ``camera`` are consecutive; ``stamp`` (seconds; None: the arrival time) breaks the chain at
+        a gap (docs/video.md)."""
         return self.infer_batch([rgb], output_size=output_size, top_k=top_k, overlay_alpha=overlay_alpha,
-                                overlay=overlay, confidence_float=confidence_float, confidence=confidence)[0]
+                                overlay=overlay, confidence_float=confidence_float, confidence=confidence,
+                                stamps=[stamp], cameras=[camera])[0]
 
     def infer_batch(self, rgbs: list[np.ndarray], adapt: Optional[list[bool]] = None,
                     output_size: str = "input", top_k: int = 5, overlay_alpha: float = 0.5,
-                    overlay: Any = True, confidence_float: bool = False, confidence: Any = True) -> list[Result]:
+                    overlay: Any = True, confidence_float: bool = False, confidence: Any = True,
+                    stamps: Optional[list[Optional[float]]] = None,
+                    cameras: Optional[list[str]] = None) -> list[Result]:
         """Predict the newest frame of several cameras in one forward pass (frames of any size and
         encoding: each is resized to the model's input). ``adapt[i]``: whether frame i feeds the
         adaptation window (default: all). ``overlay``/``confidence``: one flag, or one per frame
-        (a camera whose map nobody reads does not compute it)."""
+        (a camera whose map nobody reads does not compute it). ``cameras``/``stamps``: each frame's
+        camera and stamp, for its own flow chain and fusion (``temporal_fusion``)."""
         import torch
 
         n = len(rgbs)
+        cameras = list(cameras or [""] * n)
+        stamps = list(stamps or [None] * n)
         xs = [self.to_input(rgb) for rgb in rgbs]
+        motions = [self._motion(x, c, s) for x, c, s in zip(xs, cameras, stamps)]
+        # DPLOT temporal_pl takes a frame's predecessor from the window, so only with one camera:
+        # several cameras interleave there
+        handed = motions if getattr(self.method, "uses_motion", False) and len(self._video) == 1 else None
         with torch.no_grad():
-            logits = self.adapter.predict_batch(torch.stack(xs), adapt)
+            logits = self.adapter.predict_batch(torch.stack(xs), adapt, motions=handed)
+            fused = [self._fuse(logits[i], motions[i], cameras[i]) for i in range(n)]
         flag = lambda v, i: v[i] if isinstance(v, (list, tuple)) else v  # noqa: E731
-        return [self.postprocess(logits[i], rgbs[i], xs[i], output_size=output_size, top_k=top_k,
+        return [self.postprocess(fused[i], rgbs[i], xs[i], output_size=output_size, top_k=top_k,
                                  overlay_alpha=overlay_alpha, overlay=flag(overlay, i),
                                  confidence_float=confidence_float, confidence=flag(confidence, i))
                 for i in range(n)]

@@ -244,6 +244,8 @@ class Session:
             if "enable" in updates:
                 pipe.set_enabled(bool(updates["enable"]))
                 self.log.info(f"adaptation {'enabled' if updates['enable'] else 'disabled'}")
+            if "temporal_fusion" in updates:
+                pipe.set_temporal_fusion(cfg["temporal_fusion"])
             if "lr" in updates or "lr_consistency" in updates:
                 changed = pipe.set_learning_rates(cfg["lr"], cfg["lr_consistency"])
                 if changed:
@@ -405,6 +407,7 @@ class Session:
                 live = self.cfg
                 new.set_enabled(bool(live["enable"]))
                 new.set_learning_rates(live["lr"], live["lr_consistency"])
+                new.set_temporal_fusion(live["temporal_fusion"])
                 old, self.pipeline = self.pipeline, new
                 self.good_cfg = dict(cfg)
                 self.reload_error = ""
@@ -490,9 +493,11 @@ class Session:
         done = self.infer_batch([rgb], [""], **outputs)
         return None if done is None else (done[0][0], done[1], done[2])
 
-    def infer_batch(self, rgbs: list, cameras: list[str], **outputs: Any):
+    def infer_batch(self, rgbs: list, cameras: list[str], stamps: Optional[list[Optional[float]]] = None,
+                    **outputs: Any):
         """(results, pipeline, model seconds) of the newest decoded frame of several cameras, in one
-        forward pass, or None when there is no model to run (a reload, CUDA out of memory: counted)."""
+        forward pass, or None when there is no model to run (a reload, CUDA out of memory: counted).
+        ``stamps``: the frames' header stamps in seconds (each camera's flow chain, docs/video.md)."""
         from .devices import is_cuda_oom
 
         with self.infer_lock:
@@ -507,7 +512,8 @@ class Session:
                     self.count("frames_during_reload", camera)
             t0 = time.monotonic()
             try:
-                result = pipe.infer_batch(rgbs, self.adapt_flags(cameras), **outputs)
+                result = pipe.infer_batch(rgbs, self.adapt_flags(cameras), cameras=cameras, stamps=stamps,
+                                          **outputs)
             except Exception as err:
                 if is_cuda_oom(err) and self.cfg["device"] == "auto" and pipe.device != "cpu":
                     self.health.count("cuda_oom")
