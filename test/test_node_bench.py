@@ -88,7 +88,10 @@ def test_node_bench_cycles_survive_a_kill(tmp_path):
     assert report["settings"]["frames_per_cycle"] == 8 and report["settings"]["frames"] == 16
     r = report["methods"]["tent+dm"]
     assert r["engine_method"] == "tent"
-    assert r["node_diagnostics"]["frames_received"] == 16  # both processes' counters
+    # both processes' counters summed (one process alone counts 8); a frame or two published while
+    # the restarted node's best-effort subscription is still being discovered never arrives and is
+    # reported as not output, not lost from the count
+    assert r["node_diagnostics"]["frames_received"] + r["not_output"] == 16 and r["not_output"] <= 2, r["node_diagnostics"]
     assert set(r["miou_per_cycle"]) <= {"clear@1", "night@1", "clear@2", "night@2"}
     assert {"clear@1", "clear@2"} <= set(r["miou_per_cycle"])
     (restart,) = r["restarts"]

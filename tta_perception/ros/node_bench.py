@@ -284,6 +284,7 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.context import Context
+    from rclpy.event_handler import PublisherEventCallbacks
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -315,7 +316,11 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     rec = _Recorder(ns, truth, sent, t0)
     node = Node(f"node_bench_{os.getpid()}", context=ctx)
     img_qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-    pub = node.create_publisher(Image, f"{ns}/image", img_qos)
+    # every match counted: after a SIGKILL the dead node's subscription stays matched until its
+    # lease ends, so only a new match says the restarted node listens
+    matches = [0]
+    pub = node.create_publisher(Image, f"{ns}/image", img_qos, event_callbacks=PublisherEventCallbacks(
+        matched=lambda info: matches.__setitem__(0, int(info.total_count))))
     node.create_subscription(Image, f"{ns}/class_ids", rec.on_output, output_qos(depth=50))
     node.create_subscription(DiagnosticArray, "/diagnostics", rec.on_diagnostics, 50)
     node.create_subscription(String, f"{ns}/domain", rec.on_domain, latched_qos(depth=5))
@@ -337,13 +342,16 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     def node_log() -> list[str]:
         return holder[0].log
 
-    def wait_active(since: int) -> None:
-        """Until a /diagnostics message newer than ``since`` says the node is active."""
+    def wait_active(since: int, matched: int = 0) -> None:
+        """Until a /diagnostics message newer than ``since`` says the node is active and our
+        publisher has matched more subscriptions than ``matched`` (the restarted node's, not the
+        dead one's)."""
         deadline = time.monotonic() + startup_timeout
         while True:
             with rec.lock:
-                fresh = len(rec.diag_timeline) > since and rec.diag.get("state") == "active"
-            if fresh and pub.get_subscription_count() >= 1:
+                fresh = (len(rec.diag_timeline) > since and rec.diag.get("state") == "active"
+                         and int(_f(rec.diag.get("input_publishers", 1))) >= 1)  # it has matched us too
+            if fresh and pub.get_subscription_count() >= 1 and matches[0] > matched:
                 return
             if running().poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"tta_node ({label}) did not start: " + " | ".join(node_log()[-5:]))
@@ -352,6 +360,14 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     def save_kill_restart(k: int) -> None:
         """``~/save``, SIGKILL (no clean shutdown), a new process with ``resume_from``."""
         time.sleep(drain_s)  # outputs in flight
+        with rec.lock:
+            seen = len(rec.diag_timeline)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:  # counters published after the last frame
+            with rec.lock:
+                if len(rec.diag_timeline) >= seen + 2:
+                    break
+            time.sleep(0.05)
         with rec.lock:
             before = dict(rec.diag)
         t_save = time.monotonic()
@@ -367,6 +383,7 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
         if not answer.success:
             raise RuntimeError(f"tta_node ({label}): ~/save failed: {answer.message}")
         old = running()
+        matched = matches[0]
         old.send_signal(signal.SIGKILL)
         old.wait()
         segments.append(before)
@@ -375,7 +392,7 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
         t_start = time.monotonic()
         holder[0] = NodeProcess(ns, {**params, "resume_from": str(save_path)}, domain_id, torch_threads, log,
                                 label=f"{label} (restart {len(restarts) + 1}, resume_from)")
-        wait_active(since)
+        wait_active(since, matched)
         time.sleep(0.5)
         with rec.lock:
             after = dict(rec.diag)

@@ -451,6 +451,7 @@ class TTANode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         level, message, self._last_bad_total, values = self.session.status(self._last_bad_total)
+        values["input_publishers"] = self._input_publishers()
         status = DiagnosticStatus(level=_LEVELS[level], name=f"tta_perception: {self.get_fully_qualified_name()}",
                                   message=message, hardware_id=str(values["device"]))
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
@@ -458,6 +459,17 @@ class TTANode(LifecycleNode):
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [status] + self._camera_statuses(values)
         self._diag_pub.publish(arr)
+
+    def _input_publishers(self) -> int:
+        """Publishers matched on the image subscriptions (0: nothing is sending, or discovery is not
+        done: a restarted node's first frames of a best-effort stream are lost until it is)."""
+        total = 0
+        for sub in list(self._image_subs):
+            try:
+                total += sub.get_publisher_count()
+            except Exception:  # noqa: BLE001 - a subscription being destroyed by a re-subscribe
+                pass
+        return total
 
     def _camera_statuses(self, node_values: dict[str, Any]) -> list[DiagnosticStatus]:
         """One status per camera (several cameras only): warn while it is silent (no frame for 2 s,
