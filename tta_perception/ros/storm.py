@@ -64,12 +64,6 @@ def run_storm(*, node_params: dict[str, Any], domain_id: int, log: Callable[[str
     outputs: list[float] = []
     peer.create_subscription(Image, f"{ns}/class_ids", lambda m: outputs.append(time.monotonic()), output_qos(50))
     diag = Watch(ns)
-
-    def fresh() -> None:
-        diag.fresh(alive)
-
-    counter = diag.counter
-
     peer.create_subscription(DiagnosticArray, "/diagnostics", diag, 20)
     clients = {name: peer.create_client(srv, f"{ns}/tta_node/{name}", qos_profile=service_qos())
                for name, srv in (("save", Trigger), ("reset", Trigger), ("enable", SetBool))}
@@ -133,12 +127,12 @@ def run_storm(*, node_params: dict[str, Any], domain_id: int, log: Callable[[str
         t1 = time.monotonic()
         ok = {k: sum(1 for kind, f in futures if kind == k and f.done() and f.result().success)
               for k in clients}
-        fresh()
+        diag.fresh(alive)
         report["services"] = {
             "sent": n_calls, "send_s": sent_s, "answered": len(replies),
             "last_answer_s": (max(replies) - t0) if replies else float("nan"),
             "successful": ok, "frames_answered": answered_between(t0, t1), "seconds": t1 - t0,
-            "saves": counter("saves"), "saves_shared": counter("saves_shared")}
+            "saves": diag.counter("saves"), "saves_shared": diag.counter("saves_shared")}
         log(f"[node-bench] storm: {len(replies)}/{n_calls} service calls answered, the last after "
             f"{report['services']['last_answer_s']:.2f} s; {report['services']['frames_answered']} frames "
             f"answered meanwhile")
@@ -166,7 +160,7 @@ def run_storm(*, node_params: dict[str, Any], domain_id: int, log: Callable[[str
         settled = wait_for(lambda: diag.get("method") == last_method and diag.get("reloading") == "false",
                            settle_timeout)
         t_settled = time.monotonic()
-        fresh()
+        diag.fresh(alive)
         accepted = sum(1 for f in calls if f.done() and all(r.successful for r in f.result().results))
         report["parameters"] = {
             "sent": n_params, "answered": len(latencies), "accepted": accepted,
@@ -176,8 +170,8 @@ def run_storm(*, node_params: dict[str, Any], domain_id: int, log: Callable[[str
             "last_method": last_method, "settled": settled,
             "settle_s": (t_settled - t_last) if settled else float("nan"),
             "frames_answered": answered_between(t0, t_last), "frames_sent": int((t_last - t0) * rate),
-            "reloads": counter("reloads"), "reloads_coalesced": counter("reloads_coalesced"),
-            "reload_failures": counter("reload_failures")}
+            "reloads": diag.counter("reloads"), "reloads_coalesced": diag.counter("reloads_coalesced"),
+            "reload_failures": diag.counter("reload_failures")}
         p = report["parameters"]
         log(f"[node-bench] storm: {p['answered']}/{n_params} parameter calls answered (p50 {p['reply_p50_ms']:.1f} ms, "
             f"p95 {p['reply_p95_ms']:.1f} ms); settled on {last_method!r} {p['settle_s']:.2f} s after the last; "

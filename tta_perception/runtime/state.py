@@ -39,11 +39,6 @@ def default_state_dir(ros_home: Optional[str] = None) -> Path:
     return home / "tta_perception"
 
 
-def default_save_path(node_name: str, ros_home: Optional[str] = None) -> Path:
-    """``$ROS_HOME/tta_perception/<node>.pt``."""
-    return default_state_dir(ros_home) / f"{node_name}.pt"
-
-
 def state_dir_of(configured: str) -> Path:
     """The directory ``~/save`` may write in: the ``state_dir`` parameter (fixed at start-up), else
     the default; links resolved, so a save can be checked against where it really lands."""
