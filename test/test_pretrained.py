@@ -202,3 +202,121 @@ def test_the_imagenet_classifier_as_a_node_over_dds():
         assert json.loads(names.data)["class_names"] == list(imagenet_classes())
     finally:
         h.close()
+
+
+# ------------------------------------------------------------------ task models on the Lite0 trunk
+@needs_weights
+def test_lite0_seg_starts_from_every_imagenet_trunk_tensor():
+    """``lite0_seg``: the 288 stem/MBConv tensors of the package's file, strictly (the 1280-d head
+    and the classifier are not part of it), dilated at output stride 16, the 16 blocks as
+    candidates; its logits have the frame's size."""
+    torch.manual_seed(0)
+    seg = build_model("lite0_seg", pretrained=True).eval()
+    check_model(seg)
+    origin = seg.pretrained_from
+    assert origin["package"] == efficientnet.WEIGHTS_DISTRIBUTION and origin["tensors"] == 288
+    assert len(origin["sha256"]) == 64
+    assert seg.candidate_blocks == tuple(f"_blocks.{i}" for i in range(16))
+    ref = efficientnet.efficientnet_lite0(pretrained=True)
+    for k, v in ref.state_dict().items():
+        if k.startswith(("_conv_stem.", "_bn0.", "_blocks.")):
+            assert torch.equal(seg.state_dict()[k], v), k
+    x = torch.rand(1, 3, 128, 256)
+    with torch.no_grad():
+        assert seg(x).shape == (1, 12, 128, 256)
+        # up to the last stride-16 block the trunk is the classifier's, dilation only after it
+        a = ref._act(ref._bn0(ref._conv_stem(ref.normalize(x))))
+        b = F.relu6(seg._bn0(seg._conv_stem(seg.normalize(x))))
+        for i in range(11):
+            a, b = ref._blocks[i](a), seg._blocks[i](b)
+        assert torch.allclose(a, b) and a.shape[-2:] == (8, 16)
+        assert seg._blocks[15](seg._blocks[14](seg._blocks[13](seg._blocks[12](seg._blocks[11](b))))).shape[-2:] \
+            == (8, 16)
+
+
+@needs_weights
+def test_lite0_cls_keeps_the_imagenet_head_but_its_classifier(tmp_path):
+    """``lite0_cls``: every tensor but ``_fc`` from ImageNet; a file that does not fit is refused
+    naming the tensors."""
+    cls = build_model("lite0_cls", pretrained=True)
+    assert cls.pretrained_from["tensors"] == 294 and cls.num_classes == len(cls.class_names) < 1000
+    assert cls(torch.rand(2, 3, 64, 64)).shape == (2, cls.num_classes)
+    state = efficientnet.efficientnet_lite0(pretrained=True).state_dict()
+    state["_blocks.3._project_conv.weight"] = state["_blocks.3._project_conv.weight"][:8]
+    torch.save(state, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="_blocks.3._project_conv.weight"):
+        efficientnet.load_pretrained_trunk(build_model("lite0_seg"), tmp_path / "wrong.pth")
+    del state["_blocks.3._project_conv.weight"]
+    torch.save(state, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match="no weights for 1 trunk"):
+        efficientnet.load_pretrained_trunk(build_model("lite0_seg"), tmp_path / "short.pth")
+
+
+@needs_weights
+def test_architecture_alone_is_not_read_as_a_missing_checkpoint():
+    """``architecture:=efficientnet_lite0`` with ``model`` left at its default (the embedded
+    driveseg): the architecture's published weights, saying the embedded name is not used; an
+    embedded name of that very architecture gives its committed weights, not an untrained net."""
+    lm = load_model("driveseg", "efficientnet_lite0")
+    assert lm.arch == "efficientnet_lite0" and lm.model.num_classes == 1000
+    assert "installed published weights" in lm.weights_desc and "'driveseg'" in lm.weights_desc
+    from tta_perception.models.checkpoint import read_manifest
+    same = load_model("driveseg", "driveseg")
+    assert same.weights_id == read_manifest()["driveseg"]["sha256"] and "committed" in same.weights_desc
+
+
+@needs_weights
+def test_bring_your_own_network_walkthrough(tmp_path, monkeypatch, capsys):
+    """docs/bring_your_own_network.md, step by step, with the real ImageNet weights: a package of
+    one's own declares its builder in the entry-point group (no code-import opt-in needed), names its
+    candidate blocks, ``prepare`` runs phase A on a folder of labelled photos, and the node's
+    pipeline runs DPLOT with that bundle on a photo."""
+    from PIL import Image
+
+    from tta_perception.cli.main import main
+    from tta_perception.runtime import params as P
+    from tta_perception.runtime.pipeline import Pipeline
+
+    pkg = tmp_path / "site"
+    (pkg / "my_nets-1.0.dist-info").mkdir(parents=True)
+    (pkg / "my_nets-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: my-nets\nVersion: 1.0\n")
+    (pkg / "my_nets-1.0.dist-info" / "entry_points.txt").write_text(
+        "[tta_perception.architectures]\nmy_lite0 = my_nets:build\n")
+    (pkg / "my_nets.py").write_text(
+        "from tta_perception.models.efficientnet import EfficientNetLite\n\n\n"
+        "def build(num_classes=1000, **kwargs):\n"
+        "    model = EfficientNetLite(num_classes)\n"
+        "    model.candidate_blocks = tuple(f'_blocks.{i}' for i in range(16))  # DPLOT's candidates\n"
+        "    return model\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    photos = tmp_path / "photos"
+    for name, cls in (("chelsea", "285"), ("coffee", "967"), ("camera", "872")):
+        (photos / cls).mkdir(parents=True)
+        Image.fromarray(photo(name)).save(photos / cls / f"{name}.png")
+    weights = efficientnet.lite0_weights()
+    bundle = tmp_path / "my_lite0_dplot.bundle"
+    rc = main(["prepare", "--dataset", "folder", "--data-root", str(photos), "--model", "my_lite0",
+               "--weights", str(weights), "--size", "64x64", "--batch-size", "3", "--selection-steps", "1",
+               "--warmup-samples", "3", "--out", str(bundle), "--cache", str(tmp_path / "cache"),
+               "--no-progress", "--device", "cpu", "--threads", "1"])
+    text = capsys.readouterr().out
+    assert rc == 0 and bundle.is_file(), text
+    assert "selected blocks" in text and "my_lite0" in text
+
+    cfg = P.defaults()
+    cfg.update(model=str(weights), architecture="my_lite0", method="dplot", bundle=str(bundle), device="cpu",
+               window=1, adapt_every=1, input_size=[64, 64], max_image_pixels=640 * 480, max_memory_mb=4096)
+    pipe = Pipeline(cfg, background=False)
+    try:
+        assert pipe.task == "classification" and len(pipe.class_names) == 1000
+        from tta_perception.engine.bundle import load_bundle
+
+        selected = tuple(load_bundle(bundle).selected_blocks)
+        before = {k: v.detach().clone() for k, v in pipe.method.model.named_parameters()}
+        out = pipe.infer(photo("chelsea"), top_k=5)
+        assert len(out.topk_ids) == 5 and not out.nonfinite
+        changed = [k for k, v in pipe.method.model.named_parameters() if not torch.equal(before[k], v)]
+        assert changed, "DPLOT did not step"  # its second loss moves every parameter (the paper's)
+        assert selected and set(selected) <= set(pipe.model.candidate_blocks)
+    finally:
+        pipe.close()

@@ -128,6 +128,8 @@ class TrainConfig:
     threads: int = 0              # 0 = torch default
     weather: str = "clear"        # "clear": the source model; "all": the oracle (every weather, + corruptions for cls)
     severity: int = 5             # cls oracle: corruption severity, the benchmark's (bench --severity)
+    arch: str = ""                # "" = the task's embedded architecture (driveseg / signnet)
+    pretrained: bool = False      # start from the architecture's published weights (lite0_*: ImageNet)
     extra: dict = field(default_factory=dict)
 
 
@@ -137,6 +139,12 @@ def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     w = 1.0 / np.sqrt(np.maximum(counts / counts.sum(), 1e-5))
     w = np.clip(w / w.mean(), 0.2, 5.0)
     return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def _initial_model(cfg: TrainConfig, default: str):
+    """The network training starts from: ``cfg.arch`` (default the task's embedded one), from its
+    published weights with ``cfg.pretrained`` (the builder records where they came from)."""
+    return build_model(cfg.arch or default, **({"pretrained": True} if cfg.pretrained else {}))
 
 
 def train_source(cfg: TrainConfig, progress: bool = True, log=print):
@@ -154,7 +162,7 @@ def train_source(cfg: TrainConfig, progress: bool = True, log=print):
         sampler = WEATHERS[cfg.weather]
         x_np, y_np = render_seg_set(cfg.train_size, cfg.seed, progress=progress, weather=sampler)
         xv_np, yv_np = render_seg_set(cfg.val_size, cfg.seed + 1, progress=progress, weather=sampler)
-        model = build_model("driveseg")
+        model = _initial_model(cfg, "driveseg")
         weights = _class_weights(y_np, NUM_CLASSES)
     else:
         kw = {}
@@ -163,7 +171,7 @@ def train_source(cfg: TrainConfig, progress: bool = True, log=print):
             kw = dict(weather=all_weather, corruptions=CORRUPTIONS, severity=cfg.severity, progress=progress)
         x_np, y_np = render_cls_set(cfg.train_size, cfg.seed, **kw)
         xv_np, yv_np = render_cls_set(cfg.val_size, cfg.seed + 1, **kw)
-        model = build_model("signnet")
+        model = _initial_model(cfg, "signnet")
         weights = None
     render_s = time.time() - t0
     x, y = to_tensor(x_np), torch.from_numpy(y_np.astype(np.int64))
@@ -199,7 +207,9 @@ def train_source(cfg: TrainConfig, progress: bool = True, log=print):
     bar.close()
     model.eval()
     score = evaluate_arrays(model, xv_np, yv_np, cfg.task)
-    report = {"task": cfg.task, "weather": cfg.weather, "train_size": n, "epochs": cfg.epochs, "render_seconds": round(render_s, 1),
+    report = {"task": cfg.task, "arch": cfg.arch or ("driveseg" if cfg.task == "seg" else "signnet"),
+              **({"pretrained": model.pretrained_from} if getattr(model, "pretrained_from", None) else {}),
+              "weather": cfg.weather, "train_size": n, "epochs": cfg.epochs, "render_seconds": round(render_s, 1),
               "train_seconds": round(time.time() - t0 - render_s, 1), "val": score}
     log(f"validation ({cfg.weather} weather, unseen training-distribution worlds): {score}")
     return model, report

@@ -123,7 +123,31 @@ def run(args: argparse.Namespace) -> int:
     save_bundle(b, out)
     print(f"wrote {out} ({Path(out).stat().st_size / 1e6:.2f} MB) in {res.seconds:.0f} s "
           f"[{time.strftime('%H:%M:%S')}]")
+    _record_committed(args, Path(out), b.selected_blocks)
     return 0
+
+
+def _record_committed(args, out: Path, selected) -> None:
+    """A bundle written into the package's weights folder for a committed model (no --weights) is
+    recorded in the manifest beside that model, so the node and ``bench`` find it by the model's
+    name (how the committed bundles were made)."""
+    import json
+    import shlex
+    import sys
+
+    from ..atomic import atomic_write_text
+    from ..models.checkpoint import MANIFEST, read_manifest, sha256_of
+    from ..paths import WEIGHTS_DIR
+
+    manifest = read_manifest()
+    if args.weights is not None or args.random_init or args.dataset != "world" or args.model not in manifest \
+            or out.resolve().parent != WEIGHTS_DIR.resolve():
+        return
+    manifest[args.model]["dplot_bundle"] = {
+        "file": out.name, "sha256": sha256_of(out), "selected_blocks": list(selected),
+        "command": "tta-perception " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+    atomic_write_text(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    print(f"recorded in {MANIFEST} as {args.model}'s bundle")
 
 
 def _source_size(args, model) -> tuple[int, int]:

@@ -62,11 +62,13 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 class SameConv2d(nn.Conv2d):
     """Bias-free convolution with TensorFlow ``SAME`` padding. Stride 1 with an odd kernel is the
-    symmetric ``kernel // 2``; stride 2 pads by the input's size, computed per call."""
+    symmetric ``dilation * (kernel // 2)``; stride 2 pads by the input's size, computed per call."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
-        super().__init__(cin, cout, kernel, stride, padding=kernel // 2 if stride == 1 else 0,
-                         groups=groups, bias=False)
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, dilation: int = 1):
+        if stride > 1 and dilation > 1:
+            raise ValueError("a SAME convolution is strided or dilated, not both")
+        super().__init__(cin, cout, kernel, stride, padding=dilation * (kernel // 2) if stride == 1 else 0,
+                         groups=groups, bias=False, dilation=dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride[0] > 1:
@@ -82,12 +84,12 @@ class MBConv(nn.Module):
     keeps stride and width. Parameter names are EfficientNet-PyTorch's (``_expand_conv``, ``_bn0``,
     ``_depthwise_conv``, ``_bn1``, ``_project_conv``, ``_bn2``)."""
 
-    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int):
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int, dilation: int = 1):
         super().__init__()
         mid = cin * expand
         self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False) if expand != 1 else None
         self._bn0 = _bn(mid) if expand != 1 else None
-        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid, dilation=dilation)
         self._bn1 = _bn(mid)
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
         self._bn2 = _bn(cout)
@@ -98,6 +100,21 @@ class MBConv(nn.Module):
         h = x if self._expand_conv is None else self._act(self._bn0(self._expand_conv(x)))
         h = self._bn2(self._project_conv(self._act(self._bn1(self._depthwise_conv(h)))))
         return h + x if self.residual else h
+
+
+def lite_blocks(stages: Sequence[tuple[int, int, int, int, int]], output_stride: int = 32) -> nn.ModuleList:
+    """The MBConv blocks of ``stages`` after the stride-2 stem. With ``output_stride`` 16 the last
+    stride-2 stage keeps its resolution and dilates instead (rate 2 from there on), as DeepLab and
+    torchvision's LR-ASPP do with their ImageNet backbones: the same weights, a finer map."""
+    blocks, cin, reached, dilation = [], STEM_CHANNELS, 2, 1
+    for expand, kernel, stride, cout, repeats in stages:
+        if stride > 1 and reached * stride > output_stride:
+            stride, dilation = 1, dilation * 2
+        reached *= stride
+        for i in range(repeats):
+            blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1, dilation))
+            cin = cout
+    return nn.ModuleList(blocks)
 
 
 class EfficientNetLite(TTAModel):
@@ -113,12 +130,8 @@ class EfficientNetLite(TTAModel):
         self.normalize = InputNorm(IMAGENET_MEAN, IMAGENET_STD)
         self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
         self._bn0 = _bn(STEM_CHANNELS)
-        blocks, cin = [], STEM_CHANNELS
-        for expand, kernel, stride, cout, repeats in stages:
-            for i in range(repeats):
-                blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1))
-                cin = cout
-        self._blocks = nn.ModuleList(blocks)
+        self._blocks = lite_blocks(stages)
+        cin = stages[-1][3]
         self._conv_head = nn.Conv2d(cin, HEAD_CHANNELS, 1, bias=False)
         self._bn1 = _bn(HEAD_CHANNELS)
         self._act = nn.ReLU6(inplace=True)
@@ -127,7 +140,7 @@ class EfficientNetLite(TTAModel):
         self.num_classes = num_classes
         from ..datasets.classes import imagenet_classes
         self.class_names = _names(class_names, num_classes, imagenet_classes() if num_classes == 1000 else ())
-        self.candidate_blocks = tuple(f"_blocks.{i}" for i in range(len(blocks)))
+        self.candidate_blocks = tuple(f"_blocks.{i}" for i in range(len(self._blocks)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self._act(self._bn0(self._conv_stem(self.normalize(x))))
@@ -138,6 +151,61 @@ class EfficientNetLite(TTAModel):
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(features))
+
+
+class LiteSeg(TTAModel):
+    """Semantic segmentation on the pretrained Lite0 trunk (``lite0_seg``): the 16 MBConv blocks at
+    output stride 16 (the stride-32 stages dilated), an LR-ASPP context module on the last map (a
+    1x1 projection gated by a sigmoid of the image-pooled features, no BatchNorm on the pooled path
+    so batch 1 works), then two light fusion stages with the stride-8 and stride-4 features, the
+    logits at 1/4 resolution. The 1280-d head and the classifier of ImageNet are not used. Trunk
+    parameter names equal the ImageNet checkpoint's, so :func:`load_pretrained_trunk` loads them
+    strictly. DPLOT's candidate blocks are the 16 MBConv blocks."""
+
+    task = "seg"
+
+    def __init__(self, num_classes: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
+                 stages: Sequence[tuple[int, int, int, int, int]] = LITE0_STAGES, context: int = 128):
+        super().__init__()
+        from ..world.classes import CLASS_NAMES
+        from .blocks import SeparableConvBNReLU
+
+        num_classes = len(CLASS_NAMES) if num_classes is None else int(num_classes)
+        self.num_classes = num_classes
+        self.class_names = _names(class_names, num_classes, CLASS_NAMES)
+        self.normalize = InputNorm(IMAGENET_MEAN, IMAGENET_STD)
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
+        self._bn0 = _bn(STEM_CHANNELS)
+        self._blocks = lite_blocks(stages, output_stride=16)
+        # where each stride's last block is: the skips of the decoder
+        reduction, self._taps = 2, {}
+        for i, (_, _, stride, cout, repeats) in enumerate(stages):
+            reduction = min(reduction * stride, 16)
+            self._taps[reduction] = (sum(r for *_, r in stages[:i + 1]) - 1, cout)
+        high = stages[-1][3]
+        self.aspp = nn.Sequential(nn.Conv2d(high, context, 1, bias=False), nn.BatchNorm2d(context), nn.ReLU(inplace=True))
+        self.aspp_gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(high, context, 1), nn.Sigmoid())
+        self.dec8 = SeparableConvBNReLU(context + self._taps[8][1], 64)
+        self.dec4 = SeparableConvBNReLU(64 + self._taps[4][1], 48)
+        self.head = nn.Conv2d(48, num_classes, 1)
+        self.candidate_blocks = tuple(f"_blocks.{i}" for i in range(len(self._blocks)))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        from .resize import upsample_bilinear
+
+        x = F.relu6(self._bn0(self._conv_stem(self.normalize(x))))
+        skips = {}
+        last = {i: r for r, (i, _) in self._taps.items() if r in (4, 8)}
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in last:
+                skips[last[i]] = x
+        x = self.aspp(x) * self.aspp_gate(x)
+        x = self.dec8(torch.cat([upsample_bilinear(x, skips[8].shape[-2:]), skips[8]], 1))
+        return self.dec4(torch.cat([upsample_bilinear(x, skips[4].shape[-2:]), skips[4]], 1))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -173,5 +241,66 @@ def efficientnet_lite0(num_classes: int = 1000, class_names=None, checkpoint=Non
     return _finish(EfficientNetLite(num_classes, class_names), checkpoint)
 
 
-__all__ = ["EfficientNetLite", "MBConv", "SameConv2d", "same_padding", "lite0_weights", "efficientnet_lite0",
+#: ImageNet checkpoint keys a task model built on the trunk does not use
+IMAGENET_HEAD = ("_conv_head.", "_bn1.", "_fc.")
+
+
+def load_pretrained_trunk(model: nn.Module, path=None, skip: Sequence[str] = IMAGENET_HEAD) -> dict:
+    """Load the ImageNet weights into a task model built on the Lite0 trunk, strictly: every tensor
+    of the file not under ``skip`` must find its parameter with the same shape, and every model
+    tensor the file does not fill must be new (not named like a checkpoint key). Returns the file's
+    origin (package, version, file name, sha256) for the manifest."""
+    from importlib import metadata
+
+    from .. import weights_only
+    from .checkpoint import sha256_of
+
+    path = Path(path) if path is not None else lite0_weights()
+    full = weights_only.load(path)
+    state = {k: v for k, v in full.items() if not k.startswith(tuple(skip))}
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} pretrained tensor(s) do not fit {type(model).__name__}: {bad[:3]}")
+    prefixes = tuple({k.split(".")[0] + "." for k in full})
+    missing = [k for k in own if k.startswith(prefixes) and k not in state
+               and not k.startswith(tuple(skip)) and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(f"{path}: no weights for {len(missing)} trunk tensor(s): {missing[:3]}")
+    model.load_state_dict(state, strict=False)
+    try:
+        version = metadata.version(WEIGHTS_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = None
+    return {"package": WEIGHTS_DISTRIBUTION, "version": version, "file": path.name, "sha256": sha256_of(path),
+            "tensors": len(state)}
+
+
+@register_model("lite0_seg")
+def lite0_seg(num_classes: Optional[int] = None, class_names=None, pretrained: bool = False) -> LiteSeg:
+    """Segmentation on EfficientNet-Lite0 (the world's 12 classes by default); ``pretrained``: the
+    ImageNet trunk from the installed package (training starts there; the committed ``lite0_seg``
+    weights are loaded as a checkpoint like ``driveseg``'s)."""
+    model = LiteSeg(num_classes, class_names)
+    if pretrained:
+        model.pretrained_from = load_pretrained_trunk(model)
+    return model
+
+
+@register_model("lite0_cls")
+def lite0_cls(num_classes: Optional[int] = None, class_names=None, pretrained: bool = False) -> EfficientNetLite:
+    """Lite0 as a classifier of the world's sign crops (a new linear layer; the trunk and 1280-d head
+    from ImageNet when ``pretrained``)."""
+    from ..world.signs import NUM_SIGNS, SIGN_NAMES
+
+    num_classes = NUM_SIGNS if num_classes is None else int(num_classes)
+    model = EfficientNetLite(num_classes, class_names if class_names is not None else
+                             (SIGN_NAMES if num_classes == NUM_SIGNS else None))
+    model.input_size = None  # the crops' own size, not ImageNet's 224
+    if pretrained:
+        model.pretrained_from = load_pretrained_trunk(model, skip=("_fc.",))
+    return model
+
+
+__all__ = ["EfficientNetLite", "LiteSeg", "lite0_seg", "lite0_cls", "load_pretrained_trunk", "lite_blocks", "MBConv", "SameConv2d", "same_padding", "lite0_weights", "efficientnet_lite0",
            "LITE0_STAGES", "WEIGHTS_DISTRIBUTION"]

@@ -153,6 +153,14 @@ def _checkpoint(path: Path, label: str, architecture_label: str):
         raise ConfigError(f"{label}: {one_line(err)}") from None
 
 
+def _embedded_arch(name: str) -> Optional[str]:
+    """The architecture of embedded model ``name`` (None: no such embedded model)."""
+    from ..models.checkpoint import read_manifest
+
+    entry = read_manifest().get(name)
+    return None if entry is None else str(entry.get("arch") or name)
+
+
 def _embedded(name: str, label: str):
     from ..models.checkpoint import CheckpointError, load_source_model, read_manifest
 
@@ -180,6 +188,14 @@ def load_model(model: str = "", architecture: str = "", *, task: Optional[str] =
     from ..models.checkpoint import sha256_of
 
     name, arch = (model or "").strip(), (architecture or "").strip()
+    note = ""
+    if arch and name and not looks_like_path(name):
+        embedded_arch = _embedded_arch(name)
+        if embedded_arch == arch:       # model:=driveseg architecture:=driveseg: the committed weights
+            arch = ""
+        elif embedded_arch is not None:  # 'model' left at an embedded name (the default driveseg)
+            note = f" ('{name}' in {label} is the embedded {embedded_arch}, not a {arch}: not used)"
+            name = ""
     if arch:
         if name and name != arch:
             net = _build(arch, num_classes, architecture_label, allow_import)
@@ -197,9 +213,9 @@ def load_model(model: str = "", architecture: str = "", *, task: Optional[str] =
                 wid, desc = arch, f"{arch} (torchvision's published weights)"
             elif (path := _installed_weights(arch, architecture_label)) is not None:
                 _load_into(net, arch, path, label)
-                wid, desc = sha256_of(path), f"{arch} with its installed published weights ({path})"
+                wid, desc = sha256_of(path), f"{arch} with its installed published weights ({path}){note}"
             else:
-                wid, desc = f"builder:{arch}", f"{arch} as its builder makes it"
+                wid, desc = f"builder:{arch}", f"{arch} as its builder makes it{note}"
     elif not name:
         raise ConfigError(f"{label} must name an embedded model or a checkpoint path; got ''")
     elif looks_like_path(name):
