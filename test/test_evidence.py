@@ -210,7 +210,7 @@ class _FakeWorker:
 
 
 def _drive(frames, *, hz=10.0, predict_ms=0.0, step_ms=250.0, window=1, adapt_every=1):
-    from tta_perception.bench.realtime import RealtimeClock
+    from tta_perception.bench.clock import RealtimeClock
 
     ref = []
     w = _FakeWorker(ref)
@@ -267,7 +267,7 @@ def test_realtime_run_through_the_streaming_adapter(tmp_path):
 
     from tta_perception.bench import streams
     from tta_perception.bench.runner import RunOptions, build_stream_adapter, run_method
-    from tta_perception.bench.realtime import RealtimeClock
+    from tta_perception.bench.clock import RealtimeClock
     from tta_perception.bench.variants import build_variant
     from tta_perception.runtime.model_loader import load_model
 

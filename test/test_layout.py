@@ -91,3 +91,27 @@ def test_one_implementation_per_concept():
                     "adapter_options", "percentile"):
         defs = _definitions(concept)
         assert len(defs) == 1, f"{concept} is defined {len(defs)} times: {defs}"
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    """Imports only point down: no cycle between modules, lazy imports inside functions included
+    (package ``__init__`` re-exports aside). The real-time clock lives in ``bench/clock.py`` so the
+    stream runner does not import the report side that imports it."""
+    modules = {name: (path, tree) for path, name, tree in _modules()}
+    plain = {n for n, (p, _) in modules.items() if p.name != "__init__.py"}
+    graph = {n: {d for d in _imports(modules[n][1], n, False) if d in plain and d != n} for n in plain}
+    cycles, state = [], {}
+
+    def visit(node, trail):
+        state[node] = "open"
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                cycles.append(trail[trail.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, trail + [dep])
+        state[node] = "done"
+
+    for name in sorted(plain):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, " ; ".join(" -> ".join(c) for c in cycles)

@@ -121,6 +121,8 @@ def test_node_bench_cycles_need_a_looping_schedule():
         cycle_plan("dynamic", 7, 2)
     assert method_params("dplot+dm") == ("dplot", {"domain_memory": True})
     assert method_params("dplot") == ("dplot", {})
+    assert method_params("source+tf") == ("source", {"temporal_fusion": 0.6})
+    assert method_params("dplot+dm+tf") == ("dplot", {"domain_memory": True, "temporal_fusion": 0.6})
     with pytest.raises(ValueError, match="adapting"):
         method_params("source+dm")
 

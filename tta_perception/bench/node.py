@@ -55,6 +55,9 @@ def render_frames(schedule: str, count: int, size: tuple[int, int], stride: int 
 
 
 DOMAIN_MEMORY_SUFFIX = "+dm"
+#: ``NAME+tf``: NAME with temporal output fusion at the weight measured in docs/video.md (flicker
+#: -44 % at unchanged mIoU, stride 1), to time the fusion on the node against NAME alone
+FUSION_SUFFIX, FUSION_WEIGHT = "+tf", 0.6
 
 
 def safe_tag(name: str) -> str:
@@ -64,7 +67,10 @@ def safe_tag(name: str) -> str:
 
 def method_params(name: str) -> tuple[str, dict[str, Any]]:
     """A node-bench method name -> the node's ``method`` and the parameters it implies
-    (``NAME+dm``: ``domain_memory`` on)."""
+    (``NAME+dm``: ``domain_memory`` on; ``NAME+tf``: ``temporal_fusion`` at ``FUSION_WEIGHT``)."""
+    if name.endswith(FUSION_SUFFIX):
+        base, params = method_params(name[:-len(FUSION_SUFFIX)])
+        return base, {**params, "temporal_fusion": FUSION_WEIGHT}
     if name.endswith(DOMAIN_MEMORY_SUFFIX):
         base = name[:-len(DOMAIN_MEMORY_SUFFIX)]
         if base in ("", "source"):

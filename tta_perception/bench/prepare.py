@@ -94,7 +94,7 @@ class PrepareSettings:
             out.append(f"{self.selection_steps} entropy steps per block instead of one epoch")
         if self.task == "seg":
             out.append("segmentation: the paper has no segmentation phase A; per-pixel entropy and per-pixel "
-                       "class prototypes (features at 1/2 resolution) are our extension")
+                       "class prototypes (on the feature map, labels downsampled to it) are our extension")
         return out
 
 

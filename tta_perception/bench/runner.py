@@ -50,7 +50,7 @@ class RunOptions:
     bn_stats: str = "auto"            # streaming: BN of a frame: its own statistics or the running EMA
     safety: bool = False
     progress: bool = True
-    realtime_hz: float | None = None  # streaming: a simulated camera at this rate (bench/realtime.py)
+    realtime_hz: float | None = None  # streaming: a simulated camera at this rate (bench/realtime.py, clock.py)
     realtime_costs: dict[str, Any] | None = None   # ... and this method's predict_ms / step_ms
     domain_calibration: dict[str, Any] | None = None  # '+dm' variants: the shift detector's calibration
     temporal_fusion: float = 0.0      # streaming seg: also score the outputs fused over time ('<method>+tf')
@@ -349,7 +349,7 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
 
 def _realtime_clock(adapter, opts: RunOptions):
     """``bench --realtime``: the adapter's requests go to a simulated clock with the method's costs."""
-    from .realtime import RealtimeClock
+    from .clock import RealtimeClock
 
     if opts.background:
         raise ValueError("--realtime simulates the camera clock with inline adaptation; drop --background")

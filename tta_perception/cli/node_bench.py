@@ -33,7 +33,7 @@ def _param(text: str) -> tuple[str, object]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", action="append", default=None,
                    help="method(s) to run one after the other in this command (repeat or comma-separate); "
-                        "NAME+dm: NAME with domain_memory on; default: source,dplot")
+                        "NAME+dm: NAME with domain_memory on; NAME+tf: NAME with temporal_fusion 0.6; default: source,dplot")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--duration", type=float, default=None, help="seconds of publishing per method (default 120)")
     g.add_argument("--frames", type=int, default=None, help="frames published per method")
