@@ -170,3 +170,14 @@ def test_prepare_records_a_bundle_written_beside_committed_weights(tmp_path, mon
     prepare._record_committed(args, elsewhere / "b.bundle", [])
     prepare._record_committed(argparse.Namespace(**{**vars(args), "weights": "w.pt"}), tmp_path / "net_dplot.bundle", [])
     assert (tmp_path / "manifest.json").read_text() == before
+
+
+@pytest.mark.parametrize("name", LITE0)
+def test_evaluate_builds_the_architecture_a_checkpoint_records(name):
+    """``evaluate --weights <lite0 checkpoint>``: built as the architecture the file records, not
+    forced into the task's embedded one (a shape-mismatch error before)."""
+    from tta_perception.cli.common import source_model
+
+    entry = read_manifest()[name]
+    model = source_model(entry["task"], WEIGHTS_DIR / entry["file"])
+    assert type(model).__name__ == type(load_source_model(name)).__name__ and len(model.candidate_blocks) == 16

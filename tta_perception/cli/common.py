@@ -34,9 +34,20 @@ def device_of(args: argparse.Namespace):
 
 
 def source_model(task: str, weights=None, device="cpu"):
-    """The committed source model of ``task`` ('seg'/'cls'), or ``weights`` loaded into it."""
+    """The committed source model of ``task`` ('seg'/'cls'), or the checkpoint ``weights``: built as
+    the architecture it records (``train-source`` writes it: ``lite0_seg``, ...), a plain state dict
+    loaded into the task's embedded architecture."""
     from ..bench.common import model_spec
+    from ..models.checkpoint import CheckpointError, read_checkpoint
     from ..runtime.model_loader import load_model
 
-    return load_model(**model_spec(task, None, weights), task=task, device=device, label="--weights",
+    spec = model_spec(task, None, weights)
+    if weights is not None:
+        try:
+            recorded = read_checkpoint(weights).get("arch")
+        except CheckpointError:
+            recorded = None  # the loader below says what is wrong with the file
+        if recorded:
+            spec = {"model": str(weights)}
+    return load_model(**spec, task=task, device=device, label="--weights",
                       architecture_label="--weights").model
