@@ -96,14 +96,16 @@ def test_train_source_weather_all_runs_and_reports_it():
         train_source(TrainConfig(task="cls", weather="sunny"), progress=False)
 
 
-@pytest.mark.parametrize("name,arch", [("driveseg_oracle", "driveseg"), ("signnet_oracle", "signnet")])
+@pytest.mark.parametrize("name,arch", [("driveseg_oracle", "driveseg"), ("signnet_oracle", "signnet"),
+                                       ("lite0_seg_oracle", "lite0_seg"), ("lite0_cls_oracle", "lite0_cls")])
 def test_committed_oracles_match_the_manifest_and_load_by_name(name, arch):
     from tta_perception.runtime.model_loader import embedded_oracle, load_model
 
     manifest = read_manifest()
     entry = manifest[name]
     path = WEIGHTS_DIR / entry["file"]
-    assert entry["arch"] == arch and path.stat().st_size <= 5 * 1024 * 1024 and sha256_of(path) == entry["sha256"]
+    limit = (16 if arch.startswith("lite0") else 5) * 1024 * 1024     # lite0: 3 M float32 parameters
+    assert entry["arch"] == arch and path.stat().st_size <= limit and sha256_of(path) == entry["sha256"]
     assert entry["command"].startswith("tta-perception train-source") and "--weather all" in entry["command"]
     assert entry["train"]["weather"] == "all" and entry["heldout_domains"]
     src = manifest[arch]["train"]                                       # the source model's budget

@@ -60,3 +60,15 @@ def test_profiler_leaves_the_environment_as_it_was(frames):
     before = os.environ.get("KINETO_LOG_LEVEL")
     profile_method("norm", frames, window=1, repeats=1, warmup=0, node_params={"input_size": [32, 64]})
     assert os.environ.get("KINETO_LOG_LEVEL") == before
+
+
+def test_profile_runs_on_the_pretrained_segmentation_model(frames):
+    """``bench --profile-step --model lite0_seg``: DPLOT with lite0_seg's committed bundle (the node's
+    memory budget lifted: a timing, not a deployment)."""
+    from tta_perception.models.checkpoint import read_manifest
+
+    if "lite0_seg" not in read_manifest():
+        pytest.skip("lite0_seg not committed")
+    r = profile_method("dplot", frames, window=2, repeats=1, warmup=0,
+                       node_params={"model": "lite0_seg", "max_memory_mb": 1 << 20, "input_size": [32, 64]})
+    assert r["step_ms"] > r["floor_ms"] * 0.5 > 0

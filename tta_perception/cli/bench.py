@@ -115,7 +115,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile-step", action="store_true",
                    help="instead: each method's adaptation step (as the node builds it) against its floor, "
                         "the bare forward/backward passes it needs, with a torch.profiler breakdown "
-                        "(bench/profile.py); --methods, --window, --threads apply")
+                        "(bench/profile.py); --methods, --window, --threads apply, --model names an embedded "
+                        "segmentation model (default driveseg; lite0_seg)")
     add_device(p)
 
 
@@ -234,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.profile import METHODS, run_profile
 
         methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
-        run_profile(methods, out=args.out or "runs/bench/profile_step", threads=args.threads, window=args.window)
+        run_profile(methods, out=args.out or "runs/bench/profile_step", threads=args.threads, window=args.window,
+                    model=args.model or "driveseg")
         return 0
     cfg = config_from_args(args)
     if cfg.cameras:
