@@ -327,3 +327,17 @@ def test_gpu_bench_quick_on_cpu(tmp_path):
     assert all(r["steps_per_s_at_30hz"] == 0 for r in data["results"] if r["method"] == "source")
     table = (tmp_path / "gpu_bench.md").read_text()
     assert "| seg (deeplabv3_mobilenet_v3_large) | tent | fp32 | 1 × 32×64 |" in table
+
+
+def test_gpu_bench_has_the_pretrained_segmentation_workload(tmp_path):
+    """``python -m tta_perception.bench.gpu --workloads lite0_seg``: EfficientNet-Lite0 segmentation,
+    DPLOT on the node's window (quick sizes on the CPU here; 4 × 512×1024 on a GPU)."""
+    import json
+
+    from tta_perception.bench import gpu as gpu_bench
+    assert gpu_bench.WORKLOADS["lite0_seg"]["size"] == (512, 1024) and gpu_bench.WORKLOADS["lite0_seg"]["batch"] == 4
+    rc = gpu_bench.main(["--quick", "--device", "cpu", "--workloads", "lite0_seg", "--methods", "dplot",
+                         "--steps", "1", "--warmup", "0", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert rc == 0 and [(r["workload"], r["method"], r["status"]) for r in data["results"]] == \
+        [("lite0_seg", "dplot", "ok")], data["results"]

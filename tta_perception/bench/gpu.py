@@ -39,6 +39,9 @@ WORKLOADS = {
             "quick": {"batch": 2, "size": (32, 32)}},
     "seg": {"arch": "deeplabv3_mobilenet_v3_large", "num_classes": 14, "batch": 1, "size": (512, 1024),
             "quick": {"batch": 1, "size": (32, 64)}},
+    # the ImageNet-pretrained EfficientNet-Lite0 segmentation model, the node's window of 4 frames
+    "lite0_seg": {"arch": "lite0_seg", "num_classes": 12, "batch": 4, "size": (512, 1024),
+                  "quick": {"batch": 2, "size": (32, 64)}},
 }
 PRECISIONS = ("fp32", "bf16", "bf16+cl")
 CAMERA_HZ = 30.0
@@ -238,7 +241,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available; "
                                                   "cpu with --quick)")
     p.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
-    p.add_argument("--workloads", default="cls,seg", help="comma-separated: cls, seg")
+    p.add_argument("--workloads", default="cls,seg", help="comma-separated: cls, seg, lite0_seg")
     p.add_argument("--precisions", default=None, help=f"comma-separated of {', '.join(PRECISIONS)} "
                                                        "(default: all on CUDA, fp32 otherwise)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per run (default 10; 2 quick)")
