@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import threading
+import time
 from typing import Any, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -187,12 +188,21 @@ class TTANode(LifecycleNode):
         if reason:
             self.get_logger().warning(f"rejected: {reason}")
             return SetParametersResult(successful=False, reason=reason)
+        self._accepted = dict(updates)  # rclpy stores them after this returns (see _on_rollback)
         if "subscription" in self.session.update(updates) and self._worker is not None:
             self._subscribe()
         return SetParametersResult(successful=True)
 
     def _on_rollback(self, values: dict[str, Any]) -> None:
-        """A failed reload put ``values`` back in the session: the parameters follow."""
+        """A failed reload put ``values`` back in the session: the parameters follow. rclpy stores
+        accepted values only after the set callback returns, and a reload can fail before that (user
+        code that exits at once): wait, briefly, until the accepted values are stored, or they would
+        overwrite the rollback and the parameters would show a configuration that does not run."""
+        accepted = getattr(self, "_accepted", {})
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and any(
+                k in accepted and self._read(k) != accepted[k] for k in values):
+            time.sleep(0.005)
         params = [Parameter(k, _TYPES[P.SPEC[k].type], v) for k, v in values.items()]
         self._rollback_thread = threading.get_ident()
         try:
