@@ -117,7 +117,22 @@ def lite_blocks(stages: Sequence[tuple[int, int, int, int, int]], output_stride:
     return nn.ModuleList(blocks)
 
 
-class EfficientNetLite(TTAModel):
+class LiteTrunk(TTAModel):
+    """What every network on the Lite trunk shares: ImageNet normalisation, the stride-2 stem and the
+    MBConv blocks (DPLOT's candidates), under the ImageNet checkpoint's names."""
+
+    def _build_trunk(self, stages: Sequence[tuple[int, int, int, int, int]], output_stride: int = 32) -> None:
+        self.normalize = InputNorm(IMAGENET_MEAN, IMAGENET_STD)
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
+        self._bn0 = _bn(STEM_CHANNELS)
+        self._blocks = lite_blocks(stages, output_stride)
+        self.candidate_blocks = tuple(f"_blocks.{i}" for i in range(len(self._blocks)))
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(self._bn0(self._conv_stem(self.normalize(x))))
+
+
+class EfficientNetLite(LiteTrunk):
     """EfficientNet-Lite (Lite0 by default) as a ``TTAModel``: ``forward_features`` ends at the pooled
     1280-d head, ``classify`` is dropout + the linear classifier."""
 
@@ -127,12 +142,8 @@ class EfficientNetLite(TTAModel):
     def __init__(self, num_classes: int = 1000, class_names: Optional[Sequence[str]] = None,
                  stages: Sequence[tuple[int, int, int, int, int]] = LITE0_STAGES, dropout: float = DROPOUT):
         super().__init__()
-        self.normalize = InputNorm(IMAGENET_MEAN, IMAGENET_STD)
-        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
-        self._bn0 = _bn(STEM_CHANNELS)
-        self._blocks = lite_blocks(stages)
-        cin = stages[-1][3]
-        self._conv_head = nn.Conv2d(cin, HEAD_CHANNELS, 1, bias=False)
+        self._build_trunk(stages)
+        self._conv_head = nn.Conv2d(stages[-1][3], HEAD_CHANNELS, 1, bias=False)
         self._bn1 = _bn(HEAD_CHANNELS)
         self._act = nn.ReLU6(inplace=True)
         self._dropout = nn.Dropout(dropout)
@@ -140,10 +151,9 @@ class EfficientNetLite(TTAModel):
         self.num_classes = num_classes
         from ..datasets.classes import imagenet_classes
         self.class_names = _names(class_names, num_classes, imagenet_classes() if num_classes == 1000 else ())
-        self.candidate_blocks = tuple(f"_blocks.{i}" for i in range(len(self._blocks)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._act(self._bn0(self._conv_stem(self.normalize(x))))
+        x = self._stem(x)
         for block in self._blocks:
             x = block(x)
         x = self._act(self._bn1(self._conv_head(x)))
@@ -153,7 +163,7 @@ class EfficientNetLite(TTAModel):
         return self._fc(self._dropout(features))
 
 
-class LiteSeg(TTAModel):
+class LiteSeg(LiteTrunk):
     """Semantic segmentation on the pretrained Lite0 trunk (``lite0_seg``): the 16 MBConv blocks at
     output stride 16 (the stride-32 stages dilated), an LR-ASPP context module on the last map (a
     1x1 projection gated by a sigmoid of the image-pooled features, no BatchNorm on the pooled path
@@ -173,33 +183,30 @@ class LiteSeg(TTAModel):
         num_classes = len(CLASS_NAMES) if num_classes is None else int(num_classes)
         self.num_classes = num_classes
         self.class_names = _names(class_names, num_classes, CLASS_NAMES)
-        self.normalize = InputNorm(IMAGENET_MEAN, IMAGENET_STD)
-        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
-        self._bn0 = _bn(STEM_CHANNELS)
-        self._blocks = lite_blocks(stages, output_stride=16)
-        # where each stride's last block is: the skips of the decoder
-        reduction, self._taps = 2, {}
-        for i, (_, _, stride, cout, repeats) in enumerate(stages):
-            reduction = min(reduction * stride, 16)
-            self._taps[reduction] = (sum(r for *_, r in stages[:i + 1]) - 1, cout)
+        self._build_trunk(stages, output_stride=16)
+        # the decoder's skips: the last block at stride 4 and at stride 8 (block index -> stride)
+        self._skip_at, reduction, end = {}, 2, -1
+        for _, _, stride, cout, repeats in stages:
+            reduction, end = reduction * stride, end + repeats
+            if reduction in (4, 8):
+                self._skip_at[end] = (reduction, cout)
+        skip_width = {r: c for r, c in self._skip_at.values()}
         high = stages[-1][3]
         self.aspp = nn.Sequential(nn.Conv2d(high, context, 1, bias=False), nn.BatchNorm2d(context), nn.ReLU(inplace=True))
         self.aspp_gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(high, context, 1), nn.Sigmoid())
-        self.dec8 = SeparableConvBNReLU(context + self._taps[8][1], 64)
-        self.dec4 = SeparableConvBNReLU(64 + self._taps[4][1], 48)
+        self.dec8 = SeparableConvBNReLU(context + skip_width[8], 64)
+        self.dec4 = SeparableConvBNReLU(64 + skip_width[4], 48)
         self.head = nn.Conv2d(48, num_classes, 1)
-        self.candidate_blocks = tuple(f"_blocks.{i}" for i in range(len(self._blocks)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         from .resize import upsample_bilinear
 
-        x = F.relu6(self._bn0(self._conv_stem(self.normalize(x))))
+        x = self._stem(x)
         skips = {}
-        last = {i: r for r, (i, _) in self._taps.items() if r in (4, 8)}
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in last:
-                skips[last[i]] = x
+            if i in self._skip_at:
+                skips[self._skip_at[i][0]] = x
         x = self.aspp(x) * self.aspp_gate(x)
         x = self.dec8(torch.cat([upsample_bilinear(x, skips[8].shape[-2:]), skips[8]], 1))
         return self.dec4(torch.cat([upsample_bilinear(x, skips[4].shape[-2:]), skips[4]], 1))
@@ -302,5 +309,5 @@ def lite0_cls(num_classes: Optional[int] = None, class_names=None, pretrained: b
     return model
 
 
-__all__ = ["EfficientNetLite", "LiteSeg", "lite0_seg", "lite0_cls", "load_pretrained_trunk", "lite_blocks", "MBConv", "SameConv2d", "same_padding", "lite0_weights", "efficientnet_lite0",
+__all__ = ["EfficientNetLite", "LiteSeg", "LiteTrunk", "lite0_seg", "lite0_cls", "load_pretrained_trunk", "lite_blocks", "MBConv", "SameConv2d", "same_padding", "lite0_weights", "efficientnet_lite0",
            "LITE0_STAGES", "WEIGHTS_DISTRIBUTION"]

@@ -109,6 +109,7 @@ class TTANode(LifecycleNode):
         self._vm = _vision_msgs()
 
         self._rollback_thread: Optional[int] = None  # the thread putting rolled-back values back
+        self._accepted: dict[str, Any] = {}  # the last values the set callback accepted
         self._startup_errors = self._declare_parameters()
         self.session = Session({s.name: self._read(s.name) for s in P.SPECS}, _Log(self.get_logger()),
                                on_swap=self._on_swap, on_rollback=self._on_rollback,
@@ -188,7 +189,7 @@ class TTANode(LifecycleNode):
         if reason:
             self.get_logger().warning(f"rejected: {reason}")
             return SetParametersResult(successful=False, reason=reason)
-        self._accepted = dict(updates)  # rclpy stores them after this returns (see _on_rollback)
+        self._accepted = updates  # rclpy stores them after this returns (see _on_rollback)
         if "subscription" in self.session.update(updates) and self._worker is not None:
             self._subscribe()
         return SetParametersResult(successful=True)
@@ -198,7 +199,7 @@ class TTANode(LifecycleNode):
         accepted values only after the set callback returns, and a reload can fail before that (user
         code that exits at once): wait, briefly, until the accepted values are stored, or they would
         overwrite the rollback and the parameters would show a configuration that does not run."""
-        accepted = getattr(self, "_accepted", {})
+        accepted = self._accepted
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline and any(
                 k in accepted and self._read(k) != accepted[k] for k in values):
