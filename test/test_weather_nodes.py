@@ -161,7 +161,7 @@ def test_evaluator_matches_by_stamp_and_scores_per_phase(ros, tmp_path):
     ns = _ns(ros)
     ev = ros.add(Evaluator(namespace=ns, context=ros.ctx, parameter_overrides=_params(
         prediction_topics=[f"{ns}/a/class_ids", f"{ns}/b/class_ids"], num_classes=4,
-        output_dir=str(tmp_path), prefix="t_", metrics_period=0.2)))
+        output_dir=str(tmp_path), prefix="t_", metrics_period=0.2, flicker=False)))  # flicker: its own test
     assert ev.labels == ["a", "b"]
     pubs = {name: ros.client.create_publisher(Image, f"{ns}/{name}", output_qos(50))
             for name in ("camera/ground_truth/class_ids", "a/class_ids", "b/class_ids")}
@@ -215,6 +215,58 @@ def test_evaluator_matches_by_stamp_and_scores_per_phase(ros, tmp_path):
     assert (tmp_path / "t_domains.csv").read_text().splitlines()[0] == "method,domain,frames,miou,acc"
     status = json.loads(metrics.wait(1, predicate=lambda m: '"scored_b": 7' in m.data)[-1].data)
     assert status["current_domain"] == "fog"
+    for pub in [*pubs.values(), wpub]:
+        ros.client.destroy_publisher(pub)
+
+
+def test_evaluator_scores_label_flicker_along_the_camera_motion(ros, tmp_path):
+    """A textured scene sliding 2 px a frame: 'a' predicts the truth (steady: 0 % flicker), 'b'
+    alternates between the truth and a wrong class everywhere (100 % of the counted pixels change),
+    'c' is steady but skips frame 3 (frames 3 and 4 have no predecessor of 'c': not counted)."""
+    import cv2
+
+    ns = _ns(ros)
+    ev = ros.add(Evaluator(namespace=ns, context=ros.ctx, parameter_overrides=_params(
+        prediction_topics=[f"{ns}/{m}/class_ids" for m in "abc"], num_classes=4,
+        output_dir=str(tmp_path), prefix="f_", metrics_period=0.2)))
+    names = ("camera/image_raw", "camera/ground_truth/class_ids", *(f"{m}/class_ids" for m in "abc"))
+    pubs = {name: ros.client.create_publisher(Image, f"{ns}/{name}", output_qos(50)) for name in names}
+    wpub = ros.client.create_publisher(String, f"{ns}/weather", output_qos(50))
+    for pub in [*pubs.values(), wpub]:
+        H.wait_until(lambda: pub.get_subscription_count() > 0, what="evaluator subscriptions")
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (64, 192, 3)).astype(np.uint8), (0, 0), 2.0)
+    texture = cv2.normalize(texture, None, 0, 255, cv2.NORM_MINMAX)
+    classes = np.repeat(np.arange(12) % 4, 16)[None].repeat(64, 0).astype(np.uint8)  # 16-px stripes
+    base, n = 300 * 10**9, 10
+    frames = [(base + k * 10**8, np.ascontiguousarray(texture[:, 2 * k:2 * k + 128]),
+               np.ascontiguousarray(classes[:, 2 * k:2 * k + 128])) for k in range(n)]
+    for stamp, rgb, _ in frames:  # the images first: the flow is there when the frames are scored
+        h, w, step, data = codec.rgb8(rgb)
+        pubs["camera/image_raw"].publish(H.raw_msg("rgb8", h, w, step, data, stamp=(stamp // 10**9, stamp % 10**9)))
+    H.wait_until(lambda: ev.motion[""].chain.links == n - 1, what="the flow of every frame")
+    weather = load_schedule("clear2fog").weather_at(0)
+    for k, (stamp, _, truth) in enumerate(frames):
+        pubs["camera/ground_truth/class_ids"].publish(_img(truth, stamp))
+        pubs["a/class_ids"].publish(_img(truth, stamp))
+        pubs["b/class_ids"].publish(_img(truth if k % 2 == 0 else (truth + 1) % 4, stamp))
+        if k != 3:
+            pubs["c/class_ids"].publish(_img(truth, stamp))
+        wpub.publish(String(data=weather_json(stamp, weather, "clear", frame=k)))
+    wpub.publish(String(data=weather_json(base + n * 10**8, weather, "clear", frame=n)))  # resolves the last
+    H.wait_until(lambda: all(ev.scorer.frames_scored(m) >= (n - 1 if m == "c" else n) for m in "abc"),
+                 what="frames scored")
+    table = ev.table()
+    counts = ev.scorer.counts
+    assert counts["flicker_a"] == counts["flicker_b"] == n - 1 and counts["flicker_c"] == n - 3
+    assert table["a"]["clear"]["flicker"] == pytest.approx(0.0)
+    assert table["b"]["clear"]["flicker"] == pytest.approx(100.0)
+    assert table["c"]["all"]["flicker"] == pytest.approx(0.0)
+    assert sum(ev.scorer.flicker["a"].counted.values()) > 0.5 * (n - 1) * 64 * 128  # most pixels counted
+    assert "label flicker" in ev.summary_text()
+    written = ev.write()
+    rows = list(csv.DictReader(written["domains"].open()))
+    assert {(r["method"], r["domain"]): float(r["flicker"]) for r in rows}[("b", "all")] == pytest.approx(100.0)
     for pub in [*pubs.values(), wpub]:
         ros.client.destroy_publisher(pub)
 

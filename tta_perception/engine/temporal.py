@@ -13,6 +13,8 @@ benchmark and DPLOT's temporal pseudo-labels (``docs/video.md``).
   larger than ``gap_factor`` x the usual step (a dropped frame) or than ``max_gap_s``.
 - :func:`warp` / :func:`warp_nearest`: a map of the previous frame (probabilities, logits / class
   ids) resampled into the current frame along the flow.
+- :class:`MotionLog` (one per camera): the same chain keyed by message stamp, for the evaluator's
+  label flicker (``metrics.StreamScorer(video=...)``).
 - :class:`TemporalFusion` (one per camera): the published prediction
   ``p_t = (1 - w) softmax(z_t) + w warp(p_{t-1})`` where the flow is valid, ``softmax(z_t)``
   elsewhere and after a break (``p_{t-1}`` is the previous *fused* map, so the past decays
@@ -26,7 +28,7 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -238,6 +240,50 @@ def warp_nearest(labels: np.ndarray, motion: Motion) -> tuple[np.ndarray, np.nda
     xi = np.clip(np.rint(gx + m.flow[..., 0]), 0, w - 1).astype(np.intp)
     yi = np.clip(np.rint(gy + m.flow[..., 1]), 0, h - 1).astype(np.intp)
     return labels[yi, xi], m.valid
+
+
+class MotionLog:
+    """The motion into each recent frame of one camera, by stamp: the flow for scoring label flicker
+    where frames arrive as messages (the evaluator), not in one loop with their predictions.
+
+    ``add(stamp_ns, image)`` feeds the camera's frames in stamp order (an older or repeated stamp is
+    ignored) through a :class:`FlowChain`; ``link(stamp_ns)`` is ``(previous stamp, Motion)`` into
+    that frame, or None (not seen, or the chain broke there). Frames wider than ``max_width`` are
+    scaled down first (the flow of the benchmark runs at the model's input, 256 wide here);
+    :func:`warp_nearest` scales the motion to whatever map it warps. Keeps the last ``keep`` links."""
+
+    warp = staticmethod(warp_nearest)
+
+    def __init__(self, preset: str = DEFAULT_PRESET, keep: int = 64, max_width: int = 256):
+        if keep < 1 or max_width < 16:
+            raise ValueError("MotionLog needs keep >= 1 and max_width >= 16")
+        self.chain = FlowChain(preset)
+        self.keep, self.max_width = int(keep), int(max_width)
+        self._links: "OrderedDict[int, tuple[Optional[int], Optional[Motion]]]" = OrderedDict()
+        self._last: Optional[int] = None
+        self.ignored = 0
+
+    def add(self, stamp_ns: int, image: np.ndarray) -> Optional[Motion]:
+        stamp_ns = int(stamp_ns)
+        if self._last is not None and stamp_ns <= self._last:
+            self.ignored += 1
+            return None
+        gray = to_gray(image)
+        if gray.shape[1] > self.max_width:
+            import cv2
+
+            h = max(1, round(gray.shape[0] * self.max_width / gray.shape[1]))
+            gray = cv2.resize(gray, (self.max_width, h), interpolation=cv2.INTER_AREA)
+        motion = self.chain.update(gray, stamp_ns / 1e9)
+        self._links[stamp_ns] = (self._last, motion)
+        while len(self._links) > self.keep:
+            self._links.popitem(last=False)
+        self._last = stamp_ns
+        return motion
+
+    def link(self, stamp_ns: int) -> Optional[tuple[int, Motion]]:
+        prev, motion = self._links.get(int(stamp_ns), (None, None))
+        return None if prev is None or motion is None else (prev, motion)
 
 
 # ------------------------------------------------------------------------------------ output fusion

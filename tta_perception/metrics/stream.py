@@ -8,7 +8,8 @@ the benchmark's are the same formula (accumulated per domain, not a mean of per-
 Messages arrive in any order across topics (and processes), so nothing is scored until the phase of
 the frame is known: the weather message with the same stamp, or the latest earlier one once a later
 one has arrived (CARLA publishes weather at its own rate). Everything is bounded: pending frames,
-pending predictions and the per-frame rows.
+pending predictions and the per-frame rows. Given the camera's motion by stamp (``video``), each
+method's label flicker is counted per phase beside its mIoU (``metrics.flicker``).
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from ..atomic import atomic_write, atomic_write_text
+from ..world.classes import IGNORE_INDEX
 from .domains import DomainScores
+from .flicker import Flicker
 from .resize import nearest_resize
 
 UNKNOWN_DOMAIN = "unknown"
@@ -48,7 +51,7 @@ class StreamScorer:
     """Match ``(method, stamp) -> class ids`` to ``stamp -> labels`` and score per domain."""
 
     def __init__(self, methods: Sequence[str], num_classes: int, max_pending: int = 300,
-                 max_rows: int = 100_000, max_weather: int = 5000):
+                 max_rows: int = 100_000, max_weather: int = 5000, video: Any = None):
         if not methods:
             raise ValueError("StreamScorer needs at least one method name")
         if len(set(methods)) != len(methods):
@@ -75,6 +78,13 @@ class StreamScorer:
         self.counts: dict[str, int] = collections.Counter()
         self.first_stamp: Optional[int] = None
         self.current_domain: str = UNKNOWN_DOMAIN
+        # label flicker (docs/video.md): ``video`` gives the motion into a frame by stamp,
+        # ``link(stamp) -> (previous stamp, motion) | None`` and ``warp(ids, motion) -> (warped,
+        # valid)`` (``engine.temporal.MotionLog``); each method's last scored frames are kept for it
+        self.video = video
+        self.flicker: dict[str, Flicker] = {m: Flicker() for m in self.methods}
+        self._recent: dict[str, "collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]]"] = {
+            m: collections.OrderedDict() for m in self.methods}
 
     # ------------------------------------------------------------------ input
     def add_weather(self, stamp_ns: Optional[int], payload: Mapping[str, Any]) -> None:
@@ -221,6 +231,8 @@ class StreamScorer:
             self.domain_order.append(domain)
         frame = self.scores[method].add_frame(pred, truth, domain)
         self.counts[f"scored_{method}"] += 1
+        if self.video is not None:
+            self._flicker(method, stamp_ns, pred, truth, domain)
         detected = self._detected_at(method, stamp_ns)
         if detected is not None:
             self.detected_scores[method].add_frame(pred, truth, f"domain {detected}")
@@ -232,6 +244,23 @@ class StreamScorer:
             row.miou[method] = frame.miou()
             row.acc[method] = frame.accuracy()
 
+    def _flicker(self, method: str, stamp_ns: int, pred: np.ndarray, truth: np.ndarray, domain: str) -> None:
+        """Count the label flicker of this frame against the method's prediction of the frame
+        before it in the camera's chain (not counted where the method skipped that frame, the chain
+        broke, or the camera image has not arrived)."""
+        truth = np.where(truth < self.num_classes, truth, IGNORE_INDEX)  # what the mIoU ignores
+        recent = self._recent[method]
+        link = self.video.link(stamp_ns)
+        if link is not None and link[0] in recent:
+            prev_pred, prev_truth = recent[link[0]]
+            warped, valid = self.video.warp(prev_pred, link[1])
+            warped_truth, _ = self.video.warp(prev_truth, link[1])
+            self.flicker[method].add(pred, warped, truth, warped_truth, valid, domain)
+            self.counts[f"flicker_{method}"] += 1
+        recent[stamp_ns] = (pred, truth)
+        while len(recent) > 8:
+            recent.popitem(last=False)
+
     # ------------------------------------------------------------------ results
     def table(self) -> dict[str, dict[str, dict[str, float]]]:
         """``{method: {domain: {miou, acc, frames}, ..., all: {...}}}``, mIoU/accuracy in percent."""
@@ -240,6 +269,10 @@ class StreamScorer:
             scores = self.scores[m]
             per = {d: scores.summary(d) for d in self.domain_order if d in scores.per_domain}
             per["all"] = scores.summary()
+            if self.video is not None:
+                flick = self.flicker[m].domains()
+                for d, v in per.items():
+                    v["flicker"] = self.flicker[m].overall() if d == "all" else flick.get(d, math.nan)
             out[m] = per
         return out
 
@@ -293,11 +326,12 @@ class StreamScorer:
             lines.append(line)
         _atomic_csv(paths["frames"], header, lines)
         table = self.table()
-        dom_lines = [[m, d, int(v["frames"]), _fmt(v["miou"]), _fmt(v["acc"])]
+        video = [] if self.video is None else ["flicker"]  # the column only where flicker is scored
+        dom_lines = [[m, d, int(v["frames"]), _fmt(v["miou"]), _fmt(v["acc"])] + [_fmt(v.get(k)) for k in video]
                      for m, per in table.items() for d, v in per.items()]
-        dom_lines += [[m, f"detected {d}", int(v["frames"]), _fmt(v["miou"]), _fmt(v["acc"])]
+        dom_lines += [[m, f"detected {d}", int(v["frames"]), _fmt(v["miou"]), _fmt(v["acc"])] + [""] * len(video)
                       for m, per in self.detected_table().items() for d, v in per.items()]
-        _atomic_csv(paths["domains"], ["method", "domain", "frames", "miou", "acc"], dom_lines)
+        _atomic_csv(paths["domains"], ["method", "domain", "frames", "miou", "acc", *video], dom_lines)
         summary = {"methods": self.methods, "num_classes": self.num_classes, "domains": self.domain_order,
                    "table": table, "counts": dict(self.counts), "frames": len(rows),
                    "detected": self.detected_table(), "purity": self.purity(), "recovery": self.recovery()}
@@ -336,11 +370,13 @@ class CameraScorers:
     the summed matrix, not a mean of the cameras' mIoU). The weather is the car's, shared by all.
     """
 
-    def __init__(self, cameras: Sequence[str], methods: Sequence[str], num_classes: int, max_pending: int = 300):
+    def __init__(self, cameras: Sequence[str], methods: Sequence[str], num_classes: int, max_pending: int = 300,
+                 videos: Optional[Mapping[str, Any]] = None):
         if not cameras or len(set(cameras)) != len(cameras):
             raise ValueError(f"camera names must be distinct and non-empty, got {list(cameras)}")
         self.cameras, self.methods, self.num_classes = list(cameras), list(methods), int(num_classes)
-        self.scorers = {c: StreamScorer(methods, num_classes, max_pending=max_pending) for c in self.cameras}
+        self.scorers = {c: StreamScorer(methods, num_classes, max_pending=max_pending,
+                                        video=(videos or {}).get(c)) for c in self.cameras}
 
     def add_weather(self, stamp_ns: Optional[int], payload: Mapping[str, Any]) -> None:
         for s in self.scorers.values():
@@ -376,12 +412,25 @@ class CameraScorers:
             total = self.overall(m)
             overall = {d: total.summary(d) for d in order if d in total.per_domain}
             overall["all"] = total.summary()
+            if any(s.video is not None for s in self.scorers.values()):  # pixels pooled over the cameras
+                pooled = Flicker()
+                for s in self.scorers.values():
+                    pooled.changed.update(s.flicker[m].changed)
+                    pooled.counted.update(s.flicker[m].counted)
+                flick = pooled.domains()
+                for d, v in overall.items():
+                    v["flicker"] = pooled.overall() if d == "all" else flick.get(d, math.nan)
             out[m] = {**per_cam, "overall": overall}
         return out
 
     def text(self) -> str:
         """The per-camera tables, one per method (what the demo, the evaluator and replay print)."""
-        return "\n\n".join(f"{m}: mIoU % per camera and overall\n{format_table(t)}" for m, t in self.tables().items())
+        tables = self.tables()
+        parts = [f"{m}: mIoU % per camera and overall\n{format_table(t)}" for m, t in tables.items()]
+        if any(s.video is not None for s in self.scorers.values()):
+            parts += [f"{m}: label flicker % per camera and overall (lower = steadier)\n{format_table(t, 'flicker')}"
+                      for m, t in tables.items()]
+        return "\n\n".join(parts)
 
     def write(self, out_dir: str | Path, prefix: str = "", plot: bool = True, title: str = "") -> dict[str, Path]:
         """Each camera's files (``<prefix><camera>_frames.csv`` ...) and the cameras together:
@@ -395,8 +444,9 @@ class CameraScorers:
                 paths[f"{c}_{k}"] = p
         tables = self.tables()
         paths["domains"] = out_dir / f"{prefix}domains.csv"
-        _atomic_csv(paths["domains"], ["method", "camera", "domain", "frames", "miou", "acc"],
-                    [[m, c, d, int(v["frames"]), _fmt(v["miou"]), _fmt(v["acc"])]
+        video = ["flicker"] if any(s.video is not None for s in self.scorers.values()) else []
+        _atomic_csv(paths["domains"], ["method", "camera", "domain", "frames", "miou", "acc", *video],
+                    [[m, c, d, int(v["frames"]), _fmt(v["miou"]), _fmt(v["acc"])] + [_fmt(v.get(k)) for k in video]
                      for m, per_cam in tables.items() for c, per in per_cam.items() for d, v in per.items()])
         summary = {"cameras": self.cameras, "methods": self.methods, "num_classes": self.num_classes,
                    "domains": self.domain_order(),
@@ -491,7 +541,8 @@ def format_table(table: Mapping[str, Mapping[str, Mapping[str, float]]], metric:
         cells, frames = [], []
         for m in methods:
             v = table[m].get(d)
-            cells.append(f"{v[metric]:>{width}.1f}" if v and not math.isnan(v[metric]) else f"{'-':>{width}}")
+            x = float(v.get(metric, math.nan)) if v else math.nan
+            cells.append(f"{x:>{width}.1f}" if not math.isnan(x) else f"{'-':>{width}}")
             frames.append(str(int(v["frames"])) if v else "0")
         rows.append((d, cells, "/".join(frames)))
     fw = max([8] + [len(f) for _, _, f in rows]) + 2  # the frames column never runs into the last method

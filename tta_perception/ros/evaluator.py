@@ -19,6 +19,14 @@ publishes). Each camera is scored on its own (``<prefix>C_frames.csv``, ...) and
 all cameras (the confusion matrices summed); ``<prefix>summary.json``, ``<prefix>domains.csv`` and
 ``<prefix>plot.png`` then hold the per-camera and overall scores.
 
+Label flicker (``flicker``, on by default; docs/video.md): the evaluator also subscribes to the camera
+images (``camera/image_raw``, per camera ``<camera>/image_raw``), runs the same optical flow as the
+benchmark on them (``engine.temporal.MotionLog``) and counts, per method and phase, the share of
+pixels whose predicted class changes from the method's previous frame along the flow, where the
+flow is valid and the ground truth does not change. A frame whose predecessor the method skipped, or
+whose image has not arrived when it is scored, is not counted (``flicker_<method>`` in the counts: the
+frames that were). Columns ``flicker`` in the summary, the domains CSV and ``~/metrics``.
+
 Frames a method did not process (``tta_node`` keeps only the newest frame when it is slower than the
 camera) are not scored for it; their count is in the summary (``truth`` vs ``scored_<method>``).
 """
@@ -44,7 +52,7 @@ from tta_perception.world.carla_labels import palette_to_ids
 
 from ..metrics import CameraScorers, StreamScorer, format_table, recovery_summary
 from ..runtime.image_codec import DEFAULT_MAX_PIXELS, ImageError
-from ..runtime.messages import TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns, view_topic
+from ..runtime.messages import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns, view_topic
 from .convert import labels_of, rgb_of
 from .qos import latched_qos
 from .spin import ConfigError, declare_parameters, describe, format_help, publish_status, spin_node, table_help
@@ -73,6 +81,8 @@ PARAMS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "max_pending": (300, "Frames kept while waiting for their match (bounded memory).",
                     {"int_range": (1, 100000)}),
     "plot": (True, "Write the PNG plot.", {}),
+    "flicker": (True, "Also score label flicker % per phase (docs/video.md): subscribes to the camera images "
+                "(camera/image_raw, per camera <camera>/image_raw) for the optical flow.", {}),
     "cameras": (Parameter.Type.STRING_ARRAY, "Several cameras: score each on <camera>/ground_truth/class_ids "
                 "against its prediction topics with <camera> before their last name, and all of them "
                 "together. Unset or empty: one camera on camera/ground_truth/class_ids.", {}),
@@ -118,10 +128,17 @@ class Evaluator(Node):
         self.cameras = [c for c in (cfg["cameras"] or []) if c]
         if len(set(self.cameras)) != len(self.cameras) or any("/" in c for c in self.cameras):
             raise ConfigError(f"parameter 'cameras' must be distinct names without '/', got {self.cameras}")
-        self.multi = (CameraScorers(self.cameras, labels, int(cfg["num_classes"]), int(cfg["max_pending"]))
-                      if self.cameras else None)
+        # one flow chain per camera for label flicker (lazy import: OpenCV only where it is scored)
+        self.motion: dict[str, Any] = {}
+        if cfg["flicker"]:
+            from ..engine.temporal import MotionLog
+
+            self.motion = {cam: MotionLog() for cam in self.cameras or [""]}
+        self.multi = (CameraScorers(self.cameras, labels, int(cfg["num_classes"]), int(cfg["max_pending"]),
+                                    videos=self.motion or None) if self.cameras else None)
         self.scorer = (self.multi.scorers[self.cameras[0]] if self.multi else
-                       StreamScorer(labels, int(cfg["num_classes"]), max_pending=int(cfg["max_pending"])))
+                       StreamScorer(labels, int(cfg["num_classes"]), max_pending=int(cfg["max_pending"]),
+                                    video=self.motion.get("")))
         self.bad_messages = 0
         self.written: dict[str, Path] = {}
 
@@ -131,6 +148,9 @@ class Evaluator(Node):
         for cam in self.cameras or [""]:
             self.create_subscription(Image, view_topic(cam, TRUTH_TOPIC),
                                      lambda m, c=cam: self._on_truth(m, c), qos)
+            if self.motion:
+                self.create_subscription(Image, view_topic(cam, IMAGE_TOPIC),
+                                         lambda m, c=cam: self._on_image(m, c), qos)
             for topic, label in zip(topics, labels):
                 topic = camera_topic(topic, cam)
                 self.create_subscription(Image, topic, lambda m, label=label, c=cam: self._on_prediction(label, m, c),
@@ -173,6 +193,19 @@ class Evaluator(Node):
             scorer = self._scorer_of(camera)
             scorer.add_truth(stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec), labels)
             scorer.process()
+
+    def _on_image(self, msg: Image, camera: str = "") -> None:
+        """A camera frame: the flow into it from the previous one (label flicker)."""
+        try:
+            rgb = rgb_of(msg, False, DEFAULT_MAX_PIXELS)
+        except ImageError as err:
+            self.bad_messages += 1
+            self.get_logger().warning(f"camera image: {err}", throttle_duration_sec=5.0)
+            return
+        stamp = stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
+        motion = self.motion[camera]
+        with self._lock:  # the scorer reads the log under the same lock
+            motion.add(stamp, rgb)
 
     def _on_weather(self, msg: String) -> None:
         try:
@@ -254,6 +287,8 @@ class Evaluator(Node):
             for domain, v in per.items():
                 values.append(KeyValue(key=f"{label}/{domain}/miou", value=f"{v['miou']:.2f}"))
                 values.append(KeyValue(key=f"{label}/{domain}/acc", value=f"{v['acc']:.2f}"))
+                if "flicker" in v:
+                    values.append(KeyValue(key=f"{label}/{domain}/flicker", value=f"{v['flicker']:.2f}"))
         scored = any(st["counts"].get(f"scored_{label}", 0) for label in self.labels)  # summed over cameras
         status = DiagnosticStatus(level=DiagnosticStatus.OK if scored else DiagnosticStatus.WARN,
                                   name=f"tta_perception: {self.get_fully_qualified_name()}",
@@ -282,7 +317,10 @@ class Evaluator(Node):
         if self.multi is not None:
             with self._lock:
                 return self.multi.text()
-        lines = [format_table(self.table())]
+        table = self.table()
+        lines = [format_table(table)]
+        if self.motion:
+            lines.append("label flicker % (lower = steadier; docs/video.md)\n" + format_table(table, "flicker"))
         for m, changes in self.scorer.recovery().items():
             t = recovery_summary([c["frames"] for c in changes])
             if t["changes"]:
