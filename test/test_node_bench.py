@@ -29,6 +29,30 @@ def test_node_bench_few_frames(tmp_path):
     assert nd["frames_received"] == 8
     assert r["growth"]["rss_end_mb"] > 0
     assert r["node_exit_code"] is not None
+    # label flicker: only pairs of consecutive answered frames, never across the loop's wrap (k = 4)
+    assert 0 <= r["flicker_frames"] <= 6 and (r["flicker_frames"] == 0 or 0 <= r["flicker"] <= 100)
+
+
+def test_node_bench_label_flicker_follows_the_motion():
+    """A textured scene sliding 2 px a frame: predictions that follow the truth flicker 0 %, ones that
+    alternate with a wrong class 100 %; a missing output and the loop's wrap-around are not counted."""
+    import cv2
+    import numpy as np
+
+    from tta_perception.ros.node_bench import label_flicker
+
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (64, 192, 3)).astype(np.uint8), (0, 0), 2.0)
+    texture = cv2.normalize(texture, None, 0, 255, cv2.NORM_MINMAX)
+    classes = np.repeat(np.arange(12) % 4, 16)[None].repeat(64, 0).astype(np.uint8)
+    frames = [(np.ascontiguousarray(texture[:, 2 * k:2 * k + 128]), np.ascontiguousarray(classes[:, 2 * k:2 * k + 128]),
+               "night") for k in range(6)]
+    steady = {k: frames[k % 6][1] for k in range(12) if k != 8}  # the loop wraps at 6; frame 8 unanswered
+    flicker = label_flicker(frames, steady)
+    assert flicker["flicker_frames"] == 11 - 1 - 2  # pairs: 11 answered, minus the first, the wrap, 8 and 9
+    assert flicker["flicker"] == 0.0 and flicker["flicker_per_domain"] == {"night": 0.0}
+    alternating = {k: (frames[k % 6][1] + k % 2) % 4 for k in range(6)}
+    assert label_flicker(frames, alternating)["flicker"] == 100.0
 
 
 def test_node_bench_overhead_only(tmp_path):

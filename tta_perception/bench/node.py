@@ -266,12 +266,13 @@ def format_cycles(summary: dict[str, Any]) -> list[str]:
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"{'method':<8} {'out/pub':>11} {'p50 ms':>7} {'p95 ms':>7} {'node proc/drop':>15} "
-             f"{'mIoU':>6} {'acc':>6} {'p50 first/last':>15} {'RSS MB start/end':>17}"]
+             f"{'mIoU':>6} {'acc':>6} {'flicker':>7} {'p50 first/last':>15} {'RSS MB start/end':>17}"]
     for m, r in report["methods"].items():
         nd, g = r["node_diagnostics"], r["growth"]
         lines.append(f"{m:<8} {r['matched_stamps']:>5}/{r['published']:<5} {r['latency_ms']['p50']:>7.0f} "
                      f"{r['latency_ms']['p95']:>7.0f} {str(nd['frames_processed']) + '/' + str(nd['frames_dropped']):>15} "
-                     f"{r['miou']:>6.1f} {r['acc']:>6.1f} {g['first_p50_ms']:>7.0f}/{g['last_p50_ms']:<7.0f} "
+                     f"{r['miou']:>6.1f} {r['acc']:>6.1f} {r.get('flicker', float('nan')):>7.1f} "
+                     f"{g['first_p50_ms']:>7.0f}/{g['last_p50_ms']:<7.0f} "
                      f"{g['rss_first_output_mb']:>8.0f}/{g['rss_end_mb']:<8.0f}")
     if "ratio_p50_dplot_over_source" in report:
         lines.append(f"p50(dplot)/p50(source) = {report['ratio_p50_dplot_over_source']:.2f} (goal <= 2)")
@@ -362,6 +363,7 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                      "processed": nd["frames_processed"], "dropped": nd["frames_dropped"],
                      "p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"],
                      "adaptation_steps": nd["adaptation_steps"], "miou": r["miou"], "acc": r["acc"],
+                     "flicker": r.get("flicker", float("nan")),
                      "first_p50_ms": g["first_p50_ms"], "last_p50_ms": g["last_p50_ms"],
                      "rss_first_output_mb": g["rss_first_output_mb"], "rss_end_mb": g["rss_end_mb"],
                      "rss_max_mb": g["rss_max_mb"]})
@@ -373,9 +375,10 @@ def markdown_report(report: dict[str, Any]) -> str:
     if not rows:
         return ""
     cols = ["method", "matched", "published", "dropped", "p50_ms", "p95_ms", "adaptation_steps", "miou",
-            "rss_max_mb"]
+            "flicker", "rss_max_mb"]
     text = markdown_table(rows, cols, ["method", "matched", "published", "dropped", "p50 ms", "p95 ms",
-                                       "adaptation steps", "online mIoU", "max RSS MB"], fmt="{:.1f}")
+                                       "adaptation steps", "online mIoU", "label flicker %", "max RSS MB"],
+                          fmt="{:.1f}")
     summary = report.get("cycles")
     if summary and summary["methods"]:
         phases = next(iter(summary["methods"].values()))["phases"]

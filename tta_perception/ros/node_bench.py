@@ -184,6 +184,30 @@ def measure_overheads(size: tuple[int, int], repeats: int, encoding: str, frame:
         rclpy.try_shutdown(context=ctx)
 
 
+#: label flicker is scored on the first outputs only (bounded memory: 3,000 maps of 128x256 are 98 MB)
+FLICKER_FRAMES = 3000
+
+
+def label_flicker(frames: Sequence[Any], preds: dict[int, np.ndarray]) -> dict[str, Any]:
+    """Label flicker of a node's outputs (docs/video.md), after the run so that the flow costs the
+    node nothing: frame k against frame k-1 along the optical flow between the published images,
+    where both were answered (the loop's wrap-around is no motion and is skipped)."""
+    from ..engine.temporal import estimate_motion, to_gray, warp_nearest
+    from ..metrics import Flicker
+
+    flick, n = Flicker(), len(frames)
+    for k in sorted(preds):
+        if k - 1 not in preds or k % n == 0:
+            continue
+        prev, cur = frames[(k - 1) % n], frames[k % n]
+        motion = estimate_motion(to_gray(prev[0]), to_gray(cur[0]))
+        warped, valid = warp_nearest(preds[k - 1], motion)
+        warped_truth, _ = warp_nearest(prev[1], motion)
+        flick.add(preds[k], warped, cur[1], warped_truth, valid, cur[2])
+    return {"flicker": flick.overall(), "flicker_per_domain": flick.domains(),
+            "flicker_frames": int(sum(flick.frames.values()))}
+
+
 class _Recorder:
     """Subscriber side: latency by stamp, online confusion matrix, the node's diagnostics."""
 
@@ -205,6 +229,7 @@ class _Recorder:
         self.diag: dict[str, str] = {}
         self.diag_timeline: list[dict[str, Any]] = []
         self.first_output = threading.Event()
+        self.preds: dict[int, np.ndarray] = {}  # frame index -> class ids, for label flicker after the run
 
     def on_output(self, msg: Any) -> None:
         t_recv = time.monotonic_ns()
@@ -229,6 +254,8 @@ class _Recorder:
         with self.lock:
             frame = self.scores.add_frame(pred, labels, domain)
             self.frame_scores.append((index, domain, 100.0 * frame.miou()))
+            if len(self.preds) < FLICKER_FRAMES:
+                self.preds[index] = pred
             if cycle_key is not None:
                 self.cycles.add_frame(pred, labels, cycle_key)
             self.matched_phases.append((stamp, domain))
@@ -477,6 +504,7 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
             per_cycle = {d: rec.cycles.summary(d)["miou"] for d in rec.cycles.per_domain}
             phases, detected = rec.detected_per_output()
             frame_scores = sorted(rec.frame_scores)
+            preds = dict(rec.preds)
 
         def counter(key: str) -> Optional[int]:
             """A node counter summed over the processes of this run (a restart starts at 0)."""
@@ -506,6 +534,7 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
                        "rss_end_mb": rss_end, "rss_max_mb": max((r for _, r in rss), default=float("nan"))},
             "miou": total["miou"], "acc": total["acc"], "miou_per_domain": per_domain,
             "miou_per_cycle": per_cycle, "restarts": restarts, "frame_scores": frame_scores,
+            **label_flicker(frames, preds),
             "detector": ({"phases": phases, "detected": detected,
                           "domains_known": diag.get("domains_known"), "domain_switches": counter("domain_switches")}
                          if detected else None),
