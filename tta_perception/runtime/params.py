@@ -172,7 +172,8 @@ SPECS: tuple[Spec, ...] = (
          "prediction: class probabilities fused with the previous fused map warped to this frame along "
          "the optical flow, (1-w) now + w past where the flow is valid (forward-backward check); 0 = off "
          "(default; docs/video.md): on night driving DPLOT's label flicker falls 25 % at 0.5 (mIoU +0.2) and "
-         "44 % at 0.6 (mIoU unchanged), for about 3 ms a frame on a CPU. "
+         "44 % at 0.6 (mIoU unchanged), for about 3 ms a frame on a CPU; by day it costs ~4 mIoU, so set it "
+         "for night or low visibility. "
          "The chain restarts after a dropped frame or a stamp gap.", "live", range=(0.0, 0.95)),
     Spec("diagnostics_period", 1.0, "float", "Seconds between /diagnostics messages.", "startup",
          range=(0.05, 60.0)),
