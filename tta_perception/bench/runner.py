@@ -186,9 +186,7 @@ class _FlickerScore:
         from ..engine.temporal import warp_nearest
 
         if motion is not None and self._prev is not None:
-            p, valid = warp_nearest(self._prev[0], motion)
-            lab, _ = warp_nearest(self._prev[1], motion)
-            self.flicker.add(pred, p, labels, lab, valid, domain)
+            self.flicker.add_along(pred, labels, *self._prev, motion, warp_nearest, domain)
         self._prev = (pred, labels)
 
 

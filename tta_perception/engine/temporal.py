@@ -268,13 +268,13 @@ class MotionLog:
         if self._last is not None and stamp_ns <= self._last:
             self.ignored += 1
             return None
-        gray = to_gray(image)
-        if gray.shape[1] > self.max_width:
+        image = np.asarray(image)
+        if image.shape[1] > self.max_width:  # the chain turns it grey
             import cv2
 
-            h = max(1, round(gray.shape[0] * self.max_width / gray.shape[1]))
-            gray = cv2.resize(gray, (self.max_width, h), interpolation=cv2.INTER_AREA)
-        motion = self.chain.update(gray, stamp_ns / 1e9)
+            h = max(1, round(image.shape[0] * self.max_width / image.shape[1]))
+            image = cv2.resize(image, (self.max_width, h), interpolation=cv2.INTER_AREA)
+        motion = self.chain.update(image, stamp_ns / 1e9)
         self._links[stamp_ns] = (self._last, motion)
         while len(self._links) > self.keep:
             self._links.popitem(last=False)

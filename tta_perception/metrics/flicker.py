@@ -47,6 +47,28 @@ class Flicker:
         self.frames[domain] += 1
         return 100.0 * ch / n if n else None
 
+    def add_along(self, pred, labels, prev_pred, prev_labels, motion, warp, domain: str) -> Optional[float]:
+        """Count one frame against the previous frame's prediction and labels, both resampled into this
+        frame along ``motion`` by ``warp(map, motion) -> (warped, valid)`` (``engine.temporal.warp_nearest``:
+        the flow lives there, this module only counts)."""
+        warped, valid = warp(prev_pred, motion)
+        warped_labels, _ = warp(prev_labels, motion)
+        return self.add(pred, warped, labels, warped_labels, valid, domain)
+
+    def merge(self, other: "Flicker") -> "Flicker":
+        """Pool another stream's pixels into this one (several cameras); returns self."""
+        self.changed.update(other.changed)
+        self.counted.update(other.counted)
+        self.frames.update(other.frames)
+        return self
+
+    def annotate(self, table: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Add ``flicker`` to each domain's cell of a ``{domain: {...}, 'all': {...}}`` table."""
+        per = self.domains()
+        for d, cell in table.items():
+            cell["flicker"] = self.overall() if d == "all" else per.get(d, float("nan"))
+        return table
+
     def domains(self) -> dict[str, float]:
         return {d: (100.0 * self.changed[d] / n if n else float("nan")) for d, n in self.counted.items()}
 

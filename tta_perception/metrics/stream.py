@@ -253,9 +253,7 @@ class StreamScorer:
         link = self.video.link(stamp_ns)
         if link is not None and link[0] in recent:
             prev_pred, prev_truth = recent[link[0]]
-            warped, valid = self.video.warp(prev_pred, link[1])
-            warped_truth, _ = self.video.warp(prev_truth, link[1])
-            self.flicker[method].add(pred, warped, truth, warped_truth, valid, domain)
+            self.flicker[method].add_along(pred, truth, prev_pred, prev_truth, link[1], self.video.warp, domain)
             self.counts[f"flicker_{method}"] += 1
         recent[stamp_ns] = (pred, truth)
         while len(recent) > 8:
@@ -269,11 +267,7 @@ class StreamScorer:
             scores = self.scores[m]
             per = {d: scores.summary(d) for d in self.domain_order if d in scores.per_domain}
             per["all"] = scores.summary()
-            if self.video is not None:
-                flick = self.flicker[m].domains()
-                for d, v in per.items():
-                    v["flicker"] = self.flicker[m].overall() if d == "all" else flick.get(d, math.nan)
-            out[m] = per
+            out[m] = per if self.video is None else self.flicker[m].annotate(per)
         return out
 
     def detected_table(self) -> dict[str, dict[str, dict[str, float]]]:
@@ -378,6 +372,11 @@ class CameraScorers:
         self.scorers = {c: StreamScorer(methods, num_classes, max_pending=max_pending,
                                         video=(videos or {}).get(c)) for c in self.cameras}
 
+    @property
+    def flicker_on(self) -> bool:
+        """Whether any camera scores label flicker."""
+        return any(s.video is not None for s in self.scorers.values())
+
     def add_weather(self, stamp_ns: Optional[int], payload: Mapping[str, Any]) -> None:
         for s in self.scorers.values():
             s.add_weather(stamp_ns, payload)
@@ -412,14 +411,11 @@ class CameraScorers:
             total = self.overall(m)
             overall = {d: total.summary(d) for d in order if d in total.per_domain}
             overall["all"] = total.summary()
-            if any(s.video is not None for s in self.scorers.values()):  # pixels pooled over the cameras
+            if self.flicker_on:  # pixels pooled over the cameras, like the confusion matrices
                 pooled = Flicker()
                 for s in self.scorers.values():
-                    pooled.changed.update(s.flicker[m].changed)
-                    pooled.counted.update(s.flicker[m].counted)
-                flick = pooled.domains()
-                for d, v in overall.items():
-                    v["flicker"] = pooled.overall() if d == "all" else flick.get(d, math.nan)
+                    pooled.merge(s.flicker[m])
+                pooled.annotate(overall)
             out[m] = {**per_cam, "overall": overall}
         return out
 
@@ -427,7 +423,7 @@ class CameraScorers:
         """The per-camera tables, one per method (what the demo, the evaluator and replay print)."""
         tables = self.tables()
         parts = [f"{m}: mIoU % per camera and overall\n{format_table(t)}" for m, t in tables.items()]
-        if any(s.video is not None for s in self.scorers.values()):
+        if self.flicker_on:
             parts += [f"{m}: label flicker % per camera and overall (lower = steadier)\n{format_table(t, 'flicker')}"
                       for m, t in tables.items()]
         return "\n\n".join(parts)
@@ -444,7 +440,7 @@ class CameraScorers:
                 paths[f"{c}_{k}"] = p
         tables = self.tables()
         paths["domains"] = out_dir / f"{prefix}domains.csv"
-        video = ["flicker"] if any(s.video is not None for s in self.scorers.values()) else []
+        video = ["flicker"] if self.flicker_on else []
         _atomic_csv(paths["domains"], ["method", "camera", "domain", "frames", "miou", "acc", *video],
                     [[m, c, d, int(v["frames"]), _fmt(v["miou"]), _fmt(v["acc"])] + [_fmt(v.get(k)) for k in video]
                      for m, per_cam in tables.items() for c, per in per_cam.items() for d, v in per.items()])

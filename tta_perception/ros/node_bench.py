@@ -201,9 +201,7 @@ def label_flicker(frames: Sequence[Any], preds: dict[int, np.ndarray]) -> dict[s
             continue
         prev, cur = frames[(k - 1) % n], frames[k % n]
         motion = estimate_motion(to_gray(prev[0]), to_gray(cur[0]))
-        warped, valid = warp_nearest(preds[k - 1], motion)
-        warped_truth, _ = warp_nearest(prev[1], motion)
-        flick.add(preds[k], warped, cur[1], warped_truth, valid, cur[2])
+        flick.add_along(preds[k], cur[1], preds[k - 1], prev[1], motion, warp_nearest, cur[2])
     return {"flicker": flick.overall(), "flicker_per_domain": flick.domains(),
             "flicker_frames": int(sum(flick.frames.values()))}
 
