@@ -180,7 +180,8 @@ def test_resume_from_at_run_time_is_checked_and_never_breaks_later_reloads(ros, 
     rig = Rig(ros, **dict(SEG, state_dir=str(state_dir)))
     _serves(rig, 1)
     for value, what in ((str(tmp_path), "is a directory"), ("/dev/zero", "character device"),
-                        (str(fifo), "FIFO"), (str(tmp_path / "nope.pt"), "not found")):
+                        (str(fifo), "FIFO"), (str(tmp_path / "nope.pt"), "not found"),
+                        ("/etc/passwd", "is not a node state")):
         result = _set(rig, resume_from=value)
         assert not result.successful and what in result.reason and "'resume_from'" in result.reason, result.reason
     assert rig.node.get_parameter("resume_from").value == ""
@@ -195,23 +196,23 @@ def test_resume_from_at_run_time_is_checked_and_never_breaks_later_reloads(ros, 
 
 
 # --------------------------------------------------------------------------- lost in transport
-def test_frames_missing_in_the_stamps_are_counted_as_lost_in_transport(ros):
+def test_frames_a_camera_never_sent_are_not_lost_in_transport(ros):
+    """A camera that skips frames itself (gaps in its stamps) loses none in transport: the node counts
+    per publisher from DDS's sequence numbers, which only frames that were sent take. Losses DDS makes:
+    test_transport.py."""
     rig = Rig(ros, **dict(SEG, qos_reliability="best_effort"))
     pub = rig.pub()
     sent = 0
-    for i in range(60):  # a 10 Hz camera; every third frame never arrives
+    for i in range(60):  # a 10 Hz camera that skips every third frame
         if i % 3 == 2:
             continue
         pub.publish(H.image_msg(H.frame(32, 64), stamp=divmod(i * 100_000_000, 10**9)))
         sent += 1
         time.sleep(0.02)
     H.wait_until(lambda: rig.count("frames_received") == sent, what="every frame sent")
-    lost = rig.count("lost_in_transport")
-    # 19 frames missing; the estimate needs 8 intervals to know the period
-    assert 14 <= lost <= 19, lost
+    assert rig.count("lost_in_transport") == 0
     assert abs(rig.count("stamp_period_ms") - 100) < 5
-    level, message, _, _ = rig.node.session.status(0)
-    assert rig.node.session._warned_transport
+    assert not rig.node.session._warned_transport
 
 
 def test_stamp_gap_estimate():
@@ -237,8 +238,9 @@ def test_throttled_and_plain_log_lines_never_take_the_node_down(ros):
         log.error("plain")
     pub = rig.pub()
     pub.publish(H.raw_msg("rgb8", 32, 64, 192, b"\x00" * 100, stamp=(1, 0)))  # a bad frame: throttled
-    for i in range(12):  # a stamp gap after 8 intervals: the plain lost-in-transport warning
-        pub.publish(H.image_msg(H.frame(32, 64), stamp=(10 + i + (3 if i == 11 else 0), 0)))
-    H.wait_until(lambda: rig.count("lost_in_transport") >= 1, what="the loss to be counted")
+    # frames lost in transport (a gap in a publisher's numbers): the plain lost-in-transport warning
+    for seq in (1, 2, 5):
+        rig.node.session.arrival(10.0 + seq, source=b"camera-gid", seq=seq)
+    assert rig.count("lost_in_transport") == 2 and rig.node.session._warned_transport
     _serves(rig, 100)
     assert not ros.errors, ros.errors

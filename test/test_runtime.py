@@ -449,3 +449,20 @@ def test_pipeline_finds_checks_and_explains_the_phase_a_bundle(tmp_path, monkeyp
         Pipeline({**cfg, "bundle": str(path)}, background=False)
     cfg["method"] = "tent"  # a method without phase A never looks
     Pipeline(cfg, background=False).close()
+
+
+def test_one_line_keeps_what_a_state_dict_load_says_is_wrong():
+    """PyTorch's load error starts "Error(s) in loading state_dict for X:" and says what is wrong on
+    the next lines: the one line the node logs keeps them."""
+    import torch
+    import torch.nn as nn
+
+    from tta_perception.runtime.errors import one_line
+
+    try:
+        nn.Linear(3, 4).load_state_dict({"weight": torch.zeros(5, 3)})
+    except RuntimeError as err:
+        line = one_line(err)
+    assert line.startswith("Error(s) in loading state_dict for Linear:") and "\n" not in line
+    assert "Missing key(s)" in line or "size mismatch" in line, line
+    assert one_line(ValueError("first\nsecond")) == "first" and one_line(KeyError()) == "KeyError"

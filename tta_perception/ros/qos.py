@@ -1,8 +1,16 @@
-"""QoS profiles of the node, in one place (mismatched QoS is the most reported "no images" problem)."""
+"""QoS profiles of the node, in one place (mismatched QoS is the most reported "no images" problem),
+and the image subscription whose reliability follows its publishers (``best_available``)."""
 from __future__ import annotations
+
+from typing import Any, Callable, Optional
 
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+from rclpy.subscription import Subscription
+
+#: rclpy passes the message info (publisher GID, sequence number) to two-argument callbacks (Iron and
+#: later); Humble calls every callback with the message alone
+WITH_MESSAGE_INFO = hasattr(Subscription, "CallbackType")
 
 _RELIABILITY = {
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
@@ -12,10 +20,12 @@ _RELIABILITY = {
 
 
 def image_qos(reliability: str = "best_effort", depth: int = 5) -> QoSProfile:
-    """Sensor-data QoS (keep last, volatile) with the reliability and depth from the parameters.
+    """Sensor-data QoS (keep last, volatile) with a resolved reliability (not ``best_available``:
+    ``FollowingSubscription`` resolves that) and the depth from the parameters.
 
     A best-effort subscription matches both best-effort and reliable publishers (camera drivers, the
-    CARLA bridge, ``ros2 bag play``); a reliable one only matches reliable publishers.
+    CARLA bridge, ``ros2 bag play``) but loses most large frames of a reliable one over DDS's default
+    socket buffers; a reliable one only matches reliable publishers.
     """
     profile = QoSProfile(depth=int(depth), history=HistoryPolicy.KEEP_LAST,
                          reliability=_RELIABILITY[reliability],
@@ -42,3 +52,99 @@ def service_qos(depth: int = 1024) -> QoSProfile:
     service profile keeps 10)."""
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
                       reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+
+def matched_reliability(publishers: list[Any]) -> Optional[str]:
+    """What ROS 2's ``BEST_AVAILABLE`` makes of a subscription's reliability: reliable if every
+    publisher is (a reliable publisher's large frames then arrive, none lost), best effort if any is
+    not (a reliable subscription would never hear it); None with no publisher."""
+    if not publishers:
+        return None
+    return ("reliable" if all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers)
+            else "best_effort")
+
+
+class FollowingSubscription:
+    """An image subscription whose reliability follows its publishers (``best_available``), on every
+    distro, and again whenever they change.
+
+    ROS 2's own ``BEST_AVAILABLE`` (Iron and later) is resolved once, when the subscription is made,
+    and to RELIABLE when no publisher is known yet, so a best-effort camera started after the node is
+    never heard; on Humble it does not exist. The node therefore resolves it itself, from
+    ``get_publishers_info_by_topic``, with the same rule (``matched_reliability``), and ``check()``
+    (called periodically) makes the subscription again when the publishers ask for another
+    reliability: a camera started later, a second publisher. Making it again loses a frame or two.
+    With no publisher yet it subscribes best effort, which hears any publisher.
+
+    ``callback(msg, info)``: ``info`` is the message info (publisher GID, sequence number) where rclpy
+    gives it, else None. ``on_change(old, new, why)`` is told each change of reliability once.
+    """
+
+    def __init__(self, node: Any, msg_type: Any, topic: str, callback: Callable[[Any, Optional[dict]], None],
+                 reliability: str = "best_available", depth: int = 5,
+                 on_change: Callable[[str, str, str], None] = lambda old, new, why: None,
+                 callback_group: Any = None) -> None:
+        self._node, self._type, self._depth, self._group = node, msg_type, int(depth), callback_group
+        self._callback, self._on_change, self.setting = callback, on_change, reliability
+        self.reliability = ""  # what the subscription has now
+        self.sub: Any = None
+        self._topic = node.resolve_topic_name(topic)
+        self._make(self._wanted() or "best_effort")
+
+    @property
+    def topic_name(self) -> str:
+        return self._topic
+
+    def _wanted(self) -> Optional[str]:
+        if self.setting != "best_available":
+            return self.setting
+        return matched_reliability(self._node.get_publishers_info_by_topic(self._topic))
+
+    def _make(self, reliability: str) -> None:
+        old, self.sub = self.sub, None
+        if old is not None:
+            self._node.destroy_subscription(old)
+        self.reliability = reliability
+        if WITH_MESSAGE_INFO:
+            callback: Callable[..., None] = lambda msg, info: self._callback(msg, info)  # noqa: E731
+        else:
+            callback = lambda msg: self._callback(msg, None)  # noqa: E731
+        self.sub = self._node.create_subscription(self._type, self._topic, callback,
+                                                  image_qos(reliability, self._depth),
+                                                  callback_group=self._group)
+
+    def check(self) -> bool:
+        """Follow the publishers (``best_available``): make the subscription again if they now ask
+        for another reliability; whether it changed."""
+        if self.sub is None:
+            return False
+        publishers = (self._node.get_publishers_info_by_topic(self._topic)
+                      if self.setting == "best_available" else [])
+        wanted = matched_reliability(publishers) if self.setting == "best_available" else self.setting
+        if wanted is None or wanted == self.reliability:
+            return False
+        old = self.reliability
+        kinds = sorted({"reliable" if p.qos_profile.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
+                        for p in publishers})
+        self._make(wanted)
+        self._on_change(old, wanted, f"{len(publishers)} publisher(s): {', '.join(kinds)}")
+        return True
+
+    def publisher_count(self) -> int:
+        return self.sub.get_publisher_count() if self.sub is not None else 0
+
+    def destroy(self) -> None:
+        sub, self.sub = self.sub, None
+        if sub is not None:
+            self._node.destroy_subscription(sub)
+
+
+def transport_source(msg: Any, info: Optional[dict]) -> tuple[Any, Optional[int]]:
+    """Who sent a frame and its number, for ``lost_in_transport``: the publisher's GID and sequence
+    number from the message info where rclpy gives them, else the frame's ``frame_id`` (the stamps of
+    one frame_id make one chain) and no number."""
+    gid = (info or {}).get("publisher_gid") or {}
+    data = gid.get("data") if isinstance(gid, dict) else None
+    if data:
+        return bytes(data), (info or {}).get("publication_sequence_number")
+    return msg.header.frame_id, None

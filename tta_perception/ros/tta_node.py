@@ -42,11 +42,13 @@ from ..runtime.frames import FrameWorker
 from ..runtime.memory import keep_freed_memory
 from ..runtime.session import Session
 from . import convert
-from .qos import image_qos, latched_qos, output_qos, service_qos
+from .qos import FollowingSubscription, latched_qos, output_qos, service_qos, transport_source
 from .spin import (ParamHelp, describe, format_help, help_requested, ignore_further_signals, init_rclpy,
                    print_help)
 
 NODE_NAME = "tta_node"
+#: how often a ``best_available`` subscription compares its reliability with its publishers'
+MATCH_PERIOD_S = 0.5
 _PARAM_TYPES = {
     "str": ParameterType.PARAMETER_STRING, "bool": ParameterType.PARAMETER_BOOL,
     "int": ParameterType.PARAMETER_INTEGER, "float": ParameterType.PARAMETER_DOUBLE,
@@ -100,7 +102,8 @@ class TTANode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._image_subs: list[Any] = []
+        self._image_subs: list[FollowingSubscription] = []
+        self._match_timer: Any = None
         self._worker: Optional[FrameWorker] = None
         self._pubs: dict[str, Any] = {}
         self._last_bad_total = 0
@@ -267,9 +270,7 @@ class TTANode(LifecycleNode):
 
     def _stop_processing(self) -> None:
         """Unsubscribe and stop the worker (idempotent)."""
-        subs, self._image_subs = self._image_subs, []
-        for sub in subs:
-            self.destroy_subscription(sub)
+        self._unsubscribe()
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.stop()
@@ -325,31 +326,66 @@ class TTANode(LifecycleNode):
                                                           self._vm))
 
     def _subscribe(self) -> None:
-        for sub in self._image_subs:
-            self.destroy_subscription(sub)
-        self._image_subs = []
+        self._unsubscribe()
         cfg = self.session.effective_cfg()
-        qos = image_qos(cfg["qos_reliability"], cfg["qos_depth"])
         for cam in self._cameras:
             if cfg["compressed"]:
-                sub = self.create_subscription(CompressedImage, self._topic(cam, "image/compressed"),
-                                               lambda m, c=cam: self._on_frame(m, True, c), qos)
+                topic, msg_type, compressed = self._topic(cam, "image/compressed"), CompressedImage, True
             else:
-                sub = self.create_subscription(Image, self._topic(cam, "image"),
-                                               lambda m, c=cam: self._on_frame(m, False, c), qos)
+                topic, msg_type, compressed = self._topic(cam, "image"), Image, False
+            sub = FollowingSubscription(
+                self, msg_type, topic, lambda m, info, c=cam, z=compressed: self._on_frame(m, z, c, info),
+                cfg["qos_reliability"], cfg["qos_depth"],
+                on_change=lambda old, new, why, c=cam: self._reliability_changed(c, old, new, why))
             self._image_subs.append(sub)
+            self.session.subscribed_reliability[cam] = sub.reliability
         self.get_logger().info(f"listening on {', '.join(s.topic_name for s in self._image_subs)} "
-                               f"({cfg['qos_reliability']}, depth {cfg['qos_depth']})")
+                               f"({self._reliability_text(cfg['qos_reliability'])}, depth {cfg['qos_depth']})")
+        if cfg["qos_reliability"] == "best_available":
+            self._match_timer = self.create_timer(MATCH_PERIOD_S, self._follow_publishers)
 
-    def _on_frame(self, msg: Any, compressed: bool, camera: str = "") -> None:
+    def _unsubscribe(self) -> None:
+        timer, self._match_timer = self._match_timer, None
+        if timer is not None:
+            self.destroy_timer(timer)
+        subs, self._image_subs = self._image_subs, []
+        for sub in subs:
+            sub.destroy()
+
+    def _reliability_text(self, setting: str) -> str:
+        """``best_available`` with what it resolved to, per camera where several."""
+        if setting != "best_available":
+            return setting
+        now = sorted({s.reliability for s in self._image_subs})
+        return f"best_available: {'/'.join(now)}" + ("" if any(s.publisher_count() for s in self._image_subs)
+                                                      else " until a publisher is seen")
+
+    def _follow_publishers(self) -> None:
+        """Timer: each image subscription follows its publishers' reliability (``best_available``)."""
+        for sub in list(self._image_subs):
+            try:
+                sub.check()
+            except Exception as err:  # noqa: BLE001 - a graph query during shutdown; the next tick retries
+                self.get_logger().warning(f"matching the image subscription's QoS: {one_line(err)}",
+                                          throttle_duration_sec=5.0)
+
+    def _reliability_changed(self, camera: str, old: str, new: str, why: str) -> None:
+        self.session.subscribed_reliability[camera] = new
+        self.session.count("qos_rematches", camera)
+        topic = self._topic(camera, "image/compressed" if self.session.cfg["compressed"] else "image")
+        self.get_logger().info(f"{topic}: subscribed {new} (was {old}) to match {why}")
+
+    def _on_frame(self, msg: Any, compressed: bool, camera: str = "", info: Optional[dict] = None) -> None:
         """Executor thread: O(1), only keeps the newest frame of each camera (the previous
         unprocessed one of that camera is dropped). Never raises: an exception here would end the
-        executor's spin and the node."""
+        executor's spin and the node. ``info``: the message info (publisher, sequence number) where
+        rclpy gives it; frames lost before the node are counted per publisher."""
         import time
 
         try:
             stamp = msg.header.stamp
-            self.session.arrival(stamp.sec + stamp.nanosec * 1e-9, camera)
+            source, seq = transport_source(msg, info)
+            self.session.arrival(stamp.sec + stamp.nanosec * 1e-9, camera, source=source, seq=seq)
             worker = self._worker
             if worker is not None and worker.put((msg, compressed, time.monotonic()), camera):
                 self.session.count("frames_dropped", camera)
@@ -463,6 +499,7 @@ class TTANode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         level, message, self._last_bad_total, values = self.session.status(self._last_bad_total)
         values["input_publishers"] = self._input_publishers()
+        values["input_reliability"] = ",".join(sorted({s.reliability for s in self._image_subs}))
         status = DiagnosticStatus(level=_LEVELS[level], name=f"tta_perception: {self.get_fully_qualified_name()}",
                                   message=message, hardware_id=str(values["device"]))
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
@@ -477,7 +514,7 @@ class TTANode(LifecycleNode):
         total = 0
         for sub in list(self._image_subs):
             try:
-                total += sub.get_publisher_count()
+                total += sub.publisher_count()
             except Exception:  # noqa: BLE001 - a subscription being destroyed by a re-subscribe
                 pass
         return total

@@ -25,7 +25,7 @@ from .devices import DEVICE_RE
 TASKS = ("auto", "segmentation", "classification")
 TASK_OF_MODEL = {"seg": "segmentation", "cls": "classification"}
 DEFAULT_INPUT_SIZE = {"segmentation": (128, 256), "classification": (32, 32)}
-RELIABILITY = ("best_effort", "reliable", "system_default")
+RELIABILITY = ("best_available", "best_effort", "reliable", "system_default")
 OUTPUT_SIZES = ("input", "model")
 #: a camera name: a relative ROS name (its topics are <name>/image, <name>/class_ids, ...)
 CAMERA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
@@ -145,9 +145,11 @@ SPECS: tuple[Spec, ...] = (
          "others are only predicted. Empty: all of 'cameras'.", "live"),
     Spec("compressed", False, "bool", "Subscribe to sensor_msgs/CompressedImage on 'image/compressed' "
          "instead of sensor_msgs/Image on 'image'.", "subscription"),
-    Spec("qos_reliability", "best_effort", "str", "Image subscription reliability; best_effort matches "
-         "both kinds of publisher, use reliable only if the publisher needs it.", "subscription",
-         choices=RELIABILITY),
+    Spec("qos_reliability", "best_available", "str", "Image subscription reliability. best_available: "
+         "the publisher's (reliable if every publisher of the topic is, else best effort), followed when "
+         "publishers come and go; best_effort hears every publisher but loses most large frames of a "
+         "reliable one over default DDS buffers; reliable never hears a best-effort publisher.",
+         "subscription", choices=RELIABILITY),
     Spec("qos_depth", 5, "int", "Image subscription queue depth (keep last).", "subscription",
          range=(1, 100)),
     Spec("max_image_pixels", 4096 * 4096, "int", "Frames with more pixels are rejected (huge_image); "

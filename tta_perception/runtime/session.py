@@ -50,7 +50,7 @@ def _model_problem(model: str, architecture: str, max_bytes: Optional[int] = Non
 
 
 # Counters always present in /diagnostics (0 until something happens), so tools can rely on them.
-COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "lost_in_transport",
+COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "lost_in_transport", "qos_rematches",
             "frames_during_reload", *codec.REASONS, "inference_errors", "nonfinite_outputs", "cuda_oom",
             "reloads", "reloads_coalesced", "reload_failures", "rollbacks", "resets_requested", "saves",
             "saves_shared", "saves_refused")
@@ -120,6 +120,8 @@ class Session:
         self.cameras: list[str] = list(cfg.get("cameras") or [])
         self.camera_health = {c: Health() for c in self.cameras}
         self._last_lost = 0  # lost_in_transport at the last status
+        #: per camera, the reliability its image subscription has now (best_available resolves it)
+        self.subscribed_reliability: dict[str, str] = {}
         self.pipeline = None
         self.parked: Optional[dict[str, Any]] = None  # adapted state kept while inactive
         self.state = "unconfigured"
@@ -158,6 +160,11 @@ class Session:
             kind = FILE_PARAMS[name]
             reason = problem(value.strip(), f"parameter {name!r}", kind,
                              self.weights_cap() if kind == "weights" else None)
+        if reason is None and name == "resume_from" and value.strip():
+            from .state import is_state_file
+
+            if not is_state_file(Path(value.strip())):  # refused in the answer, not at the next configure
+                reason = f"parameter 'resume_from': {value.strip()!r} is not a node state (a file written by ~/save)"
         if reason is None and name == "adapt_cameras":
             unknown = [c for c in value if c not in self.cameras]
             if unknown:
@@ -448,27 +455,29 @@ class Session:
         return reverted
 
     # ================================================================== frames
-    def arrival(self, stamp_s: Optional[float] = None, camera: str = "") -> None:
-        """A frame arrived (``stamp_s``: its header stamp) from ``camera``. The first frames found
-        lost before the node (stamp gaps, per camera: ``lost_in_transport``) are reported once,
-        with the remedy."""
+    def arrival(self, stamp_s: Optional[float] = None, camera: str = "", source: Any = None,
+                seq: Optional[int] = None) -> None:
+        """A frame arrived from ``camera`` (``stamp_s``: its header stamp; ``source``, ``seq``: its
+        publisher and that publisher's sequence number where the RMW tells, see
+        ``health.TransportLoss``). The first frames found lost before the node
+        (``lost_in_transport``) are reported once, with the remedy."""
         cam = self.camera_health.get(camera)
         if cam is None:
-            lost = self.health.arrival(stamp_s=stamp_s)
-        else:  # the stamps of one camera make a chain; the node's total counts them all
-            lost = cam.arrival(stamp_s=stamp_s)
+            lost = self.health.arrival(stamp_s=stamp_s, source=source, seq=seq)
+        else:  # the frames of one camera make a chain; the node's total counts them all
+            lost = cam.arrival(stamp_s=stamp_s, source=source, seq=seq)
             self.health.arrival()
             if lost:
                 self.health.count("lost_in_transport", lost)
         if lost and not self._warned_transport:
             self._warned_transport = True
-            cfg = self.cfg
-            remedy = ("subscribe reliable (qos_reliability:=reliable, if the publisher is reliable) or "
-                      "raise the DDS socket buffers" if cfg["qos_reliability"] == "best_effort" else
-                      "raise qos_depth and the DDS socket buffers")
-            self.log.warning(f"frames are lost before they reach the node ({lost} missing in the stamps "
-                             f"before this one, counted in lost_in_transport): large frames over "
-                             f"{cfg['qos_reliability']} DDS; {remedy} (see the node documentation)")
+            reliability = self.subscribed_reliability.get(camera) or self.cfg["qos_reliability"]
+            remedy = ("a best-effort publisher of large frames needs the shipped DDS profile in its own "
+                      "process (dds_profile), or a reliable publisher" if reliability == "best_effort" else
+                      "raise qos_depth and the DDS socket buffers (net.core.rmem_max)")
+            self.log.warning(f"frames are lost before they reach the node ({lost} missing before this one, "
+                             f"counted in lost_in_transport): large frames over {reliability} DDS; {remedy} "
+                             f"(see the node documentation, 'Large frames')")
 
     def count(self, key: str, camera: str = "") -> None:
         """A counter of the node, and of ``camera`` where there are several."""
