@@ -101,7 +101,8 @@ PUBLISHER = textwrap.dedent("""
     from sensor_msgs.msg import Image
     sys.path.insert(0, sys.argv[1])
     import test_ros_helpers as H
-    topic, reliability, n, h, w, rate = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
+    topic, reliability, n, h, w, rate, settle = (sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
+                                                 int(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8]))
     rclpy.init()
     node = rclpy.create_node("test_camera")
     policy = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
@@ -110,7 +111,7 @@ PUBLISHER = textwrap.dedent("""
     deadline = time.monotonic() + 30
     while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(1.5)  # the node's best_available check sees us and matches our reliability
+    time.sleep(settle)  # e.g. for the node's best_available check to see us and match our reliability
     print("ready", flush=True)
     for i in range(n):
         pub.publish(H.image_msg(big, stamp=divmod(i * int(1e9 / rate), 10**9)))
@@ -124,9 +125,9 @@ PUBLISHER = textwrap.dedent("""
 """)
 
 
-def _camera(topic: str, reliability: str, n: int, size=(480, 640), rate: float = 20.0):
+def _camera(topic: str, reliability: str, n: int, size=(480, 640), rate: float = 20.0, settle: float = 1.5):
     return subprocess.Popen([sys.executable, "-c", PUBLISHER, str(H.TEST_DIR), topic, reliability, str(n),
-                             str(size[0]), str(size[1]), str(rate)],
+                             str(size[0]), str(size[1]), str(rate), str(settle)],
                             env=H.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -147,6 +148,18 @@ def test_default_reliability_matches_a_camera_started_after_the_node(ros):
     assert rig.node._image_subs[0].reliability == "reliable"
     assert rig.count("qos_rematches") == 1 and rig.count("lost_in_transport") == 0
     assert rig.node.diagnostics()["frames_received"] == 60
+
+
+def test_matching_a_camera_loses_and_repeats_no_frame(ros):
+    """The camera publishes from its first moment on, while the node changes its subscription from
+    best effort (no publisher yet) to reliable: the new subscription is made before the old one goes,
+    and a frame heard by both is delivered once."""
+    rig = Rig(ros, **DEFAULT)
+    _finish(_camera(f"{rig.ns}/image", "reliable", 40, size=(32, 64), settle=0.0))
+    H.wait_until(lambda: rig.count("frames_received") >= 60, timeout=10, what="every frame")
+    time.sleep(0.3)
+    assert rig.count("qos_rematches") == 1 and rig.node._image_subs[0].reliability == "reliable"
+    assert rig.count("frames_received") == 60 and rig.count("lost_in_transport") == 0
 
 
 def test_best_available_follows_a_second_publisher_and_back(ros):

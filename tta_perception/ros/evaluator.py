@@ -54,7 +54,7 @@ from ..metrics import CameraScorers, StreamScorer, format_table, recovery_summar
 from ..runtime.image_codec import DEFAULT_MAX_PIXELS, ImageError
 from ..runtime.messages import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns, view_topic
 from .convert import labels_of, rgb_of
-from .qos import latched_qos
+from .qos import MATCH_PERIOD_S, FollowingSubscription, latched_qos
 from .spin import ConfigError, declare_parameters, describe, format_help, publish_status, spin_node, table_help
 
 NODE_NAME = "evaluator"
@@ -145,12 +145,17 @@ class Evaluator(Node):
         qos = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
         self.create_subscription(String, WEATHER_TOPIC, self._on_weather, qos)
+        # the camera's images and ground truth: reliability as the camera publishes them (best_available,
+        # as tta_node), so a best-effort camera is heard and a reliable one loses nothing
+        self._camera_subs: list[FollowingSubscription] = []
         for cam in self.cameras or [""]:
-            self.create_subscription(Image, view_topic(cam, TRUTH_TOPIC),
-                                     lambda m, c=cam: self._on_truth(m, c), qos)
+            self._camera_subs.append(FollowingSubscription(
+                self, Image, view_topic(cam, TRUTH_TOPIC), lambda m, info, c=cam: self._on_truth(m, c), depth=50,
+                on_change=self._reliability_changed))
             if self.motion:
-                self.create_subscription(Image, view_topic(cam, IMAGE_TOPIC),
-                                         lambda m, c=cam: self._on_image(m, c), qos)
+                self._camera_subs.append(FollowingSubscription(
+                    self, Image, view_topic(cam, IMAGE_TOPIC), lambda m, info, c=cam: self._on_image(m, c),
+                    depth=50, on_change=self._reliability_changed))
             for topic, label in zip(topics, labels):
                 topic = camera_topic(topic, cam)
                 self.create_subscription(Image, topic, lambda m, label=label, c=cam: self._on_prediction(label, m, c),
@@ -163,12 +168,16 @@ class Evaluator(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(Trigger, "~/write", self._srv_write)
         self.create_timer(float(cfg["metrics_period"]), self._publish_metrics)
+        self.create_timer(MATCH_PERIOD_S, lambda: [sub.check() for sub in self._camera_subs])
         if float(cfg["write_period"]) > 0:
             self.create_timer(float(cfg["write_period"]), lambda: self.write())
         self.get_logger().info(f"scoring {', '.join(f'{lab} ({t})' for lab, t in zip(labels, topics))}"
                                + (f" against <camera>/ground_truth/class_ids of cameras {', '.join(self.cameras)}"
                                   if self.cameras else f" against {self.resolve_topic_name(TRUTH_TOPIC)}")
                                + f"; files in {self.out_dir}")
+
+    def _reliability_changed(self, old: str, new: str, why: str) -> None:
+        self.get_logger().info(f"camera topic subscribed {new} (was {old}) to match {why}")
 
     # ------------------------------------------------------------------ inputs
     def _truth_of(self, msg: Image) -> Optional[np.ndarray]:

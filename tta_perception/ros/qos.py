@@ -2,6 +2,9 @@
 and the image subscription whose reliability follows its publishers (``best_available``)."""
 from __future__ import annotations
 
+import collections
+import threading
+import time
 from typing import Any, Callable, Optional
 
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -11,6 +14,8 @@ from rclpy.subscription import Subscription
 #: rclpy passes the message info (publisher GID, sequence number) to two-argument callbacks (Iron and
 #: later); Humble calls every callback with the message alone
 WITH_MESSAGE_INFO = hasattr(Subscription, "CallbackType")
+#: how often a ``best_available`` subscription compares its reliability with its publishers' (s)
+MATCH_PERIOD_S = 0.5
 
 _RELIABILITY = {
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
@@ -72,13 +77,20 @@ class FollowingSubscription:
     and to RELIABLE when no publisher is known yet, so a best-effort camera started after the node is
     never heard; on Humble it does not exist. The node therefore resolves it itself, from
     ``get_publishers_info_by_topic``, with the same rule (``matched_reliability``), and ``check()``
-    (called periodically) makes the subscription again when the publishers ask for another
-    reliability: a camera started later, a second publisher. Making it again loses a frame or two.
-    With no publisher yet it subscribes best effort, which hears any publisher.
+    (called every ``MATCH_PERIOD_S``) makes the subscription again when the publishers ask for another
+    reliability: a camera started later, a second publisher. With no publisher yet it subscribes best
+    effort, which hears any publisher.
+
+    A change is made before it breaks: the new subscription is made first and the old one destroyed
+    once the new one hears every publisher (or after ``OVERLAP_S``); meanwhile a frame that comes
+    through both is delivered once (the same publisher and sequence number, or on Humble the same
+    ``frame_id`` and stamp), so a change loses no frame the publishers send.
 
     ``callback(msg, info)``: ``info`` is the message info (publisher GID, sequence number) where rclpy
     gives it, else None. ``on_change(old, new, why)`` is told each change of reliability once.
     """
+
+    OVERLAP_S = 2.0
 
     def __init__(self, node: Any, msg_type: Any, topic: str, callback: Callable[[Any, Optional[dict]], None],
                  reliability: str = "best_available", depth: int = 5,
@@ -88,39 +100,61 @@ class FollowingSubscription:
         self._callback, self._on_change, self.setting = callback, on_change, reliability
         self.reliability = ""  # what the subscription has now
         self.sub: Any = None
+        self._retiring: list[Any] = []  # subscriptions replaced, destroyed once the new one hears all
+        self._overlap_until = 0.0
+        self._seen: collections.deque = collections.deque(maxlen=4 * self._depth + 8)
+        self._lock = threading.Lock()
         self._topic = node.resolve_topic_name(topic)
-        self._make(self._wanted() or "best_effort")
+        self._make(self._wanted(self._publishers()) or "best_effort")
 
     @property
     def topic_name(self) -> str:
         return self._topic
 
-    def _wanted(self) -> Optional[str]:
-        if self.setting != "best_available":
-            return self.setting
-        return matched_reliability(self._node.get_publishers_info_by_topic(self._topic))
+    def _publishers(self) -> list[Any]:
+        return self._node.get_publishers_info_by_topic(self._topic) if self.setting == "best_available" else []
+
+    def _wanted(self, publishers: list[Any]) -> Optional[str]:
+        return matched_reliability(publishers) if self.setting == "best_available" else self.setting
+
+    def _deliver(self, msg: Any, info: Optional[dict]) -> None:
+        if self._retiring or time.monotonic() < self._overlap_until:  # two subscriptions: once each
+            source, seq = transport_source(msg, info)
+            key = (source, seq) if seq is not None else (source, msg.header.stamp.sec, msg.header.stamp.nanosec)
+            with self._lock:
+                if key in self._seen:
+                    return
+                self._seen.append(key)
+        self._callback(msg, info)
 
     def _make(self, reliability: str) -> None:
-        old, self.sub = self.sub, None
-        if old is not None:
-            self._node.destroy_subscription(old)
+        if self.sub is not None:
+            self._retiring.append(self.sub)
+            self._overlap_until = time.monotonic() + self.OVERLAP_S
         self.reliability = reliability
         if WITH_MESSAGE_INFO:
-            callback: Callable[..., None] = lambda msg, info: self._callback(msg, info)  # noqa: E731
+            callback: Callable[..., None] = lambda msg, info: self._deliver(msg, info)  # noqa: E731
         else:
-            callback = lambda msg: self._callback(msg, None)  # noqa: E731
+            callback = lambda msg: self._deliver(msg, None)  # noqa: E731
         self.sub = self._node.create_subscription(self._type, self._topic, callback,
                                                   image_qos(reliability, self._depth),
                                                   callback_group=self._group)
+
+    def _retire(self, publishers: list[Any]) -> None:
+        if self._retiring and (self.sub.get_publisher_count() >= len(publishers)
+                               or time.monotonic() >= self._overlap_until):
+            old, self._retiring = self._retiring, []
+            for sub in old:
+                self._node.destroy_subscription(sub)
 
     def check(self) -> bool:
         """Follow the publishers (``best_available``): make the subscription again if they now ask
         for another reliability; whether it changed."""
         if self.sub is None:
             return False
-        publishers = (self._node.get_publishers_info_by_topic(self._topic)
-                      if self.setting == "best_available" else [])
-        wanted = matched_reliability(publishers) if self.setting == "best_available" else self.setting
+        publishers = self._publishers()
+        self._retire(publishers)
+        wanted = self._wanted(publishers)
         if wanted is None or wanted == self.reliability:
             return False
         old = self.reliability
@@ -134,9 +168,10 @@ class FollowingSubscription:
         return self.sub.get_publisher_count() if self.sub is not None else 0
 
     def destroy(self) -> None:
-        sub, self.sub = self.sub, None
-        if sub is not None:
-            self._node.destroy_subscription(sub)
+        subs, self.sub, self._retiring = [self.sub, *self._retiring], None, []
+        for sub in subs:
+            if sub is not None:
+                self._node.destroy_subscription(sub)
 
 
 def transport_source(msg: Any, info: Optional[dict]) -> tuple[Any, Optional[int]]:

@@ -42,13 +42,11 @@ from ..runtime.frames import FrameWorker
 from ..runtime.memory import keep_freed_memory
 from ..runtime.session import Session
 from . import convert
-from .qos import FollowingSubscription, latched_qos, output_qos, service_qos, transport_source
+from .qos import MATCH_PERIOD_S, FollowingSubscription, latched_qos, output_qos, service_qos, transport_source
 from .spin import (ParamHelp, describe, format_help, help_requested, ignore_further_signals, init_rclpy,
                    print_help)
 
 NODE_NAME = "tta_node"
-#: how often a ``best_available`` subscription compares its reliability with its publishers'
-MATCH_PERIOD_S = 0.5
 _PARAM_TYPES = {
     "str": ParameterType.PARAMETER_STRING, "bool": ParameterType.PARAMETER_BOOL,
     "int": ParameterType.PARAMETER_INTEGER, "float": ParameterType.PARAMETER_DOUBLE,
