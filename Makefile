@@ -16,8 +16,9 @@ $(STAMP): setup.py setup.cfg pyproject.toml requirements.txt
 	touch $(STAMP)
 
 # an editable install skips setup.py's data_files: link them into the venv so launch_ros finds the
-# package (AMENT_PREFIX_PATH=$(VENV)); again when a launch, config or launcher file is added
-$(AMENT): $(STAMP) package.xml $(wildcard launch/*.launch.py config/*.yaml config/sequences/*.yaml)
+# package (AMENT_PREFIX_PATH=$(VENV)); again when a launch, config, DDS profile or launcher file is added
+$(AMENT): $(STAMP) package.xml $(wildcard launch/*.launch.py config/*.yaml config/sequences/*.yaml \
+                                          tta_perception/ros/dds/*.xml)
 	$(PY) -m tta_perception.install_ament --prefix $(VENV)
 	touch $(AMENT)
 

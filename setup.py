@@ -27,13 +27,14 @@ LAUNCHERS = [f"{PACKAGE}/ros/bin/tta_node", f"{PACKAGE}/ros/bin/weather_camera",
 setup(
     name=PACKAGE,
     version="0.2.0",
-    # weights/ and ros/bin/ hold only data; their __init__.py makes them packages, so setuptools installs
-    # their files as package data without its "absent from the packages configuration" warning
+    # weights/, ros/bin/ and ros/dds/ hold only data; their __init__.py makes them packages, so setuptools
+    # installs their files as package data without its "absent from the packages configuration" warning
     packages=find_packages(exclude=["test", "test.*"]),
     # every data file named here (no include_package_data): the install does not depend on a manifest
     package_data={f"{PACKAGE}.weights": ["*.pt", "*.bundle", "*.json"],
                   f"{PACKAGE}.datasets": ["imagenet_classes.txt"],
-                  f"{PACKAGE}.ros.bin": [path.rsplit("/", 1)[1] for path in LAUNCHERS]},
+                  f"{PACKAGE}.ros.bin": [path.rsplit("/", 1)[1] for path in LAUNCHERS],
+                  f"{PACKAGE}.ros.dds": ["*.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -41,6 +42,9 @@ setup(
         (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml"))),
         (f"share/{PACKAGE}/config/sequences", sorted(glob("config/sequences/*.yaml"))),
         (f"lib/{PACKAGE}", LAUNCHERS),
+        # the DDS profiles for large frames, also here for processes outside the package (a camera
+        # driver): $(ros2 pkg prefix tta_perception)/share/tta_perception/dds/ (docs/node.md)
+        (f"share/{PACKAGE}/dds", sorted(glob(f"{PACKAGE}/ros/dds/*.xml"))),
     ],
     python_requires=">=3.10",
     install_requires=[

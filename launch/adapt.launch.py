@@ -13,6 +13,14 @@ Several cameras, one adapted model (Autoware's camera topics):
 Each camera C reads ``C/image`` (remapped to its entry of ``image_topics``, in the same order) and
 publishes under ``C/`` (``front/class_ids``, ...); without ``image_topics`` the topics stay relative.
 
+Large frames (docs/node.md, "Large frames and the DDS profile"): ``dds_profile:=default`` (the
+default) gives the processes this launch starts the DDS profile shipped for them (Fast DDS: a
+shared-memory segment for 1920x1080 rgb8 frames, larger socket buffers; Cyclone DDS: larger socket
+buffers), unless the environment already names a profile; ``dds_profile:=none`` sets nothing,
+``dds_profile:=<path>`` sets that XML file:
+
+    ros2 launch tta_perception adapt.launch.py dds_profile:=/etc/dds/my_profile.xml
+
 Empty ``task``/``method``/``device``/``model``/``compressed`` keep the value of ``params_file``
 (default: the installed config/adapt.yaml). The node configures and activates by itself
 (``autostart``); it is a launch_ros ``LifecycleNode`` so lifecycle events and ``ros2 lifecycle`` work.
@@ -46,6 +54,9 @@ ARGUMENTS = {
                 "reads <name>/image and publishes under <name>/. Empty: one camera on image_topic.", None),
     "image_topics": ("", "With cameras: the input topic of each camera, comma-separated in the same "
                      "order. Empty: <namespace>/<camera>/image.", None),
+    "dds_profile": ("default", "DDS profile for the processes this launch starts: default (the one shipped "
+                    "for large frames, unless the environment names one), none, or the path of a Fast DDS "
+                    "or Cyclone DDS XML file.", None),
 }
 
 
@@ -92,12 +103,36 @@ def node_settings(values: dict) -> dict:
     }
 
 
+def dds_settings(choice: str, environ=None) -> dict:
+    """``dds_profile`` -> the variables to set for the processes started after it and the line to log
+    (pure, unit-tested; ValueError in one line for a bad path). ``environ``: the launch's environment."""
+    try:
+        from tta_perception.ros.dds_profile import resolve
+    except ImportError:  # this launch's Python does not see the package (e.g. a pip install in a venv)
+        if str(choice).strip().lower() == "none":
+            return {"env": {}, "msg": "dds_profile:=none: no DDS profile set"}
+        return {"env": {}, "msg": "dds_profile: no DDS profile set, tta_perception is not importable by this "
+                                  "launch's Python (set the profile's variable yourself, docs/node.md)"}
+    resolved = resolve(choice, environ)
+    return {"env": dict(resolved.env), "msg": resolved.note}
+
+
+def dds_actions(settings: dict) -> list:
+    """``dds_settings`` as launch actions: SetEnvironmentVariable changes the launch's environment, which
+    every process started after it inherits (included launch files' too), then one log line."""
+    from launch.actions import LogInfo, SetEnvironmentVariable
+
+    return ([SetEnvironmentVariable(name, value) for name, value in settings["env"].items()]
+            + [LogInfo(msg=settings["msg"])])
+
+
 def _launch_node(context, *args, **kwargs):
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import LifecycleNode
 
     values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
-    return [LifecycleNode(**node_settings(values))]
+    settings = node_settings(values)  # argument errors first
+    return dds_actions(dds_settings(values["dds_profile"], context.environment)) + [LifecycleNode(**settings)]
 
 
 def generate_launch_description():

@@ -27,6 +27,10 @@ yourself. The evaluator runs in CARLA mode when ``truth_topic`` names the bridge
 (e.g. ``/carla/ego_vehicle/semantic_segmentation_front/image``): its CityScapes palette colours are
 mapped to class ids (evaluator ``truth_encoding: carla_palette``).
 
+``dds_profile:=default`` gives every process this launch starts (the camera and the bridge, which
+publish the large frames, above all) the DDS profile shipped for large frames; ``none`` or a path as in
+``adapt.launch.py``.
+
 ``launch``/``launch_ros`` are imported inside the functions, so ``plan`` (the pure argument handling)
 is unit-tested where they are absent; the tta_node settings come from ``adapt.launch.py``'s
 ``node_settings``, so both launch files configure the node the same way.
@@ -87,6 +91,9 @@ ARGUMENTS = {
     "bridge": ("auto", "Include the carla-ros-bridge launch: auto (when installed), true, false.",
                ["auto", "true", "false"]),
     "log_level": ("info", "Log level of the nodes.", ["debug", "info", "warn", "error", "fatal"]),
+    "dds_profile": ("default", "DDS profile for the processes this launch starts (the camera above all): "
+                    "default (the one shipped for large frames, unless the environment names one), none, "
+                    "or the path of a Fast DDS or Cyclone DDS XML file.", None),
 }
 
 
@@ -175,12 +182,15 @@ def views_of(values: dict, carla: bool) -> list:
     return views
 
 
-def plan(values: dict, find_share=None) -> list:
+def plan(values: dict, find_share=None, environ=None) -> list:
     """Launch-argument strings -> the actions to run, as plain dicts (pure, unit-tested).
 
-    Each item has ``kind`` (``node``, ``lifecycle_node``, ``include``, ``shutdown_after``, ``log``) and
-    the keyword arguments of that action.
+    Each item has ``kind`` (``dds_profile``, ``node``, ``lifecycle_node``, ``include``,
+    ``shutdown_after``, ``log``) and the keyword arguments of that action. ``dds_profile`` comes first,
+    so every process after it (the bridge's too) starts with it; ``environ``: the launch's environment.
     """
+    dds = {"kind": "dds_profile",
+           **_adapt_launch().dds_settings(values.get("dds_profile", "default"), environ)}
     mode = values["mode"].strip()
     if mode not in ("synthetic", "carla"):
         raise ValueError(f"launch argument 'mode' must be synthetic or carla, got {mode!r}")
@@ -263,7 +273,7 @@ def plan(values: dict, find_share=None) -> list:
     if duration > 0:
         actions.append({"kind": "shutdown_after", "period": duration,
                         "reason": f"duration:={duration:g} s elapsed"})
-    return actions
+    return [dds] + actions
 
 
 def to_actions(items: list) -> list:
@@ -276,7 +286,9 @@ def to_actions(items: list) -> list:
     for item in items:
         item = dict(item)
         kind = item.pop("kind")
-        if kind == "node":
+        if kind == "dds_profile":
+            out += _adapt_launch().dds_actions(item)
+        elif kind == "node":
             out.append(Node(**item))
         elif kind == "lifecycle_node":
             out.append(LifecycleNode(**item))
@@ -296,7 +308,7 @@ def _setup(context, *args, **kwargs):
     from launch.substitutions import LaunchConfiguration
 
     values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
-    return to_actions(plan(values))
+    return to_actions(plan(values, environ=context.environment))
 
 
 def generate_launch_description():

@@ -10,6 +10,9 @@ match), after ``start_delay`` seconds so the node has loaded its model. ``tta_no
 CompressedImage, the embedded camera or the CARLA bridge's). The evaluator runs when the bag has the
 ground-truth topic (``evaluator:=auto``). The launch ends ``drain`` seconds after the bag has played.
 
+``dds_profile:=default`` gives the player (which publishes the recorded frames), the node and the
+evaluator the DDS profile shipped for large frames; ``none`` or a path as in ``adapt.launch.py``.
+
 Offline and without ROS, ``tta-perception replay BAG --out OUT`` does the same computation frame by
 frame. ``plan`` is pure (unit-tested where launch is absent).
 """
@@ -47,6 +50,9 @@ ARGUMENTS = {
                   ["auto", "true", "false"]),
     "output_dir": ("runs/replay", "Evaluator output folder.", None),
     "log_level": ("info", "Log level of the nodes.", ["debug", "info", "warn", "error", "fatal"]),
+    "dds_profile": ("default", "DDS profile for the player, the node and the evaluator: default (the one "
+                    "shipped for large frames, unless the environment names one), none, or the path of a "
+                    "Fast DDS or Cyclone DDS XML file.", None),
 }
 
 
@@ -74,12 +80,15 @@ def bag_topics(bag: str) -> dict:
         raise ValueError(f"bag {path}: metadata.yaml cannot be read: {err}") from None
 
 
-def plan(values: dict, topics: dict | None = None) -> list:
-    """Launch-argument strings -> actions as plain dicts (pure; ``topics`` defaults to the bag's)."""
+def plan(values: dict, topics: dict | None = None, environ=None) -> list:
+    """Launch-argument strings -> actions as plain dicts (pure; ``topics`` defaults to the bag's;
+    ``environ``: the launch's environment, for ``dds_profile``, which comes first)."""
     bag = values["bag"].strip()
     if not bag:
         raise ValueError("launch argument 'bag' is required: bag:=<bag folder>")
     carla_launch = _sibling("carla_weather.launch.py", "tta_carla_weather_launch")
+    dds = {"kind": "dds_profile",
+           **carla_launch._adapt_launch().dds_settings(values.get("dds_profile", "default"), environ)}
     rate, delay, drain = (carla_launch.number(values, key) for key in ("rate", "start_delay", "drain"))
     if rate <= 0:
         raise ValueError(f"launch argument 'rate' must be > 0, got {values['rate'].strip()!r}")
@@ -106,7 +115,7 @@ def plan(values: dict, topics: dict | None = None) -> list:
                     "method": values["method"], "device": values["device"], "model": values["model"],
                     "use_sim_time": "true", "compressed": "true" if compressed else "false",
                     "log_level": values["log_level"]}
-    actions = [{"kind": "lifecycle_node", **carla_launch._adapt_launch().node_settings(adapt_values)}]
+    actions = [dds, {"kind": "lifecycle_node", **carla_launch._adapt_launch().node_settings(adapt_values)}]
     evaluator = values["evaluator"].strip()
     has_truth = topics.get(TRUTH) == IMAGE
     if evaluator == "true" and not has_truth:
@@ -153,7 +162,7 @@ def _setup(context, *args, **kwargs):
     from launch.substitutions import LaunchConfiguration
 
     values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
-    return to_actions(plan(values))
+    return to_actions(plan(values, environ=context.environment))
 
 
 def generate_launch_description():

@@ -16,9 +16,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PY = f"python{sys.version_info.major}.{sys.version_info.minor}"
 LAUNCHERS = ("tta_node", "weather_camera", "carla_weather", "evaluator")
-# setup.py's data_files: the ament index entry, package.xml, launch and config files, the launchers
+DDS_PROFILES = ("cyclonedds_large_frames.xml", "fastdds_large_frames.xml")
+# setup.py's data_files: the ament index entry, package.xml, launch and config files, the launchers, the
+# DDS profiles
 ENTRIES = (2 + len(list((REPO / "launch").glob("*.launch.py"))) + len(list((REPO / "config").glob("*.yaml")))
-           + len(list((REPO / "config" / "sequences").glob("*.yaml"))) + len(LAUNCHERS))
+           + len(list((REPO / "config" / "sequences").glob("*.yaml"))) + len(LAUNCHERS) + len(DDS_PROFILES))
 SETUPTOOLS_WARNINGS = ("is absent from the `packages` configuration", "Unknown distribution option",
                        "as data is deprecated", "package init file")
 
@@ -74,6 +76,8 @@ def _assert_found_by_name(prefix: Path, monkeypatch):
         assert found == [share / "launch" / launch]
     assert (share / "config" / "adapt.yaml").is_file() and (share / "package.xml").is_file()
     assert (share / "config" / "sequences" / "dynamic.yaml").is_file()
+    for name in DDS_PROFILES:  # for a camera driver's environment (docs/node.md)
+        assert (share / "dds" / name).read_bytes() == (REPO / "tta_perception" / "ros" / "dds" / name).read_bytes()
     for exe in LAUNCHERS:
         path = shutil.which(exe, path=str(prefix / "lib" / "tta_perception"))
         assert path and os.access(path, os.X_OK), exe
@@ -103,6 +107,8 @@ def test_pip_install_installs_weights_launchers_and_share_files(wheel_install, m
     assert len((package / "datasets" / "imagenet_classes.txt").read_text().splitlines()) == 1000
     for exe in LAUNCHERS:
         assert os.access(package / "ros" / "bin" / exe, os.X_OK)
+    for name in DDS_PROFILES:  # what dds_profile.profile_path('default') returns after a plain pip install
+        assert (package / "ros" / "dds" / name).is_file()
     _assert_found_by_name(prefix, monkeypatch)
 
 

@@ -1,6 +1,6 @@
 """carla_weather.launch.py and replay.launch.py: their pure argument handling (``plan``) everywhere,
 the real launch description where launch/launch_ros are installed; the config files they use; the
-launchers of the new executables."""
+launchers of the new executables; the ``dds_profile`` argument of all three launch files."""
 from __future__ import annotations
 
 import importlib.util
@@ -33,10 +33,19 @@ def _by_exe(actions):
     return {a.get("executable", a["kind"]): a for a in actions}
 
 
+KILTED = {"ROS_DISTRO": "kilted"}  # Fast DDS 3: FASTDDS_DEFAULT_PROFILES_FILE
+
+
+def _nodes(actions):
+    """The plan without its first item, the ``dds_profile`` environment (tested on its own below)."""
+    assert actions[0]["kind"] == "dds_profile"
+    return actions[1:]
+
+
 # ------------------------------------------------------------------------------- carla_weather.launch
 def test_synthetic_mode_runs_camera_node_and_evaluator():
     m = _module("carla_weather.launch.py")
-    actions = m.plan(_values(m))
+    actions = _nodes(m.plan(_values(m)))
     kinds = [(a["kind"], a.get("executable")) for a in actions]
     assert kinds == [("node", "weather_camera"), ("lifecycle_node", "tta_node"), ("node", "evaluator")]
     a = _by_exe(actions)
@@ -106,7 +115,7 @@ def test_carla_mode_drives_the_server_weather_and_reads_the_bridge_camera(tmp_pa
             raise LookupError(package)
         return str(share)
 
-    actions = m.plan(_values(m, mode="carla", host="sim-host", port="2010"), find_share=find)
+    actions = _nodes(m.plan(_values(m, mode="carla", host="sim-host", port="2010"), find_share=find))
     assert [a["kind"] for a in actions] == ["include", "node", "lifecycle_node"]  # no evaluator by default
     include, carla, tta = actions
     assert include["path"].endswith("carla_ros_bridge_with_example_ego_vehicle.launch.py")
@@ -120,9 +129,9 @@ def test_carla_mode_drives_the_server_weather_and_reads_the_bridge_camera(tmp_pa
     def missing(package):
         raise LookupError(package)
 
-    actions = m.plan(_values(m, mode="carla"), find_share=missing)
+    actions = _nodes(m.plan(_values(m, mode="carla"), find_share=missing))
     assert actions[0]["kind"] == "log" and "start the bridge yourself" in actions[0]["msg"]
-    assert m.plan(_values(m, mode="carla", bridge="false"), find_share=find)[0]["kind"] == "node"
+    assert _nodes(m.plan(_values(m, mode="carla", bridge="false"), find_share=find))[0]["kind"] == "node"
     with pytest.raises(ValueError, match="carla_ros_bridge package is not installed"):
         m.plan(_values(m, mode="carla", bridge="true"), find_share=missing)
 
@@ -176,7 +185,7 @@ def bags(tmp_path_factory):
 def test_replay_plays_the_bag_on_its_clock_with_the_qos_overrides(bags):
     m = _module("replay.launch.py")
     bag = str(bags / "with_truth")
-    actions = m.plan(_values(m, bag=bag))
+    actions = _nodes(m.plan(_values(m, bag=bag)))
     assert [a["kind"] for a in actions] == ["lifecycle_node", "node", "play"]
     tta, ev, play = actions
     assert tta["parameters"][1] == {"use_sim_time": True, "compressed": False}
@@ -193,7 +202,7 @@ def test_replay_plays_the_bag_on_its_clock_with_the_qos_overrides(bags):
 
 def test_replay_compressed_bag_without_truth(bags):
     m = _module("replay.launch.py")
-    actions = m.plan(_values(m, bag=str(bags / "compressed"), method="tent", namespace="r"))
+    actions = _nodes(m.plan(_values(m, bag=str(bags / "compressed"), method="tent", namespace="r")))
     assert [a["kind"] for a in actions] == ["lifecycle_node", "play"]  # no ground truth: no evaluator
     tta = actions[0]
     assert tta["parameters"][1] == {"use_sim_time": True, "method": "tent", "compressed": True}
@@ -232,8 +241,10 @@ def test_launch_descriptions_with_real_launch():
     pytest.importorskip("launch_ros")
     from launch.actions import DeclareLaunchArgument
 
-    for name, expected in (("carla_weather.launch.py", {"mode", "schedule", "method", "device", "duration"}),
-                           ("replay.launch.py", {"bag", "rate", "qos_file", "method", "device"})):
+    for name, expected in (("carla_weather.launch.py", {"mode", "schedule", "method", "device", "duration",
+                                                         "dds_profile"}),
+                           ("replay.launch.py", {"bag", "rate", "qos_file", "method", "device", "dds_profile"}),
+                           ("adapt.launch.py", {"image_topic", "dds_profile"})):
         ld = _module(name).generate_launch_description()
         declared = {a.name for a in ld.entities if isinstance(a, DeclareLaunchArgument)}
         assert expected <= declared
@@ -242,10 +253,85 @@ def test_launch_descriptions_with_real_launch():
 def test_plans_convert_to_real_launch_actions(bags):
     pytest.importorskip("launch")
     pytest.importorskip("launch_ros")
+    from launch.actions import LogInfo, SetEnvironmentVariable
+
+    from tta_perception.ros.dds_profile import FASTDDS_FILE
+
+    dds = [SetEnvironmentVariable, SetEnvironmentVariable, LogInfo]  # a given path replaces both variables
+    mine = {**KILTED, "FASTRTPS_DEFAULT_PROFILES_FILE": "/etc/dds/mine.xml"}
     cw = _module("carla_weather.launch.py")
-    assert len(cw.to_actions(cw.plan(_values(cw, duration="5")))) == 4
+    actions = cw.to_actions(cw.plan(_values(cw, duration="5", dds_profile=str(FASTDDS_FILE)), environ=mine))
+    assert [type(a) for a in actions[:3]] == dds and len(actions) == 3 + 4
     rp = _module("replay.launch.py")
-    assert len(rp.to_actions(rp.plan(_values(rp, bag=str(bags / "with_truth"))))) == 4
+    actions = rp.to_actions(rp.plan(_values(rp, bag=str(bags / "with_truth")), environ=KILTED))
+    assert [type(a) for a in actions[:2]] == dds[1:] and len(actions) == 2 + 4
+
+
+# --------------------------------------------------------------------------------------- dds_profile
+def test_adapt_launch_dds_profile_sets_the_shipped_profile_unless_told_otherwise(tmp_path):
+    from tta_perception.ros.dds_profile import CYCLONEDDS_FILE, FASTDDS_FILE
+
+    m = _module("adapt.launch.py")
+    assert m.ARGUMENTS["dds_profile"][0] == "default"
+    shipped = str(FASTDDS_FILE)
+    settings = m.dds_settings("default", KILTED)
+    assert settings["env"] == {"FASTDDS_DEFAULT_PROFILES_FILE": shipped}
+    assert settings["msg"] == f"dds_profile: the shipped profile for large frames, FASTDDS_DEFAULT_PROFILES_FILE={shipped}"
+    assert m.dds_settings("default", {"ROS_DISTRO": "humble"})["env"] == {"FASTRTPS_DEFAULT_PROFILES_FILE": shipped}
+    assert m.dds_settings("default", {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"})["env"] == {
+        "CYCLONEDDS_URI": f"file://{CYCLONEDDS_FILE}"}
+    assert m.dds_settings("none", KILTED) == {"env": {}, "msg": "dds_profile:=none: no DDS profile set"}
+    mine = {**KILTED, "FASTDDS_DEFAULT_PROFILES_FILE": "/etc/dds/mine.xml"}
+    kept = m.dds_settings("default", mine)  # the user's own profile stays
+    assert kept["env"] == {} and "keeps FASTDDS_DEFAULT_PROFILES_FILE=/etc/dds/mine.xml" in kept["msg"]
+    own = tmp_path / "own.xml"
+    own.write_text("<dds><profiles/></dds>")
+    assert m.dds_settings(str(own), mine)["env"] == {"FASTDDS_DEFAULT_PROFILES_FILE": str(own)}  # given: replaces
+    with pytest.raises(ValueError) as err:
+        m.dds_settings(str(tmp_path / "nope.xml"), KILTED)
+    assert str(err.value).startswith(f"dds_profile: '{tmp_path / 'nope.xml'}' not found")
+
+
+def test_carla_weather_and_replay_set_the_profile_before_any_process(bags, tmp_path):
+    """First in the plan, so the camera, the bridge (an included launch file) and the bag player (which
+    publish the large frames) start with it."""
+    from tta_perception.ros.dds_profile import FASTDDS_FILE
+
+    env = {"FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_FILE)}
+    cw = _module("carla_weather.launch.py")
+    none = lambda package: (_ for _ in ()).throw(LookupError(package))  # noqa: E731
+    for values in (_values(cw), _values(cw, mode="carla")):
+        first = cw.plan(values, find_share=none, environ=KILTED)[0]
+        assert first["kind"] == "dds_profile" and first["env"] == env
+    assert cw.plan(_values(cw, dds_profile="none"), environ=KILTED)[0]["env"] == {}
+    rp = _module("replay.launch.py")
+    first = rp.plan(_values(rp, bag=str(bags / "with_truth")), environ=KILTED)[0]
+    assert first["kind"] == "dds_profile" and first["env"] == env
+    with pytest.raises(ValueError, match="is not an .xml file"):
+        rp.plan(_values(rp, bag=str(bags / "with_truth"), dds_profile=str(REPO / "setup.py")), environ=KILTED)
+
+
+def test_adapt_launch_sets_the_environment_before_the_node_with_real_launch(monkeypatch):
+    pytest.importorskip("launch")
+    pytest.importorskip("launch_ros")
+    from launch import LaunchContext
+    from launch.actions import LogInfo, SetEnvironmentVariable
+    from launch.utilities import perform_substitutions
+    from launch_ros.actions import LifecycleNode
+
+    from tta_perception.ros.dds_profile import FASTDDS_FILE
+
+    for name in ("RMW_IMPLEMENTATION", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ROS_DISTRO", "kilted")
+    m = _module("adapt.launch.py")
+    context = LaunchContext()
+    for name, (default, _, _) in m.ARGUMENTS.items():
+        context.launch_configurations[name] = default
+    actions = m._launch_node(context)
+    assert [type(a) for a in actions] == [SetEnvironmentVariable, LogInfo, LifecycleNode]
+    assert perform_substitutions(context, actions[0].name) == "FASTDDS_DEFAULT_PROFILES_FILE"
+    assert perform_substitutions(context, actions[0].value) == str(FASTDDS_FILE)
 
 
 # -------------------------------------------------------------------------------------------- config

@@ -128,7 +128,7 @@ class TrainConfig:
     threads: int = 0              # 0 = torch default
     weather: str = "clear"        # "clear": the source model; "all": the oracle (every weather, + corruptions for cls)
     severity: int = 5             # cls oracle: corruption severity, the benchmark's (bench --severity)
-    arch: str = ""                # "" = the task's embedded architecture (driveseg / signnet)
+    arch: str = ""                # "" = the task's embedded architecture (driveseg / signnet); any registered name
     pretrained: bool = False      # start from the architecture's published weights (lite0_*: ImageNet)
     extra: dict = field(default_factory=dict)
 
@@ -143,8 +143,16 @@ def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 def _initial_model(cfg: TrainConfig, default: str):
     """The network training starts from: ``cfg.arch`` (default the task's embedded one), from its
-    published weights with ``cfg.pretrained`` (the builder records where they came from)."""
-    return build_model(cfg.arch or default, **({"pretrained": True} if cfg.pretrained else {}))
+    published weights with ``cfg.pretrained`` (the builder records where they came from); else as the
+    model loader builds it (any registered name, entry points included), asked for the world's
+    classes and checked against the contract before any frame is rendered."""
+    arch = cfg.arch or default
+    if cfg.pretrained:
+        return build_model(arch, pretrained=True)
+    from .runtime.model_loader import load_model
+
+    return load_model(architecture=arch, task=cfg.task, num_classes=NUM_CLASSES if cfg.task == "seg" else NUM_SIGNS,
+                      label="--arch", architecture_label="--arch").model
 
 
 def train_source(cfg: TrainConfig, progress: bool = True, log=print):
@@ -157,12 +165,12 @@ def train_source(cfg: TrainConfig, progress: bool = True, log=print):
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    model = _initial_model(cfg, "driveseg" if cfg.task == "seg" else "signnet")  # refused before rendering
     t0 = time.time()
     if cfg.task == "seg":
         sampler = WEATHERS[cfg.weather]
         x_np, y_np = render_seg_set(cfg.train_size, cfg.seed, progress=progress, weather=sampler)
         xv_np, yv_np = render_seg_set(cfg.val_size, cfg.seed + 1, progress=progress, weather=sampler)
-        model = _initial_model(cfg, "driveseg")
         weights = _class_weights(y_np, NUM_CLASSES)
     else:
         kw = {}
@@ -171,7 +179,6 @@ def train_source(cfg: TrainConfig, progress: bool = True, log=print):
             kw = dict(weather=all_weather, corruptions=CORRUPTIONS, severity=cfg.severity, progress=progress)
         x_np, y_np = render_cls_set(cfg.train_size, cfg.seed, **kw)
         xv_np, yv_np = render_cls_set(cfg.val_size, cfg.seed + 1, **kw)
-        model = _initial_model(cfg, "signnet")
         weights = None
     render_s = time.time() - t0
     x, y = to_tensor(x_np), torch.from_numpy(y_np.astype(np.int64))

@@ -156,6 +156,9 @@ def resolve_cameras(reader: B.BagReader, opts: ReplayOptions) -> Optional[dict[s
         topics = candidates
     if len(topics) == 1:
         return None
+    if opts.truth_topic:
+        raise B.BagError(f"--truth-topic names the ground truth of one camera, and bag {reader.path} replays "
+                         f"{', '.join(topics)}: each camera's is /<camera>/ground_truth/class_ids ('' ignores them)")
     names = [camera_of(t) for t in topics]
     if len(set(names)) != len(names) or len(set(topics)) != len(topics):
         raise B.BagError(f"bag {reader.path}: topics {', '.join(topics)} do not name distinct cameras "
@@ -172,6 +175,18 @@ def resolve_cameras(reader: B.BagReader, opts: ReplayOptions) -> Optional[dict[s
             if truth:
                 reader.check_topic(truth, (B.TYPE_IMAGE,), "ground-truth topic")
         out[t] = (msgtype, truth)
+    return out
+
+
+def unused_settings(pipe, cfg: dict[str, Any], opts: ReplayOptions) -> list[str]:
+    """Settings this replay would ignore, refused rather than dropped in silence (the node only warns:
+    its parameters may be meant for another model or method)."""
+    out = []
+    if pipe.task != "segmentation":
+        out += [f"{name}: a classifier's output has no map to draw or fuse" for name, on in
+                (("--overlay", opts.overlay), ("--temporal-fusion", float(cfg["temporal_fusion"]))) if on]
+    if str(cfg["bundle"]).strip() and not pipe.bundle:
+        out.append(f"--bundle: method {cfg['method']!r} takes no phase-A bundle")
     return out
 
 
@@ -367,6 +382,11 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
             scorer = CameraScorers(scored, [label], len(pipe.class_names)) if scored else None
             scorers = scorer.scorers if scorer is not None else {}
         seg = pipe.task == "segmentation"
+        unused = unused_settings(pipe, cfg, opts)
+        if unused:
+            if pipeline is None:
+                pipe.close()
+            raise ValueError("; ".join(unused))
         names_of = {cam: {n: _out(opts.prefix, f"{cam}/{n}" if cam else n) for n in OUTPUT_NAMES}
                     for cam, _, _ in cams.values()}
         topics: dict[str, str] = {}

@@ -47,7 +47,7 @@ from .common import PeakMemory, machine_info, model_spec, sync
 from .output import write_json, write_rows_csv
 from .runner import KEEP_STATS, MethodRun, RunOptions, _Scorer, build_stream_adapter, run_method, seed_everything
 from .streams import BenchStream, world_seg_stream
-from .suite import BenchConfig, _log, fisher_source, resolve_bundle
+from .suite import BenchConfig, _log, fisher_source, resolve_bundle, seg_range
 from .variants import VARIANTS, build_variant, needs_bundle
 
 SHARED, INDEPENDENT, ONE = "shared", "independent", "-"
@@ -56,15 +56,17 @@ CONFIDENCE = 0.95
 
 def camera_streams(cfg: BenchConfig, seed: int) -> list[BenchStream]:
     """The streams of ``views_for(cfg.cameras)`` for benchmark seed ``seed``, named ``<seq>@<view>``."""
+    from ..world.schedule import load_schedule
     from ..world.views import views_for
 
     seqs = cfg.sequences or ["dynamic"]
     if len(seqs) != 1:
         raise ValueError("--cameras runs one sequence at a time (--sequence NAME; default dynamic)")
+    stop, stride = seg_range(cfg, load_schedule(seqs[0]))
     out = []
     for view in views_for(cfg.cameras):
-        st = world_seg_stream(seqs[0], setting=cfg.setting, batch_size=1, start=cfg.start, stop=cfg.frames,
-                              stride=cfg.stride, size=cfg.size, seed=seed, workers=cfg.workers,
+        st = world_seg_stream(seqs[0], setting=cfg.setting, batch_size=1, start=cfg.start, stop=stop,
+                              stride=stride, size=cfg.size, seed=seed, workers=cfg.workers,
                               cache_dir=Path(cfg.cache), progress=cfg.progress, view=view)
         out.append(dataclasses.replace(st, name=f"{seqs[0]}@{view}"))
     return out

@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..plots import _plt, save_figure
+from .delivery import Delivery, format_delivery
 from .output import markdown_table, write_report
 
 
@@ -110,11 +111,13 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
                    overhead: bool = True, overhead_repeats: int = 60, startup_timeout: float = 120.0,
                    drain_s: float = 2.0, domain_id: Optional[int] = None, plot: bool = True,
                    torch_threads: int = 0, cycles: Optional[int] = None, restart_between_cycles: bool = False,
-                   seed: int = 0,
+                   seed: int = 0, publisher_qos: str = "reliable", dds_profile: str = "",
                    client: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark; ``client`` is the DDS side (``ros.node_bench``: ``measure_overheads`` and
     ``run_method``), passed in by the command so this module needs no ROS. ``cycles`` replaces
-    ``duration``/``frames`` by that many whole weather cycles, every frame rendered."""
+    ``duration``/``frames`` by that many whole weather cycles, every frame rendered. ``publisher_qos``:
+    the camera publisher's reliability; ``dds_profile``: what the command set (recorded only: the
+    profile must be in the environment before the first participant)."""
     if client is None:
         raise ValueError("run_node_bench needs the DDS client (tta_perception.ros.node_bench)")
     methods = list(methods)
@@ -145,6 +148,7 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
         "settings": {"methods": methods, "frames": n_frames, "rate_hz": rate, "size": list(size),
                      "schedule": schedule, "frame_stride": stride, "unique_frames": len(rendered), "seed": seed,
                      "encoding": encoding, "device": device, "node_params": node_params or {},
+                     "publisher_qos": publisher_qos, "dds_profile": dds_profile or "as the environment sets",
                      "torch_threads": torch_threads or "torch default (= cores)",
                      "ros_domain_id": domain_id, "cpus": os.cpu_count(), "cycles": cycles,
                      "frames_per_cycle": per_cycle, "restart_between_cycles": bool(restart_between_cycles),
@@ -168,6 +172,7 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
             base, rendered, n_frames, rate=rate, encoding=encoding, device=device, domain_id=domain_id,
             node_params={**dict(node_params or {}), **implied}, window_s=window_s, startup_timeout=startup_timeout,
             drain_s=drain_s, log=log, torch_threads=torch_threads, label=m, cycle_frames=per_cycle,
+            publisher_qos=publisher_qos,
             restart_at=restart_at, save_path=str((out / f"node_state_{safe_tag(m)}.pt").resolve()) if restart_at else "")
     report["settings"]["load_avg_at_end"] = list(os.getloadavg())
     if "source" in report["methods"] and "dplot" in report["methods"]:
@@ -264,6 +269,13 @@ def format_cycles(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def delivery_of(label: str, r: dict[str, Any]) -> Delivery:
+    """A method's frames: published, received and dropped by the node, answered (outputs matched)."""
+    nd = r["node_diagnostics"]
+    return Delivery(label, int(r["published"]), int(nd["frames_received"] or 0), int(r["matched_stamps"]),
+                    int(nd["frames_dropped"] or 0), nd.get("lost_in_transport"), str(nd.get("input_reliability") or ""))
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"{'method':<8} {'out/pub':>11} {'p50 ms':>7} {'p95 ms':>7} {'node proc/drop':>15} "
              f"{'mIoU':>6} {'acc':>6} {'flicker':>7} {'p50 first/last':>15} {'RSS MB start/end':>17}"]
@@ -274,6 +286,9 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{r['miou']:>6.1f} {r['acc']:>6.1f} {r.get('flicker', float('nan')):>7.1f} "
                      f"{g['first_p50_ms']:>7.0f}/{g['last_p50_ms']:<7.0f} "
                      f"{g['rss_first_output_mb']:>8.0f}/{g['rss_end_mb']:<8.0f}")
+    deliveries = [delivery_of(m, r) for m, r in report["methods"].items()]
+    if deliveries:
+        lines += ["", format_delivery(deliveries), ""]
     if "ratio_p50_dplot_over_source" in report:
         lines.append(f"p50(dplot)/p50(source) = {report['ratio_p50_dplot_over_source']:.2f} (goal <= 2)")
     for key in ("overhead", "overhead_all_outputs"):
@@ -359,7 +374,10 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for m, r in report["methods"].items():
         nd, g = r["node_diagnostics"], r["growth"]
+        d = delivery_of(m, r)
         rows.append({"method": m, "published": r["published"], "matched": r["matched_stamps"],
+                     "received": d.received, "lost_before_node": d.lost_before_node,
+                     "lost_in_transport": d.lost_counted, "subscription": d.reliability,
                      "processed": nd["frames_processed"], "dropped": nd["frames_dropped"],
                      "p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"],
                      "adaptation_steps": nd["adaptation_steps"], "miou": r["miou"], "acc": r["acc"],
@@ -374,9 +392,10 @@ def markdown_report(report: dict[str, Any]) -> str:
     rows = table_rows(report)
     if not rows:
         return ""
-    cols = ["method", "matched", "published", "dropped", "p50_ms", "p95_ms", "adaptation_steps", "miou",
-            "flicker", "rss_max_mb"]
-    text = markdown_table(rows, cols, ["method", "matched", "published", "dropped", "p50 ms", "p95 ms",
+    cols = ["method", "matched", "published", "received", "dropped", "lost_before_node", "p50_ms", "p95_ms",
+            "adaptation_steps", "miou", "flicker", "rss_max_mb"]
+    text = markdown_table(rows, cols, ["method", "answered", "published", "received", "dropped", "lost before node",
+                                       "p50 ms", "p95 ms",
                                        "adaptation steps", "online mIoU", "label flicker %", "max RSS MB"],
                           fmt="{:.1f}")
     summary = report.get("cycles")

@@ -61,7 +61,7 @@ class BenchConfig:
     n: int | None = None                 # cls: crops per domain; public: samples per domain
     start: int = 0
     frames: int | None = None            # seg: stop index
-    stride: int = 1
+    stride: int | None = None            # seg: None = 1, or with ``quick`` QUICK_SEG_FRAMES spread over a sequence
     size: tuple[int, int] = (128, 256)
     streaming: bool = False
     window: int = 4
@@ -124,18 +124,26 @@ def build_streams(cfg: BenchConfig, seed: int) -> list:
 
     out = []
     for name in cfg.sequences or list(SEG_SEQUENCES):
-        stride = cfg.stride
-        stop = cfg.frames
-        sched = load_schedule(name)
-        if cfg.cycles and sched.loop and sched.period > 0:  # N full weather cycles
-            stop = int(round(cfg.cycles * sched.period * sched.fps))
-        if cfg.quick and cfg.frames is None and cfg.stride == 1:
-            total = load_schedule(name).frames
-            stride = max(1, total // QUICK_SEG_FRAMES)
+        stop, stride = seg_range(cfg, load_schedule(name))
         out.append(world_seg_stream(name, setting=cfg.setting, batch_size=bs if not cfg.quick or cfg.batch_size
                                     else min(bs, 4), start=cfg.start, stop=stop, stride=stride, size=cfg.size,
                                     seed=seed, workers=cfg.workers, cache_dir=cache, progress=cfg.progress))
     return out
+
+
+def seg_range(cfg: BenchConfig, sched) -> tuple[int | None, int]:
+    """(stop, stride) of the driving sequence ``sched``: ``cycles`` whole weather cycles of a looping
+    one; ``quick`` without ``frames``: QUICK_SEG_FRAMES frames, spread over the sequence, or the first
+    ones at the stride the user gave (so a video option still sees consecutive frames)."""
+    stop, stride = cfg.frames, cfg.stride or 1
+    if cfg.cycles and sched.loop and sched.period > 0:
+        stop = int(round(cfg.cycles * sched.period * sched.fps))
+    if cfg.quick and cfg.frames is None:
+        if cfg.stride is None:
+            stride = max(1, sched.frames // QUICK_SEG_FRAMES)
+        elif stop is None:
+            stop = min(sched.frames, cfg.start + QUICK_SEG_FRAMES * stride)
+    return stop, stride
 
 
 def prepare_settings(cfg: BenchConfig) -> PrepareSettings:

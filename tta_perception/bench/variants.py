@@ -23,6 +23,12 @@ class Variant:
     domain_memory: bool = False  # streaming: resume a known domain's adapted state (engine.domains)
     fused: bool = False          # streaming seg: the base method's outputs fused over time (scored in its run)
 
+    @property
+    def video(self) -> bool:
+        """Follows the optical flow between consecutive frames (fused outputs, temporal pseudo-labels):
+        without them the row equals its base method's."""
+        return self.fused or bool(self.overrides.get("temporal_pl"))
+
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("source", "source", doc="source model, no adaptation"),

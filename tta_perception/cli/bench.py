@@ -14,7 +14,8 @@ DATASETS = ("world", "cifar10_c", "cifar100_c", "imagenet_c", "carlatta", "folde
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("cls", "seg"), default=None,
-                   help="embedded world task (implied by --dataset for public data)")
+                   help="the embedded world's streams (cls: sign crops, seg: driving sequences) for the model "
+                        "--model names (default signnet / driveseg); implied by --dataset for public data")
     p.add_argument("--sequence", "--sequences", dest="sequence", default=None,
                    help="cls: corruptions; seg: comma list of day2night,clear2fog,clear2rain,dynamic (default: all "
                         "four); carlatta: its sequence names")
@@ -36,7 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bn-stats", choices=("auto", "frame", "running"), default="auto",
                    help="streaming: BatchNorm of a frame at inference: its own statistics (frame), the EMA kept "
                         "by the adaptation steps (running); auto: frame for segmentation methods that adapt")
-    p.add_argument("--quick", action="store_true", help="smoke run of about a minute (few crops / frames)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run of about a minute (few crops / frames: seg, 12 frames of each sequence, spread "
+                        "over it, or the first 12 at the --stride given)")
     p.add_argument("--paper-scale", action="store_true",
                    help="cls: the paper's CIFAR protocol at the scale this CPU runs in about 2 h: batch 200, "
                         "2,000 crops per corruption, official phase-A amounts, test order shuffled per seed, "
@@ -68,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corruptions", default=None, help="cls: comma list subset (default: all 15, standard order)")
     p.add_argument("--frames", type=int, default=None, help="seg: stop at this frame index (default: whole sequence)")
     p.add_argument("--start", type=int, default=0, help="seg: first frame")
-    p.add_argument("--stride", type=int, default=1, help="seg: use every k-th frame")
+    p.add_argument("--stride", type=int, default=None, help="seg: use every k-th frame (default 1)")
     p.add_argument("--size", default="128x256", help="seg: render size HEIGHTxWIDTH")
     p.add_argument("--workers", type=int, default=2, help="seg: render processes")
     p.add_argument("--dataset", default="world", choices=DATASETS, help="public benchmark instead of the embedded world")
@@ -120,9 +123,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device(p)
 
 
+# what each group of options applies to (the combinations refused without them: _check_combinations)
+STREAM_OPTIONS = ("window", "adapt_every", "background", "predict", "bn_stats", "flow_preset", "domain_memory",
+                  "realtime", "temporal_fusion", "cameras")
+WORLD_SEG_OPTIONS = ("frames", "start", "stride", "size", "workers", "cycles")
+PROFILE_OPTIONS = ("profile_step", "methods", "window", "threads", "model", "out")
+
+
 def config_from_args(args: argparse.Namespace):
     from ..bench.suite import BenchConfig
-    from ..bench.variants import QUICK_METHODS, resolve_methods
+    from ..bench.variants import QUICK_METHODS, VARIANTS, resolve_methods
     from .common import parse_size
 
     if args.dataset == "world":
@@ -137,42 +147,19 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError("--model is required with a public dataset (e.g. wrn28_10 --weights PATH)")
     methods = resolve_methods(args.methods) if args.methods else \
         list(QUICK_METHODS if args.quick else resolve_methods("default"))
-    if args.domain_memory:
-        if not args.stream:
-            raise ValueError("--domain-memory is a streaming protocol: add --stream")
-        from ..bench.variants import VARIANTS
-
-        methods += [f"{m}+dm" for m in methods if f"{m}+dm" in VARIANTS and f"{m}+dm" not in methods]
-    if args.cameras is not None:
-        if not args.stream:
-            raise ValueError("--cameras is a streaming protocol: add --stream")
-        if not 1 <= args.cameras <= 4:
-            raise ValueError(f"--cameras must be 1..4 (front, rear, narrow, wide), got {args.cameras}")
-        if args.temporal_fusion:
-            raise ValueError("--cameras and --temporal-fusion are separate protocols: run them separately")
-    if args.temporal_fusion:
-        if not (args.stream and task == "seg") or not 0 < args.temporal_fusion < 1:
-            raise ValueError("--temporal-fusion W needs --stream on segmentation and 0 < W < 1")
-        if args.realtime is not None:
-            raise ValueError("--temporal-fusion is not combined with --realtime (its simulated clock does not "
-                             "carry the fused rows); run them separately")
-        from ..bench.variants import VARIANTS
-
-        methods += [f"{m}+tf" for m in methods if f"{m}+tf" in VARIANTS and f"{m}+tf" not in methods]
-    else:
-        from ..bench.variants import VARIANTS
-
-        if any(VARIANTS[m].fused for m in methods):
-            raise ValueError("'<method>+tf' rows need --temporal-fusion W")
+    for flag, suffix in ((args.domain_memory, "+dm"), (args.temporal_fusion, "+tf")):
+        if flag:
+            methods += [m + suffix for m in methods if m + suffix in VARIANTS and m + suffix not in methods]
+    if args.cameras is not None and not 1 <= args.cameras <= 4:
+        raise ValueError(f"--cameras must be 1..4 (front, rear, narrow, wide), got {args.cameras}")
+    if args.temporal_fusion and not 0 < args.temporal_fusion < 1:
+        raise ValueError("--temporal-fusion W needs 0 < W < 1")
     if args.cycles is not None and args.cycles < 1:
         raise ValueError("--cycles must be >= 1")
     preset: dict = {}
     if args.paper_scale:
         from ..bench.suite import PAPER_SCALE
 
-        if task != "cls" or args.dataset != "world" or args.stream or args.quick:
-            raise ValueError("--paper-scale is the classification preset: --task cls on the embedded world, "
-                             "without --stream or --quick")
         preset = dict(PAPER_SCALE)
     seeds_arg = args.seeds if args.seeds is not None else ",".join(map(str, preset.get("seeds", [0])))
     try:
@@ -188,21 +175,15 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError(f"--seeds-for: {t!r} is neither one of --methods nor bestK")
     seqs = [s.strip() for s in args.sequence.split(",") if s.strip()] if args.sequence else []
     corr = [c.strip() for c in args.corruptions.split(",") if c.strip()] if args.corruptions else None
-    if args.stream and task != "seg":
-        raise ValueError("--stream is the segmentation streaming protocol (--task seg)")
-    if args.realtime is not None and not args.stream:
-        raise ValueError("--realtime is a streaming protocol: add --stream")
     if args.realtime is not None and not args.realtime > 0:
         raise ValueError(f"--realtime must be a camera rate > 0 Hz, got {args.realtime}")
-    if args.realtime_costs is not None and args.realtime is None:
-        raise ValueError("--realtime-costs needs --realtime HZ")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds lists a seed twice: {seeds_arg}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
     batch_size = args.batch_size if args.batch_size is not None else preset.get("batch_size")
     n = args.n if args.n is not None else preset.get("n")
-    return BenchConfig(
+    cfg = BenchConfig(
         task=task, methods=methods, setting=args.setting, dataset=args.dataset,
         data_root=str(args.data_root) if args.data_root else None,
         source_root=str(args.source_root) if args.source_root else None, sequences=seqs, model=args.model,
@@ -222,6 +203,90 @@ def config_from_args(args: argparse.Namespace):
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,
         progress=not args.no_progress, plot=not args.no_plot, ceiling=not args.no_ceiling,
         ceiling_weights=str(args.ceiling_weights) if args.ceiling_weights else None)
+    _check_combinations(args, cfg)
+    return cfg
+
+
+def _check_combinations(args: argparse.Namespace, cfg=None) -> None:
+    """Every combination bench refuses, in one line each: an option that would do nothing in this
+    combination (or a row that would equal its base row) is refused rather than silently ignored.
+    ``cfg`` None: ``--profile-step``, which takes a few options only."""
+    from ..bench.streams import SEG_SEQUENCES
+    from ..bench.variants import VARIANTS, needs_bundle
+    from ..world.schedule import load_schedule
+    from .common import option_defaults, refuse_unused
+
+    if cfg is None:
+        others = [d for d in option_defaults(add_arguments) if d not in PROFILE_OPTIONS]
+        refuse_unused(args, add_arguments, [(True, others, "not used by --profile-step (it takes --methods, "
+                                                           "--window, --threads, --model, --out)")])
+        return
+    task, world_seg = cfg.task, cfg.task == "seg" and cfg.dataset == "world"
+    if args.paper_scale and (task != "cls" or args.dataset != "world" or args.stream or args.quick):
+        raise ValueError("--paper-scale is the classification preset: --task cls on the embedded world, "
+                         "without --stream or --quick")
+    if args.stream and task != "seg":
+        raise ValueError("--stream is the segmentation streaming protocol (--task seg)")
+    data = f"--dataset {args.dataset}" if args.dataset != "world" else f"--task {task}"
+    seqs = cfg.sequences or SEG_SEQUENCES
+    refuse_unused(args, add_arguments, [
+        (not args.stream, STREAM_OPTIONS, "the streaming protocol's: add --stream"),
+        (args.stream, ["batch_size"], "the batch protocol's: --stream feeds one frame at a time"),
+        (not world_seg, WORLD_SEG_OPTIONS, f"frames of the embedded world's driving sequences, not of {data}"),
+        (world_seg, ["n", "severity", "corruptions"], "classification (--task cls) or a public --dataset only"),
+        (task != "cls" or args.dataset != "world", ["shuffle"], "the embedded world's classification order "
+                                                                "(--task cls)"),
+        (args.dataset == "world", ["data_root", "source_root"], "a public --dataset only"),
+        (args.setting == "gradual", ["severity"], "--setting gradual sweeps the severities itself"),
+        (args.cameras is not None, ["cycles", "seeds_for", "flow_preset", "temporal_fusion", "realtime"],
+         "not part of --cameras (every method runs every seed over --frames; no video rows, no simulated clock)"),
+        (args.realtime is not None, ["temporal_fusion"], "not combined with --realtime (its simulated clock does "
+                                                         "not carry the fused rows); run them separately"),
+        (args.realtime is None, ["realtime_costs"], "needs --realtime HZ"),
+        (args.frames is not None, ["cycles"], "ends the sequence as --frames does: give one of them"),
+        (world_seg and args.cycles is not None and not any(load_schedule(s).loop for s in seqs), ["cycles"],
+         "whole weather cycles of a looping sequence (dynamic): none of --sequence loops"),
+        (len(cfg.seeds) == 1, ["seeds_for"], "picks the methods that run the seeds after the first: give "
+                                             "several --seeds"),
+        (args.no_ceiling, ["ceiling_weights"], "the ceiling's checkpoint, not used with --no-ceiling"),
+        (args.weights is not None, ["random_init"], "--weights loads a checkpoint: give one of them"),
+        (not needs_bundle(cfg.methods), ["bundle"], "phase A of DPLOT / RMT and their variants: none of "
+                                                    "--methods loads it"),
+    ])
+    if any(VARIANTS[m].fused for m in cfg.methods) and not args.temporal_fusion:
+        raise ValueError("'<method>+tf' rows need --temporal-fusion W")
+    video = [m for m in cfg.methods if VARIANTS[m].video and not VARIANTS[m].fused]
+    video = (["--temporal-fusion"] if args.temporal_fusion else []) + video
+    streaming = [m for m in cfg.methods if VARIANTS[m].domain_memory or VARIANTS[m].video]
+    if streaming and not args.stream:
+        raise ValueError(f"{', '.join(streaming)}: streaming variants, add --stream")
+    if video and args.cameras is not None:
+        raise ValueError(f"{', '.join(video)}: not part of --cameras (its shared model sees no optical flow)")
+    if video and world_seg:
+        _check_consecutive(cfg, ", ".join(video))
+
+
+def _check_consecutive(cfg, what: str) -> None:
+    """The video rows follow the optical flow between consecutive frames, which breaks where two
+    frames are further apart than ``FlowChain`` links: refused rather than rows equal to their base."""
+    from ..bench.streams import SEG_SEQUENCES
+    from ..bench.suite import QUICK_SEG_FRAMES, seg_range
+    from ..engine.temporal import MAX_GAP_S
+    from ..world.schedule import load_schedule
+
+    if cfg.setting == "mixed":
+        raise ValueError(f"{what}: follows the optical flow between consecutive frames, and --setting mixed "
+                         "shuffles them")
+    for name in cfg.sequences or SEG_SEQUENCES:
+        sched = load_schedule(name)
+        stride = seg_range(cfg, sched)[1]
+        if stride / sched.fps <= MAX_GAP_S:
+            continue
+        why = (f"--quick spreads {QUICK_SEG_FRAMES} frames over {name}," if cfg.stride is None else
+               f"--stride {stride} on {name} puts them")
+        raise ValueError(f"{what}: follows the optical flow between consecutive frames, but {why} "
+                         f"{stride / sched.fps:g} s apart (the flow links frames up to {MAX_GAP_S:g} s apart: "
+                         f"--stride {int(MAX_GAP_S * sched.fps)} or less)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,16 +294,18 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bench.suite import run_suite
 
+    cfg = None if args.profile_step else config_from_args(args)  # refusals first, before any work
+    if cfg is None:
+        _check_combinations(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.profile_step:
+    if cfg is None:
         from ..bench.profile import METHODS, run_profile
 
         methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
         run_profile(methods, out=args.out or "runs/bench/profile_step", threads=args.threads, window=args.window,
                     model=args.model or "driveseg")
         return 0
-    cfg = config_from_args(args)
     if cfg.cameras:
         from ..bench.cameras import run_cameras
 

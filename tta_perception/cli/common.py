@@ -15,6 +15,24 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def option_defaults(add_arguments) -> dict:
+    """dest -> default of a command's options, from a parser built for the purpose (the namespace
+    alone cannot tell an option the user set from its default)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_arguments(p)
+    return {a.dest: a.default for a in p._actions}
+
+
+def refuse_unused(args: argparse.Namespace, add_arguments, rules) -> None:
+    """No silent no-op: ``rules`` are ``(applies, dests, why)``; the first rule that applies to
+    options of ``dests`` set off their default refuses them in one line (``ValueError``: exit 2)."""
+    defaults = option_defaults(add_arguments)
+    for applies, dests, why in rules:
+        hit = [d for d in dests if applies and getattr(args, d) != defaults[d]]
+        if hit:
+            raise ValueError(f"{', '.join('--' + d.replace('_', '-') for d in hit)}: {why}")
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
 

@@ -35,14 +35,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .common import refuse_unused
+
+    # no silent no-op: each mode's options are refused in the other
+    refuse_unused(args, add_arguments, [
+        (args.offline, ["methods", "duration", "cameras"], "loop mode only, not --offline"),
+        (not args.offline, ["frames", "stride", "workers"], "offline mode only: add --offline")])
     if not args.offline:
         from ..ros.weather_loop import available, run_weather_loop
 
         ok, why = available()
         if ok:
+            from ..ros.dds_profile import apply
+
+            print(f"[demo] {apply('default')}")  # large frames on one host, before the first participant
             methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
             result = run_weather_loop(args.sequence, duration=args.duration, methods=methods,
                                       device=args.device, out=args.out, cameras=args.cameras)
+            print("\n" + result.delivery_text)
+            print("\nmIoU % per weather phase (frames: answered and matched to the ground truth by stamp):")
             print(result.text)
             if result.camera_text:
                 print("\n" + result.camera_text)

@@ -122,7 +122,12 @@ def _cls(args, model) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..plots import plot_bars
+    from .common import refuse_unused
 
+    # no silent no-op: each task's options are refused with the other task
+    refuse_unused(args, add_arguments, [
+        (args.task == "cls", ["sequences", "stride", "workers"], "--task seg only"),
+        (args.task == "seg", ["n", "severity"], "--task cls only")])
     device = device_of(args)
     model = source_model(args.task, args.weights, device)
     result = _seg(args, model) if args.task == "seg" else _cls(args, model)

@@ -17,6 +17,7 @@ COMMANDS = {
     "train-source": "train_source",
     "evaluate": "evaluate",
     "demo": "demo",
+    "check-model": "check_model",
     "prepare": "prepare",
     "bench": "bench",
     "make-bag": "make_bag",

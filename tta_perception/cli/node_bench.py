@@ -60,6 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unique-frames", type=int, default=1200,
                    help="frames rendered up front; longer runs loop over them (1200 x stride 2 = the "
                         "whole dynamic cycle)")
+    p.add_argument("--publisher-qos", default="reliable", choices=("reliable", "best_effort"),
+                   help="reliability of the benchmark's camera publisher (the node's own qos_reliability is a "
+                        "--node-param; by default it follows the publisher)")
+    p.add_argument("--dds-profile", default="default",
+                   help="DDS profile for large frames in this process (the publisher) and the node's: default "
+                        "(the one shipped for the RMW in use), none, or the path of your own")
     p.add_argument("--device", default="cpu", help="device of the node")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch intra-op threads of the node (OMP_NUM_THREADS) and of the overhead "
@@ -92,12 +98,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder (node_bench .txt/.md/.json/.csv + .png)")
 
 
+# the options each "instead" mode uses (any other set is refused: _check_combinations); the default
+# run uses every option but the --storm ones
+MODES = {
+    "memory": {"memory", "dds_profile", "method", "device", "torch_threads", "out"},
+    "storm": {"storm", "dds_profile", "method", "device", "node_param", "storm_calls", "storm_params",
+              "storm_seconds", "rate", "size", "startup_timeout", "torch_threads", "out"},
+    "cameras": {"cameras", "dds_profile", "method", "duration", "frames", "seed", "rate", "size", "encoding",
+                "schedule", "stride", "device", "torch_threads", "node_param", "startup_timeout", "no_plot", "out"},
+    "overhead_only": {"overhead_only", "dds_profile", "size", "encoding", "schedule", "seed", "torch_threads",
+                      "overhead_repeats", "out"},
+}
+STORM_OPTIONS = ("storm_calls", "storm_params", "storm_seconds")
+
+
+def _check_combinations(args: argparse.Namespace) -> None:
+    """Options the chosen mode would not use are refused in one line, not ignored (the modes run
+    in the order of ``run``: --memory, --storm, --cameras, --overhead-only, the default run)."""
+    from .common import option_defaults, refuse_unused
+
+    mode = next((m for m in MODES if getattr(args, m) not in (None, False)), None)
+    flag = f"--{mode.replace('_', '-')}" if mode else ""
+    methods = [m for item in (args.method or []) for m in item.split(",") if m.strip()]
+    refuse_unused(args, add_arguments, [
+        (mode is not None, [d for d in option_defaults(add_arguments) if d not in MODES.get(mode, ())],
+         f"not used by {flag}"),
+        (mode is None, STORM_OPTIONS, "options of --storm: add --storm"),
+        (args.no_overhead, ["overhead_repeats"], "not used with --no-overhead"),
+        (args.cycles is None, ["restart_between_cycles"], "needs --cycles"),
+    ])
+    if mode == "storm" and len(methods) > 1:
+        raise ValueError(f"--storm starts the node with one --method, got {', '.join(methods)}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..ros.weather_loop import available
+
+    _check_combinations(args)
 
     ok, why = available()
     if not ok:
         raise ValueError(f"rclpy is not importable: {why}")
+    from ..ros.dds_profile import apply
+
+    print(f"[node-bench] {apply(args.dds_profile)}")  # before any participant; the node process inherits it
     from ..bench.node import run_node_bench
     from ..ros import node_bench as client
 
@@ -125,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
                             overhead=not args.no_overhead, overhead_repeats=args.overhead_repeats,
                             startup_timeout=args.startup_timeout, plot=not args.no_plot,
                             torch_threads=args.torch_threads, cycles=args.cycles,
-                            restart_between_cycles=args.restart_between_cycles, seed=args.seed, client=client)
+                            restart_between_cycles=args.restart_between_cycles, seed=args.seed,
+                            publisher_qos=args.publisher_qos, dds_profile=args.dds_profile, client=client)
     print("wrote " + ", ".join(report["files"].values()))
     return 0
 

@@ -13,8 +13,8 @@ DATASETS = ("world", "cifar10_c", "cifar100_c", "imagenet_c", "carlatta", "folde
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("cls", "seg"), default=None,
-                   help="embedded task (cls: signnet on sign crops, seg: driveseg on driving frames); "
-                        "implied by --dataset for public data")
+                   help="the embedded world's source data (cls: sign crops, seg: driving frames) for the model "
+                        "--model names (default signnet / driveseg); implied by --dataset for public data")
     p.add_argument("--model", default=None, help="architecture (default: signnet / driveseg)")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the committed source model)")
     p.add_argument("--random-init", action="store_true", help="untrained model (smoke tests only)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sequence", default="dynamic", help="shipped sequence name or path to a schedule YAML")
     p.add_argument("--seed", type=int, default=None, help="world seed (default: the schedule's)")
     p.add_argument("--size", type=parse_size, default=(128, 256), help="HEIGHTxWIDTH")
-    p.add_argument("--frames", type=int, default=None, help="number of frames (default: the schedule's)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="stop at this frame index (default and at most: the schedule's length, unless it loops)")
     p.add_argument("--stride", type=int, default=1, help="render every k-th frame")
     p.add_argument("--workers", type=int, default=2, help="render processes")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/render/<sequence>)")
@@ -29,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sheet", type=Path, default=None,
                    help="write a PNG sheet of one scene under each CARLA preset to this path and exit")
     p.add_argument("--bench", action="store_true", help="only measure frames per second (writes nothing)")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def write_sheet(path: Path, size=(128, 256), seed: int = 3, t: float = 12.0) -> Path:
@@ -72,12 +75,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     sched = load_schedule(args.sequence)
     stop = args.frames if args.frames is not None else sched.frames
+    if stop > sched.frames and not sched.loop:
+        print(f"--frames {stop}: {sched.name} has {sched.frames} frames and does not loop; rendering up to frame "
+              f"{sched.frames}", file=sys.stderr)
+        stop = sched.frames
     n = len(range(0, stop, args.stride))
     frames = iter_sequence(sched, seed=args.seed, size=args.size, stop=stop, stride=args.stride,
                            workers=args.workers)
     if args.bench:
         t0 = time.perf_counter()
-        count = sum(1 for _ in tqdm(frames, total=n, desc=f"render {sched.name}", unit="frame"))
+        count = sum(1 for _ in tqdm(frames, total=n, desc=f"render {sched.name}", unit="frame",
+                                    disable=args.no_progress))
         dt = time.perf_counter() - t0
         print(f"rendered {count} frames of {sched.name} at {args.size[0]}x{args.size[1]} with weather in "
               f"{dt:.1f} s: {count / dt:.1f} frames/s ({args.workers} worker(s))")
@@ -88,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "png":
         (out / "rgb").mkdir(exist_ok=True)
         (out / "labels").mkdir(exist_ok=True)
-    for f in tqdm(frames, total=n, desc=f"render {sched.name}", unit="frame"):
+    for f in tqdm(frames, total=n, desc=f"render {sched.name}", unit="frame", disable=args.no_progress):
         rows.append({"frame": f.index, "time": round(f.time, 3), "domain": f.domain, **f.weather.as_dict()})
         if args.format == "png":
             Image.fromarray(f.rgb).save(out / "rgb" / f"{f.index:06d}.png")

@@ -134,13 +134,17 @@ def estimate_motion(prev: np.ndarray, cur: np.ndarray, dis: Any = None, fb_check
     return Motion(back, valid, (time.perf_counter() - t0) * 1e3)
 
 
+#: the longest stamp step a :class:`FlowChain` links across by default (a wider step breaks it)
+MAX_GAP_S = 0.5
+
+
 class FlowChain:
     """The motion from the previous frame to each new frame of one camera (see the module doc).
 
     ``update(image, stamp)`` returns a :class:`Motion` or None where the chain breaks. ``stamp``
     in seconds (the message stamp; the benchmark uses frame index / fps); None: no gap check."""
 
-    def __init__(self, preset: str = DEFAULT_PRESET, fb_check: bool = True, max_gap_s: float = 0.5,
+    def __init__(self, preset: str = DEFAULT_PRESET, fb_check: bool = True, max_gap_s: float = MAX_GAP_S,
                  gap_factor: float = 1.5):
         if max_gap_s <= 0 or gap_factor <= 1:
             raise ValueError("need max_gap_s > 0 and gap_factor > 1")

@@ -5,7 +5,9 @@
 - ``convert``: message <-> array conversion (images in, a frame's outputs out as messages);
 - ``qos``: the QoS profiles; ``spin``: what every node's ``main`` shares;
 - ``weather_loop``: the synthetic weather loop in one process (the demo);
-- ``node_bench``: the DDS side of ``tta-perception node-bench`` (its protocol and report: ``bench.node``).
+- ``node_bench``: the DDS side of ``tta-perception node-bench`` (its protocol and report: ``bench.node``);
+- ``dds_profile``: the DDS profiles for large frames (``dds/``); it imports no rclpy, since the profile
+  must be in the environment before a participant exists.
 
 Nothing outside ``ros/`` and ``cli/`` imports this package (a test walks the imports).
 """

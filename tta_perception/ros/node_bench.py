@@ -300,7 +300,7 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
                device: str, domain_id: int, node_params: dict[str, Any], window_s: float,
                startup_timeout: float, drain_s: float, log: Callable[[str], None],
                torch_threads: int = 0, label: str = "", cycle_frames: Optional[int] = None,
-               restart_at: Sequence[int] = (), save_path: str = "") -> dict[str, Any]:
+               restart_at: Sequence[int] = (), save_path: str = "", publisher_qos: str = "reliable") -> dict[str, Any]:
     """One node process (``label``: the name in the report; ``node_params`` its parameters) fed
     ``n_frames`` frames at ``rate``. ``cycle_frames``: published frames per weather cycle, to score
     each phase per cycle ('phase@cycle'). ``restart_at``: frame indices before which the node saves
@@ -340,7 +340,9 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
     t0 = [time.monotonic_ns()]
     rec = _Recorder(ns, truth, sent, t0)
     node = Node(f"node_bench_{os.getpid()}", context=ctx)
-    img_qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+    img_qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
+                         reliability=(ReliabilityPolicy.RELIABLE if publisher_qos == "reliable"
+                                      else ReliabilityPolicy.BEST_EFFORT))
     # every match counted: after a SIGKILL the dead node's subscription stays matched until its
     # lease ends, so only a new match says the restarted node listens
     matches = [0]
@@ -540,6 +542,8 @@ def run_method(method: str, frames: list[Any], n_frames: int, *, rate: float, en
                 "frames_received": counter("frames_received"),
                 "frames_processed": counter("frames_processed"),
                 "frames_dropped": counter("frames_dropped"),
+                "lost_in_transport": counter("lost_in_transport"), "qos_rematches": counter("qos_rematches"),
+                "input_reliability": diag.get("input_reliability"),
                 "latency_p50_ms": _f(diag.get("latency_p50_ms")), "latency_p95_ms": _f(diag.get("latency_p95_ms")),
                 "model_p50_ms": _f(diag.get("model_p50_ms")),
                 "adaptation_steps": counter("adaptation_steps"),

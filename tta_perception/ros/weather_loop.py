@@ -59,6 +59,8 @@ class LoopResult:
     cameras: list[str] = field(default_factory=list)
     camera_tables: dict[str, Any] = field(default_factory=dict)  # {method: {camera | overall: {phase: ...}}}
     camera_text: str = ""
+    delivery: list[Any] = field(default_factory=list)  # bench.delivery.Delivery per method
+    delivery_text: str = ""
 
 
 class LoopError(ValueError):
@@ -90,6 +92,7 @@ def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
     from rclpy.parameter import Parameter
 
     from .evaluator import Evaluator
+    from ..bench.delivery import Delivery, format_delivery
     from ..metrics import format_table
     from .tta_node import TTANode
     from .weather_camera import WeatherCamera
@@ -177,7 +180,12 @@ def run_weather_loop(schedule: str = "dynamic", duration: float = 60.0,
         files = evaluator.write()
         table = evaluator.table()
         camera_tables = evaluator.camera_tables()
+        delivery = [Delivery(m, int(camera.published) * max(1, len(views)), int(d["frames_received"]),
+                             int(d["frames_processed"]), int(d["frames_dropped"]), int(d["lost_in_transport"]),
+                             ",".join(sorted({s.reliability for s in tta_nodes[m]._image_subs})))
+                    for m, d in diags.items()]
         return LoopResult(table=table, text=format_table(table), cameras=views, camera_tables=camera_tables,
+                          delivery=delivery, delivery_text=format_delivery(delivery),
                           camera_text=evaluator.summary_text() if views else "", files=files, published=camera.published,
                           processed={m: int(d["frames_processed"]) for m, d in diags.items()},
                           dropped={m: int(d["frames_dropped"]) for m, d in diags.items()}, wall_s=wall,
@@ -250,7 +258,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"\n{res.published} frames published in {res.wall_s:.0f} s; processed "
           + ", ".join(f"{m} {n} (dropped {res.dropped[m]}, p50 {res.latency_p50_ms[m]:.0f} ms)"
                       for m, n in res.processed.items()))
-    print("\nmIoU % per weather phase (frames scored per method on the right):")
+    print("\n" + res.delivery_text)
+    print("\nmIoU % per weather phase (frames: answered and matched to the ground truth by stamp):")
     print(res.text)
     if res.camera_text:
         print("\n" + res.camera_text)

@@ -178,13 +178,17 @@ def _embedded(name: str, label: str):
 def load_model(model: str = "", architecture: str = "", *, task: Optional[str] = None,
                random_init: bool = False, num_classes: Optional[int] = None, seed: int = 0,
                device: Any = "cpu", label: str = "parameter 'model'",
-               architecture_label: str = "parameter 'architecture'", allow_import: bool = False) -> LoadedModel:
-    """The source model (see the module docstring), checked against the TTAModel contract and, when
-    ``task`` ('seg'/'cls') is given, against the task; in eval mode on ``device``. ``allow_import``:
-    an ``architecture`` of the form ``module:function`` may import that module (start-up only)."""
+               architecture_label: str = "parameter 'architecture'", allow_import: bool = False,
+               check: bool = True) -> LoadedModel:
+    """The source model (see the module docstring), checked against the TTAModel contract
+    (``models.base.check_contract``: one small forward, so a network with wrong output shapes is
+    refused at load, not deep inside a benchmark; ``check=False``: ``check-model`` reports every rule
+    itself) and, when ``task`` ('seg'/'cls') is given, against the task; in eval mode on ``device``.
+    ``allow_import``: an ``architecture`` of the form ``module:function`` may import that module
+    (start-up only)."""
     import torch
 
-    from ..models import check_model
+    from ..models.base import check_contract
     from ..models.checkpoint import sha256_of
 
     name, arch = (model or "").strip(), (architecture or "").strip()
@@ -227,11 +231,14 @@ def load_model(model: str = "", architecture: str = "", *, task: Optional[str] =
         net, entry = _embedded(name, label)
         arch = str(entry.get("arch") or name)  # driveseg_oracle is a driveseg
         wid, desc = entry.get("sha256") or "", f"committed {name} ({entry['file']})"
-    try:
-        check_model(net)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{label}: {err}") from None
-    if task is not None and net.task != task:
+    if check:
+        try:  # the architecture's fault, not the weights': name it (and the way to see every rule)
+            check_contract(net, num_classes=None if arch in EMBEDDED_FOR_TASK.values() else num_classes)
+        except (TypeError, ValueError) as err:
+            who = f"{architecture_label} {arch!r}" if (architecture or "").strip() else f"{label}: architecture {arch!r}"
+            raise ConfigError(f"{who} breaks the model contract, {one_line(err)} (every rule: `tta-perception "
+                              f"check-model`)") from None
+    if task is not None and getattr(net, "task", task) != task:
         raise ConfigError(f"{label}: {arch!r} is a {net.task} model, the task is {task}")
     return LoadedModel(net.to(device).eval(), arch, wid, desc)
 
