@@ -174,7 +174,7 @@ def test_node_process_over_dds(prefix, tmp_path):
         params = h.call(GetParameters, f"{ns}/tta_node/get_parameters",
                         GetParameters.Request(names=["method", "qos_reliability", "window"]))
         assert [params.values[0].string_value, params.values[1].string_value,
-                params.values[2].integer_value] == ["tent", "best_effort", 4]  # the rest from the yaml
+                params.values[2].integer_value] == ["tent", "best_available", 4]  # the rest from the yaml
         res = h.call(Trigger, f"{ns}/tta_node/save", Trigger.Request())
         assert res.success and save.is_file()
     finally:

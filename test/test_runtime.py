@@ -466,3 +466,26 @@ def test_one_line_keeps_what_a_state_dict_load_says_is_wrong():
     assert line.startswith("Error(s) in loading state_dict for Linear:") and "\n" not in line
     assert "Missing key(s)" in line or "size mismatch" in line, line
     assert one_line(ValueError("first\nsecond")) == "first" and one_line(KeyError()) == "KeyError"
+
+
+def test_a_state_that_does_not_fit_says_why(tmp_path):
+    """``resume_from`` with a state saved for another network: the one line names what does not fit
+    (PyTorch's keys or sizes), not only "Error(s) in loading state_dict for ...:"."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "test"))
+    import test_ros_helpers as H
+    from tta_perception.runtime.errors import ConfigError
+    from tta_perception.runtime.pipeline import Pipeline
+
+    cfg = P.defaults()
+    cfg.update(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), allow_code_architecture=True,
+               method="norm", device="cpu", input_size=[32, 64])
+    saved = tmp_path / "state.pt"
+    Pipeline(cfg).save_state(saved)
+    other = dict(cfg, model=H.arch("tiny_cls"), architecture=H.arch("tiny_cls"), input_size=[32, 32])
+    with pytest.raises(ConfigError) as err:
+        Pipeline(other).load_state(saved)
+    message = str(err.value)
+    assert "\n" not in message and "cannot be loaded" in message, message
+    assert any(k in message for k in ("Missing key", "Unexpected key", "size mismatch")), message
