@@ -252,10 +252,10 @@ def test_pipeline_temporal_fusion_off_is_identical_and_on_fuses():
             outs[name] = [pipe.infer(a, overlay=False, stamp=0.0), pipe.infer(b, overlay=False, stamp=0.1)]
         for r0, r1 in zip(outs["plain"], outs["zero"]):
             assert np.array_equal(r0.class_ids, r1.class_ids) and np.array_equal(r0.confidence_u8, r1.confidence_u8)
-        assert zero._video == {}                           # off: no flow computed at all
+        assert zero.frame_path.cameras == {}               # off: no flow computed at all
         assert np.array_equal(outs["fused"][0].class_ids, outs["plain"][0].class_ids)  # no past yet
         assert not np.array_equal(outs["fused"][1].confidence_u8, outs["plain"][1].confidence_u8)
-        assert fused._video[""]["chain"].stats()["links"] == 1
+        assert fused.frame_path.cameras[""].chain.stats()["links"] == 1
         fused.set_temporal_fusion(0.0)                     # live: back to the plain output at once
         r = fused.infer(b, overlay=False, stamp=0.2)
         assert np.array_equal(r.class_ids, plain.infer(b, overlay=False, stamp=0.2).class_ids)

@@ -43,9 +43,10 @@ from ..metrics import gap_closed, paired_difference, t_interval
 from ..runtime.devices import resolve_device
 from ..runtime.model_loader import load_model
 from .ceiling import MIN_GAP_POINTS, load_ceiling
-from .common import PeakMemory, machine_info, model_spec, sync
+from .common import PeakMemory, machine_info, model_spec
 from .output import write_json, write_rows_csv
-from .runner import KEEP_STATS, MethodRun, RunOptions, _Scorer, build_stream_adapter, run_method, seed_everything
+from .runner import (KEEP_STATS, MethodRun, RunOptions, _Scorer, adapter_info, build_stream_adapter, frame_stamps,
+                     method_seconds, run_method, seed_everything)
 from .streams import BenchStream, world_seg_stream
 from .suite import BenchConfig, _log, fisher_source, resolve_bundle, seg_range
 from .variants import VARIANTS, build_variant, needs_bundle
@@ -75,45 +76,42 @@ def camera_streams(cfg: BenchConfig, seed: int) -> list[BenchStream]:
 def run_shared(name: str, source_model: torch.nn.Module, streams: Sequence[BenchStream], opts: RunOptions, *,
                bundle=None, fisher_batches=None) -> list[MethodRun]:
     """Variant ``name`` on a fresh copy of ``source_model``, one adapter for every camera: each time
-    step's frames through ``predict_batch`` in camera order (module docstring). One run per camera;
-    with one camera the result equals ``run_method`` on its stream."""
+    step's frames through the node's frame path in one batch, in camera order (module docstring).
+    One run per camera; with one camera the result equals ``run_method`` on its stream."""
+    from ..runtime.frame_path import FramePath
+
     if opts.background or opts.realtime_hz or VARIANTS[name].domain_memory:
         raise ValueError("--cameras runs inline adaptation without domain memory or --realtime")
     seed_everything(opts.seed)
     scorers = [_Scorer(st.task, st.num_classes, st.cycle_frames) for st in streams]
-    steps, busy = 0, 0.0
+    steps = 0
     with PeakMemory(opts.device) as mem:
         t0 = time.perf_counter()
         model = copy.deepcopy(source_model).to(opts.device)
         method = build_variant(name, model, bundle=bundle, fisher_batches=fisher_batches, safety=opts.safety)
         setup_s = time.perf_counter() - t0
         adapter = build_stream_adapter(method, opts)
+        path = FramePath(adapter, preset=opts.flow_preset, sync=True)
         try:
             for chunks in zip(*streams):
                 if len({tuple(c.index) for c in chunks}) != 1:
                     raise ValueError("the cameras' streams are not aligned frame by frame")
                 x = torch.cat([c.tensor() for c in chunks]).to(opts.device)
-                sync(opts.device)
-                t0 = time.perf_counter()
-                out = adapter.predict_batch(x, adapt=[True] * len(chunks))
-                sync(opts.device)
-                busy += time.perf_counter() - t0
+                stamps = [frame_stamps(st, c)[0] for st, c in zip(streams, chunks)]
+                done = path.run(x, [st.name for st in streams], stamps)
                 steps += 1
                 for k, c in enumerate(chunks):
-                    scorers[k].update(out[k:k + 1], c)
+                    scorers[k].update(done[k].logits[None], c)
         finally:
             adapter.wait_idle()
             st = adapter.stats()
             adapter.close()
-    info = {k: st[k] for k in ("mean_predict_ms", "mean_adapt_ms", "adapt_steps", "adapt_requests", "coalesced",
-                               "errors", "last_error", "window", "adapt_every", "background")}
-    info.update(predict_mode=adapter.predict_mode, cameras=len(streams), shared=True)
+    info = {**adapter_info(adapter, st), "cameras": len(streams), "shared": True}
     stats = {k: v for k, v in method.stats.items() if k in KEEP_STATS}
-    ms = busy * 1e3 / max(1, steps * len(streams))
-    return [MethodRun(name, s.name, opts.seed, sc.domains(), sc.overall(), steps, ms, setup_s, mem.peak_mib,
-                      mem.kind, sc.x, sc.y, sc.d, sc.w, dict(stats), dict(info),
-                      domains_by_cycle=sc.cycles.domains() if sc.cycles is not None else {})
-            for s, sc in zip(streams, scorers)]
+    ms = method_seconds(path) * 1e3 / max(1, steps * len(streams))
+    return [MethodRun(name, s.name, opts.seed, frames=steps, ms_per_frame=ms, setup_s=setup_s,
+                      peak_mem_mib=mem.peak_mib, mem_kind=mem.kind, stats=dict(stats), streaming=dict(info),
+                      **sc.fields()) for s, sc in zip(streams, scorers)]
 
 
 def run_independent(name: str, source_model: torch.nn.Module, streams: Sequence[BenchStream], opts: RunOptions, *,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..runtime.devices import sync  # noqa: F401  (the benchmarks time with it; its home is the runtime)
 from ..runtime.memory import release_freed_memory, rss_mb
 
 DEFAULT_CACHE = Path("runs/cache")
@@ -63,11 +64,6 @@ def model_spec(task: str, arch: str | None = None, weights: str | os.PathLike | 
     if random_init or arch.startswith("torchvision:") or ":" in arch:
         return {"architecture": arch, "random_init": random_init, **code}
     return {"model": arch, **code}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------------- memory

@@ -2,21 +2,22 @@
 
 Batch protocol: ``method.step(x)`` per chunk (predict + adapt; the prediction is the one of the
 adaptation forward, as in the reference framework). Streaming protocol: one frame at a time through
-``engine.StreamingAdapter`` (synchronous by default so runs are deterministic; the prediction for a
-frame is made before adapting on it, as in the background mode).
+the node's frame path (``runtime.frame_path.FramePath``: flow, ``engine.StreamingAdapter``, fusion;
+synchronous by default so runs are deterministic; the prediction for a frame is made before
+adapting on it, as in the background mode). This module keeps only what is the benchmark's: the
+stream, the simulated clock of ``--realtime`` and the scoring.
 
 Time per frame counts only the method's own work (``step`` / ``predict``, device-synchronised), not
 data conversion or scoring. The source model's plain forward pass is timed on the same inputs in the
 same process, and every method's time is reported as a multiple of it.
 
-Video (streaming segmentation, ``docs/video.md``): the frames of a stream go through one
-``engine.temporal.FlowChain`` (stamps = frame index / fps, so a stride > 1 or a reset breaks it).
-Every run scores **label flicker** per domain beside the mIoU (``metrics.flicker``; the flow for
-the metric is not counted in a method's time unless the method uses it: DPLOT ``temporal_pl``).
-With ``temporal_fusion`` > 0 the same run also scores its outputs fused over time
-(``engine.temporal.TemporalFusion``) as the companion row ``<method>+tf``: fusion only changes what
-is published, never what the method adapts on, so both rows come from one run (exactly paired);
-its time adds the flow and the fusion.
+Video (streaming segmentation, ``docs/video.md``): the path follows the motion of every frame
+(stamps = frame index / fps, so a stride > 1 or a reset breaks the chain). Every run scores **label
+flicker** per domain beside the mIoU (``metrics.flicker``; the flow for the metric is not counted in
+a method's time unless the method uses it: DPLOT ``temporal_pl``). With ``temporal_fusion`` > 0 the
+same run also scores its outputs fused over time as the companion row ``<method>+tf``: fusion only
+changes what is published, never what the method adapts on, so both rows come from one run (exactly
+paired); its time adds the flow and the fusion.
 """
 from __future__ import annotations
 
@@ -107,9 +108,10 @@ def seed_everything(seed: int) -> None:
 
 
 class _Scorer:
-    """The stream's scores per domain (``metrics.DomainScores``) and the per-point series of the plot."""
+    """One output row's scores of a stream: per domain (``metrics.DomainScores``), the per-point series
+    of the plot and, for video, label flicker along each frame's motion (``_FlickerScore``)."""
 
-    def __init__(self, task: str, num_classes: int, cycle_frames: int | None = None):
+    def __init__(self, task: str, num_classes: int, cycle_frames: int | None = None, video: bool = False):
         from ..metrics import DomainScores
 
         self.task = task
@@ -117,12 +119,14 @@ class _Scorer:
         # a looping sequence (dynamic): the same phases per cycle, 'phase@1', 'phase@2', ...
         self.cycle_frames = cycle_frames if task == "seg" else None
         self.cycles = DomainScores(num_classes, task) if self.cycle_frames else None
+        self.flicker = _FlickerScore() if video else None
         self.x: list[int] = []
         self.y: list[float] = []
         self.d: list[str] = []
         self.w: list[dict] = []
 
-    def update(self, logits: torch.Tensor, chunk) -> None:
+    def update(self, logits: torch.Tensor, chunk, motions: Sequence[Any] = ()) -> None:
+        """Score a chunk's outputs; ``motions``: each frame's motion from the previous one (video)."""
         pred = logits.argmax(1).cpu().numpy()
         lab = chunk.label_array()
         if self.task == "cls":
@@ -139,12 +143,24 @@ class _Scorer:
             self.d.append(dm)
             if chunk.weather is not None:
                 self.w.append(chunk.weather[i])
+        if self.flicker is not None:
+            for i, p in enumerate(pred):
+                self.flicker.update(p, lab[i], motions[i], chunk.domains[i])
 
     def domains(self) -> dict[str, float]:
         return self.scores.domains()
 
     def overall(self) -> float:
         return self.scores.overall()
+
+    def fields(self) -> dict[str, Any]:
+        """The scores as :class:`MethodRun` fields."""
+        f = self.flicker.flicker if self.flicker is not None else None
+        return dict(domains=self.domains(), overall=self.overall(), series_x=self.x, series_y=self.y,
+                    series_domain=self.d, series_weather=self.w,
+                    domains_by_cycle=self.cycles.domains() if self.cycles is not None else {},
+                    flicker=f.domains() if f is not None else {},
+                    flicker_overall=f.overall() if f is not None else float("nan"))
 
 
 @torch.no_grad()
@@ -208,13 +224,40 @@ def build_stream_adapter(method, opts: RunOptions, domain_memory: bool = False):
                          predict_mode=resolve_predict_mode(opts.predict_mode, method, strict=False))
 
 
+def adapter_info(adapter, st: dict[str, Any]) -> dict[str, Any]:
+    """What a run reports of its streaming adapter, from the adapter's final ``stats()`` ``st``."""
+    return {**{k: st[k] for k in ("mean_predict_ms", "mean_adapt_ms", "adapt_steps", "adapt_requests", "coalesced",
+                                  "errors", "last_error", "window", "adapt_every", "background")},
+            "predict_mode": adapter.predict_mode}
+
+
+def frame_stamps(stream: BenchStream, chunk) -> list[float | None]:
+    """The benchmark's stamps: frame index / fps (None without a rate: no gap check), so a stride
+    above the chain's gap breaks every link."""
+    fps = float(stream.info.get("fps") or 0) or None
+    return [None if fps is None else int(i) / fps for i in chunk.index]
+
+
+def method_seconds(path) -> float:
+    """A method's own work on the frame path: its predictions (inline steps included) and the flow
+    when the method needs it (DPLOT ``temporal_pl``), not when only the flicker or the fusion does."""
+    return path.seconds["predict"] + (path.seconds["flow"] if path.uses_motion else 0.0)
+
+
 def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, opts: RunOptions, *,
                bundle=None, fisher_batches=None, rmt_warmup=None) -> MethodRun:
     """Build variant ``name`` on a fresh copy of ``source_model`` and run it over ``stream``."""
     from tqdm.auto import tqdm
 
+    from ..runtime.frame_path import FramePath
+
     seed_everything(opts.seed)
-    scorer = _Scorer(stream.task, stream.num_classes, getattr(stream, "cycle_frames", None))
+    video = opts.streaming and stream.task == "seg"
+    fused = video and opts.temporal_fusion > 0
+    cycle_frames = getattr(stream, "cycle_frames", None)
+    rows = {"": _Scorer(stream.task, stream.num_classes, cycle_frames, video)}  # '+tf': the fused outputs
+    if fused:
+        rows["+tf"] = _Scorer(stream.task, stream.num_classes, cycle_frames, video)
     detected: list[int] = []
     part_scores: dict[str, _Scorer] = {}
     frames = 0
@@ -226,63 +269,37 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
         method = build_variant(name, model, bundle=bundle, fisher_batches=fisher_batches, rmt_warmup=rmt_warmup,
                                safety=opts.safety)
         setup_s = time.perf_counter() - t_setup
-        adapter = clock = None
+        adapter = clock = path = None
         if opts.streaming:
             adapter = build_stream_adapter(method, opts, VARIANTS[name].domain_memory)
             if opts.realtime_hz:
                 clock = _realtime_clock(adapter, opts)
+            # the node's frame path; the flow on every frame of a video, for the flicker
+            path = FramePath(adapter, fusion=opts.temporal_fusion if fused else 0.0, flow=video,
+                             preset=opts.flow_preset, sync=True)
         elif VARIANTS[name].domain_memory:
             raise ValueError(f"{name}: domain memory is a streaming protocol (bench --stream)")
         bar = tqdm(total=stream.n_samples, desc=f"{name} on {stream.name}", unit=stream.x_label,
                    disable=not opts.progress, leave=False)
-        video = adapter is not None and stream.task == "seg"
-        chain = fusion = None
-        flow_s = fuse_s = 0.0
-        if video:
-            from ..engine.temporal import FlowChain, TemporalFusion
-
-            chain = FlowChain(opts.flow_preset)
-            fps = float(stream.info.get("fps") or 0) or None
-            flick = _FlickerScore()
-            if opts.temporal_fusion > 0:
-                fusion = TemporalFusion(opts.temporal_fusion)
-                fused_scorer = _Scorer(stream.task, stream.num_classes, getattr(stream, "cycle_frames", None))
-                fused_flick = _FlickerScore()
-        uses_motion = bool(getattr(method, "uses_motion", False))
         try:
             for k, chunk in enumerate(stream):
                 x = chunk.tensor().to(opts.device)
                 if chunk.reset and k > 0:
                     (adapter or method).reset()
-                    if clock is not None:
-                        clock.reset()
-                    if chain is not None:
-                        chain.reset()
-                if adapter is not None:
-                    outs, fused, motions = [], [], []
-                    for i in range(x.shape[0]):
+                    for part in (clock, path):
+                        if part is not None:
+                            part.reset()
+                if path is not None:
+                    done = []
+                    for i, stamp in enumerate(frame_stamps(stream, chunk) if video else [None] * len(x)):
                         if clock is not None:
                             clock.arrive()
-                        motion = None
-                        if chain is not None:
-                            t0 = time.perf_counter()
-                            motion = chain.update(x[i], None if fps is None else chunk.index[i] / fps)
-                            flow_s += time.perf_counter() - t0
-                            motions.append(motion)
-                        sync(opts.device)
-                        t0 = time.perf_counter()
-                        out = adapter.predict(x[i:i + 1], motion=motion if uses_motion else None)
-                        sync(opts.device)
-                        busy += time.perf_counter() - t0
-                        outs.append(out)
-                        if fusion is not None:
-                            t0 = time.perf_counter()
-                            fused.append(fusion(out, motion))
-                            sync(opts.device)
-                            fuse_s += time.perf_counter() - t0
+                        done += path.run(x[i:i + 1], stamps=[stamp])
                         if adapter.domains is not None:
                             detected.append(adapter.domains.last.domain if adapter.domains.last else -1)
-                    logits = torch.cat(outs)
+                    motions = [r.motion for r in done]
+                    for key, scorer in rows.items():
+                        scorer.update(torch.stack([r.output if key else r.logits for r in done]), chunk, motions)
                 else:
                     sync(opts.device)
                     t0 = time.perf_counter()
@@ -291,17 +308,8 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                     busy += time.perf_counter() - t0
                     for part, out in (method.last_parts or {}).items():  # outside the timed work
                         part_scores.setdefault(part, _Scorer(stream.task, stream.num_classes)).update(out, chunk)
+                    rows[""].update(logits, chunk)
                 frames += x.shape[0]
-                scorer.update(logits, chunk)
-                if video:
-                    preds, labs = logits.argmax(1).cpu().numpy(), chunk.label_array()
-                    for i in range(len(preds)):
-                        flick.update(preds[i], labs[i], motions[i], chunk.domains[i])
-                    if fusion is not None:
-                        fl = torch.cat(fused)
-                        fused_scorer.update(fl, chunk)
-                        for i, p in enumerate(fl.argmax(1).cpu().numpy()):
-                            fused_flick.update(p, labs[i], motions[i], chunk.domains[i])
                 bar.update(x.shape[0])
         finally:
             bar.close()
@@ -309,10 +317,7 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                 adapter.wait_idle()
                 st = adapter.stats()
                 adapter.close()
-                stream_info = {k: st[k] for k in ("mean_predict_ms", "mean_adapt_ms", "adapt_steps", "adapt_requests",
-                                                   "coalesced", "errors", "last_error", "window", "adapt_every",
-                                                   "background")}
-                stream_info["predict_mode"] = adapter.predict_mode
+                stream_info = adapter_info(adapter, st)
                 if adapter.domains is not None:
                     stream_info["domain_memory"] = {k: st[k] for k in ("domain_switches", "domains_known",
                                                                        "domains_stored", "domain_bank_mb")}
@@ -320,28 +325,31 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                     stream_info["realtime"] = clock.summary()
     stats = {k: v for k, v in method.stats.items() if k in KEEP_STATS or k.startswith("temporal_")}
     parts = {p: {"domains": sc.domains(), "overall": sc.overall()} for p, sc in part_scores.items()}
-    del method, model, adapter, clock
     n = max(frames, 1)
-    if uses_motion:  # the method needs the flow: part of its own work
-        busy += flow_s
     temporal: dict[str, Any] = {}
-    if video:
-        temporal = {**chain.stats(), "flow_ms": flow_s * 1e3 / n, "flow_counted": uses_motion}
-    run = MethodRun(name, stream.name, opts.seed, scorer.domains(), scorer.overall(), frames,
-                    busy * 1e3 / n, setup_s, mem.peak_mib, mem.kind, scorer.x, scorer.y, scorer.d,
-                    scorer.w, stats, stream_info, series_detected=detected, parts=parts,
-                    domains_by_cycle=scorer.cycles.domains() if scorer.cycles is not None else {},
-                    flicker=flick.flicker.domains() if video else {},
-                    flicker_overall=flick.flicker.overall() if video else float("nan"), temporal=temporal)
-    if fusion is not None:
-        extra = fuse_s + (0.0 if uses_motion else flow_s)  # the fused output needs the flow and the fusion
-        run.companions.append(MethodRun(
-            f"{name}+tf", stream.name, opts.seed, fused_scorer.domains(), fused_scorer.overall(), frames,
-            (busy + extra) * 1e3 / n, setup_s, mem.peak_mib, mem.kind, fused_scorer.x, fused_scorer.y,
-            fused_scorer.d, fused_scorer.w, stats, dict(stream_info), parts={},
-            domains_by_cycle=fused_scorer.cycles.domains() if fused_scorer.cycles is not None else {},
-            flicker=fused_flick.flicker.domains(), flicker_overall=fused_flick.flicker.overall(),
-            temporal={**temporal, **fusion.stats(), "fusion_ms": fuse_s * 1e3 / n}))
+    temporal_fused: dict[str, Any] = {}
+    fused_busy = 0.0
+    if path is not None:
+        sec = path.seconds
+        busy = method_seconds(path)
+        fused_busy = sum(sec.values())  # the fused output needs the flow and the fusion
+        if video:
+            cam = path.camera()
+            temporal = {**cam.chain.stats(), "flow_ms": sec["flow"] * 1e3 / n, "flow_counted": path.uses_motion}
+            if fused:
+                temporal_fused = {**temporal, **cam.fusion.stats(), "fusion_ms": sec["fuse"] * 1e3 / n}
+    del method, model, adapter, clock, path
+
+    def method_run(label: str, scorer: _Scorer, seconds: float, **extra_fields) -> MethodRun:
+        return MethodRun(label, stream.name, opts.seed, frames=frames, ms_per_frame=seconds * 1e3 / n,
+                         setup_s=setup_s, peak_mem_mib=mem.peak_mib, mem_kind=mem.kind, stats=stats,
+                         **scorer.fields(), **extra_fields)
+
+    run = method_run(name, rows[""], busy, streaming=stream_info, series_detected=detected, parts=parts,
+                     temporal=temporal)
+    if fused:
+        run.companions.append(method_run(f"{name}+tf", rows["+tf"], fused_busy, streaming=dict(stream_info),
+                                         temporal=temporal_fused))
     return run
 
 

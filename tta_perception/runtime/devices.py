@@ -41,3 +41,11 @@ def is_cuda_oom(err: BaseException) -> bool:
     from ..engine.model_utils import is_cuda_oom as check
 
     return check(err)
+
+
+def sync(device) -> None:
+    """Wait for the work queued on a CUDA ``device``, so a timer around it measures the work itself."""
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)

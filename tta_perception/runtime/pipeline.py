@@ -2,10 +2,10 @@
 one configuration of the node's parameters.
 
 The node (``ros.tta_node``), the replay (``bags.replay``), ``node-bench`` and the weather loop all
-run frames through :class:`Pipeline`, so what the node publishes is what the replay writes and what
-the streaming benchmark scores (``StreamingAdapter.predict`` on the same [0, 1] frames). Heavy
-imports (torch, the engine, the models) happen when a pipeline is built, i.e. in the node's
-configure transition.
+run frames through :class:`Pipeline`: decode, then the frame path shared with the streaming benchmark
+(``frame_path.FramePath``: flow, predict, fuse), then the outputs; so what the node publishes is what
+the replay writes and what the benchmark scores. Heavy imports (torch, the engine, the models)
+happen when a pipeline is built, i.e. in the node's configure transition.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from . import params as P
 from .adapter import adapter_options, build_adapter
 from .devices import fallback_warning, is_cuda_oom, resolve_device
 from .errors import ConfigError, one_line
+from .frame_path import FramePath
 from .model_loader import EMBEDDED_FOR_TASK, default_bundle, load_model
 from .postprocess import Result, classification_result, label_overlay, palette_for, segmentation_result
 from .preprocess import frame_to_input
@@ -154,9 +155,9 @@ class Pipeline:
         self.adapter = build_adapter(self.method, **adapter_options(cfg, self.method), background=background,
                                      domains=domains)
         self.adapts = bool(getattr(self.method, "ADAPTS", True))  # False for 'source'
-        # video (engine.temporal, docs/video.md): per camera, the flow chain and the output fusion
-        self._video: dict[str, Any] = {}
-        self.temporal_fusion = 0.0
+        # the frame's path after decoding (flow, predict, fuse), shared with the benchmark; it keeps
+        # each camera's flow chain and output fusion (docs/video.md)
+        self.frame_path = FramePath(self.adapter)
         self.set_temporal_fusion(float(cfg.get("temporal_fusion", 0.0)))
 
         if resume:
@@ -188,6 +189,10 @@ class Pipeline:
             return "", None
         return path, phase_a
 
+    @property
+    def temporal_fusion(self) -> float:
+        return self.frame_path.fusion
+
     def set_temporal_fusion(self, weight: float) -> None:
         """Weight of the past in the published prediction (``temporal_fusion``, live); 0 = off.
         Classification outputs are never fused (one label per frame, no pixels to follow)."""
@@ -195,36 +200,11 @@ class Pipeline:
         if weight and self.task != "segmentation":
             self.warnings.append("temporal_fusion applies to segmentation only: ignored")
             weight = 0.0
-        self.temporal_fusion = weight
-        for cam in self._video.values():
-            cam["fusion"] = None  # the next frame starts a new fusion with the new weight
+        self.frame_path.set_fusion(weight)
 
     def reset_video(self) -> None:
         """Break every camera's chain (a reset or a new stream): no past is fused into the next frame."""
-        self._video.clear()
-
-    def _motion(self, x, camera: str, stamp: Optional[float]):
-        """The frame's motion from the previous frame of ``camera`` (None: not needed, or a break)."""
-        if not (self.temporal_fusion or getattr(self.method, "uses_motion", False)):
-            return None
-        import time
-
-        from ..engine.temporal import FlowChain
-
-        cam = self._video.setdefault(camera, {"chain": FlowChain(), "fusion": None})
-        return cam["chain"].update(x, time.monotonic() if stamp is None else stamp)
-
-    def _fuse(self, logits, motion, camera: str):
-        """``temporal_fusion`` > 0: the logits replaced by the fused log-probabilities (see
-        ``engine.temporal.TemporalFusion``); exactly the logits when it is 0."""
-        if not self.temporal_fusion:
-            return logits
-        from ..engine.temporal import TemporalFusion
-
-        cam = self._video[camera]
-        if cam["fusion"] is None:
-            cam["fusion"] = TemporalFusion(self.temporal_fusion)
-        return cam["fusion"](logits, motion)
+        self.frame_path.reset()
 
     def set_enabled(self, enabled: bool) -> None:
         """Adaptation on/off; a method that does not adapt ('source') never runs pointless steps."""
@@ -308,21 +288,17 @@ class Pipeline:
         adaptation window (default: all). ``overlay``/``confidence``: one flag, or one per frame
         (a camera whose map nobody reads does not compute it). ``cameras``/``stamps``: each frame's
         camera and stamp, for its own flow chain and fusion (``temporal_fusion``)."""
+        import time
+
         import torch
 
         n = len(rgbs)
-        cameras = list(cameras or [""] * n)
-        stamps = list(stamps or [None] * n)
+        now = time.monotonic()  # the stamp of a frame without one: its arrival
+        stamps = [now if s is None else s for s in (stamps or [None] * n)]
         xs = [self.to_input(rgb) for rgb in rgbs]
-        motions = [self._motion(x, c, s) for x, c, s in zip(xs, cameras, stamps)]
-        # DPLOT temporal_pl takes a frame's predecessor from the window, so only with one camera:
-        # several cameras interleave there
-        handed = motions if getattr(self.method, "uses_motion", False) and len(self._video) == 1 else None
-        with torch.no_grad():
-            logits = self.adapter.predict_batch(torch.stack(xs), adapt, motions=handed)
-            fused = [self._fuse(logits[i], motions[i], cameras[i]) for i in range(n)]
+        done = self.frame_path.run(torch.stack(xs), cameras, stamps, adapt)
         flag = lambda v, i: v[i] if isinstance(v, (list, tuple)) else v  # noqa: E731
-        return [self.postprocess(fused[i], rgbs[i], xs[i], output_size=output_size, top_k=top_k,
+        return [self.postprocess(done[i].output, rgbs[i], xs[i], output_size=output_size, top_k=top_k,
                                  overlay_alpha=overlay_alpha, overlay=flag(overlay, i),
                                  confidence_float=confidence_float, confidence=flag(confidence, i))
                 for i in range(n)]
