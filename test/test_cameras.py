@@ -135,7 +135,7 @@ def test_a_camera_that_stops_floods_or_sends_garbage_never_stalls_the_others(har
     import subprocess
 
     from tta_perception.ros.diagnostics import Watch
-    from tta_perception.ros.node_bench import NodeProcess
+    from tta_perception.ros.dds_harness import NodeProcess
     from tta_perception.ros.qos import output_qos
 
     cams = ["front", "stops", "floods", "garbage", "huge", "mono"]

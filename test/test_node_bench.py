@@ -39,7 +39,7 @@ def test_node_bench_label_flicker_follows_the_motion():
     import cv2
     import numpy as np
 
-    from tta_perception.ros.node_bench import label_flicker
+    from tta_perception.bench.node_stats import label_flicker
 
     rng = np.random.default_rng(0)
     texture = cv2.GaussianBlur(rng.integers(0, 256, (64, 192, 3)).astype(np.uint8), (0, 0), 2.0)
@@ -164,3 +164,46 @@ def test_node_bench_seed_renders_another_world():
     assert all(np.array_equal(a[0], f.rgb) for a, f in zip(seed0, default))  # seed 0: the original world
     assert not np.array_equal(seed0[0][0], seed1[0][0])
     assert [d for _, _, d in seed0] == [d for _, _, d in seed1]  # same schedule, same phases
+
+
+def test_status_names_are_built_and_parsed_by_one_definition():
+    """The node names its statuses with the functions the readers parse them with; a namespace that
+    merely starts like another is not that node."""
+    from tta_perception.runtime import diagnostics as D
+
+    fqn = D.node_fqn("/ns/")
+    assert fqn == "/ns/tta_node" and D.is_node_status(D.status_name(fqn), "/ns")
+    assert not D.is_node_status(D.status_name(D.node_fqn("/ns_b")), "/ns")
+    camera = D.camera_status_name(fqn, "front")
+    assert D.camera_of(camera, "/ns") == "front" and not D.is_node_status(camera, "/ns")
+    assert D.camera_of(D.status_name(fqn), "/ns") is None and D.camera_of(camera, "/ns_b") is None
+    assert [D.text(v) for v in (True, 0.5, float("nan"), 3)] == [D.TRUE, "0.5", "nan", "3"]
+
+
+def test_outputs_are_matched_by_stamp_and_counters_summed_over_restarts():
+    """What the DDS side records (``OutputBook``) into the report's statistics, without ROS."""
+    import numpy as np
+
+    from tta_perception.bench.node_record import MethodRecord, MethodSpec, OutputBook, Restart
+    from tta_perception.bench.node_stats import TIMELINE_KEYS, method_result
+
+    labels = np.arange(12, dtype=np.uint8).repeat(4)[None].repeat(8, 0)
+    frames = [(np.zeros((8, 48, 3), np.uint8), labels, "clear")] * 3
+    book = OutputBook()
+    for k, stamp in enumerate((10, 20, 30)):
+        book.sending(stamp, labels, "clear", k, cycle_key=f"clear@{k // 2 + 1}")
+    t = book.sent[30]
+    book.output(30, t + 5_000_000, lambda: labels)
+    book.output(10, t + 9_000_000, lambda: labels[::2, ::2])  # resized to the truth
+    book.output(99, t, lambda: labels)
+    book.diagnostics({"state": "active", "frames_received": "2", "frames_dropped": "1"}, TIMELINE_KEYS)
+    spec = MethodSpec("tent", "tent+dm", 3, 10.0, 7, window_s=1.0, cycle_frames=2)
+    rec = MethodRecord("/ns", ["python"], {"ROS_DOMAIN_ID": "7", "HOME": "/x"}, book, publish_wall_s=0.3,
+                       restarts=[Restart(2, 0.1, "saved", -9, 1.0, 42, "1", "1", "5")],
+                       ended=[{"frames_received": "1", "frames_dropped": "0"}])
+    r = method_result(spec, rec, frames)
+    assert (r["matched_stamps"], r["unmatched_outputs"], r["stamps_out_of_order"]) == (2, 1, 1)
+    assert r["not_output"] == 1 and r["miou"] == 100.0 and set(r["miou_per_cycle"]) == {"clear@1", "clear@2"}
+    assert r["node_diagnostics"]["frames_received"] == 3 and r["node_diagnostics"]["frames_dropped"] == 1
+    assert r["node_env"] == {"ROS_DOMAIN_ID": "7"} and r["restarts"][0]["killed_exit_code"] == -9
+    assert list(r["latency_ms"]) == ["p50", "p95", "mean", "max"] and r["diag_timeline"][0]["frames_received"] == "2"

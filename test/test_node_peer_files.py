@@ -212,7 +212,7 @@ def test_frames_a_camera_never_sent_are_not_lost_in_transport(ros):
     H.wait_until(lambda: rig.count("frames_received") == sent, what="every frame sent")
     assert rig.count("lost_in_transport") == 0
     assert abs(rig.count("stamp_period_ms") - 100) < 5
-    assert not rig.node.session._warned_transport
+    assert not rig.node.session.counters.warned_transport
 
 
 def test_stamp_gap_estimate():
@@ -241,6 +241,6 @@ def test_throttled_and_plain_log_lines_never_take_the_node_down(ros):
     # frames lost in transport (a gap in a publisher's numbers): the plain lost-in-transport warning
     for seq in (1, 2, 5):
         rig.node.session.arrival(10.0 + seq, source=b"camera-gid", seq=seq)
-    assert rig.count("lost_in_transport") == 2 and rig.node.session._warned_transport
+    assert rig.count("lost_in_transport") == 2 and rig.node.session.counters.warned_transport
     _serves(rig, 100)
     assert not ros.errors, ros.errors

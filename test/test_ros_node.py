@@ -26,6 +26,7 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from tta_perception.ros.qos import latched_qos, output_qos  # noqa: E402
+from tta_perception.runtime.diagnostics import is_node_status  # noqa: E402
 
 SEG = dict(model=H.arch("tiny_seg"), architecture=H.arch("tiny_seg"), allow_code_architecture=True, method="tent",
            input_size=[32, 64], qos_reliability="reliable", qos_depth=20, window=4, adapt_every=1)
@@ -170,7 +171,7 @@ def test_bad_frames_are_counted_and_the_node_keeps_running(ros):
     def counters_in_dds():
         for arr in reversed(diag.messages):
             for st in arr.status:
-                if st.name.endswith(f"{rig.ns}/tta_node"):
+                if is_node_status(st.name, rig.ns):
                     values = {kv.key: kv.value for kv in st.values}
                     if int(values["huge_image"]) >= 1:
                         return values
@@ -185,7 +186,7 @@ def test_bad_frames_are_counted_and_the_node_keeps_running(ros):
         assert key in values, key
     assert values["device"] == "cpu" and values["state"] == "active" and values["method"] == "tent"
     assert any(st.level == st.WARN and "bad frames" in st.message
-               for arr in diag.messages for st in arr.status if st.name.endswith(f"{rig.ns}/tta_node"))
+               for arr in diag.messages for st in arr.status if is_node_status(st.name, rig.ns))
 
 
 def test_compressed_input_switched_at_run_time_and_undecodable_data(ros):

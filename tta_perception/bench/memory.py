@@ -17,11 +17,12 @@ side is ``ros.node_bench.run_memory_sweep``, passed in by the command.
 from __future__ import annotations
 
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from .node import private_domain_id
+from .node_record import DdsSide, SweepStep
 from .output import markdown_table, write_report
 
 GOAL_MB = 2500.0
@@ -31,37 +32,30 @@ METHODS = ("source", "norm", "tent", "eata", "sar", "cotta", "rmt", "dplot")
 
 
 def sweep_steps(methods: Sequence[str] = METHODS, sizes: Sequence[tuple[int, int]] = SIZES,
-                windows: Sequence[int] = WINDOWS, max_image_pixels: int = 4096 * 4096) -> list[dict[str, Any]]:
+                windows: Sequence[int] = WINDOWS, max_image_pixels: int = 4096 * 4096) -> list[SweepStep]:
     """The steps (see the module docstring); method changes go with the defaults of the rest."""
     side = int(max_image_pixels ** 0.5)
-    steps: list[dict[str, Any]] = [
-        {"name": "default (dplot 128x256, window 4)", "candidates": [{}], "frame_size": "input"},
-        {"name": f"largest frame ({side}x{side}, default configuration)", "candidates": [{}],
-         "frame_size": (side, side)},
-    ]
+    steps = [SweepStep("default (dplot 128x256, window 4)", [{}]),
+             SweepStep(f"largest frame ({side}x{side}, default configuration)", [{}], frame_size=(side, side))]
     for m in methods:
-        steps.append({"name": f"{m}: largest input size, window 4", "frame_size": "input",
-                      "candidates": [{"method": m, "input_size": list(s), "window": 4} for s in sizes]})
-    steps.append({"name": "dplot: largest window at 128x256", "frame_size": "input",
-                  "candidates": [{"method": "dplot", "input_size": [128, 256], "window": w} for w in windows]})
-    steps.append({"name": "must refuse: dplot 1024x2048", "frame_size": "input",
-                  "candidates": [{"method": "dplot", "input_size": [1024, 2048], "window": 4}]})
-    steps.append({"name": "back to the default", "frame_size": "input",
-                  "candidates": [{"method": "dplot", "input_size": [0, 0], "window": 4}]})
+        steps.append(SweepStep(f"{m}: largest input size, window 4",
+                               [{"method": m, "input_size": list(s), "window": 4} for s in sizes]))
+    steps.append(SweepStep("dplot: largest window at 128x256",
+                           [{"method": "dplot", "input_size": [128, 256], "window": w} for w in windows]))
+    steps.append(SweepStep("must refuse: dplot 1024x2048", [{"method": "dplot", "input_size": [1024, 2048], "window": 4}]))
+    steps.append(SweepStep("back to the default", [{"method": "dplot", "input_size": [0, 0], "window": 4}]))
     return steps
 
 
 def run_memory_bench(*, out: str | Path = "runs/node_bench_memory", methods: Sequence[str] = METHODS,
                      sizes: Sequence[tuple[int, int]] = SIZES, windows: Sequence[int] = WINDOWS,
                      device: str = "cpu", domain_id: Optional[int] = None, torch_threads: int = 0,
-                     frames_per_step: int = 10, max_image_pixels: int = 4096 * 4096, client: Any = None,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     frames_per_step: int = 10, max_image_pixels: int = 4096 * 4096,
+                     client: Optional[DdsSide] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     if client is None:
         raise ValueError("run_memory_bench needs the DDS client (tta_perception.ros.node_bench)")
     if domain_id is None:
-        env_id = os.environ.get("ROS_DOMAIN_ID", "").strip()
-        domain_id = int(env_id) if env_id.isdigit() else random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        domain_id = private_domain_id()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -69,7 +63,7 @@ def run_memory_bench(*, out: str | Path = "runs/node_bench_memory", methods: Seq
     result = client.run_memory_sweep(sweep_steps(methods, sizes, windows, max_image_pixels),
                                      node_params={"device": device, "qos_reliability": "reliable"},
                                      domain_id=domain_id, log=log, torch_threads=torch_threads,
-                                     frames_per_step=frames_per_step)
+                                     frames_per_step=frames_per_step).as_dict()
     accepted = [r for r in result["steps"] if r["accepted"]]
     peak = max((r["rss_peak_mb"] for r in accepted), default=float("nan"))
     report = {"settings": {"methods": list(methods), "sizes": [list(s) for s in sizes], "windows": list(windows),

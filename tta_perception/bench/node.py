@@ -19,7 +19,8 @@ For each method (``source``, ``dplot``, ...) in turn, on the same pre-rendered f
 
 This module is the protocol and the report (table, Markdown, JSON, CSV, PNG: ``bench.output``); the
 DDS side (publisher, subscriber, node process) is ``ros.node_bench``, which ``tta-perception
-node-bench`` passes in as ``client``, so nothing here imports ROS.
+node-bench`` passes in as ``client`` (a ``bench.node_record.DdsSide``: typed specs in, typed records
+out), and the statistics of a record are ``bench.node_stats``, so nothing here imports ROS.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ import numpy as np
 
 from ..plots import _plt, save_figure
 from .delivery import Delivery, format_delivery
+from .node_record import CameraSpec, DdsSide, MethodSpec, safe_tag
+from .node_stats import camera_result, cameras_line, method_line, method_result
 from .output import markdown_table, write_report
 
 
@@ -59,11 +62,6 @@ DOMAIN_MEMORY_SUFFIX = "+dm"
 #: ``NAME+tf``: NAME with temporal output fusion at the weight measured in docs/video.md (flicker
 #: -44 % at unchanged mIoU, stride 1), to time the fusion on the node against NAME alone
 FUSION_SUFFIX, FUSION_WEIGHT = "+tf", 0.6
-
-
-def safe_tag(name: str) -> str:
-    """A method name as a ROS namespace / file name part (``dplot+dm`` -> ``dplot_dm``)."""
-    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def method_params(name: str) -> tuple[str, dict[str, Any]]:
@@ -112,9 +110,9 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
                    drain_s: float = 2.0, domain_id: Optional[int] = None, plot: bool = True,
                    torch_threads: int = 0, cycles: Optional[int] = None, restart_between_cycles: bool = False,
                    seed: int = 0, publisher_qos: str = "reliable", dds_profile: str = "",
-                   client: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   client: Optional[DdsSide] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark; ``client`` is the DDS side (``ros.node_bench``: ``measure_overheads`` and
-    ``run_method``), passed in by the command so this module needs no ROS. ``cycles`` replaces
+    ``run_method``, see ``DdsSide``), passed in by the command so this module needs no ROS. ``cycles`` replaces
     ``duration``/``frames`` by that many whole weather cycles, every frame rendered. ``publisher_qos``:
     the camera publisher's reliability; ``dds_profile``: what the command set (recorded only: the
     profile must be in the environment before the first participant)."""
@@ -156,8 +154,8 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
         "methods": {},
     }
     if overhead:
-        report.update(client.measure_overheads(size, overhead_repeats, encoding, rendered[0][0], domain_id,
-                                               torch_threads))
+        report.update({k: o.as_dict() for k, o in client.measure_overheads(
+            size, overhead_repeats, encoding, rendered[0][0], domain_id, torch_threads).items()})
         for key in ("overhead", "overhead_all_outputs"):
             o = report[key]
             log(f"[node-bench] overhead (in process, source, outputs {'+'.join(o['outputs'])}): forward "
@@ -168,12 +166,14 @@ def run_node_bench(methods: Sequence[str] = ("source", "dplot"), *, duration: Op
     restart_at = [per_cycle * c for c in range(1, int(cycles))] if restart_between_cycles and per_cycle else []
     for m in methods:
         base, implied = engine[m]
-        report["methods"][m] = client.run_method(
-            base, rendered, n_frames, rate=rate, encoding=encoding, device=device, domain_id=domain_id,
-            node_params={**dict(node_params or {}), **implied}, window_s=window_s, startup_timeout=startup_timeout,
-            drain_s=drain_s, log=log, torch_threads=torch_threads, label=m, cycle_frames=per_cycle,
-            publisher_qos=publisher_qos,
-            restart_at=restart_at, save_path=str((out / f"node_state_{safe_tag(m)}.pt").resolve()) if restart_at else "")
+        spec = MethodSpec(
+            base, m, n_frames, rate, domain_id, encoding=encoding, device=device,
+            node_params={**dict(node_params or {}), **implied}, startup_timeout=startup_timeout, drain_s=drain_s,
+            torch_threads=torch_threads, window_s=window_s, cycle_frames=per_cycle, restart_at=tuple(restart_at),
+            save_path=str((out / f"node_state_{safe_tag(m)}.pt").resolve()) if restart_at else "",
+            publisher_qos=publisher_qos)
+        report["methods"][m] = method_result(spec, client.run_method(spec, rendered, log), rendered)
+        log(method_line(report["methods"][m]))
     report["settings"]["load_avg_at_end"] = list(os.getloadavg())
     if "source" in report["methods"] and "dplot" in report["methods"]:
         s, d = report["methods"]["source"], report["methods"]["dplot"]
@@ -529,8 +529,8 @@ def run_camera_bench(method: str = "dplot", cameras: int = 4, *, duration: Optio
                      out: str | Path = "runs/node_bench_cameras", schedule: str = "dynamic", stride: int = 2,
                      encoding: str = "bgra8", device: str = "cpu", node_params: Optional[dict[str, Any]] = None,
                      startup_timeout: float = 120.0, drain_s: float = 2.0, plot: bool = True,
-                     torch_threads: int = 0, seed: int = 0, single: bool = True, client: Any = None,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     torch_threads: int = 0, seed: int = 0, single: bool = True,
+                     client: Optional[DdsSide] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """``node-bench --cameras N``: the same frames of N cameras of one car (``world.views``) to one
     shared node, then to N single-camera nodes at once, then (``single``) to the first camera's node
     alone; the layouts run one after the other on this machine (``camera_layouts``)."""
@@ -557,10 +557,11 @@ def run_camera_bench(method: str = "dplot", cameras: int = 4, *, duration: Optio
                      "load_avg_at_start": list(os.getloadavg())},
         "layouts": {}}
     for name, nodes in camera_layouts(cams, single and cameras > 1).items():
-        report["layouts"][name] = client.run_cameras(
-            base, rendered, n_frames, nodes, rate=rate, encoding=encoding, device=device, domain_id=domain_id,
-            node_params={**dict(node_params or {}), **implied}, startup_timeout=startup_timeout, drain_s=drain_s,
-            log=log, torch_threads=torch_threads, label=f"{method} {name}")
+        spec = CameraSpec(base, f"{method} {name}", n_frames, rate, domain_id, encoding=encoding, device=device,
+                          node_params={**dict(node_params or {}), **implied}, startup_timeout=startup_timeout,
+                          drain_s=drain_s, torch_threads=torch_threads, nodes=nodes)
+        report["layouts"][name] = camera_result(spec, client.run_cameras(spec, rendered, log))
+        log(cameras_line(report["layouts"][name]))
     report["settings"]["load_avg_at_end"] = list(os.getloadavg())
     report["summary"] = {n: layout_summary(r, rate) for n, r in report["layouts"].items()}
     report["goals"] = camera_goals(report["summary"])

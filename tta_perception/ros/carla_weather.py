@@ -29,6 +29,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import String
 
 from .spin import ConfigError, declare_parameters, describe, format_help, publish_status, spin_node, table_help
+from ..runtime.diagnostics import status_name
 from ..runtime.messages import WEATHER_TOPIC, weather_json
 
 NODE_NAME = "carla_weather"
@@ -280,7 +281,7 @@ class CarlaWeather(Node):
                 level, message = DiagnosticStatus.WARN, message + " (server not in synchronous mode)"
         else:
             level, message = DiagnosticStatus.ERROR, d["last_error"] or "connecting"
-        status = DiagnosticStatus(level=level, name=f"tta_perception: {self.get_fully_qualified_name()}",
+        status = DiagnosticStatus(level=level, name=status_name(self.get_fully_qualified_name()),
                                   message=message, hardware_id=f"carla://{d['host']}:{d['port']}")
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in d.items()]
         publish_status(self, self.diag_pub, status)

@@ -1,18 +1,19 @@
 """Reading a ``tta_node``'s ``/diagnostics`` from another participant (the benchmarks, tools): the
-node's own status, told apart from the per-camera statuses a multi-camera node adds."""
+node's own status, told apart from the per-camera statuses a multi-camera node adds (the names are
+``runtime.diagnostics``'s, which the node builds its statuses with)."""
 from __future__ import annotations
 
 import threading
 import time
 from typing import Any, Callable, Optional
 
-CAMERA_MARK = " camera "  # "tta_perception: /ns/tta_node camera front"
+from ..runtime.diagnostics import camera_of, is_node_status
 
 
 def node_values(msg: Any, ns: str) -> Optional[dict[str, str]]:
     """The key/values of the node status in namespace ``ns`` in a DiagnosticArray (None if absent)."""
     for status in msg.status:
-        if ns in status.name and "tta_node" in status.name and CAMERA_MARK not in status.name:
+        if is_node_status(status.name, ns):
             return {kv.key: kv.value for kv in status.values}
     return None
 
@@ -21,8 +22,9 @@ def camera_values(msg: Any, ns: str) -> dict[str, dict[str, str]]:
     """Camera name -> key/values of each camera status of the node in ``ns``."""
     out = {}
     for status in msg.status:
-        if ns in status.name and "tta_node" in status.name and CAMERA_MARK in status.name:
-            out[status.name.rsplit(CAMERA_MARK, 1)[1]] = {kv.key: kv.value for kv in status.values}
+        camera = camera_of(status.name, ns)
+        if camera is not None:
+            out[camera] = {kv.key: kv.value for kv in status.values}
     return out
 
 

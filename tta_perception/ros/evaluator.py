@@ -51,6 +51,7 @@ from std_srvs.srv import Trigger
 from tta_perception.world.carla_labels import palette_to_ids
 
 from ..metrics import CameraScorers, StreamScorer, format_table, recovery_summary
+from ..runtime.diagnostics import status_name
 from ..runtime.image_codec import DEFAULT_MAX_PIXELS, ImageError
 from ..runtime.messages import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns, view_topic
 from .convert import labels_of, rgb_of
@@ -300,7 +301,7 @@ class Evaluator(Node):
                     values.append(KeyValue(key=f"{label}/{domain}/flicker", value=f"{v['flicker']:.2f}"))
         scored = any(st["counts"].get(f"scored_{label}", 0) for label in self.labels)  # summed over cameras
         status = DiagnosticStatus(level=DiagnosticStatus.OK if scored else DiagnosticStatus.WARN,
-                                  name=f"tta_perception: {self.get_fully_qualified_name()}",
+                                  name=status_name(self.get_fully_qualified_name()),
                                   message=("scoring, phase " + st["current_domain"]) if scored
                                   else "waiting for ground truth and predictions", hardware_id="evaluator")
         status.values = values

@@ -27,10 +27,11 @@ from typing import Any, Callable
 import numpy as np
 from sensor_msgs.msg import Image
 
+from ..runtime import diagnostics as D
 from ..runtime.health import percentile
 from . import convert
+from .dds_harness import Harness, stamp_header
 from .diagnostics import Watch
-from .node_bench import NodeProcess, _spin_in_background
 from .qos import output_qos, service_qos
 
 #: methods the parameter storm cycles through (cheap to build: no phase-A bundle to load)
@@ -42,102 +43,105 @@ def run_storm(*, node_params: dict[str, Any], domain_id: int, log: Callable[[str
               size: tuple[int, int] = (128, 256), answer_timeout: float = 60.0, settle_timeout: float = 60.0,
               startup_timeout: float = 120.0, torch_threads: int = 0) -> dict[str, Any]:
     """Both storms against one node process (see the module docstring); a dict of the figures."""
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rcl_interfaces.srv import SetParameters
-    from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-    from std_msgs.msg import Header
-    from std_srvs.srv import SetBool, Trigger
-
     ns = f"/node_bench_storm_{os.getpid()}"
     state_dir = tempfile.mkdtemp(prefix="tta_storm_")  # where the storm's saves land, removed after
-    node_proc = NodeProcess(ns, {"diagnostics_period": 0.5, "state_dir": state_dir, **node_params}, domain_id,
-                            torch_threads, log, label="storm")
-    proc = node_proc.proc
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain_id)
-    peer = Node(f"node_bench_storm_{os.getpid()}", context=ctx)
-    pub = peer.create_publisher(Image, f"{ns}/image", output_qos(2))
-    outputs: list[float] = []
-    peer.create_subscription(Image, f"{ns}/class_ids", lambda m: outputs.append(time.monotonic()), output_qos(50))
-    diag = Watch(ns)
-    peer.create_subscription(DiagnosticArray, "/diagnostics", diag, 20)
-    clients = {name: peer.create_client(srv, f"{ns}/tta_node/{name}", qos_profile=service_qos())
-               for name, srv in (("save", Trigger), ("reset", Trigger), ("enable", SetBool))}
-    params_client = peer.create_client(SetParameters, f"{ns}/tta_node/set_parameters",
-                                       qos_profile=service_qos())
-    executor = MultiThreadedExecutor(num_threads=2, context=ctx)
-    executor.add_node(peer)
-    stop = threading.Event()
-    _spin_in_background(executor, ctx, stop)
-
-    def alive() -> None:
-        if proc.poll() is not None:
-            raise RuntimeError("tta_node exited: " + " | ".join(node_proc.log[-5:]))
-
-    def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            alive()
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return False
-
-    def publish() -> None:
-        h, w = size
-        rgb = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
-        for stamp in itertools.count(1):
-            if stop.wait(1.0 / rate):
-                return
-            header = Header(frame_id="camera")
-            header.stamp.sec, header.stamp.nanosec = divmod(stamp * int(1e9 / rate), 10**9)
-            pub.publish(convert.rgb_image(header, rgb, "rgb8"))
-
-    def answered_between(t0: float, t1: float) -> int:
-        return sum(1 for t in list(outputs) if t0 <= t <= t1)
-
     report: dict[str, Any] = {"n_calls": n_calls, "n_params": n_params, "param_seconds": param_seconds,
                               "rate_hz": rate, "node_params": node_params}
     try:
-        if not wait_for(lambda: diag.get("state") == "active" and pub.get_subscription_count() > 0
-                        and all(c.service_is_ready() for c in (*clients.values(), params_client)),
-                        startup_timeout):
-            raise RuntimeError("tta_node did not start: " + " | ".join(node_proc.log[-5:]))
-        threading.Thread(target=publish, daemon=True).start()
-        wait_for(lambda: len(outputs) >= 3, 60.0)
-        log(f"[node-bench] storm: node ready; {n_calls} concurrent service calls")
+        with Harness(domain_id, f"node_bench_storm_{os.getpid()}", log, threads=2) as h:
+            node = h.start_node("storm", ns, {"diagnostics_period": 0.5, "state_dir": state_dir, **node_params},
+                                torch_threads)
+            storm = _Storm(h, ns, rate, size)
+            if not storm.wait_for(storm.ready, startup_timeout):
+                raise node.failed("did not start")
+            threading.Thread(target=storm.publish, daemon=True).start()
+            storm.wait_for(lambda: len(storm.outputs) >= 3, 60.0)
+            log(f"[node-bench] storm: node ready; {n_calls} concurrent service calls")
+            report["services"] = storm.services(n_calls, answer_timeout)
+            report["parameters"] = storm.parameters(n_params, param_seconds, answer_timeout, settle_timeout)
+            report["node_alive"] = node.alive()
+            report["diagnostics"] = dict(storm.diag.values)
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return report
 
-        # ---- services: everything at once
+
+class _Storm:
+    """The peer's side of the storms: a camera, the node's outputs and status, its service clients."""
+
+    def __init__(self, h: Harness, ns: str, rate: float, size: tuple[int, int]) -> None:
+        from rcl_interfaces.srv import SetParameters
+        from std_srvs.srv import SetBool, Trigger
+
+        self.h, self.rate, self.size = h, rate, size
+        peer = h.node
+        self.pub = peer.create_publisher(Image, f"{ns}/image", output_qos(2))
+        self.outputs: list[float] = []
+        peer.create_subscription(Image, f"{ns}/class_ids", lambda m: self.outputs.append(time.monotonic()),
+                                 output_qos(50))
+        self.diag = Watch(ns)
+        h.listen_diagnostics(self.diag, 20)
+        self.clients = {name: peer.create_client(srv, f"{ns}/tta_node/{name}", qos_profile=service_qos())
+                        for name, srv in (("save", Trigger), ("reset", Trigger), ("enable", SetBool))}
+        self.params_client = peer.create_client(SetParameters, f"{ns}/tta_node/set_parameters",
+                                                qos_profile=service_qos())
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        return self.h.wait_for(predicate, timeout, poll=0.02)
+
+    def ready(self) -> bool:
+        return (self.diag.get(D.STATE) == D.ACTIVE and self.pub.get_subscription_count() > 0
+                and all(c.service_is_ready() for c in (*self.clients.values(), self.params_client)))
+
+    def publish(self) -> None:
+        """The camera, until the harness stops."""
+        h, w = self.size
+        rgb = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+        for stamp in itertools.count(1):
+            if self.h.stop.wait(1.0 / self.rate):
+                return
+            self.pub.publish(convert.rgb_image(stamp_header(stamp * int(1e9 / self.rate)), rgb, "rgb8"))
+
+    def answered_between(self, t0: float, t1: float) -> int:
+        return sum(1 for t in list(self.outputs) if t0 <= t <= t1)
+
+    def services(self, n_calls: int, answer_timeout: float) -> dict[str, Any]:
+        """Everything at once."""
+        from std_srvs.srv import SetBool, Trigger
+
+        clients, diag = self.clients, self.diag
         kinds = ["save"] * (n_calls // 2) + ["reset"] * (n_calls // 6)
         kinds += ["enable"] * (n_calls - len(kinds))
         replies: list[float] = []
         futures = []
         t0 = time.monotonic()
-        for i, kind in enumerate(kinds):
+        for kind in kinds:
             request = SetBool.Request(data=True) if kind == "enable" else Trigger.Request()
             future = clients[kind].call_async(request)
             future.add_done_callback(lambda f: replies.append(time.monotonic()))
             futures.append((kind, future))
         sent_s = time.monotonic() - t0
-        wait_for(lambda: len(replies) >= n_calls, answer_timeout)
+        self.wait_for(lambda: len(replies) >= n_calls, answer_timeout)
         t1 = time.monotonic()
         ok = {k: sum(1 for kind, f in futures if kind == k and f.done() and f.result().success)
               for k in clients}
-        diag.fresh(alive)
-        report["services"] = {
+        diag.fresh(self.h.check_alive)
+        services = {
             "sent": n_calls, "send_s": sent_s, "answered": len(replies),
             "last_answer_s": (max(replies) - t0) if replies else float("nan"),
-            "successful": ok, "frames_answered": answered_between(t0, t1), "seconds": t1 - t0,
-            "saves": diag.counter("saves"), "saves_shared": diag.counter("saves_shared")}
-        log(f"[node-bench] storm: {len(replies)}/{n_calls} service calls answered, the last after "
-            f"{report['services']['last_answer_s']:.2f} s; {report['services']['frames_answered']} frames "
-            f"answered meanwhile")
+            "successful": ok, "frames_answered": self.answered_between(t0, t1), "seconds": t1 - t0,
+            "saves": diag.counter(D.SAVES), "saves_shared": diag.counter(D.SAVES_SHARED)}
+        self.h.log(f"[node-bench] storm: {len(replies)}/{n_calls} service calls answered, the last after "
+                   f"{services['last_answer_s']:.2f} s; {services['frames_answered']} frames answered meanwhile")
+        return services
 
-        # ---- parameters: n_params calls over param_seconds, every other one a reload
+    def parameters(self, n_params: int, param_seconds: float, answer_timeout: float,
+                   settle_timeout: float) -> dict[str, Any]:
+        """``n_params`` calls over ``param_seconds``, every other one a reload."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        diag, log = self.diag, self.h.log
         latencies: list[float] = []
         calls = []
         method_cycle = itertools.cycle(STORM_METHODS)
@@ -152,38 +156,28 @@ def run_storm(*, node_params: dict[str, Any], domain_id: int, log: Callable[[str
             else:
                 param = Parameter("overlay_alpha", value=round(0.1 + 0.8 * (i % 9) / 8, 3))
             sent_at = time.monotonic()
-            future = params_client.call_async(SetParameters.Request(parameters=[param.to_parameter_msg()]))
+            future = self.params_client.call_async(SetParameters.Request(parameters=[param.to_parameter_msg()]))
             future.add_done_callback(lambda f, s=sent_at: latencies.append(time.monotonic() - s))
             calls.append(future)
         t_last = time.monotonic()
-        wait_for(lambda: len(latencies) >= n_params, answer_timeout)
-        settled = wait_for(lambda: diag.get("method") == last_method and diag.get("reloading") == "false",
-                           settle_timeout)
+        self.wait_for(lambda: len(latencies) >= n_params, answer_timeout)
+        settled = self.wait_for(lambda: diag.get(D.METHOD) == last_method and diag.get(D.RELOADING) == D.FALSE,
+                                settle_timeout)
         t_settled = time.monotonic()
-        diag.fresh(alive)
+        diag.fresh(self.h.check_alive)
         accepted = sum(1 for f in calls if f.done() and all(r.successful for r in f.result().results))
-        report["parameters"] = {
+        p = {
             "sent": n_params, "answered": len(latencies), "accepted": accepted,
             "reply_p50_ms": percentile(latencies, 50) * 1000, "reply_p95_ms": percentile(latencies, 95) * 1000,
             "reply_max_ms": max(latencies) * 1000 if latencies else float("nan"),
             "late_over_1s": sum(1 for v in latencies if v > 1.0),
             "last_method": last_method, "settled": settled,
             "settle_s": (t_settled - t_last) if settled else float("nan"),
-            "frames_answered": answered_between(t0, t_last), "frames_sent": int((t_last - t0) * rate),
-            "reloads": diag.counter("reloads"), "reloads_coalesced": diag.counter("reloads_coalesced"),
-            "reload_failures": diag.counter("reload_failures")}
-        p = report["parameters"]
+            "frames_answered": self.answered_between(t0, t_last), "frames_sent": int((t_last - t0) * self.rate),
+            "reloads": diag.counter(D.RELOADS), "reloads_coalesced": diag.counter(D.RELOADS_COALESCED),
+            "reload_failures": diag.counter(D.RELOAD_FAILURES)}
         log(f"[node-bench] storm: {p['answered']}/{n_params} parameter calls answered (p50 {p['reply_p50_ms']:.1f} ms, "
             f"p95 {p['reply_p95_ms']:.1f} ms); settled on {last_method!r} {p['settle_s']:.2f} s after the last; "
             f"{p['reloads']} reloads built, {p['reloads_coalesced']} coalesced; {p['frames_answered']} of "
             f"~{p['frames_sent']} frames answered during the storm")
-        report["node_alive"] = proc.poll() is None
-        report["diagnostics"] = dict(diag.values)
-    finally:
-        stop.set()
-        node_proc.stop()
-        executor.shutdown()
-        peer.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-        shutil.rmtree(state_dir, ignore_errors=True)
-    return report
+        return p

@@ -35,6 +35,7 @@ from std_msgs.msg import Header, String
 from std_srvs.srv import SetBool, Trigger
 
 from ..atomic import remove_orphans
+from ..runtime import diagnostics as D
 from ..runtime import image_codec as codec
 from ..runtime import params as P
 from ..runtime.errors import one_line
@@ -496,11 +497,11 @@ class TTANode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         level, message, self._last_bad_total, values = self.session.status(self._last_bad_total)
-        values["input_publishers"] = self._input_publishers()
-        values["input_reliability"] = ",".join(sorted({s.reliability for s in self._image_subs}))
-        status = DiagnosticStatus(level=_LEVELS[level], name=f"tta_perception: {self.get_fully_qualified_name()}",
-                                  message=message, hardware_id=str(values["device"]))
-        status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
+        values[D.INPUT_PUBLISHERS] = self._input_publishers()
+        values[D.INPUT_RELIABILITY] = ",".join(sorted({s.reliability for s in self._image_subs}))
+        status = DiagnosticStatus(level=_LEVELS[level], name=D.status_name(self.get_fully_qualified_name()),
+                                  message=message, hardware_id=str(values[D.DEVICE]))
+        status.values = [KeyValue(key=k, value=D.text(v)) for k, v in values.items()]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [status] + self._camera_statuses(values)
@@ -530,19 +531,11 @@ class TTANode(LifecycleNode):
             elif bad > self._camera_bad.get(cam, 0):
                 level, message = DiagnosticStatus.WARN, "bad frames received (see counters)"
             self._camera_bad[cam] = bad
-            status = DiagnosticStatus(level=level, message=message, hardware_id=str(node_values["device"]),
-                                      name=f"tta_perception: {self.get_fully_qualified_name()} camera {cam}")
-            status.values = [KeyValue(key="camera", value=cam)] + [KeyValue(key=k, value=_fmt(v)) for k, v in row.items()]
+            status = DiagnosticStatus(level=level, message=message, hardware_id=str(node_values[D.DEVICE]),
+                                      name=D.camera_status_name(self.get_fully_qualified_name(), cam))
+            status.values = [KeyValue(key="camera", value=cam)] + [KeyValue(key=k, value=D.text(v)) for k, v in row.items()]
             out.append(status)
         return out
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _param_help(spec: "P.Spec") -> ParamHelp:

@@ -38,6 +38,7 @@ from sensor_msgs.msg import Image
 from rclpy.parameter import Parameter
 from std_msgs.msg import Header, String
 
+from ..runtime.diagnostics import status_name
 from ..runtime import image_codec as codec
 from ..runtime.messages import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, view_topic, weather_json
 from .convert import mono8_image, rgb_image
@@ -254,7 +255,7 @@ class WeatherCamera(Node):
                   "schedule": self.schedule.name, "domain": getattr(self, "last_domain", ""),
                   "encoding": self.cfg["encoding"], "next_frame": self._next_index,
                   "cameras": ",".join(self.cameras) or "camera"}
-        status = DiagnosticStatus(level=level, name=f"tta_perception: {self.get_fully_qualified_name()}",
+        status = DiagnosticStatus(level=level, name=status_name(self.get_fully_qualified_name()),
                                   message=message, hardware_id="embedded_world")
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         publish_status(self, self.diag_pub, status)

@@ -7,10 +7,13 @@ Threads: frames are inferred on the node's worker thread; the adapter adapts on 
 model reload (a ``reload`` parameter change) builds the new pipeline on a short-lived thread while
 the old one keeps serving. ``infer_lock`` serialises inference with reset/save/swap, so a service
 never sees a half-finished frame.
+
+The session's collaborators: ``runtime.reload.ReloadCoordinator`` (which reload request is the
+newest, the builder thread), ``runtime.counters.FrameCounters`` (frames in and out, per camera) and
+``runtime.diagnostics.Diagnostics`` (what /diagnostics reports).
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -19,8 +22,10 @@ from typing import Any, Callable, Optional, Protocol
 
 from . import image_codec as codec
 from . import params as P
+from .counters import FrameCounters
+from .diagnostics import Diagnostics
 from .errors import ConfigError, one_line
-from .health import Health
+from .reload import ReloadCoordinator
 
 # parameters that change the memory a configuration needs
 MEMORY_PARAMS = {"input_size", "window", "method", "max_image_pixels", "device"}
@@ -49,11 +54,6 @@ def _model_problem(model: str, architecture: str, max_bytes: Optional[int] = Non
     return None
 
 
-# Counters always present in /diagnostics (0 until something happens), so tools can rely on them.
-COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "lost_in_transport", "qos_rematches",
-            "frames_during_reload", *codec.REASONS, "inference_errors", "nonfinite_outputs", "cuda_oom",
-            "reloads", "reloads_coalesced", "reload_failures", "rollbacks", "resets_requested", "saves",
-            "saves_shared", "saves_refused")
 #: files a parameter names, with the kind of file (``files.CAPS``); weights are also capped by the
 #: node's memory budget (a file larger than ``max_memory_mb`` cannot be loaded within it)
 FILE_PARAMS = {"bundle": "weights", "resume_from": "weights", "domain_calibration": "calibration"}
@@ -100,28 +100,24 @@ class Session:
 
         self.log, self.on_swap, self.on_rollback = log, on_swap, on_rollback
         self.node_name = node_name
-        self.health = Health()
         self.infer_lock = threading.RLock()
         self._cfg_lock = threading.Lock()
         self._cfg = dict(cfg)
         self.state_dir = state_dir_of(str(cfg.get("state_dir") or ""))  # fixed for the node's life
-        self.reloading = threading.Event()
-        # reloads coalesce: one builder thread at a time builds the newest requested configuration
-        self._reload_lock = threading.Lock()
-        self._reload_gen = 0
-        self._reload_wanted: Optional[int] = None  # the generation the builder should deliver
-        self._reload_thread: Optional[threading.Thread] = None
-        self._reload_why: list[str] = []
-        self._serve_during_reload = True  # False while falling back from CUDA out of memory
+        self.reloads = ReloadCoordinator(self.infer_lock, self.effective_cfg, self._build, self._install,
+                                         lambda n: self.health.count("reloads_coalesced", n), log)
+        self.reloading = self.reloads.reloading  # set while a reload is wanted or building
         self._save_lock = threading.Lock()
         self._save_future: Optional[Any] = None  # concurrent.futures.Future of the save running
-        self._warned_transport = False
-        # several cameras (the 'cameras' parameter, fixed at start-up): a Health each, beside the totals
+        # several cameras (the 'cameras' parameter, fixed at start-up): counted each, beside the totals
         self.cameras: list[str] = list(cfg.get("cameras") or [])
-        self.camera_health = {c: Health() for c in self.cameras}
-        self._last_lost = 0  # lost_in_transport at the last status
         #: per camera, the reliability its image subscription has now (best_available resolves it)
         self.subscribed_reliability: dict[str, str] = {}
+        self.counters = FrameCounters(self.cameras, log, lambda camera: self.subscribed_reliability.get(camera)
+                                      or self.cfg["qos_reliability"])
+        self.health = self.counters.health
+        self.camera_health = self.counters.cameras
+        self.report = Diagnostics(self)
         self.pipeline = None
         self.parked: Optional[dict[str, Any]] = None  # adapted state kept while inactive
         self.state = "unconfigured"
@@ -130,7 +126,6 @@ class Session:
         self.reload_error = ""
         self.good_cfg: Optional[dict[str, Any]] = None  # the configuration the running model came from
         self.last_task: Optional[tuple[str, list[str]]] = None
-        self._last: dict[str, float] = {"confidence": float("nan"), "entropy": float("nan")}
 
     # ================================================================== configuration
     @property
@@ -251,8 +246,8 @@ class Session:
             if "enable" in updates:
                 pipe.set_enabled(bool(updates["enable"]))
                 self.log.info(f"adaptation {'enabled' if updates['enable'] else 'disabled'}")
-            if "temporal_fusion" in updates:
-                pipe.set_temporal_fusion(cfg["temporal_fusion"])
+            if "temporal_fusion" in updates or "temporal_fusion_mode" in updates:
+                pipe.set_temporal_fusion(cfg["temporal_fusion"], cfg["temporal_fusion_mode"])
             if "lr" in updates or "lr_consistency" in updates:
                 changed = pipe.set_learning_rates(cfg["lr"], cfg["lr_consistency"])
                 if changed:
@@ -346,11 +341,8 @@ class Session:
 
     def free(self) -> None:
         """Drop the model, freeing (GPU) memory; a reload still running is discarded. Idempotent."""
-        with self.infer_lock, self._reload_lock:
-            self._reload_gen += 1
-            self._reload_wanted = None
-            self._serve_during_reload = True
-            self.reloading.clear()
+        with self.infer_lock:
+            self.reloads.cancel()
             pipe, self.pipeline = self.pipeline, None
         if pipe is not None:
             self.last_task = (pipe.task, pipe.class_names)
@@ -360,78 +352,39 @@ class Session:
 
     # ================================================================== reload
     def start_reload(self, why: str, serve: bool = True) -> None:
-        """Rebuild the pipeline in the background for the configuration now in force. Requests
-        coalesce: one builder thread delivers the newest configuration, so a storm of changes costs
-        one build after the last (a build already running finishes and is discarded when a newer
-        one was asked for meanwhile). The running model answers frames throughout, unless ``serve``
-        is false (falling back from CUDA out of memory)."""
-        with self._reload_lock:
-            self._reload_gen += 1
-            self._reload_wanted = self._reload_gen
-            self._serve_during_reload = serve and self._serve_during_reload
-            self._reload_why.append(why)
-            self.reloading.set()
-            if self._reload_thread is not None:
-                return  # the builder picks the newest configuration up when its build ends
-            self._reload_thread = threading.Thread(target=self._reloader, name="tta_reload", daemon=True)
-            self._reload_thread.start()
-        self.log.info(f"reloading the model ({why})")
+        """Rebuild the pipeline in the background for the configuration now in force (coalesced:
+        ``ReloadCoordinator``); the running model answers frames throughout unless ``serve`` is false."""
+        self.reloads.request(why, serve)
 
-    def _reloader(self) -> None:
-        """The builder thread: build what is wanted, deliver it unless a newer request came."""
-        while True:
-            with self._reload_lock:
-                gen = self._reload_wanted
-                if gen is None:  # freed meanwhile: nothing to deliver
-                    self._reload_thread = None
-                    return
-                why, self._reload_why = self._reload_why, []
-                cfg = self.effective_cfg()
-            if len(why) > 1:
-                self.health.count("reloads_coalesced", len(why) - 1)
-                self.log.info(f"{len(why)} reload requests coalesced; building the newest configuration "
-                              f"(method {cfg['method']!r}, model {cfg['model']!r})")
-            new, error = self._build(cfg)
-            if self._deliver(gen, cfg, new, error):
-                return
+    def is_reloading(self) -> bool:
+        return self.reloading.is_set()
 
-    def _deliver(self, gen: int, cfg: dict[str, Any], new: Any, error: str) -> bool:
-        """Swap in ``new`` (or roll back) if ``gen`` is still the newest request; False: build again."""
-        old = None
-        with self.infer_lock, self._reload_lock:
-            if gen != self._reload_wanted:  # superseded by a newer request, or freed
-                if new is not None:
-                    new.close()
-                if self._reload_wanted is not None:
-                    self.health.count("reloads_coalesced")  # built for a request a newer one replaced
-                    self.log.info(f"a reload was superseded before it finished (method {cfg['method']!r}): "
-                                  "building the newest configuration")
-                return False
-            self._reload_wanted = None
-            self._reload_thread = None
-            if new is not None:
-                # live settings changed while it was building win over the snapshot it was built from
-                live = self.cfg
-                new.set_enabled(bool(live["enable"]))
-                new.set_learning_rates(live["lr"], live["lr_consistency"])
-                new.set_temporal_fusion(live["temporal_fusion"])
-                old, self.pipeline = self.pipeline, new
-                self.good_cfg = dict(cfg)
-                self.reload_error = ""
-                reverted: dict[str, Any] = {}
-            else:
-                reverted = self._roll_back()
-                self.reload_error = error + (f" (rolled back: {_listing(reverted)})" if reverted else "")
-            self._serve_during_reload = True
-            self.reloading.clear()
+    def _install(self, cfg: dict[str, Any], new: Any, error: str) -> Callable[[], None]:
+        """Swap in ``new`` (or roll back after a failed build), under the inference lock; what is
+        left to do outside the locks (callbacks, logging, freeing the old model)."""
         if new is None:
-            release_memory()  # what the failed build allocated
-            self.log.error(f"reload failed, still running the previous model: {self.reload_error}")
-            if reverted:  # the parameters follow before the failure is counted: one consistent picture
-                self.on_rollback(reverted)
-                self.health.count("rollbacks")
-            self.health.count("reload_failures")
-            return True
+            reverted = self._roll_back()
+            self.reload_error = error + (f" (rolled back: {_listing(reverted)})" if reverted else "")
+            return lambda: self._failed(reverted)
+        # live settings changed while it was building win over the snapshot it was built from
+        live = self.cfg
+        new.set_enabled(bool(live["enable"]))
+        new.set_learning_rates(live["lr"], live["lr_consistency"])
+        new.set_temporal_fusion(live["temporal_fusion"], live["temporal_fusion_mode"])
+        old, self.pipeline = self.pipeline, new
+        self.good_cfg = dict(cfg)
+        self.reload_error = ""
+        return lambda: self._swapped(cfg, new, old)
+
+    def _failed(self, reverted: dict[str, Any]) -> None:
+        release_memory()  # what the failed build allocated
+        self.log.error(f"reload failed, still running the previous model: {self.reload_error}")
+        if reverted:  # the parameters follow before the failure is counted: one consistent picture
+            self.on_rollback(reverted)
+            self.health.count("rollbacks")
+        self.health.count("reload_failures")
+
+    def _swapped(self, cfg: dict[str, Any], new: Any, old: Any) -> None:
         for warning in new.warnings:
             self.log.warning(warning)
         if old is not None:
@@ -441,7 +394,6 @@ class Session:
         release_memory()
         self.health.count("reloads")
         self.log.info(f"reloaded: {new.task} method {cfg['method']!r} on {new.device}")
-        return True
 
     def _roll_back(self) -> dict[str, Any]:
         """Put the reload parameters back to the configuration the running model came from; the
@@ -457,39 +409,14 @@ class Session:
     # ================================================================== frames
     def arrival(self, stamp_s: Optional[float] = None, camera: str = "", source: Any = None,
                 seq: Optional[int] = None) -> None:
-        """A frame arrived from ``camera`` (``stamp_s``: its header stamp; ``source``, ``seq``: its
-        publisher and that publisher's sequence number where the RMW tells, see
-        ``health.TransportLoss``). The first frames found lost before the node
-        (``lost_in_transport``) are reported once, with the remedy."""
-        cam = self.camera_health.get(camera)
-        if cam is None:
-            lost = self.health.arrival(stamp_s=stamp_s, source=source, seq=seq)
-        else:  # the frames of one camera make a chain; the node's total counts them all
-            lost = cam.arrival(stamp_s=stamp_s, source=source, seq=seq)
-            self.health.arrival()
-            if lost:
-                self.health.count("lost_in_transport", lost)
-        if lost and not self._warned_transport:
-            self._warned_transport = True
-            reliability = self.subscribed_reliability.get(camera) or self.cfg["qos_reliability"]
-            remedy = ("a best-effort publisher of large frames needs the shipped DDS profile in its own "
-                      "process (dds_profile), or a reliable publisher" if reliability == "best_effort" else
-                      "raise qos_depth and the DDS socket buffers (net.core.rmem_max)")
-            self.log.warning(f"frames are lost before they reach the node ({lost} missing before this one, "
-                             f"counted in lost_in_transport): large frames over {reliability} DDS; {remedy} "
-                             f"(see the node documentation, 'Large frames')")
+        """A frame arrived (``FrameCounters.arrival``)."""
+        self.counters.arrival(stamp_s, camera, source=source, seq=seq)
 
     def count(self, key: str, camera: str = "") -> None:
-        """A counter of the node, and of ``camera`` where there are several."""
-        self.health.count(key)
-        if camera in self.camera_health:
-            self.camera_health[camera].count(key)
+        self.counters.count(key, camera)
 
     def rejected(self, err: codec.ImageError, camera: str = "") -> None:
-        """A frame that could not be decoded: counted by reason (and camera)."""
-        self.count(err.reason, camera)
-        where = f" from camera {camera!r}" if camera else ""
-        self.log.warning(f"bad frame{where} ({err.reason}): {err}", throttle=True)
+        self.counters.rejected(err, camera)
 
     def adapt_flags(self, cameras: list[str]) -> list[bool]:
         """Which of these cameras feed the adaptation window (``adapt_cameras``; empty: all)."""
@@ -512,7 +439,7 @@ class Session:
         with self.infer_lock:
             pipe = self.pipeline
             reloading = self.reloading.is_set()
-            if pipe is None or (reloading and not self._serve_during_reload):
+            if pipe is None or not self.reloads.serving():
                 for camera in cameras:
                     self.count("frames_during_reload", camera)
                 return None
@@ -536,17 +463,10 @@ class Session:
 
     def done(self, result, t_arrival: float, model_s: float, camera: str = "") -> None:
         """Book-keeping once a frame's outputs are published."""
-        if result.nonfinite:
-            self.count("nonfinite_outputs", camera)
-        self._last = {"confidence": result.mean_confidence, "entropy": result.mean_entropy}
-        latency = time.monotonic() - t_arrival
-        self.health.processed(latency, model_s)
-        if camera in self.camera_health:
-            self.camera_health[camera].processed(latency, model_s)
+        self.counters.done(result, t_arrival, model_s, camera)
 
     def frame_failed(self, err: BaseException) -> None:
-        self.health.count("inference_errors")
-        self.log.error(f"frame failed: {type(err).__name__}: {one_line(err)}", throttle=True)
+        self.counters.frame_failed(err)
 
     # ================================================================== services
     def set_enabled(self, enabled: bool) -> None:
@@ -625,77 +545,15 @@ class Session:
     # ================================================================== diagnostics
     def diagnostics(self) -> dict[str, Any]:
         """Everything /diagnostics reports, as a dict (also handy in tests and tools)."""
-        snap = self.health.snapshot()
-        pipe = self.pipeline
-        out: dict[str, Any] = {k: snap.get(k, 0) for k in COUNTERS}
-        out.update({k: snap[k] for k in ("input_rate_hz", "stamp_period_ms", "latency_p50_ms",
-                                         "latency_p95_ms", "model_p50_ms")})
-        cfg = self.cfg
-        running = pipe.cfg if pipe else cfg  # what actually runs, not what was last asked for
-        out.update({"state": self.state,
-                    "task": pipe.task if pipe else cfg["task"], "model": running["model"],
-                    "architecture": running["architecture"], "method": running["method"],
-                    "device": pipe.device if pipe else cfg["device"],
-                    "input_size": "x".join(map(str, pipe.input_size)) if pipe else "",
-                    "adaptation_enabled": bool(cfg["enable"]), "reloading": self.reloading.is_set(),
-                    "confidence": self._last["confidence"], "entropy": self._last["entropy"]})
-        stats = pipe.stats() if pipe else {}  # the engine's StreamingAdapter.stats()
-        method = stats.get("method") if isinstance(stats.get("method"), dict) else {}
-        out["adaptation_steps"] = int(stats.get("adapt_steps", 0) or 0)
-        out["adaptation_errors"] = int(stats.get("errors", 0) or 0)
-        out["adapt_coalesced"] = int(stats.get("coalesced", 0) or 0)
-        out["mean_adapt_ms"] = float(stats.get("mean_adapt_ms", float("nan")))
-        out["predict_mode"] = str(stats.get("predict_mode", ""))
-        out["adapt_worker"] = (f"nice {stats.get('worker_nice', 0)}, {stats.get('worker_threads', 0)} threads"
-                               if stats.get("worker_threads") else "")
-        for key in ("resets", "collapse_resets", "method_resets", "nan_skips"):
-            out[key] = int(method.get(key, 0) or 0)
-        out["adaptation_entropy"] = float(method.get("last_entropy", float("nan")))
-        out["selected_blocks"] = ",".join(pipe.selected_blocks() if pipe else [])
-        for key in ("domain", "domain_distance", "frames_in_domain", "domain_switches", "domains_known"):
-            if key in stats:  # domain memory on
-                out[key] = stats[key]
-        out["config_error"] = self.config_error
-        out["reload_error"] = self.reload_error
-        return out
-
-    #: what /diagnostics shows of each camera
-    CAMERA_KEYS = ("frames_received", "frames_processed", "frames_dropped", "lost_in_transport",
-                   *codec.REASONS, "nonfinite_outputs")
+        return self.report.values()
 
     def camera_diagnostics(self) -> dict[str, dict[str, Any]]:
-        """Per camera: input rate, latency p50/p95, frames received/processed/dropped/lost, bad
-        inputs by kind, the age of its last frame (NaN before the first); empty with one camera."""
-        out = {}
-        for camera, health in self.camera_health.items():
-            snap = health.snapshot()
-            row = {k: snap.get(k, 0) for k in self.CAMERA_KEYS}
-            row.update({k: snap[k] for k in ("input_rate_hz", "stamp_period_ms", "latency_p50_ms",
-                                             "latency_p95_ms", "last_frame_age_s")})
-            row["adapts"] = self.adapt_flags([camera])[0]
-            out[camera] = row
-        return out
+        """Per camera (``Diagnostics.cameras``); empty with one camera."""
+        return self.report.cameras()
 
     def status(self, last_bad_total: int) -> tuple[str, str, int, dict[str, Any]]:
         """(level 'ok'/'warn'/'error', message, bad-frame total, values) of the diagnostics status."""
-        d = self.diagnostics()
-        bad = sum(int(d[r]) for r in codec.REASONS) + int(d["inference_errors"])
-        level, message = "ok", "adapting" if d["adaptation_enabled"] else "inference only"
-        if d["config_error"]:
-            level, message = "error", f"configure refused: {d['config_error']}"
-        elif d["state"] != "active":
-            level, message = "warn", d["state"]
-        elif d["reload_error"]:
-            level, message = "warn", f"reload failed: {d['reload_error']}"
-        elif bad > last_bad_total:
-            level, message = "warn", "bad frames received (see counters)"
-        elif int(d["lost_in_transport"]) > self._last_lost:
-            level, message = "warn", (f"{d['lost_in_transport']} frames lost before the node (stamp gaps; "
-                                      "see lost_in_transport)")
-        self._last_lost = int(d["lost_in_transport"])
-        if level == "ok" and d["frames_processed"]:
-            message += f", {d['input_rate_hz']:.1f} Hz in, p50 {d['latency_p50_ms']:.0f} ms"
-        return level, message, bad, d
+        return self.report.status(last_bad_total)
 
 
 def _listing(values: dict[str, Any]) -> str:

@@ -1,0 +1,180 @@
+"""What a ``tta_node`` says on /diagnostics, defined once: the status names (the node's and each
+camera's), the keys other participants read, the text form of a value, and the values the session
+reports. The node builds its statuses from here and every reader (node-bench, ``--storm``,
+``ros.diagnostics.Watch``, the tests) parses with the same definitions, so a rename cannot leave a
+reader waiting for a status nobody sends.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Protocol
+
+from . import image_codec as codec
+
+PREFIX = "tta_perception: "  # every tta_perception node's status starts with it
+CAMERA_MARK = " camera "  # "tta_perception: /ns/tta_node camera front"
+NODE_NAME = "tta_node"
+
+# ------------------------------------------------------------------ keys other participants read
+STATE, ACTIVE = "state", "active"  # ACTIVE: the state of a node that answers frames
+METHOD, DEVICE, INPUT_SIZE, RELOADING = "method", "device", "input_size", "reloading"
+INPUT_PUBLISHERS, INPUT_RELIABILITY = "input_publishers", "input_reliability"  # added by the ROS node
+LATENCY_P50_MS, LATENCY_P95_MS, MODEL_P50_MS = "latency_p50_ms", "latency_p95_ms", "model_p50_ms"
+ADAPTATION_STEPS, MEAN_ADAPT_MS, SELECTED_BLOCKS = "adaptation_steps", "mean_adapt_ms", "selected_blocks"
+DOMAINS_KNOWN, DOMAIN_SWITCHES = "domains_known", "domain_switches"  # with domain memory only
+FRAMES_RECEIVED, FRAMES_PROCESSED, FRAMES_DROPPED = "frames_received", "frames_processed", "frames_dropped"
+LOST_IN_TRANSPORT, QOS_REMATCHES, INFERENCE_ERRORS = "lost_in_transport", "qos_rematches", "inference_errors"
+RELOADS, RELOADS_COALESCED, RELOAD_FAILURES = "reloads", "reloads_coalesced", "reload_failures"
+SAVES, SAVES_SHARED = "saves", "saves_shared"
+
+#: counters always present (0 until something happens), so tools can rely on them
+COUNTERS = (FRAMES_RECEIVED, FRAMES_PROCESSED, FRAMES_DROPPED, LOST_IN_TRANSPORT, QOS_REMATCHES,
+            "frames_during_reload", *codec.REASONS, INFERENCE_ERRORS, "nonfinite_outputs", "cuda_oom",
+            RELOADS, RELOADS_COALESCED, RELOAD_FAILURES, "rollbacks", "resets_requested", SAVES,
+            SAVES_SHARED, "saves_refused")
+#: what each camera's status shows (several cameras)
+CAMERA_KEYS = (FRAMES_RECEIVED, FRAMES_PROCESSED, FRAMES_DROPPED, LOST_IN_TRANSPORT, *codec.REASONS,
+               "nonfinite_outputs")
+
+
+# ------------------------------------------------------------------ names
+def node_fqn(ns: str, name: str = NODE_NAME) -> str:
+    """The fully qualified name of node ``name`` started under namespace ``ns``."""
+    return f"{ns.rstrip('/')}/{name}"
+
+
+def status_name(fqn: str) -> str:
+    """The status of the tta_perception node ``fqn`` (its fully qualified name)."""
+    return PREFIX + fqn
+
+
+def camera_status_name(fqn: str, camera: str) -> str:
+    return status_name(fqn) + CAMERA_MARK + camera
+
+
+def is_node_status(name: str, ns: str) -> bool:
+    """Whether ``name`` is the node status of the ``tta_node`` in namespace ``ns``."""
+    return name == status_name(node_fqn(ns))
+
+
+def camera_of(name: str, ns: str) -> Optional[str]:
+    """The camera whose status ``name`` is, of the ``tta_node`` in ``ns`` (None: not such a status)."""
+    head = status_name(node_fqn(ns)) + CAMERA_MARK
+    return name[len(head):] if name.startswith(head) else None
+
+
+# ------------------------------------------------------------------ values as text
+def text(value: Any) -> str:
+    """A value as a status carries it (readers compare with ``TRUE``/``FALSE``)."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, bool):
+        return TRUE if value else FALSE
+    return str(value)
+
+
+TRUE, FALSE = "true", "false"
+
+
+def number(values: dict[str, str], key: str) -> float:
+    """A key's value as a number (NaN when absent or not a number)."""
+    try:
+        return float(values.get(key))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+# ------------------------------------------------------------------ what the session reports
+class Reported(Protocol):
+    """What ``Diagnostics`` reads of the session (``runtime.session.Session``)."""
+
+    state: str
+    pipeline: Any
+    config_error: str
+    reload_error: str
+    counters: Any
+
+    @property
+    def cfg(self) -> dict[str, Any]: ...
+    def is_reloading(self) -> bool: ...
+    def adapt_flags(self, cameras: list[str]) -> list[bool]: ...
+
+
+class Diagnostics:
+    """The values and the level of the session's statuses, built on request (the node's timer)."""
+
+    def __init__(self, session: Reported) -> None:
+        self._s = session
+        self._last_lost = 0  # lost_in_transport at the last status
+
+    def values(self) -> dict[str, Any]:
+        """Everything the node status reports, as a dict (also handy in tests and tools)."""
+        s = self._s
+        snap = s.counters.health.snapshot()
+        pipe = s.pipeline
+        out: dict[str, Any] = {k: snap.get(k, 0) for k in COUNTERS}
+        out.update({k: snap[k] for k in ("input_rate_hz", "stamp_period_ms", LATENCY_P50_MS, LATENCY_P95_MS,
+                                         MODEL_P50_MS)})
+        cfg = s.cfg
+        running = pipe.cfg if pipe else cfg  # what actually runs, not what was last asked for
+        last = s.counters.last
+        out.update({STATE: s.state,
+                    "task": pipe.task if pipe else cfg["task"], "model": running["model"],
+                    "architecture": running["architecture"], METHOD: running["method"],
+                    DEVICE: pipe.device if pipe else cfg["device"],
+                    INPUT_SIZE: "x".join(map(str, pipe.input_size)) if pipe else "",
+                    "adaptation_enabled": bool(cfg["enable"]), RELOADING: s.is_reloading(),
+                    "confidence": last["confidence"], "entropy": last["entropy"]})
+        stats = pipe.stats() if pipe else {}  # the engine's StreamingAdapter.stats()
+        method = stats.get("method") if isinstance(stats.get("method"), dict) else {}
+        out[ADAPTATION_STEPS] = int(stats.get("adapt_steps", 0) or 0)
+        out["adaptation_errors"] = int(stats.get("errors", 0) or 0)
+        out["adapt_coalesced"] = int(stats.get("coalesced", 0) or 0)
+        out[MEAN_ADAPT_MS] = float(stats.get("mean_adapt_ms", float("nan")))
+        out["predict_mode"] = str(stats.get("predict_mode", ""))
+        out["adapt_worker"] = (f"nice {stats.get('worker_nice', 0)}, {stats.get('worker_threads', 0)} threads"
+                               if stats.get("worker_threads") else "")
+        for key in ("resets", "collapse_resets", "method_resets", "nan_skips"):
+            out[key] = int(method.get(key, 0) or 0)
+        out["adaptation_entropy"] = float(method.get("last_entropy", float("nan")))
+        out[SELECTED_BLOCKS] = ",".join(pipe.selected_blocks() if pipe else [])
+        for key in ("domain", "domain_distance", "frames_in_domain", DOMAIN_SWITCHES, DOMAINS_KNOWN):
+            if key in stats:  # domain memory on
+                out[key] = stats[key]
+        out["config_error"] = s.config_error
+        out["reload_error"] = s.reload_error
+        return out
+
+    def cameras(self) -> dict[str, dict[str, Any]]:
+        """Per camera: input rate, latency p50/p95, frames received/processed/dropped/lost, bad
+        inputs by kind, the age of its last frame (NaN before the first); empty with one camera."""
+        out = {}
+        for camera, health in self._s.counters.cameras.items():
+            snap = health.snapshot()
+            row = {k: snap.get(k, 0) for k in CAMERA_KEYS}
+            row.update({k: snap[k] for k in ("input_rate_hz", "stamp_period_ms", LATENCY_P50_MS, LATENCY_P95_MS,
+                                             "last_frame_age_s")})
+            row["adapts"] = self._s.adapt_flags([camera])[0]
+            out[camera] = row
+        return out
+
+    def status(self, last_bad_total: int) -> tuple[str, str, int, dict[str, Any]]:
+        """(level 'ok'/'warn'/'error', message, bad-frame total, values) of the node status."""
+        d = self.values()
+        bad = sum(int(d[r]) for r in codec.REASONS) + int(d[INFERENCE_ERRORS])
+        level, message = "ok", "adapting" if d["adaptation_enabled"] else "inference only"
+        if d["config_error"]:
+            level, message = "error", f"configure refused: {d['config_error']}"
+        elif d[STATE] != ACTIVE:
+            level, message = "warn", d[STATE]
+        elif d["reload_error"]:
+            level, message = "warn", f"reload failed: {d['reload_error']}"
+        elif bad > last_bad_total:
+            level, message = "warn", "bad frames received (see counters)"
+        elif int(d[LOST_IN_TRANSPORT]) > self._last_lost:
+            level, message = "warn", (f"{d[LOST_IN_TRANSPORT]} frames lost before the node (stamp gaps; "
+                                      "see lost_in_transport)")
+        self._last_lost = int(d[LOST_IN_TRANSPORT])
+        if level == "ok" and d[FRAMES_PROCESSED]:
+            message += f", {d['input_rate_hz']:.1f} Hz in, p50 {d[LATENCY_P50_MS]:.0f} ms"
+        return level, message, bad, d
