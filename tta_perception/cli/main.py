@@ -22,6 +22,7 @@ COMMANDS = {
     "bench": "bench",
     "make-bag": "make_bag",
     "replay": "replay",
+    "fleet": "fleet",
     "node-bench": "node_bench",
     "calibrate-domains": "calibrate_domains",
 }

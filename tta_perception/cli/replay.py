@@ -12,6 +12,16 @@ HELP = "replay a camera bag through the adaptation; outputs to a new bag, metric
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bag", type=Path, help="input bag folder (MCAP or sqlite3)")
     p.add_argument("--out", type=Path, required=True, help="output bag folder (refused if it exists)")
+    add_settings(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output bag (only once the new one is complete)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted replay into --out from its last checkpoint (same options)")
+
+
+def add_settings(p: argparse.ArgumentParser) -> None:
+    """What a replay computes: topics, the node's settings, the output bag's form (``fleet`` shares them)."""
     p.add_argument("--topic", default=None, help="image topic (default: the bag's camera topic when "
                                                  "there is only one)")
     p.add_argument("--topics", default=None,
@@ -39,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temporal-fusion", type=float, default=None, metavar="W",
                    help="segmentation: weight of the past in the written prediction, fused along the optical "
                         "flow (the node's temporal_fusion; default 0 = off; docs/video.md)")
+    p.add_argument("--temporal-fusion-mode", choices=("fixed", "adaptive"), default=None,
+                   help="with --temporal-fusion: the past at W everywhere, or at W times the current frame's "
+                        "uncertainty per pixel (the node's temporal_fusion_mode; docs/video.md)")
     p.add_argument("--prefix", default="/tta", help="namespace of the output topics")
     p.add_argument("--overlay", action="store_true", help="also write the rgb8 overlay")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output storage")
@@ -51,38 +64,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cannot be read, counting them (default: stop with a one-line error, nothing "
                         "written)")
     p.add_argument("--no-plot", action="store_true", help="no PNG plot of the metrics")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output bag (only once the new one is complete)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="frames between checkpoints (finished output part + adaptation state in "
                         "<out>.resume/), so an interrupted replay can be resumed; 0: none")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted replay into --out from its last checkpoint (same options)")
+
+
+def settings(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(node configuration, ``ReplayOptions`` fields) of the options of :func:`add_settings`."""
+    from ..runtime.params import node_config
+
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError("--limit must be positive")
+    if args.checkpoint_every < 0:
+        raise ValueError("--checkpoint-every must be >= 0")
+    overrides = {"method": args.method, "model": args.model, "architecture": args.architecture,
+                 "bundle": args.bundle, "device": args.device, "window": args.window,
+                 "adapt_every": args.adapt_every, "seed": args.seed, "output_size": args.output_size,
+                 "temporal_fusion": args.temporal_fusion, "temporal_fusion_mode": args.temporal_fusion_mode}
+    if args.architecture and ":" in args.architecture:  # the user's own command line: trusted
+        overrides["allow_code_architecture"] = True
+    cfg = node_config(overrides, args.params_file)
+    if args.temporal_fusion_mode is not None and not cfg["temporal_fusion"]:
+        raise ValueError("--temporal-fusion-mode: the mode of the fusion, which is off: add --temporal-fusion W")
+    topics = [t.strip() for t in args.topics.split(",") if t.strip()] if args.topics else None
+    return cfg, dict(topic=args.topic, topics=topics, truth_topic=args.truth_topic, weather_topic=args.weather_topic,
+                     prefix=args.prefix, storage=args.storage, version=args.bag_version, overlay=args.overlay,
+                     background=args.background, limit=args.limit, skip_bad=args.skip_bad, plot=not args.no_plot,
+                     checkpoint_every=args.checkpoint_every)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..bags.replay import ReplayInterrupted, ReplayOptions, replay
     from ..metrics import format_table
-    from ..runtime.params import node_config
 
-    if args.limit is not None and args.limit <= 0:
-        raise ValueError("--limit must be positive")
-    overrides = {"method": args.method, "model": args.model, "architecture": args.architecture,
-                 "bundle": args.bundle, "device": args.device, "window": args.window,
-                 "adapt_every": args.adapt_every, "seed": args.seed, "output_size": args.output_size,
-                 "temporal_fusion": args.temporal_fusion}
-    if args.architecture and ":" in args.architecture:  # the user's own command line: trusted
-        overrides["allow_code_architecture"] = True
-    cfg = node_config(overrides, args.params_file)
-    topics = [t.strip() for t in args.topics.split(",") if t.strip()] if args.topics else None
-    opts = ReplayOptions(topic=args.topic, topics=topics, truth_topic=args.truth_topic, weather_topic=args.weather_topic,
-                         prefix=args.prefix, storage=args.storage, version=args.bag_version,
-                         overwrite=args.overwrite, overlay=args.overlay, background=args.background,
-                         limit=args.limit, skip_bad=args.skip_bad, progress=not args.no_progress,
-                         plot=not args.no_plot, checkpoint_every=args.checkpoint_every, resume=args.resume)
-    if args.checkpoint_every < 0:
-        raise ValueError("--checkpoint-every must be >= 0")
+    cfg, fields = settings(args)
+    opts = ReplayOptions(**fields, overwrite=args.overwrite, progress=not args.no_progress, resume=args.resume)
     try:
         res = replay(args.bag, args.out, cfg, opts)
     except ReplayInterrupted as err:
