@@ -81,6 +81,25 @@ def test_fusion_weight_is_live_and_zero_publishes_the_logits():
     assert path.camera().fusion is None
 
 
+def test_the_published_mode_is_live_and_other_modes_are_only_scored():
+    import pytest
+
+    x = frames(3)
+    path = FramePath(Adapter(), fusion=0.6, fusion_mode="fixed", score_modes=("fixed", "adaptive"))
+    recs = [path.run(f, stamps=[0.1 * k])[0] for k, f in enumerate(x[:2])]
+    assert set(recs[1].fused) == {"fixed", "adaptive"} and recs[1].output is recs[1].fused["fixed"]
+    assert not torch.equal(recs[1].fused["fixed"], recs[1].fused["adaptive"])
+    path.set_fusion(0.6, "adaptive")                                  # live: the next frame starts over
+    r = path.run(x[2], stamps=[0.2])[0]
+    assert r.output is r.fused["adaptive"] and path.camera().fusion.mode == "adaptive"
+    assert path.camera().fusion.stats()["frames"] == 1
+    alone = FramePath(Adapter(), fusion=0.6)
+    alone.run(x[0], stamps=[0.0])
+    assert set(alone.run(x[1], stamps=[0.1])[0].fused) == {"fixed"}   # the node fuses only what it publishes
+    with pytest.raises(ValueError):
+        path.set_fusion(0.6, "median")
+
+
 def test_pipeline_and_stream_runner_share_the_path(tmp_path, monkeypatch):
     """Every frame of the node's pipeline and of ``bench --stream`` goes through ``FramePath.run``."""
     from tta_perception.bench.runner import RunOptions, run_method

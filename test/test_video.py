@@ -12,8 +12,8 @@ import torch
 from engine_fixtures import tiny_seg
 from tta_perception.engine import build_method
 from tta_perception.engine.streaming import StreamingAdapter
-from tta_perception.engine.temporal import (FlowChain, Motion, TemporalFusion, estimate_motion, to_gray, warp,
-                                            warp_nearest)
+from tta_perception.engine.temporal import (FUSION_MODES, FlowChain, Motion, TemporalFusion, estimate_motion, to_gray,
+                                            uncertainty, warp, warp_nearest)
 from tta_perception.metrics import Flicker, flicker_counts
 from tta_perception.world.classes import IGNORE_INDEX
 
@@ -106,6 +106,44 @@ def test_fusion_weight_zero_is_bit_identical_and_fusion_mixes_only_where_valid()
     assert f.stats()["fused_frames"] == 1
     with pytest.raises(ValueError):
         TemporalFusion(1.0)
+
+
+def test_adaptive_fusion_leaves_confident_pixels_alone_and_caps_the_past_at_w():
+    prev, cur = pair()
+    m = estimate_motion(prev, cur)
+    assert m.valid.any() and (~m.valid).any()
+    c = 5
+    z0 = torch.randn(1, c, H, W)
+    z1 = torch.randn(1, c, H, W) * 0.5
+    z1[:, :, :, : W // 2] = torch.tensor([60.0, 0, 0, 0, 0])[None, :, None, None]  # max prob 1 in float
+    p1 = z1.softmax(1)
+    u = uncertainty(p1)
+    assert torch.equal(u[..., : W // 2], torch.zeros_like(u[..., : W // 2]))
+    assert float(u.min()) >= 0 and float(u.max()) <= 1
+    assert float(uncertainty(torch.full((1, c, 2, 2), 1.0 / c)).min()) == pytest.approx(1.0)
+    f = TemporalFusion(0.6, "adaptive")
+    f(z0, None)
+    out = f(z1, m).softmax(1)
+    past = warp(z0.softmax(1), m)[0]
+    a = 0.6 * torch.from_numpy(m.valid)[None, None].float() * u
+    assert torch.allclose(out, p1 + a * (past - p1), atol=1e-5)
+    # confident: weight 0, unchanged (but for the log's floor of 1e-12)
+    assert torch.allclose(out[..., : W // 2], p1[..., : W // 2], rtol=0, atol=1e-11)
+    inv = ~torch.from_numpy(m.valid)
+    assert torch.allclose(out[0][:, inv], p1[0][:, inv], atol=1e-6)        # invalid flow: no fusion
+    # the weight of the past never exceeds the fixed one: the fused map lies between now and the fixed mix
+    fixed = TemporalFusion(0.6, "fixed")
+    fixed(z0, None)
+    out_fixed = fixed(z1, m).softmax(1)
+    assert ((out - p1).abs() <= (out_fixed - p1).abs() + 1e-6).all()
+    st = f.stats()
+    assert st["mode"] == "adaptive" and 0 < st["mean_past_weight"] <= 0.6
+    off = TemporalFusion(0.0, "adaptive")
+    assert off(z1, m) is z1                                                # weight 0: the logits themselves
+    with pytest.raises(ValueError):
+        TemporalFusion(0.5, "confident")
+    from tta_perception.runtime import params as P
+    assert P.FUSION_MODES == FUSION_MODES                                  # the parameter offers the engine's modes
 
 
 # ------------------------------------------------------------------------------------ flicker
@@ -273,6 +311,11 @@ def test_temporal_fusion_parameter_and_rendered_yaml():
     cfg["temporal_fusion"] = 1.0
     assert P.check_all(cfg)                                # out of range
     assert "temporal_fusion: 0.0" in P.render_yaml()
+    spec = P.SPEC["temporal_fusion_mode"]
+    assert spec.when == "live" and spec.choices == FUSION_MODES
+    cfg = P.defaults()
+    cfg["temporal_fusion_mode"] = "sometimes"
+    assert P.check_all(cfg)
 
 
 # ------------------------------------------------------------------------------------ benchmark
@@ -294,6 +337,22 @@ def test_stream_bench_scores_flicker_and_fused_rows(tmp_path):
     assert runs["source+tf"]["ms_per_frame"] > runs["source"]["ms_per_frame"]
     assert "norm+tf − norm" in (out / "results.txt").read_text()
     assert (out / "temporal_paired.csv").is_file() and (out / "flicker_day2night.csv").is_file()
+    # both fusion modes scored from the same run: exactly paired with the base row and with each other
+    rc = main(["bench", "--task", "seg", "--stream", "--random-init", "--sequence", "day2night", "--start", "800",
+               "--frames", "806", "--size", "32x64", "--methods", "source", "--temporal-fusion", "0.5",
+               "--temporal-fusion-mode", "both", "--window", "2", "--adapt-every", "2", "--out", str(tmp_path / "ab"),
+               "--cache", str(tmp_path / "cache"), "--no-progress", "--device", "cpu", "--workers", "1", "--no-plot",
+               "--no-ceiling"])
+    assert rc == 0
+    both = {r["method"]: r for r in json.loads((tmp_path / "ab" / "results.json").read_text())["runs"]}
+    assert set(both) == {"source", "source+tf", "source+tfa"}
+    assert both["source"]["overall"] == runs["source"]["overall"]            # the base row is unchanged
+    assert both["source+tf"]["overall"] == runs["source+tf"]["overall"]      # so is the fixed fusion
+    assert both["source+tfa"]["temporal"]["mode"] == "adaptive" and both["source+tfa"]["temporal"]["fused_frames"] == 5
+    text = (tmp_path / "ab" / "results.txt").read_text()
+    assert "source+tfa − source " in text and "source+tfa − source+tf" in text
+    assert main(["bench", "--task", "seg", "--stream", "--random-init", "--sequence", "day2night", "--frames", "4",
+                 "--methods", "source", "--temporal-fusion-mode", "adaptive", "--no-ceiling"]) == 2  # fusion off
     # stride 10 has no video: every link breaks, flicker is not defined
     rc = main(["bench", "--task", "seg", "--stream", "--random-init", "--sequence", "day2night", "--start", "800",
                "--frames", "840", "--stride", "10", "--size", "32x64", "--methods", "source", "--out",
@@ -322,5 +381,27 @@ def test_session_applies_temporal_fusion_live():
         assert s.pipeline.temporal_fusion == 0.0
         assert s.update({"temporal_fusion": 0.5}) == {"live"}
         assert s.pipeline.temporal_fusion == 0.5 and s.cfg["temporal_fusion"] == 0.5
+        mode = s.pipeline.temporal_fusion_mode
+        other = "fixed" if mode == "adaptive" else "adaptive"
+        assert s.update({"temporal_fusion_mode": other}) == {"live"}
+        assert s.pipeline.temporal_fusion_mode == other and s.pipeline.temporal_fusion == 0.5
+        a, b = _rgb_pair()
+        s.pipeline.infer(a, overlay=False, stamp=0.0)
+        s.pipeline.infer(b, overlay=False, stamp=0.1)
+        assert s.pipeline.frame_path.cameras[""].fusion.mode == other   # the next frames use it
     finally:
         s.pipeline.close()
+
+
+def test_replay_takes_the_fusion_mode_only_with_the_fusion():
+    import argparse
+
+    from tta_perception.cli.replay import add_arguments, settings
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg, _ = settings(p.parse_args(["in", "--out", "out", "--temporal-fusion", "0.6", "--temporal-fusion-mode",
+                                    "adaptive"]))
+    assert cfg["temporal_fusion"] == 0.6 and cfg["temporal_fusion_mode"] == "adaptive"
+    with pytest.raises(ValueError, match="--temporal-fusion W"):
+        settings(p.parse_args(["in", "--out", "out", "--temporal-fusion-mode", "adaptive"]))

@@ -15,9 +15,10 @@ Video (streaming segmentation, ``docs/video.md``): the path follows the motion o
 (stamps = frame index / fps, so a stride > 1 or a reset breaks the chain). Every run scores **label
 flicker** per domain beside the mIoU (``metrics.flicker``; the flow for the metric is not counted in
 a method's time unless the method uses it: DPLOT ``temporal_pl``). With ``temporal_fusion`` > 0 the
-same run also scores its outputs fused over time as the companion row ``<method>+tf``: fusion only
-changes what is published, never what the method adapts on, so both rows come from one run (exactly
-paired); its time adds the flow and the fusion.
+same run also scores its outputs fused over time as the companion rows ``<method>+tf`` (fixed weight)
+and/or ``<method>+tfa`` (adaptive, ``fusion_modes``): fusion only changes what is published, never
+what the method adapts on, so all rows come from one run (exactly paired); a fused row's time adds
+the flow and its own fusion.
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ class RunOptions:
     realtime_costs: dict[str, Any] | None = None   # ... and this method's predict_ms / step_ms
     domain_calibration: dict[str, Any] | None = None  # '+dm' variants: the shift detector's calibration
     temporal_fusion: float = 0.0      # streaming seg: also score the outputs fused over time ('<method>+tf')
+    fusion_modes: tuple[str, ...] = ("fixed",)  # ... in these modes: '+tf' fixed, '+tfa' adaptive
     flow_preset: str = "fast"         # engine.temporal.PRESETS
 
 
@@ -250,14 +252,17 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
     from tqdm.auto import tqdm
 
     from ..runtime.frame_path import FramePath
+    from .variants import FUSION_SUFFIXES
 
     seed_everything(opts.seed)
     video = opts.streaming and stream.task == "seg"
     fused = video and opts.temporal_fusion > 0
+    modes = tuple(opts.fusion_modes) if fused else ()
+    suffix = {mode: sfx for sfx, mode in FUSION_SUFFIXES.items()}
     cycle_frames = getattr(stream, "cycle_frames", None)
-    rows = {"": _Scorer(stream.task, stream.num_classes, cycle_frames, video)}  # '+tf': the fused outputs
-    if fused:
-        rows["+tf"] = _Scorer(stream.task, stream.num_classes, cycle_frames, video)
+    rows = {"": _Scorer(stream.task, stream.num_classes, cycle_frames, video)}  # '+tf', '+tfa': fused outputs
+    for mode in modes:
+        rows[suffix[mode]] = _Scorer(stream.task, stream.num_classes, cycle_frames, video)
     detected: list[int] = []
     part_scores: dict[str, _Scorer] = {}
     frames = 0
@@ -276,7 +281,8 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                 clock = _realtime_clock(adapter, opts)
             # the node's frame path; the flow on every frame of a video, for the flicker
             path = FramePath(adapter, fusion=opts.temporal_fusion if fused else 0.0, flow=video,
-                             preset=opts.flow_preset, sync=True)
+                             preset=opts.flow_preset, sync=True, fusion_mode=modes[0] if modes else "fixed",
+                             score_modes=modes)
         elif VARIANTS[name].domain_memory:
             raise ValueError(f"{name}: domain memory is a streaming protocol (bench --stream)")
         bar = tqdm(total=stream.n_samples, desc=f"{name} on {stream.name}", unit=stream.x_label,
@@ -299,7 +305,9 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                             detected.append(adapter.domains.last.domain if adapter.domains.last else -1)
                     motions = [r.motion for r in done]
                     for key, scorer in rows.items():
-                        scorer.update(torch.stack([r.output if key else r.logits for r in done]), chunk, motions)
+                        mode = FUSION_SUFFIXES.get(key)
+                        scorer.update(torch.stack([r.fused[mode] if mode else r.logits for r in done]), chunk,
+                                      motions)
                 else:
                     sync(opts.device)
                     t0 = time.perf_counter()
@@ -327,17 +335,17 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
     parts = {p: {"domains": sc.domains(), "overall": sc.overall()} for p, sc in part_scores.items()}
     n = max(frames, 1)
     temporal: dict[str, Any] = {}
-    temporal_fused: dict[str, Any] = {}
-    fused_busy = 0.0
+    temporal_fused: dict[str, dict[str, Any]] = {}
+    fused_busy: dict[str, float] = {}
     if path is not None:
         sec = path.seconds
         busy = method_seconds(path)
-        fused_busy = sum(sec.values())  # the fused output needs the flow and the fusion
         if video:
             cam = path.camera()
             temporal = {**cam.chain.stats(), "flow_ms": sec["flow"] * 1e3 / n, "flow_counted": path.uses_motion}
-            if fused:
-                temporal_fused = {**temporal, **cam.fusion.stats(), "fusion_ms": sec["fuse"] * 1e3 / n}
+            for mode, fusion in cam.fusions.items():  # a fused output needs the flow and its own fusion
+                fused_busy[mode] = sec["predict"] + sec["flow"] + fusion.total_ms / 1e3
+                temporal_fused[mode] = {**temporal, **fusion.stats(), "fusion_ms": fusion.total_ms / n}
     del method, model, adapter, clock, path
 
     def method_run(label: str, scorer: _Scorer, seconds: float, **extra_fields) -> MethodRun:
@@ -347,9 +355,9 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
 
     run = method_run(name, rows[""], busy, streaming=stream_info, series_detected=detected, parts=parts,
                      temporal=temporal)
-    if fused:
-        run.companions.append(method_run(f"{name}+tf", rows["+tf"], fused_busy, streaming=dict(stream_info),
-                                         temporal=temporal_fused))
+    for mode in modes:
+        run.companions.append(method_run(f"{name}{suffix[mode]}", rows[suffix[mode]], fused_busy[mode],
+                                         streaming=dict(stream_info), temporal=temporal_fused[mode]))
     return run
 
 

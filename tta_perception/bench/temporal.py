@@ -3,9 +3,10 @@ per phase, and the paired effect of each temporal option on both.
 
 - Flicker table per stream: label flicker % (``metrics.flicker``) per phase and over the sequence
   (``seq``), mean over seeds (± 95 % CI with several seeds). Lower is steadier.
-- Paired effects: every ``<m>+tf`` row against ``<m>`` (output fusion; the same run, so exactly
-  paired) and each DPLOT variant with temporal pseudo-labels (``dplot-tpl``, ``dplot-tplr``)
-  against ``dplot`` (with ``+tf``: fused against ``dplot+tf``): per seed the difference of each cell, then its Student-t
+- Paired effects: every ``<m>+tf`` / ``<m>+tfa`` row against ``<m>`` (output fusion, fixed /
+  adaptive; the same run, so exactly paired), ``<m>+tfa`` against ``<m>+tf``, and each DPLOT
+  variant with temporal pseudo-labels (``dplot-tpl``, ``dplot-tplr``) against ``dplot`` (fused
+  against ``dplot`` fused the same way): per seed the difference of each cell, then its Student-t
   interval over seeds; ``*`` marks an interval that excludes 0. Across several streams also the
   difference of the mean over the streams of the ``seq`` cells.
 - Costs: the flow per frame and the fusion per frame (ms, same process).
@@ -24,7 +25,7 @@ from .output import write_rows_csv
 from .report import SHORT
 from .runner import MethodRun, runs_of
 from .streams import BenchStream
-from .variants import VARIANTS
+from .variants import VARIANTS, fused_base
 
 CONFIDENCE = 0.95
 METRICS = ("mIoU", "flicker")
@@ -39,10 +40,12 @@ def _cells(stream: BenchStream, run: MethodRun, metric: str) -> dict[str, float]
 
 def pairs_of(methods: Sequence[str]) -> list[tuple[str, str]]:
     """(variant, base) pairs whose difference the report gives."""
-    out = [(m, m[:-3]) for m in methods if VARIANTS[m].fused and m[:-3] in methods]
-    for m in methods:  # DPLOT with temporal pseudo-labels against DPLOT (fused against fused)
+    out = [(m, fused_base(m)[0]) for m in methods if VARIANTS[m].fused and fused_base(m)[0] in methods]
+    # the adaptive fusion against the fixed one, of the same run
+    out += [(m, m[:-1]) for m in methods if VARIANTS[m].fused and m.endswith("+tfa") and m[:-1] in methods]
+    for m in methods:  # DPLOT with temporal pseudo-labels against DPLOT (fused against fused, same mode)
         v = VARIANTS[m]
-        base = "dplot+tf" if v.fused else "dplot"
+        base = "dplot" + m[len(fused_base(m)[0]):] if v.fused else "dplot"
         if v.method == "dplot" and v.overrides.get("temporal_pl") and base in methods:
             out.append((m, base))
     return out

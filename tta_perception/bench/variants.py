@@ -62,11 +62,23 @@ DEFAULT_METHODS = ("source", "norm", "tent", "eata", "sar", "cotta", "rmt", "dpl
 VARIANTS.update({f"{n}+dm": Variant(f"{n}+dm", VARIANTS[n].method, VARIANTS[n].overrides, VARIANTS[n].bundle,
                                     False, f"{VARIANTS[n].doc}, with domain memory", True)
                  for n in DEFAULT_METHODS if n not in ("source", "norm")})
-# every variant with temporal output fusion: '<name>+tf' (streaming seg; `bench --temporal-fusion W` adds
-# them). Not a separate run: the base run scores its fused outputs too (bench/runner.py)
-VARIANTS.update({f"{n}+tf": Variant(f"{n}+tf", v.method, v.overrides, v.bundle, False,
-                                    f"{v.doc}, outputs fused over time (temporal_fusion)", v.domain_memory, True)
-                 for n, v in list(VARIANTS.items())})
+# every variant with temporal output fusion: '<name>+tf' (fixed weight) and '<name>+tfa' (adaptive: the
+# weight times the current frame's uncertainty) (streaming seg; `bench --temporal-fusion W
+# [--temporal-fusion-mode]` adds them). Not separate runs: the base run scores its fused outputs too
+# (bench/runner.py)
+FUSION_SUFFIXES = {"+tf": "fixed", "+tfa": "adaptive"}
+VARIANTS.update({f"{n}{sfx}": Variant(f"{n}{sfx}", v.method, v.overrides, v.bundle, False,
+                                      f"{v.doc}, outputs fused over time (temporal_fusion, {mode})", v.domain_memory,
+                                      True)
+                 for n, v in list(VARIANTS.items()) for sfx, mode in FUSION_SUFFIXES.items()})
+
+
+def fused_base(name: str) -> tuple[str, str]:
+    """(base method, fusion mode) of a fused row: 'dplot+tfa' -> ('dplot', 'adaptive')."""
+    for sfx, mode in FUSION_SUFFIXES.items():
+        if name.endswith(sfx) and VARIANTS[name].fused:
+            return name[:-len(sfx)], mode
+    raise ValueError(f"{name!r} is not a fused row")
 ABLATION_METHODS = ("dplot", "dplot-nobs", "dplot-nopair", "tent", "tent+bs", "eata", "eata+bs", "sar", "sar+bs")
 QUICK_METHODS = ("source", "norm", "tent", "dplot")
 GROUPS = {

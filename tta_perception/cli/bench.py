@@ -94,6 +94,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--safety", action="store_true",
                    help="engine safety on (collapse reset, NaN guard); off = paper protocol")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDR",
+                   help="run the cells (seeds x sequences x methods) as Ray tasks, each pinned to --threads: "
+                        "--ray alone starts a local Ray on this machine's cores, --ray ADDR joins a cluster "
+                        "(auto, HOST:PORT, ray://HOST:PORT); the same numbers as without it (docs/fleet.md)")
     p.add_argument("--cache", type=Path, default=Path("runs/cache"), help="cache of rendered/corrupted data, bundles")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -105,6 +109,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "rows from the same run): class probabilities mixed with the previous fused map warped along "
                         "the optical flow, W the weight of the past (0 = off; docs/video.md). Flicker is reported "
                         "for every streaming run regardless")
+    p.add_argument("--temporal-fusion-mode", default=None, choices=("fixed", "adaptive", "both"),
+                   help="streaming seg, with --temporal-fusion: the fused rows scored: 'fixed' ('<method>+tf', W "
+                        "everywhere; default), 'adaptive' ('<method>+tfa', W times the current frame's uncertainty "
+                        "per pixel) or both, all from the same run (docs/video.md)")
     p.add_argument("--flow-preset", default="fast", choices=("ultrafast", "fast", "medium"),
                    help="streaming seg: OpenCV DIS preset of the optical flow (flicker metric, fusion, dplot-tpl)")
     p.add_argument("--cycles", type=int, default=None,
@@ -125,7 +133,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # what each group of options applies to (the combinations refused without them: _check_combinations)
 STREAM_OPTIONS = ("window", "adapt_every", "background", "predict", "bn_stats", "flow_preset", "domain_memory",
-                  "realtime", "temporal_fusion", "cameras")
+                  "realtime", "temporal_fusion", "temporal_fusion_mode", "cameras")
 WORLD_SEG_OPTIONS = ("frames", "start", "stride", "size", "workers", "cycles")
 PROFILE_OPTIONS = ("profile_step", "methods", "window", "threads", "model", "out")
 
@@ -147,9 +155,12 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError("--model is required with a public dataset (e.g. wrn28_10 --weights PATH)")
     methods = resolve_methods(args.methods) if args.methods else \
         list(QUICK_METHODS if args.quick else resolve_methods("default"))
-    for flag, suffix in ((args.domain_memory, "+dm"), (args.temporal_fusion, "+tf")):
+    fusion_mode = args.temporal_fusion_mode or "fixed"
+    for flag, suffix in ((args.domain_memory, "+dm"), (args.temporal_fusion and fusion_mode != "adaptive", "+tf"),
+                         (args.temporal_fusion and fusion_mode != "fixed", "+tfa")):
         if flag:
-            methods += [m + suffix for m in methods if m + suffix in VARIANTS and m + suffix not in methods]
+            methods += [m + suffix for m in list(methods)
+                        if not VARIANTS[m].fused and m + suffix in VARIANTS and m + suffix not in methods]
     if args.cameras is not None and not 1 <= args.cameras <= 4:
         raise ValueError(f"--cameras must be 1..4 (front, rear, narrow, wide), got {args.cameras}")
     if args.temporal_fusion and not 0 < args.temporal_fusion < 1:
@@ -183,6 +194,10 @@ def config_from_args(args: argparse.Namespace):
         raise ValueError("--batch-size must be >= 1")
     batch_size = args.batch_size if args.batch_size is not None else preset.get("batch_size")
     n = args.n if args.n is not None else preset.get("n")
+    if args.ray not in (None, "local"):
+        from ..fleet.cluster import check_address
+
+        check_address(args.ray)
     cfg = BenchConfig(
         task=task, methods=methods, setting=args.setting, dataset=args.dataset,
         data_root=str(args.data_root) if args.data_root else None,
@@ -200,7 +215,7 @@ def config_from_args(args: argparse.Namespace):
         flow_preset=args.flow_preset,
         realtime_costs=str(args.realtime_costs) if args.realtime_costs else None,
         bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
-        out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers,
+        out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers, ray=args.ray,
         progress=not args.no_progress, plot=not args.no_plot, ceiling=not args.no_ceiling,
         ceiling_weights=str(args.ceiling_weights) if args.ceiling_weights else None)
     _check_combinations(args, cfg)
@@ -238,11 +253,15 @@ def _check_combinations(args: argparse.Namespace, cfg=None) -> None:
                                                                 "(--task cls)"),
         (args.dataset == "world", ["data_root", "source_root"], "a public --dataset only"),
         (args.setting == "gradual", ["severity"], "--setting gradual sweeps the severities itself"),
-        (args.cameras is not None, ["cycles", "seeds_for", "flow_preset", "temporal_fusion", "realtime"],
+        (args.cameras is not None, ["cycles", "seeds_for", "flow_preset", "temporal_fusion", "temporal_fusion_mode",
+                                    "realtime"],
          "not part of --cameras (every method runs every seed over --frames; no video rows, no simulated clock)"),
-        (args.realtime is not None, ["temporal_fusion"], "not combined with --realtime (its simulated clock does "
-                                                         "not carry the fused rows); run them separately"),
+        (args.realtime is not None, ["temporal_fusion", "temporal_fusion_mode"],
+         "not combined with --realtime (its simulated clock does not carry the fused rows); run them separately"),
+        (not args.temporal_fusion, ["temporal_fusion_mode"], "the mode of the fused rows: needs --temporal-fusion W"),
         (args.realtime is None, ["realtime_costs"], "needs --realtime HZ"),
+        (args.cameras is not None, ["ray"], "not part of --cameras (its shared and independent runs stay in this "
+                                            "process)"),
         (args.frames is not None, ["cycles"], "ends the sequence as --frames does: give one of them"),
         (world_seg and args.cycles is not None and not any(load_schedule(s).loop for s in seqs), ["cycles"],
          "whole weather cycles of a looping sequence (dynamic): none of --sequence loops"),
@@ -254,7 +273,7 @@ def _check_combinations(args: argparse.Namespace, cfg=None) -> None:
                                                     "--methods loads it"),
     ])
     if any(VARIANTS[m].fused for m in cfg.methods) and not args.temporal_fusion:
-        raise ValueError("'<method>+tf' rows need --temporal-fusion W")
+        raise ValueError("'<method>+tf' / '<method>+tfa' rows need --temporal-fusion W")
     video = [m for m in cfg.methods if VARIANTS[m].video and not VARIANTS[m].fused]
     video = (["--temporal-fusion"] if args.temporal_fusion else []) + video
     streaming = [m for m in cfg.methods if VARIANTS[m].domain_memory or VARIANTS[m].video]

@@ -16,9 +16,11 @@ benchmark and DPLOT's temporal pseudo-labels (``docs/video.md``).
 - :class:`MotionLog` (one per camera): the same chain keyed by message stamp, for the evaluator's
   label flicker (``metrics.StreamScorer(video=...)``).
 - :class:`TemporalFusion` (one per camera): the published prediction
-  ``p_t = (1 - w) softmax(z_t) + w warp(p_{t-1})`` where the flow is valid, ``softmax(z_t)``
+  ``p_t = (1 - a) softmax(z_t) + a warp(p_{t-1})`` where the flow is valid, ``softmax(z_t)``
   elsewhere and after a break (``p_{t-1}`` is the previous *fused* map, so the past decays
-  geometrically). ``w = 0`` is off and returns the logits untouched.
+  geometrically). Mode ``fixed``: ``a = w``; mode ``adaptive``: ``a = w u_t`` per pixel, ``u_t`` the
+  current frame's uncertainty (see :func:`uncertainty`), so a confident pixel keeps its own
+  prediction. ``w = 0`` is off and returns the logits untouched.
 
 The flow is computed on the [0, 1] model input (grey, 8 bit), so the node, the replay and the
 benchmark measure the same thing. NumPy + OpenCV for the flow; torch only to warp tensors.
@@ -291,29 +293,48 @@ class MotionLog:
 
 
 # ------------------------------------------------------------------------------------ output fusion
+#: how much of the warped past a pixel takes: ``fixed`` the weight w everywhere (the outside
+#: prototype's rule), ``adaptive`` w times the current frame's uncertainty at that pixel
+FUSION_MODES = ("fixed", "adaptive")
+
+
+def uncertainty(p: Any):
+    """Per pixel ``(1 - max_c p) / (1 - 1/C)`` of probabilities (N, C, H, W), as (N, 1, H, W) in [0, 1]:
+    0 where one class takes all the mass, 1 where all C are equal. Parameter-free: its only scale is
+    its own maximum, so no constant is fitted to any stream."""
+    c = p.shape[1]
+    if c < 2:
+        return p.new_zeros((p.shape[0], 1, *p.shape[2:]))
+    return ((1.0 - p.amax(1, keepdim=True)) * (c / (c - 1.0))).clamp_(0.0, 1.0)
+
+
 class TemporalFusion:
     """Per camera: class probabilities fused with the previous fused map warped to this frame.
 
-    ``weight`` w of the past in [0, 1): ``p = (1 - w) softmax(z) + w warp(p_prev)`` where the flow is
-    valid; ``softmax(z)`` where it is not and after a chain break. Returns log-probabilities (their
-    softmax is ``p``, their argmax the fused labels), so the pipeline post-processes them as logits.
-    ``weight == 0``: the logits are returned unchanged (bit-identical to no fusion)."""
+    ``weight`` w of the past in [0, 1): ``p = (1 - a) softmax(z) + a warp(p_prev)`` where the flow is
+    valid; ``softmax(z)`` where it is not and after a chain break. ``mode="fixed"``: ``a = w``;
+    ``mode="adaptive"``: ``a = w * uncertainty(softmax(z))`` per pixel, so the past fills in only where
+    the current frame is unsure (a fixed w smears confident thin structures along flow errors by
+    day, docs/video.md). Returns log-probabilities (their softmax is ``p``, their argmax the fused
+    labels), so the pipeline post-processes them as logits. ``weight == 0``: the logits are returned
+    unchanged (bit-identical to no fusion)."""
 
-    def __init__(self, weight: float):
+    def __init__(self, weight: float, mode: str = "fixed"):
         if not 0.0 <= float(weight) < 1.0:
             raise ValueError(f"temporal fusion weight must be in [0, 1), got {weight}")
-        self.weight = float(weight)
+        if mode not in FUSION_MODES:
+            raise ValueError(f"temporal fusion mode must be one of {', '.join(FUSION_MODES)}, got {mode!r}")
+        self.weight, self.mode = float(weight), mode
         self._prev = None
         self.fused_frames = 0
         self.total_ms = 0.0
         self.frames = 0
+        self.past_sum = 0.0  # sum over fused frames of the mean weight of the past (valid pixels or not)
 
     def reset(self) -> None:
         self._prev = None
 
     def __call__(self, logits: Any, motion: Optional[Motion]):
-        import torch
-
         if self.weight == 0.0:
             return logits
         t0 = time.perf_counter()
@@ -324,8 +345,12 @@ class TemporalFusion:
         p = z.float().softmax(1)
         if motion is not None and self._prev is not None and self._prev.shape == p.shape:
             past, valid = warp(self._prev, motion)
-            p = torch.lerp(p, past, self.weight * valid.to(p.dtype))  # one pass; w = 0 where invalid
+            a = self.weight * valid.to(p.dtype)  # w = 0 where invalid
+            if self.mode == "adaptive":
+                a = a * uncertainty(p)
+            p = p.lerp(past, a)  # one pass
             self.fused_frames += 1
+            self.past_sum += float(a.mean())
         self._prev = p
         out = p.clamp_min(1e-12).log()
         self.frames += 1
@@ -333,5 +358,6 @@ class TemporalFusion:
         return out[0] if squeeze else out
 
     def stats(self) -> dict[str, Any]:
-        return {"weight": self.weight, "frames": self.frames, "fused_frames": self.fused_frames,
+        return {"weight": self.weight, "mode": self.mode, "frames": self.frames, "fused_frames": self.fused_frames,
+                "mean_past_weight": self.past_sum / self.fused_frames if self.fused_frames else float("nan"),
                 "mean_fusion_ms": self.total_ms / self.frames if self.frames else float("nan")}

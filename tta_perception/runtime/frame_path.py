@@ -12,7 +12,10 @@ outputs; the benchmark's stream source, clock and scoring.
 - **predict**: ``StreamingAdapter.predict_batch`` (the frames join the adaptation window). The motion
   reaches a method with ``uses_motion`` only while one camera has been seen: several cameras
   interleave in the window, where a frame's predecessor is then another camera's.
-- **fuse**: one ``engine.temporal.TemporalFusion`` per camera while ``fusion`` > 0 (live).
+- **fuse**: one ``engine.temporal.TemporalFusion`` per camera while ``fusion`` > 0 (live), in
+  ``fusion_mode`` (``fixed`` or ``adaptive``); ``score_modes``: other modes of the same weight fused
+  beside it from the same flow, into :attr:`FrameRecord.fused` only (never published: the benchmark
+  scores several fusions of one run, exactly paired).
 - **record**: a :class:`FrameRecord` per frame. A new per-frame feature (a quality estimate, a
   collapse guard) is computed here as a field of it, so the node, the replay and the benchmark see
   the same value.
@@ -23,7 +26,7 @@ The time of each stage is summed in :attr:`FramePath.seconds` (device-synchronis
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from .devices import sync as device_sync
@@ -39,15 +42,22 @@ class FrameRecord:
     logits: Any          # (C, ...) the method's prediction (what adaptation sees)
     output: Any          # what is published: the fused log-probabilities, else the logits themselves
     motion: Any = None   # engine.temporal.Motion from the camera's previous frame; None: a break, or not followed
+    fused: dict = field(default_factory=dict)  # fusion mode -> its log-probabilities (the published one included)
 
 
 class CameraVideo:
-    """One camera's video state: its flow chain and, while fusion is on, its fusion."""
+    """One camera's video state: its flow chain and, while fusion is on, its fusions by mode (the
+    published one is :attr:`fusion`)."""
 
-    __slots__ = ("chain", "fusion")
+    __slots__ = ("chain", "fusions", "mode")
 
     def __init__(self, chain: Any):
-        self.chain, self.fusion = chain, None
+        self.chain, self.fusions, self.mode = chain, {}, ""
+
+    @property
+    def fusion(self) -> Any:
+        """The fusion of the published output (None while off)."""
+        return self.fusions.get(self.mode)
 
 
 class FramePath:
@@ -55,24 +65,35 @@ class FramePath:
 
     ``flow``: None follows the motion only when the fusion or the method needs it (the node); True on
     every frame (a caller that scores it: the benchmark's flicker); False never (classification).
-    ``preset``: the DIS preset of the chains (None: ``engine.temporal.DEFAULT_PRESET``)."""
+    ``preset``: the DIS preset of the chains (None: ``engine.temporal.DEFAULT_PRESET``).
+    ``score_modes``: fusion modes also computed for :attr:`FrameRecord.fused` (the benchmark's rows)."""
 
     def __init__(self, adapter: Any, fusion: float = 0.0, flow: Optional[bool] = None,
-                 preset: Optional[str] = None, sync: bool = False):
+                 preset: Optional[str] = None, sync: bool = False, fusion_mode: str = "fixed",
+                 score_modes: Sequence[str] = ()):
         self.adapter = adapter
         self.uses_motion = bool(getattr(adapter.method, "uses_motion", False))
         self.flow, self.preset, self.sync = flow, preset, bool(sync)
         self.cameras: dict[str, CameraVideo] = {}
         self.seconds = dict.fromkeys(STAGES, 0.0)
-        self.fusion = 0.0
-        self.set_fusion(fusion)
+        self.fusion, self.fusion_mode = 0.0, "fixed"
+        self.modes: tuple[str, ...] = ()
+        self.score_modes = tuple(score_modes)
+        self.set_fusion(fusion, fusion_mode)
 
-    def set_fusion(self, weight: float) -> None:
-        """Weight of the past in the published output (0 = off); each camera's next frame starts a new
-        fusion with it."""
-        self.fusion = float(weight)
+    def set_fusion(self, weight: float, mode: Optional[str] = None) -> None:
+        """Weight of the past in the published output (0 = off) and its mode (None: unchanged); each
+        camera's next frame starts new fusions with them."""
+        from ..engine.temporal import FUSION_MODES
+
+        mode = self.fusion_mode if mode is None else mode
+        for m in (mode, *self.score_modes):
+            if m not in FUSION_MODES:
+                raise ValueError(f"temporal fusion mode must be one of {', '.join(FUSION_MODES)}, got {m!r}")
+        self.fusion, self.fusion_mode = float(weight), mode
+        self.modes = tuple(dict.fromkeys((mode, *self.score_modes)))  # the published mode first
         for cam in self.cameras.values():
-            cam.fusion = None
+            cam.fusions, cam.mode = {}, mode
 
     def follows_motion(self) -> bool:
         return bool(self.fusion or self.uses_motion) if self.flow is None else self.flow
@@ -84,10 +105,11 @@ class FramePath:
             from ..engine.temporal import FlowChain
 
             cam = self.cameras[name] = CameraVideo(FlowChain() if self.preset is None else FlowChain(self.preset))
-        if cam.fusion is None and self.fusion:
+        if not cam.fusions and self.fusion:
             from ..engine.temporal import TemporalFusion
 
-            cam.fusion = TemporalFusion(self.fusion)
+            cam.fusions = {m: TemporalFusion(self.fusion, m) for m in self.modes}
+            cam.mode = self.fusion_mode
         return cam
 
     def reset(self) -> None:
@@ -95,8 +117,8 @@ class FramePath:
         The chains' counts go on."""
         for cam in self.cameras.values():
             cam.chain.reset()
-            if cam.fusion is not None:
-                cam.fusion.reset()
+            for fusion in cam.fusions.values():
+                fusion.reset()
 
     def _sync(self) -> None:
         if self.sync:
@@ -127,9 +149,13 @@ class FramePath:
             self._sync()
             t["predict"] += time.perf_counter() - t0
             outputs = list(logits)
+            fused: list[dict] = [{} for _ in range(n)]
             if self.fusion:
                 t0 = time.perf_counter()
-                outputs = [self.camera(c).fusion(logits[i], motions[i]) for i, c in enumerate(cameras)]
+                for i, c in enumerate(cameras):
+                    cam = self.camera(c)
+                    fused[i] = {m: f(logits[i], motions[i]) for m, f in cam.fusions.items()}
+                    outputs[i] = fused[i][cam.mode]
                 self._sync()
                 t["fuse"] += time.perf_counter() - t0
-        return [FrameRecord(c, logits[i], outputs[i], motions[i]) for i, c in enumerate(cameras)]
+        return [FrameRecord(c, logits[i], outputs[i], motions[i], fused[i]) for i, c in enumerate(cameras)]

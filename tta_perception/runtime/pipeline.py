@@ -158,7 +158,7 @@ class Pipeline:
         # the frame's path after decoding (flow, predict, fuse), shared with the benchmark; it keeps
         # each camera's flow chain and output fusion (docs/video.md)
         self.frame_path = FramePath(self.adapter)
-        self.set_temporal_fusion(float(cfg.get("temporal_fusion", 0.0)))
+        self.set_temporal_fusion(float(cfg.get("temporal_fusion", 0.0)), cfg.get("temporal_fusion_mode"))
 
         if resume:
             self.load_state(Path(os.path.expanduser(resume)))
@@ -193,14 +193,19 @@ class Pipeline:
     def temporal_fusion(self) -> float:
         return self.frame_path.fusion
 
-    def set_temporal_fusion(self, weight: float) -> None:
-        """Weight of the past in the published prediction (``temporal_fusion``, live); 0 = off.
-        Classification outputs are never fused (one label per frame, no pixels to follow)."""
+    @property
+    def temporal_fusion_mode(self) -> str:
+        return self.frame_path.fusion_mode
+
+    def set_temporal_fusion(self, weight: float, mode: Optional[str] = None) -> None:
+        """Weight of the past in the published prediction (``temporal_fusion``, live; 0 = off) and its
+        mode (``temporal_fusion_mode``; None: unchanged). Classification outputs are never fused (one
+        label per frame, no pixels to follow)."""
         weight = float(weight)
         if weight and self.task != "segmentation":
             self.warnings.append("temporal_fusion applies to segmentation only: ignored")
             weight = 0.0
-        self.frame_path.set_fusion(weight)
+        self.frame_path.set_fusion(weight, mode)
 
     def reset_video(self) -> None:
         """Break every camera's chain (a reset or a new stream): no past is fused into the next frame."""
