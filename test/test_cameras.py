@@ -5,7 +5,6 @@ another encoding; the counters name the camera."""
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -60,7 +59,7 @@ except ImportError:
 needs_ros = pytest.mark.skipif(not HAVE_RCLPY, reason="rclpy not installed (pip install -e '.[ros]')")
 
 if HAVE_RCLPY:
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
     from std_msgs.msg import String

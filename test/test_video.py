@@ -2,7 +2,6 @@
 their routes through the streaming adapter, the pipeline and the benchmark (docs/video.md)."""
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np

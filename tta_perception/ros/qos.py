@@ -65,8 +65,11 @@ def matched_reliability(publishers: list[Any]) -> Optional[str]:
     not (a reliable subscription would never hear it); None with no publisher."""
     if not publishers:
         return None
-    return ("reliable" if all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers)
-            else "best_effort")
+    return "reliable" if all(_kind(p) == "reliable" for p in publishers) else "best_effort"
+
+
+def _kind(publisher: Any) -> str:
+    return "reliable" if publisher.qos_profile.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
 
 
 class FollowingSubscription:
@@ -158,8 +161,7 @@ class FollowingSubscription:
         if wanted is None or wanted == self.reliability:
             return False
         old = self.reliability
-        kinds = sorted({"reliable" if p.qos_profile.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
-                        for p in publishers})
+        kinds = sorted({_kind(p) for p in publishers})
         self._make(wanted)
         self._on_change(old, wanted, f"{len(publishers)} publisher(s): {', '.join(kinds)}")
         return True
