@@ -21,9 +21,11 @@ buffers), unless the environment already names a profile; ``dds_profile:=none`` 
 
     ros2 launch tta_perception adapt.launch.py dds_profile:=/etc/dds/my_profile.xml
 
-Empty ``task``/``method``/``device``/``model``/``compressed`` keep the value of ``params_file``
-(default: the installed config/adapt.yaml). The node configures and activates by itself
-(``autostart``); it is a launch_ros ``LifecycleNode`` so lifecycle events and ``ros2 lifecycle`` work.
+Empty ``task``/``method``/``device``/``model``/``compressed``/``quality``/``guard`` keep the value of
+``params_file`` (default: the installed config/adapt.yaml). ``quality:=false`` stops the per-frame
+quality estimate, ``guard:=true`` turns the collapse guard on (docs/node.md). The node configures and
+activates by itself (``autostart``); it is a launch_ros ``LifecycleNode`` so lifecycle events and
+``ros2 lifecycle`` work.
 
 The ``launch``/``launch_ros`` imports are inside the functions so the argument handling
 (``node_settings``) can be tested on machines without them (the ROS 2 wheels on PyPI lack launch).
@@ -49,6 +51,9 @@ ARGUMENTS = {
     "model": ("", "Override: embedded model name or checkpoint path.", None),
     "use_sim_time": ("false", "Use /clock (bag replay with --clock, CARLA bridge).", ["true", "false"]),
     "compressed": ("", "Override: subscribe to CompressedImage.", ["", "true", "false"]),
+    "quality": ("", "Override: publish each output's label-free quality estimate on quality (per camera "
+                "C/quality; on by default).", ["", "true", "false"]),
+    "guard": ("", "Override: the collapse guard (off by default; docs/node.md).", ["", "true", "false"]),
     "log_level": ("info", "Node log level.", ["debug", "info", "warn", "error", "fatal"]),
     "cameras": ("", "Several cameras, one adapted model: comma-separated names (front,rear,...); each "
                 "reads <name>/image and publishes under <name>/. Empty: one camera on image_topic.", None),
@@ -58,6 +63,10 @@ ARGUMENTS = {
                     "for large frames, unless the environment names one), none, or the path of a Fast DDS "
                     "or Cyclone DDS XML file.", None),
 }
+
+
+#: true/false overrides of node parameters; empty keeps the parameter file's value
+BOOL_OVERRIDES = ("quality", "guard")
 
 
 def _list(text: str) -> list:
@@ -81,6 +90,10 @@ def node_settings(values: dict) -> dict:
             overrides[key] = values[key].strip()
     if values["compressed"].strip():
         overrides["compressed"] = values["compressed"].strip().lower() == "true"
+    for key in BOOL_OVERRIDES:  # optional keys: the other launch files pass them when they have them
+        text = str(values.get(key, "")).strip().lower()
+        if text:
+            overrides[key] = text == "true"
     cameras, topics = _list(values.get("cameras", "")), _list(values.get("image_topics", ""))
     if topics and len(topics) != len(cameras):
         raise ValueError(f"image_topics names {len(topics)} topic(s) for {len(cameras)} camera(s) "

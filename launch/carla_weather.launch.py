@@ -60,6 +60,9 @@ ARGUMENTS = {
                None),
     "device": ("", "auto, cpu, cuda or cuda:N; '' = params_file.", None),
     "model": ("", "Embedded model name or checkpoint path; '' = params_file.", None),
+    "quality": ("", "tta_node: publish each output's quality estimate (quality); '' = params_file.",
+                ["", "true", "false"]),
+    "guard": ("", "tta_node: the collapse guard (off by default); '' = params_file.", ["", "true", "false"]),
     "params_file": (DEFAULT_PARAMS, "tta_node parameter file.", None),
     "weather_params_file": (DEFAULT_WEATHER_PARAMS, "weather_camera / carla_weather / evaluator parameters.",
                             None),
@@ -245,7 +248,8 @@ def plan(values: dict, find_share=None, environ=None) -> list:
     adapt_values = {"image_topic": image, "namespace": ns, "params_file": values["params_file"], "task": "",
                     "method": values["method"], "device": values["device"], "model": values["model"],
                     "use_sim_time": "true" if sim_time else "false", "compressed": "",
-                    "log_level": values["log_level"]}
+                    "log_level": values["log_level"], "quality": values.get("quality", ""),
+                    "guard": values.get("guard", "")}
     if views:  # one model, each view's <view>/image remapped to the camera's <view>/image_raw
         adapt_values.update(cameras=",".join(views), image_topics=",".join(f"{v}/image_raw" for v in views))
     tta = _adapt_launch().node_settings(adapt_values)  # a relative image topic resolves in namespace:=

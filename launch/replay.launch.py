@@ -43,6 +43,9 @@ ARGUMENTS = {
     "method": ("", "Adaptation method; '' = params_file.", None),
     "device": ("", "auto, cpu, cuda or cuda:N; '' = params_file.", None),
     "model": ("", "Embedded model name or checkpoint path; '' = params_file.", None),
+    "quality": ("", "tta_node: publish each output's quality estimate (quality); '' = params_file.",
+                ["", "true", "false"]),
+    "guard": ("", "tta_node: the collapse guard (off by default); '' = params_file.", ["", "true", "false"]),
     "params_file": (DEFAULT_PARAMS, "tta_node parameter file.", None),
     "weather_params_file": (DEFAULT_WEATHER_PARAMS, "evaluator parameters.", None),
     "namespace": ("", "Namespace of the node and the evaluator.", None),
@@ -114,7 +117,8 @@ def plan(values: dict, topics: dict | None = None, environ=None) -> list:
     adapt_values = {"image_topic": image, "namespace": ns, "params_file": values["params_file"], "task": "",
                     "method": values["method"], "device": values["device"], "model": values["model"],
                     "use_sim_time": "true", "compressed": "true" if compressed else "false",
-                    "log_level": values["log_level"]}
+                    "log_level": values["log_level"], "quality": values.get("quality", ""),
+                    "guard": values.get("guard", "")}
     actions = [dds, {"kind": "lifecycle_node", **carla_launch._adapt_launch().node_settings(adapt_values)}]
     evaluator = values["evaluator"].strip()
     has_truth = topics.get(TRUTH) == IMAGE

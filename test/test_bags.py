@@ -153,8 +153,47 @@ def test_replay_round_trip_every_frame_has_outputs_with_its_stamp(night_bag, tmp
     assert summary["table"]["tent"]["night"]["frames"] == 20
     replay_info = yaml.safe_load((out / "replay.json").read_text())
     assert replay_info["frames"] == 20 and replay_info["adapter"]["adapt_steps"] >= 5
+    assert "guard" not in replay_info and res.guard == {}  # the collapse guard is off by default
     assert (out / "replay_plot.png").stat().st_size > 1000 and (out / "replay_frames.csv").is_file()
     assert _no_partials(out)
+    _check_quality(out, in_stamps, summary)
+
+
+def _check_quality(out, in_stamps, summary):
+    """The node's 'quality' (on by default) in the output bag: one DiagnosticArray per output frame under
+    that frame's header, as tta_node publishes it; replay.json's mean and levels of exactly those messages,
+    and (with ground truth) its validation, the one of replay_summary.json and replay_frames.csv."""
+    import csv
+
+    from tta_perception.runtime.quality import LEVELS
+
+    assert B.info(out)["topics"]["/tta/quality"] == (B.TYPE_DIAGNOSTICS, len(in_stamps))
+    msgs = _messages(out, "/tta/quality")
+    assert [B.stamp_ns_of(m) for _, _, m in msgs] == in_stamps and [log for _, log, _ in msgs] == in_stamps
+    estimates, levels = [], []
+    for _, _, m in msgs:
+        assert m.header.frame_id == "camera" and len(m.status) == 1
+        st, v = m.status[0], B.diagnostic_values(m)
+        assert st.name == "/tta_node: camera quality" and st.hardware_id == "camera"
+        assert list(v)[:5] == ["estimate", "level", "calibrated", "calibration", "reason"]
+        assert v["level"] == LEVELS[st.level] and 0.0 <= float(v["estimate"]) <= 1.0
+        # the tiny test network has no calibration: the estimate is its mean confidence, marked so
+        assert v["calibrated"] == "false" and v["estimate"] == v["conf"] and "uncalibrated" in st.message
+        estimates.append(float(v["estimate"]))
+        levels.append(v["level"])
+    q = yaml.safe_load((out / "replay.json").read_text())["quality"]
+    assert q["frames"] == len(in_stamps) and q["levels"] == {k: levels.count(k) for k in LEVELS}
+    assert q["mean_estimate"] == pytest.approx(np.mean(estimates), abs=1e-4)
+    assert q["calibrated"] is False and "uncalibrated" in q["calibration"]
+    assert (q["warn_below"], q["error_below"]) == (0.75, 0.5)
+    v = q["validation"]
+    assert v == summary["quality"]["tent"]  # the numbers an evaluator of the output bag reports
+    assert v["frames"] == len(in_stamps) and v["levels"] == q["levels"]
+    assert -1.0 <= v["spearman_accuracy"] <= 1.0 and v["mae_points"] >= 0.0
+    with open(out / "replay_frames.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["tent_quality"]) for r in rows] == pytest.approx(estimates, abs=1e-4)
+    assert [r["tent_quality_level"] for r in rows] == levels
 
 
 def test_replay_is_repeatable(night_bag, tmp_path):
@@ -197,7 +236,13 @@ def test_replay_without_ground_truth_writes_outputs_only(tmp_path):
     make_bag("clear", bag, frames=3, size=SIZE, topics=BagTopics(truth=None, weather=None), progress=False)
     res = _replay(bag, tmp_path / "out")
     assert res.frames == 3 and res.table == {}
-    assert set(B.info(tmp_path / "out")["topics"]) == {"/tta/class_ids", "/tta/confidence"}
+    assert set(B.info(tmp_path / "out")["topics"]) == {"/tta/class_ids", "/tta/confidence", "/tta/quality"}
+    q = yaml.safe_load((tmp_path / "out" / "replay.json").read_text())["quality"]
+    assert q["frames"] == 3 and "validation" not in q  # nothing to validate against
+    # quality:=false: no quality topic, no quality block
+    off = replay(bag, tmp_path / "off", node_config({**CFG, "quality": False}), ReplayOptions(progress=False))
+    assert off.quality == {} and set(B.info(tmp_path / "off")["topics"]) == {"/tta/class_ids", "/tta/confidence"}
+    assert "quality" not in yaml.safe_load((tmp_path / "off" / "replay.json").read_text())
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -373,6 +418,50 @@ def test_an_interrupted_replay_resumes_to_the_same_output(night_bag, tmp_path):
     (rdir / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(B.BagError, match="cannot be read.*--overwrite"):
         replay(night_bag, out, node_config(CFG), ReplayOptions(**opts, resume=True))
+
+
+def test_guard_on_a_replay_reports_its_counters_and_resumes_to_the_same_run(night_bag, tmp_path):
+    """``guard``: the collapse guard runs in the replay as in the node and replay.json carries its counters.
+    Made strict (every 3rd frame checked, agreement of 90 % required, the source model always a
+    reference) so that it recovers in 12 frames; an interrupted run resumed from its checkpoint has the
+    guard's checks, counters and stored states back, so it equals the uninterrupted one."""
+    from tta_perception.bags.replay import ReplayInterrupted
+    from tta_perception.runtime.pipeline import make_pipeline
+
+    cfg = node_config({**CFG, "guard": True, "guard_check_every": 3, "guard_window": 2,
+                       "guard_min_agreement": 0.9, "guard_source_reliable": 0.0})
+    opts = dict(progress=False, plot=False, limit=12, checkpoint_every=4)
+    full = replay(night_bag, tmp_path / "full", cfg, ReplayOptions(**opts))
+    g = yaml.safe_load((tmp_path / "full" / "replay.json").read_text())["guard"]
+    assert g == full.guard
+    assert set(g) >= {"guard_checks", "guard_bad_checks", "guard_recoveries", "guard_to_source",
+                      "guard_blind_frames", "guard_nonfinite", "guard_last_reason"}
+    assert g["guard_checks"] == 12 // 3 and g["guard_recoveries"] >= 1 and g["guard_blind_frames"] == 0
+    assert g["guard_last_reason"].startswith("collapse over the last 2 checks")
+    pipe = make_pipeline(cfg)
+    calls, real = {"n": 0}, pipe.infer
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    pipe.infer = interrupted
+    try:
+        with pytest.raises(ReplayInterrupted):
+            replay(night_bag, tmp_path / "out", cfg, ReplayOptions(**opts), pipeline=pipe)
+    finally:
+        pipe.close()
+    res = replay(night_bag, tmp_path / "out", cfg, ReplayOptions(**opts, resume=True))
+    assert res.guard == full.guard and res.quality == full.quality
+    for topic in ("/tta/class_ids", "/tta/quality"):
+        a, b = _messages(tmp_path / "full", topic), _messages(tmp_path / "out", topic)
+        assert len(a) == len(b) == 12
+        if topic == "/tta/class_ids":
+            assert all(np.array_equal(B.decode_labels(x), B.decode_labels(y)) for (_, _, x), (_, _, y) in zip(a, b))
+        else:
+            assert [B.diagnostic_values(x) for _, _, x in a] == [B.diagnostic_values(y) for _, _, y in b]
 
 
 def full_steps(path):

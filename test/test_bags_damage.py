@@ -122,8 +122,8 @@ def test_an_intact_bag_replays_as_before_and_the_skip_path_reads_the_same(bag, t
     assert (res.bad_frames, res.bad_chunks, res.skipped_messages, res.damage) == (0, 0, 0, [])
     topics = B.info(out)["topics"]
     assert {t: n for t, (_, n) in topics.items()} == {
-        "/tta/class_ids": FRAMES, "/tta/confidence": FRAMES, "/camera/ground_truth/class_ids": FRAMES,
-        "/weather": FRAMES}
+        "/tta/class_ids": FRAMES, "/tta/confidence": FRAMES, "/tta/quality": FRAMES,
+        "/camera/ground_truth/class_ids": FRAMES, "/weather": FRAMES}
     info = json.loads((out / "replay.json").read_text())
     assert (info["frames"], info["bad_chunks"], info["skipped_messages"]) == (FRAMES, 0, 0)
     assert info["integrity"]["files"][0]["checked"] == "crc"

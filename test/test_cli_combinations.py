@@ -42,6 +42,12 @@ REFUSED = [
     (["bench", "--task", "cls", "--random-init", "--weights", "x.pt"], "--random-init: --weights loads"),
     (["bench", "--task", "cls", "--realtime-costs", "r.json"], "--realtime-costs: needs --realtime"),
     (["bench", "--profile-step", "--stream"], "--stream: not used by --profile-step"),
+    # bench: long drives (checkpoints inside streaming cells, resume, background runs)
+    (["bench", "--task", "seg", "--checkpoint-every", "100"], "--checkpoint-every: the streaming protocol's"),
+    (SEG_STREAM + ["--resume", "--overwrite"], "--overwrite: starts the run in --out over, --resume continues it"),
+    (SEG_STREAM + ["--cameras", "2", "--resume"], "--resume: not part of --cameras"),
+    (SEG_STREAM + ["--checkpoint-every", "-5"], "--checkpoint-every must be a number of frames >= 0"),
+    (["bench", "--profile-step", "--detach"], "--detach: not used by --profile-step"),
     # node-bench: each mode's options (checked before rclpy is needed)
     (["node-bench", "--storm", "--schedule", "clear"], "--schedule: not used by --storm"),
     (["node-bench", "--storm", "--method", "tent,sar"], "--storm starts the node with one --method"),

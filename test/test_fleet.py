@@ -266,6 +266,37 @@ def test_each_bag_equals_its_replay_and_a_corrupt_bag_fails_alone(fleet_run, bag
         assert (out / f).is_file(), f
     assert "failed: corrupt" in (out / "summary.txt").read_text()
     assert summary["cluster"]["engine"] == "ray" and summary["cluster"]["parallel"] == 2
+    _check_quality(out, summary)
+
+
+def _check_quality(out: Path, summary: dict) -> None:
+    """Each bag's label-free quality estimate (the node's 'quality', on by default) in its record and the
+    summary: the mean estimate and frames per level of its replay.json, validated against the bag's
+    ground truth; per method pooled over the bags (frame-weighted); a failed bag has none."""
+    levels = ("OK", "WARN", "ERROR")
+    by = {(r["bag"], r["method"]): r for r in summary["rows"]}
+    text = (out / "summary.txt").read_text()
+    assert "per bag: mean quality estimate (estimated pixel accuracy; frames OK / WARN / ERROR)" in text
+    for m in METHODS:
+        means = []
+        for name in ("night", "rain", "fog"):
+            q = json.loads((out / "bags" / m / name / "replay.json").read_text())["quality"]
+            rec = json.loads((out / "records" / m / f"{name}.json").read_text())["quality"]
+            assert {k: rec[k] for k in ("mean_estimate", "frames", "levels", "calibrated")} == \
+                {k: q[k] for k in ("mean_estimate", "frames", "levels", "calibrated")}
+            assert rec["frames"] == 10 and sum(rec["levels"].values()) == 10 and rec["validation"]["frames"] == 10
+            row = by[(name, m)]
+            assert row["quality"] == pytest.approx(q["mean_estimate"])
+            assert [row[f"quality_{k.lower()}"] for k in levels] == [q["levels"][k] for k in levels]
+            assert f"{row['quality']:.2f} ({row['quality_ok']} / {row['quality_warn']} / {row['quality_error']})" in text
+            means.append(q["mean_estimate"])
+        assert by[("corrupt", m)]["quality_ok"] is None and by[("corrupt", m)]["quality"] != by[("corrupt", m)]["quality"]
+        o = summary["overall"][m]
+        assert o["quality"] == pytest.approx(sum(means) / 3)  # 10 frames each
+        assert sum(o[f"quality_{k.lower()}"] for k in levels) == 30
+    with open(out / "summary.csv", newline="") as f:
+        header = f.readline().strip().split(",")
+    assert {"quality", "quality_ok", "quality_warn", "quality_error"} <= set(header)
 
 
 def test_a_worker_killed_mid_bag_is_retried_and_completes(bags, ray_local, tmp_path):
@@ -339,6 +370,7 @@ print("engine", s["cluster"]["engine"])
         a = json.loads((out / "records" / "tent" / f"{name}.json").read_text())
         b = json.loads((ref_out / "records" / "tent" / f"{name}.json").read_text())
         assert a["status"] == "ok" and a["table"] == b["table"] and a["confusion"] == b["confusion"]
+        assert a["quality"] == b["quality"] and a["quality"]["frames"] == 10  # the in-process records carry it too
         assert _messages(out / "bags" / "tent" / name) == _messages(ref_out / "bags" / "tent" / name)
 
 

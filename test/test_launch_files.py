@@ -236,6 +236,25 @@ def test_replay_numbers_that_are_not_name_the_argument(over, message):
     assert str(err.value) == message
 
 
+def test_quality_and_guard_reach_the_node_from_every_launch_file(bags):
+    """``quality:=`` / ``guard:=`` as the other overrides: empty keeps the parameter file's value, true/false
+    sets the node parameter; the three launch files configure the node the same way."""
+    ad = _module("adapt.launch.py")
+    assert ad.node_settings(_values(ad, quality="false", guard="true"))["parameters"][1] == {
+        "use_sim_time": False, "quality": False, "guard": True}
+    assert ad.node_settings(_values(ad))["parameters"][1] == {"use_sim_time": False}
+    cw = _module("carla_weather.launch.py")
+    tta = _by_exe(_nodes(cw.plan(_values(cw, guard="true"))))["tta_node"]
+    assert tta["parameters"][1] == {"use_sim_time": False, "guard": True}
+    rp = _module("replay.launch.py")
+    tta = _nodes(rp.plan(_values(rp, bag=str(bags / "with_truth"), quality="false", guard="false")))[0]
+    assert tta["parameters"][1] == {"use_sim_time": True, "compressed": False, "quality": False, "guard": False}
+    for m in (ad, cw, rp):
+        for name in ("quality", "guard"):
+            default, _, choices = m.ARGUMENTS[name]
+            assert default == "" and choices == ["", "true", "false"], (m.__name__, name)
+
+
 def test_launch_descriptions_with_real_launch():
     pytest.importorskip("launch")
     pytest.importorskip("launch_ros")
@@ -244,7 +263,7 @@ def test_launch_descriptions_with_real_launch():
     for name, expected in (("carla_weather.launch.py", {"mode", "schedule", "method", "device", "duration",
                                                          "dds_profile"}),
                            ("replay.launch.py", {"bag", "rate", "qos_file", "method", "device", "dds_profile"}),
-                           ("adapt.launch.py", {"image_topic", "dds_profile"})):
+                           ("adapt.launch.py", {"image_topic", "dds_profile", "quality", "guard"})):
         ld = _module(name).generate_launch_description()
         declared = {a.name for a in ld.entities if isinstance(a, DeclareLaunchArgument)}
         assert expected <= declared

@@ -325,6 +325,8 @@ def test_gpu_bench_quick_on_cpu(tmp_path):
     assert rc == 0 and all(r["ms_per_step"] > 0 and r["frames_per_s"] > 0 for r in data["results"])
     assert all(r["ms_per_prediction"] > 0 and r["steps_per_s_at_30hz"] >= 0 for r in data["results"])
     assert all(r["steps_per_s_at_30hz"] == 0 for r in data["results"] if r["method"] == "source")
+    # segmentation also times the per-output quality estimate; classification has none
+    assert all((r["ms_quality"] > 0) if r["workload"] == "seg" else r["ms_quality"] is None for r in data["results"])
     table = (tmp_path / "gpu_bench.md").read_text()
     assert "| seg (deeplabv3_mobilenet_v3_large) | tent | fp32 | 1 × 32×64 |" in table
 

@@ -255,6 +255,53 @@ def test_replay_adapts_one_model_over_both_cameras_and_scores_each(two_camera_ba
         assert "/tta/class_ids" in r.topics
 
 
+def test_each_camera_gets_its_own_quality_with_fusion_domain_memory_and_the_guard(two_camera_bag, tmp_path):
+    """Two cameras, one model, with temporal fusion, domain memory and the collapse guard on: each camera's
+    quality message (one per frame, its own header and name) judges that camera's own published output
+    (its uncalibrated estimate is the mean confidence of that camera's confidence map), replay.json has
+    the quality per camera and validated per camera, and the fusion, the domains and the guard ran."""
+    import torch
+
+    from tta_perception.bags import io as B
+    from tta_perception.bags.replay import ReplayOptions, replay
+    from tta_perception.engine.domains import calibrate, source_features
+    from tta_perception.runtime.params import node_config
+
+    dark = [np.clip(70 + 20 * np.random.default_rng(i).random((32, 64, 3)), 0, 255).astype(np.uint8)
+            for i in range(40)]
+    src = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in dark])
+    cal = tmp_path / "domains.json"
+    cal.write_text(json.dumps(calibrate(source_features(H.tiny_seg(), src))))
+    cfg = node_config(dict(CFG, temporal_fusion=0.5, domain_memory=True, domain_calibration=str(cal),
+                           domain_patience=2, guard=True, guard_check_every=1))
+    res = replay(two_camera_bag, tmp_path / "out", cfg, ReplayOptions(progress=False, plot=False))
+    assert res.frames == 16
+    info = json.loads((tmp_path / "out" / "replay.json").read_text())
+    assert info["adapter"]["domains_known"] >= 1 and info["adapter"]["adapt_steps"] > 0
+    assert info["guard"]["guard_checks"] == 16 and info["guard"]["guard_nonfinite"] == 0
+    with B.BagReader(tmp_path / "out") as r:
+        for cam in ("front", "rear"):
+            quality = list(r.messages([f"/tta/{cam}/quality"]))
+            confidence = {B.stamp_ns_of(m): B.decode_labels(m) for _, _, m in r.messages([f"/tta/{cam}/confidence"])}
+            src_stamps = [B.stamp_ns_of(m) for _, _, m in B.BagReader(two_camera_bag).messages([f"/{cam}/image_raw"])]
+            assert [B.stamp_ns_of(m) for _, _, m in quality] == src_stamps
+            for _, _, m in quality:
+                assert m.header.frame_id == m.status[0].hardware_id == f"camera_{cam}"
+                assert m.status[0].name == f"/tta_node: {cam} quality"
+                # judged on this camera's own (fused) output: its mean max-softmax on every 2nd pixel
+                own = confidence[B.stamp_ns_of(m)][::2, ::2].mean() / 255.0
+                assert float(B.diagnostic_values(m)["conf"]) == pytest.approx(own, abs=2e-3)
+            q = info["quality"]["per_camera"][cam]
+            assert q["frames"] == 8 and sum(q["levels"].values()) == 8
+            assert info["quality"]["validation"][cam]["frames"] == 8
+    assert info["quality"]["frames"] == 16 and info["quality"]["validation"]["overall"]["frames"] == 16
+    summary = json.loads((tmp_path / "out" / "replay_summary.json").read_text())
+    assert summary["quality"]["tent"] == info["quality"]["validation"]
+    # the two cameras' estimates differ: neither is the other's, nor a mean over both
+    front, rear = (info["quality"]["per_camera"][c]["mean_estimate"] for c in ("front", "rear"))
+    assert front != rear and info["quality"]["mean_estimate"] == pytest.approx((front + rear) / 2)
+
+
 def test_two_camera_replay_batches_identical_stamps_and_resumes_to_the_same_output(two_camera_bag, tmp_path):
     from tta_perception.bags import io as B
     from tta_perception.bags.replay import ReplayInterrupted, resume_dir_of

@@ -38,6 +38,7 @@ from . import integrity as I
 TYPE_IMAGE = "sensor_msgs/msg/Image"
 TYPE_COMPRESSED = "sensor_msgs/msg/CompressedImage"
 TYPE_STRING = "std_msgs/msg/String"
+TYPE_DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
 IMAGE_TYPES = (TYPE_IMAGE, TYPE_COMPRESSED)
 STORAGES = ("mcap", "sqlite3")
 BAG_VERSIONS = (8, 9)
@@ -125,6 +126,23 @@ def compressed_message(stamp_ns: int, frame_id: str, rgb: np.ndarray, fmt: str =
 
 def string_message(text: str):
     return typestore().types[TYPE_STRING](data=str(text))
+
+
+def diagnostic_array_message(stamp_ns: int, frame_id: str, status: dict[str, Any]):
+    """``diagnostic_msgs/DiagnosticArray`` with one status (``runtime.diagnostics.quality_status``: level,
+    name, message, hardware_id, (key, value) pairs) under the header of the frame it judges."""
+    ts = typestore()
+    Status = ts.types["diagnostic_msgs/msg/DiagnosticStatus"]
+    KeyValue = ts.types["diagnostic_msgs/msg/KeyValue"]
+    st = Status(level=int(status["level"]), name=str(status["name"]), message=str(status["message"]),
+                hardware_id=str(status["hardware_id"]),
+                values=[KeyValue(key=str(k), value=str(v)) for k, v in status["values"]])
+    return ts.types[TYPE_DIAGNOSTICS](header=_header(stamp_ns, frame_id), status=[st])
+
+
+def diagnostic_values(msg: Any) -> dict[str, str]:
+    """The key/values of the first status of a DiagnosticArray read from a bag."""
+    return {kv.key: kv.value for kv in msg.status[0].values} if msg.status else {}
 
 
 def stamp_ns_of(msg: Any) -> int:

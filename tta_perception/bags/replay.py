@@ -9,6 +9,14 @@ streaming protocol: the prediction for a frame is still made before adapting on 
 repeatable and independent of the machine's speed; ``background=True`` runs it on the adapter's
 thread exactly as the node does.
 
+With the node's ``quality`` parameter (on by default) each frame's label-free quality estimate is written
+as the node publishes it, a ``diagnostic_msgs/DiagnosticArray`` on ``<prefix>/quality`` (per camera
+``<prefix>/C/quality``) under the frame's header; ``replay.json`` has its mean and the frames per level
+(``quality``), and with ground truth ``replay_frames.csv`` the estimate and level beside each frame's
+score, ``replay_summary.json`` its validation against the truth (``metrics.quality.validate``). With
+``guard`` the collapse guard runs as in the node; its counters are in ``replay.json`` (``guard``), and
+a checkpoint keeps its checks, counters and stored states, so a resumed replay equals an uninterrupted one.
+
 Damaged input is found before the model is loaded (``io.BagReader`` checks MCAP CRCs and index,
 sqlite3 structure): the replay stops with one line naming the bag, file, byte offset and topics, and
 nothing is written; with ``skip_bad`` the damaged MCAP chunks are left out and counted
@@ -45,6 +53,9 @@ DEFAULT_WEATHER = "/weather"
 PREFERRED_IMAGE = ("/camera/image_raw", "/camera/image_raw/compressed",
                    "/carla/ego_vehicle/rgb_front/image")
 OUTPUT_NAMES = ("class_ids", "confidence", "overlay", "classification_json")
+QUALITY_NAME = "quality"  # runtime.diagnostics.QUALITY_TOPIC: the node's per-frame quality, as DiagnosticArray
+#: the node whose messages a replay writes (its quality statuses name it: a tta_node in the root namespace)
+REPLAY_NODE = "/tta_node"
 
 
 @dataclass
@@ -87,6 +98,8 @@ class ReplayResult:
     cameras: dict[str, str] = field(default_factory=dict)  # several cameras: topic -> camera name
     camera_tables: dict[str, Any] = field(default_factory=dict)  # {method: {camera | overall: {phase: ...}}}
     camera_text: str = ""
+    quality: dict[str, Any] = field(default_factory=dict)  # replay.json's 'quality' (empty with it off)
+    guard: dict[str, Any] = field(default_factory=dict)    # the collapse guard's counters (empty with it off)
 
     @property
     def fps(self) -> float:
@@ -332,6 +345,7 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
     from tqdm.auto import tqdm
 
     from tta_perception.metrics import CameraScorers, StreamScorer
+    from tta_perception.runtime import diagnostics as D
     from tta_perception.runtime import image_codec as codec
     from tta_perception.runtime.messages import parse_weather
     from tta_perception.runtime.pipeline import make_pipeline
@@ -388,10 +402,13 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
             if pipeline is None:
                 pipe.close()
             raise ValueError("; ".join(unused))
-        names_of = {cam: {n: _out(opts.prefix, f"{cam}/{n}" if cam else n) for n in OUTPUT_NAMES}
+        names_of = {cam: {n: _out(opts.prefix, f"{cam}/{n}" if cam else n) for n in (*OUTPUT_NAMES, QUALITY_NAME)}
                     for cam, _, _ in cams.values()}
+        judged = pipe.quality is not None  # the node's 'quality' parameter
         topics: dict[str, str] = {}
         for names in names_of.values():
+            if judged:
+                topics[names[QUALITY_NAME]] = B.TYPE_DIAGNOSTICS
             if seg:
                 topics[names["class_ids"]] = B.TYPE_IMAGE
                 topics[names["confidence"]] = B.TYPE_IMAGE
@@ -402,7 +419,9 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
         copy = [t for t in (*truths, weather_topic) if t and opts.copy_truth]
         for t in copy:
             topics[t] = reader.topics[t][0]
-        run = {"frames": 0, "bad": 0, "seen": 0, "consumed": 0, "model_s": 0.0, "wall_s": 0.0, "stamps": []}
+        # quality: per camera [sum of the finite estimates, their count, frames OK, WARN, ERROR]
+        run = {"frames": 0, "bad": 0, "seen": 0, "consumed": 0, "model_s": 0.0, "wall_s": 0.0, "stamps": [],
+               "quality": {cam: [0.0, 0, 0, 0, 0] for cam, _, _ in cams.values()}}
         parts: list[str] = []
         if state is not None:
             run.update({k: state["progress"][k] for k in run})
@@ -410,9 +429,13 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
             parts = list(state["parts"])
             pipe.adapter.load_state_dict(state["adapter"])
             pipe.adapter.load_stream_state(state["stream"])
+            if pipe.guard is not None and "guard" in state:
+                pipe.guard.load_state_dict(state["guard"])
             torch.set_rng_state(state["rng"])
         done_preds = ({cam: _predictions_of(rdir, parts, names_of[cam]["class_ids"]) for cam in scorers}
                       if (state and scorer and seg) else {})
+        done_quality = ({cam: _qualities_of(rdir, parts, names_of[cam][QUALITY_NAME]) for cam in scorers}
+                        if (state and scorer and seg and judged) else {})
         t_start = time.perf_counter()
         wall_before = float(run["wall_s"])
 
@@ -422,6 +445,8 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                     "progress": {k: (list(v) if isinstance(v, list) else v) for k, v in run.items()},
                     "adapter": pipe.adapter.state_dict(), "stream": pipe.adapter.stream_state(),
                     "rng": torch.get_rng_state()}
+            if pipe.guard is not None:  # its checks, counters and stored states: a resumed run equals one run
+                ckpt["guard"] = pipe.guard.state_dict()
             atomic_torch_save(ckpt, rdir / "checkpoint.pt")
 
         def feed_context(t: str, log_ns: int, msg: Any) -> None:
@@ -471,6 +496,17 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                     sink.write(names["classification_json"], log_ns,
                                B.string_message(json.dumps(classification_payload(result, pipe.class_names, stamp,
                                                                                   frame_id))))
+                q = result.quality
+                if q is not None:  # what the node publishes on 'quality', under the frame's header
+                    status = D.quality_status(REPLAY_NODE, cam, frame_id, q, pipe.quality_calibration)
+                    sink.write(names[QUALITY_NAME], log_ns, B.diagnostic_array_message(stamp, frame_id, status))
+                    tally = run["quality"][cam]
+                    if np.isfinite(q.estimate):
+                        tally[0] += float(q.estimate)
+                        tally[1] += 1
+                    tally[2 + int(q.level)] += 1
+                    if seg and cam in scorers:  # as written (4 decimals): what an evaluator of the bag reads
+                        scorers[cam].add_quality(label, stamp, float(dict(status["values"])["estimate"]), q.level)
                 run["stamps"].append(stamp)
                 run["frames"] += 1
             bar.update(len(items))
@@ -500,6 +536,9 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                             pred = done_preds.get(cam, {}).pop(B.stamp_ns_of(msg), None)
                             if pred is not None:
                                 scorers[cam].add_prediction(label, B.stamp_ns_of(msg), pred)
+                            q = done_quality.get(cam, {}).pop(B.stamp_ns_of(msg), None)
+                            if q is not None:
+                                scorers[cam].add_quality(label, B.stamp_ns_of(msg), *q)
                         else:
                             feed_context(t, log_ns, msg)
                         if scorer is not None:
@@ -564,6 +603,12 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                     table = {m: t["overall"] for m, t in camera_tables.items()}
                 files = {k: str(out_path / p.name) for k, p in written.items()}
             frames, model_s = int(run["frames"]), float(run["model_s"])
+            quality = _quality_summary(run["quality"], pipe, multi is not None)
+            if quality and scorer is not None:  # ground truth: how the estimate matched it
+                validation = scorer.quality()
+                if validation:
+                    quality["validation"] = validation.get(label, {})
+            guard = _jsonable(pipe.guard_stats()) if pipe.guard is not None else {}
             damage = {"bad_chunks": sum(d.what == "chunk" for d in reader.damage),
                       "skipped_messages": sum(d.count(read) for d in reader.damage) + reader.undecodable,
                       "skipped_frames": sum(reader.skipped(t) for t in cams),
@@ -578,6 +623,7 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
                     "bn_stats": pipe.adapter.bn_stats, "checkpoint_every": opts.checkpoint_every,
                     "resumed_from_frame": int(state["progress"]["frames"]) if state else None,
                     "outputs": sorted(writer.counts), "table": table, "adapter": _jsonable(pipe.stats()),
+                    **({"quality": quality} if quality else {}), **({"guard": guard} if guard else {}),
                     **({"cameras": {t: c for t, (c, _, _) in cams.items()},
                         "truth_topics": {c: tr for _, (c, _, tr) in cams.items()},
                         "camera_tables": camera_tables, "grouping": "identical header stamps, one frame per "
@@ -599,7 +645,8 @@ def replay(bag: str | Path, out: str | Path, cfg: dict[str, Any], opts: ReplayOp
     return ReplayResult(out_path, frames, int(run["bad"]), wall, model_s, label, table, files, list(run["stamps"]),
                         damage["bad_chunks"], damage["skipped_messages"], damage["skipped_frames"], damage["damage"],
                         cameras={t: c for t, (c, _, _) in cams.items()} if multi is not None else {},
-                        camera_tables=camera_tables, camera_text=scorer.text() if multi is not None and scorer else "")
+                        camera_tables=camera_tables, camera_text=scorer.text() if multi is not None and scorer else "",
+                        quality=_jsonable(quality), guard=guard)
 
 
 class _Reported:
@@ -631,6 +678,41 @@ def _predictions_of(rdir: Path, parts: list[str], class_topic: str) -> dict[int,
                 continue
             for _, _, msg in reader.messages([class_topic]):
                 out[B.stamp_ns_of(msg)] = B.decode_labels(msg)
+    return out
+
+
+def _qualities_of(rdir: Path, parts: list[str], topic: str) -> dict[int, tuple[float, int]]:
+    """stamp -> (estimate, level) already written into the finished parts (the scorer catches up)."""
+    from tta_perception.runtime.quality import LEVELS
+
+    out: dict[int, tuple[float, int]] = {}
+    for name in parts:
+        with B.BagReader(rdir / name) as reader:
+            if topic not in reader.topics:
+                continue
+            for _, _, msg in reader.messages([topic]):
+                values = B.diagnostic_values(msg)
+                out[B.stamp_ns_of(msg)] = (float(values.get("estimate", "nan")), LEVELS.index(values.get("level", "ERROR")))
+    return out
+
+
+def _quality_summary(tallies: dict[str, list], pipe: Any, multi: bool) -> dict[str, Any]:
+    """replay.json's 'quality' of the per-camera tallies: the mean estimate, frames per level
+    (and per camera with several), the calibration; empty with 'quality' off."""
+    from tta_perception.runtime.quality import LEVELS
+
+    if pipe.quality is None:
+        return {}
+
+    def one(t: list) -> dict[str, Any]:
+        return {"mean_estimate": t[0] / t[1] if t[1] else None, "frames": int(sum(t[2:])),
+                "levels": {name: int(t[2 + i]) for i, name in enumerate(LEVELS)}}
+
+    total = [sum(t[i] for t in tallies.values()) for i in range(5)]
+    out = {**one(total), "calibrated": bool(pipe.quality.calibrated), "calibration": pipe.quality_calibration,
+           "warn_below": pipe.quality.warn_below, "error_below": pipe.quality.error_below}
+    if multi:
+        out["per_camera"] = {cam: one(t) for cam, t in tallies.items()}
     return out
 
 

@@ -8,6 +8,12 @@ driver's thread count (results depend on it). The model, each stream, the bundle
 batches go into Ray's object store once and are shared by the cells; results come back in the order
 the cells were submitted, so the report is the single-machine one. Only the timings differ (cells
 share the machines: ms/frame and memory are then those of a loaded machine).
+
+``bench --resume``: ``on_done(run, seconds)`` is called as soon as a cell finishes (Ray: when its
+task returns, before the ordered ``on_result``), so the run can save it at once; a cell finished by
+an earlier run is handed over with ``finished`` instead of running, in its place in the submission
+order. Ray tasks take no checkpoints inside a cell (one interrupted on Ray runs again from its
+start); finished cells are saved either way.
 """
 from __future__ import annotations
 
@@ -49,16 +55,31 @@ def run_cell(cell: Cell, report: Optional[Callable[[dict], None]] = None):
                           rmt_warmup=_resolve(cell.warmup))
 
 
+@dataclass
+class _Done:
+    """A finished cell loaded from an earlier run, waiting for its turn in :meth:`RayCells.drain`."""
+
+    run: Any
+    seconds: float
+
+
 class LocalCells:
     """Each cell runs when submitted, here."""
 
     engine = "this process"
 
     def submit(self, method: str, model, stream, opts: RunOptions, *, bundle=None, fisher=None, warmup=None,
-               on_result: Callable[[Any, float], None]) -> None:
+               on_result: Callable[[Any, float], None], on_done: Optional[Callable[[Any, float], None]] = None) -> None:
         t0 = time.perf_counter()
         r = run_method(method, model, stream, opts, bundle=bundle, fisher_batches=fisher, rmt_warmup=warmup)
-        on_result(r, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if on_done is not None:
+            on_done(r, seconds)
+        on_result(r, seconds)
+
+    def finished(self, run: Any, seconds: float, on_result: Callable[[Any, float], None]) -> None:
+        """A cell an earlier run finished (``bench --resume``): its result, now."""
+        on_result(run, seconds)
 
     def drain(self) -> None:
         pass
@@ -83,7 +104,8 @@ class RayCells:
         self.threads, self.progress = max(1, int(threads)), progress
         self.engine = self.cluster.describe()
         self._shared: dict[int, tuple[Any, Any]] = {}  # id(object) -> (object, its reference)
-        self._pending: list[tuple[Cell, Callable[[Any, float], None]]] = []
+        # (cell or a finished one, on_result, on_done)
+        self._pending: list[tuple[Any, Callable[[Any, float], None], Optional[Callable[[Any, float], None]]]] = []
 
     def _put(self, obj: Any) -> Any:
         if obj is None:
@@ -94,10 +116,15 @@ class RayCells:
         return self._shared[key][1]
 
     def submit(self, method: str, model, stream, opts: RunOptions, *, bundle=None, fisher=None, warmup=None,
-               on_result: Callable[[Any, float], None]) -> None:
-        cell = Cell(method, self._put(model), self._put(stream), replace(opts, progress=False), self._put(bundle),
-                    self._put(fisher), self._put(warmup), self.threads)
-        self._pending.append((cell, on_result))
+               on_result: Callable[[Any, float], None], on_done: Optional[Callable[[Any, float], None]] = None) -> None:
+        cell = Cell(method, self._put(model), self._put(stream),
+                    replace(opts, progress=False, progress_lines=False, checkpoint_dir=None),
+                    self._put(bundle), self._put(fisher), self._put(warmup), self.threads)
+        self._pending.append((cell, on_result, on_done))
+
+    def finished(self, run: Any, seconds: float, on_result: Callable[[Any, float], None]) -> None:
+        """A cell an earlier run finished: delivered in its place among the submitted ones."""
+        self._pending.append((_Done(run, seconds), on_result, None))
 
     def drain(self) -> None:
         """Run every submitted cell; results to their callbacks in submission order."""
@@ -106,25 +133,30 @@ class RayCells:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        results: dict[int, tuple[Any, float]] = {}
+        results = {i: (c.run, c.seconds) for i, (c, _, _) in enumerate(pending) if isinstance(c, _Done)}
+        todo = [i for i in range(len(pending)) if i not in results]
         errors: dict[int, str] = {}
-        bar = tqdm(total=len(pending), desc="bench cells (Ray)", unit="cell", disable=not self.progress)
+        bar = tqdm(total=len(todo), desc="bench cells (Ray)", unit="cell", disable=not self.progress or not todo)
 
-        def done(i: int, result: Any, wall: float, error: Optional[str]) -> None:
+        def done(j: int, result: Any, wall: float, error: Optional[str]) -> None:
+            i = todo[j]
             results[i] = (result, wall)
             if error:
                 errors[i] = error
+            elif pending[i][2] is not None:
+                pending[i][2](result, wall)  # saved as soon as it finished
             bar.update(1)
 
         try:
-            self.cluster.run(run_cell, [c for c, _ in pending], on_result=done)
+            if todo:
+                self.cluster.run(run_cell, [pending[i][0] for i in todo], on_result=done)
         finally:
             bar.close()
         if errors:
             i = min(errors)
             raise RuntimeError(f"bench cell {pending[i][0].method} (seed {pending[i][0].opts.seed}) failed on Ray: "
                                f"{errors[i]}")
-        for i, (_, on_result) in enumerate(pending):
+        for i, (_, on_result, _) in enumerate(pending):
             on_result(*results[i])
 
     def close(self) -> None:

@@ -116,6 +116,16 @@ class PeakMemory:
         self._thread.start()
         return self
 
+    def so_far_mib(self) -> float:
+        """The peak while the block has run so far (a checkpoint of a long cell keeps it)."""
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.kind == "cpu_maxrss_growth":
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        else:
+            peak = self._peak
+        return max(0.0, (peak - self._base) / 2 ** 20)
+
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

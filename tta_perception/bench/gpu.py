@@ -63,6 +63,8 @@ class Result:
     steps_per_s_at_30hz: float = float("nan")
     prediction_p50_ms_at_30hz: float = float("nan")
     peak_mem_gib: float = float("nan")
+    # seg: the per-output quality estimate (runtime.quality, every signal) on one prediction
+    ms_quality: float = float("nan")
     steps: int = 0
     error: str = ""
     notes: list = field(default_factory=list)
@@ -129,6 +131,8 @@ def run_one(workload: str, method: str, precision: str, *, device: torch.device,
             res.ms_per_step, res.ms_p90 = _median_ms(lambda: method_obj.step(x), steps, device)
         res.ms_per_prediction, _ = _median_ms(lambda: inline.predict(frames[0]), max(steps, 3), device)
         res.frames_per_s = batch / (res.ms_per_step / 1e3)
+        if WORKLOADS[workload]["num_classes"] != 1000:  # segmentation: the node's quality estimate
+            res.ms_quality = quality_ms(inline.predict(frames[0]), frames[0], max(steps, 3), device)
         res.steps = steps
         inline.close()
         # 2. live: frames at 30 Hz, adaptation in the background on its own stream
@@ -171,6 +175,15 @@ def run_one(workload: str, method: str, precision: str, *, device: torch.device,
     return res
 
 
+def quality_ms(logits: torch.Tensor, image: torch.Tensor, n: int, device: torch.device) -> float:
+    """Median ms of the quality estimate of one output (``runtime.quality.QualityEstimator`` with a
+    calibration that uses every signal: its most expensive form), beside the prediction."""
+    from ..runtime.quality import FORMAT, SIGNALS, QualityEstimator
+
+    est = QualityEstimator({"format": FORMAT, "features": list(SIGNALS), "weights": [0.0] * (len(SIGNALS) + 1)})
+    return _median_ms(lambda: est(logits, image), n, device)[0]
+
+
 def device_info(device: torch.device) -> dict:
     info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version()}
     if device.type == "cuda":
@@ -190,21 +203,24 @@ def markdown(results: list[Result], info: dict) -> str:
              "ms/step = median of `method.step(x)` on the step batch; ms/pred = median of the streaming "
              "adapter's `predict` on one frame; steps/s @30 Hz = adaptation steps per second while frames "
              "arrive at 30 Hz (background worker, own CUDA stream), pred p50 its prediction latency then; "
-             "peak = max GPU memory allocated. Random weights.", "",
+             "peak = max GPU memory allocated; quality = the per-output quality estimate (every signal), "
+             "ms and % of ms/pred. Random weights.", "",
              "| workload | method | precision | batch × size | ms/step | p90 ms | frames/s | ms/pred | "
-             "steps/s @30 Hz | pred p50 @30 Hz | peak GiB | notes |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "steps/s @30 Hz | pred p50 @30 Hz | peak GiB | quality ms (%) | notes |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         wl = f"{r.workload} ({r.arch})"
         dims = f"{r.batch} × {r.size[0]}×{r.size[1]}"
         if r.status != "ok":
-            lines.append(f"| {wl} | {r.method} | {r.precision} | {dims} | – | – | – | – | – | – | – | {r.status}: "
+            lines.append(f"| {wl} | {r.method} | {r.precision} | {dims} | – | – | – | – | – | – | – | – | {r.status}: "
                          f"{r.error.replace('|', '/')} |")
             continue
         mem = "–" if r.peak_mem_gib != r.peak_mem_gib else f"{r.peak_mem_gib:.2f}"
+        q = ("–" if r.ms_quality != r.ms_quality else
+             f"{r.ms_quality:.2f} ({100 * r.ms_quality / r.ms_per_prediction:.0f} %)")
         lines.append(f"| {wl} | {r.method} | {r.precision} | {dims} | {r.ms_per_step:.1f} | {r.ms_p90:.1f} | "
                      f"{r.frames_per_s:.1f} | {r.ms_per_prediction:.1f} | {r.steps_per_s_at_30hz:.2f} | "
-                     f"{r.prediction_p50_ms_at_30hz:.1f} | {mem} | {', '.join(r.notes)} |")
+                     f"{r.prediction_p50_ms_at_30hz:.1f} | {mem} | {q} | {', '.join(r.notes)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -302,6 +318,7 @@ def main(argv: Optional[list] = None) -> int:
                 print(f"{wl:4s} {method:7s} {prec:7s} " + (
                     f"{r.ms_per_step:9.1f} ms/step {r.ms_per_prediction:7.1f} ms/pred "
                     f"{r.steps_per_s_at_30hz:6.2f} steps/s@30Hz {r.peak_mem_gib:6.2f} GiB"
+                    + (f" quality {r.ms_quality:.2f} ms" if r.ms_quality == r.ms_quality else "")
                     if r.status == "ok" else f"{r.status}: {r.error}"), flush=True)
     info["wall_s"] = round(time.perf_counter() - t_start, 1)
     info.update(steps=steps, warmup=warmup, quick=args.quick)

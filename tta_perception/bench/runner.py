@@ -26,7 +26,8 @@ import copy
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -58,6 +59,18 @@ class RunOptions:
     temporal_fusion: float = 0.0      # streaming seg: also score the outputs fused over time ('<method>+tf')
     fusion_modes: tuple[str, ...] = ("fixed",)  # ... in these modes: '+tf' fixed, '+tfa' adaptive
     flow_preset: str = "fast"         # engine.temporal.PRESETS
+    # streaming: checkpoints inside the cell (bench/checkpoints.py; a long drive survives interruptions)
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 0         # frames of the stream between checkpoints; 0 = off
+    resume: bool = False              # continue from the cell's checkpoint in checkpoint_dir, if any
+    weights_id: str = ""              # the source weights (and bundle) a checkpoint must have been made with
+    progress_lines: bool = False      # one log line per checkpoint interval / weather cycle (no bar: a log)
+    stop_after_frames: int | None = None  # tests only: CellInterrupted at the first chunk boundary at/after
+    # streaming seg: the label-free quality estimate of every published output, validated against the
+    # truth (runtime/quality.py); the embedded model whose calibrations it uses ('': the user's weights,
+    # uncalibrated), None: not scored
+    quality_model: str | None = None
+    guard_settings: Any = None        # '<method>+g': runtime.guard.GuardSettings (None: the node's defaults)
 
 
 @dataclass
@@ -88,6 +101,12 @@ class MethodRun:
     flicker_overall: float = float("nan")
     temporal: dict[str, Any] = field(default_factory=dict)
     companions: list["MethodRun"] = field(default_factory=list)  # '+tf': the same run's fused outputs
+    # streaming seg: per frame, the quality estimate of the published output, its level (0 OK, 1 WARN,
+    # 2 ERROR) and the true pixel accuracy (bench/quality.py validates them)
+    series_quality: list[float] = field(default_factory=list)
+    series_level: list[int] = field(default_factory=list)
+    series_accuracy: list[float] = field(default_factory=list)
+    miou_by_cycle: dict[int, float] = field(default_factory=dict)  # cycle -> mIoU of the whole cycle (looping)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-point lists, plus the metric series (x, y) for later analysis."""
@@ -95,7 +114,29 @@ class MethodRun:
         d["series"] = {"x": self.series_x, "y": [round(v, 2) for v in self.series_y]}
         if self.series_detected:
             d["series"]["domain"], d["series"]["detected"] = self.series_domain, self.series_detected
+        if self.series_quality:  # the estimate beside the truth, per frame (bench/quality.py)
+            d["series"]["quality"] = [round(v, 4) for v in self.series_quality]
+            d["series"]["level"] = self.series_level
+            d["series"]["accuracy"] = [round(v, 4) for v in self.series_accuracy]
         return d
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, per-frame series and companions included, exactly (JSON: ``bench --resume``
+        rebuilds a finished cell from it with :meth:`from_dict`)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "companions"}
+        d["miou_by_cycle"] = {str(k): v for k, v in self.miou_by_cycle.items()}
+        d["companions"] = [c.to_dict() for c in self.companions]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MethodRun":
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"not a saved MethodRun: unknown fields {unknown}")
+        kw = dict(d)
+        kw["miou_by_cycle"] = {int(k): float(v) for k, v in kw.get("miou_by_cycle", {}).items()}
+        kw["companions"] = [cls.from_dict(c) for c in kw.get("companions", [])]
+        return cls(**kw)
 
 
 def runs_of(runs: Sequence[MethodRun], method: str, stream: str) -> list[MethodRun]:
@@ -111,7 +152,13 @@ def seed_everything(seed: int) -> None:
 
 class _Scorer:
     """One output row's scores of a stream: per domain (``metrics.DomainScores``), the per-point series
-    of the plot and, for video, label flicker along each frame's motion (``_FlickerScore``)."""
+    of the plot and, for video, label flicker along each frame's motion (``_FlickerScore``).
+
+    A checkpoint keeps what :attr:`SERIES` and :attr:`STATEFUL` name (``state_dict``): a new per-frame
+    score adds its list or its object (with ``state_dict`` / ``load_state_dict``) there."""
+
+    SERIES = ("x", "y", "d", "w")                                   # per-point lists
+    STATEFUL = ("scores", "cycles", "whole_cycles", "flicker", "quality")  # objects with a state (or None)
 
     def __init__(self, task: str, num_classes: int, cycle_frames: int | None = None, video: bool = False):
         from ..metrics import DomainScores
@@ -121,14 +168,17 @@ class _Scorer:
         # a looping sequence (dynamic): the same phases per cycle, 'phase@1', 'phase@2', ...
         self.cycle_frames = cycle_frames if task == "seg" else None
         self.cycles = DomainScores(num_classes, task) if self.cycle_frames else None
+        self.whole_cycles = DomainScores(num_classes, task) if self.cycle_frames else None  # key: the cycle
         self.flicker = _FlickerScore() if video else None
+        self.quality = None  # metrics.quality.QualityScore of the row the quality estimate judges
         self.x: list[int] = []
         self.y: list[float] = []
         self.d: list[str] = []
         self.w: list[dict] = []
 
-    def update(self, logits: torch.Tensor, chunk, motions: Sequence[Any] = ()) -> None:
-        """Score a chunk's outputs; ``motions``: each frame's motion from the previous one (video)."""
+    def update(self, logits: torch.Tensor, chunk, motions: Sequence[Any] = (), qualities: Sequence[Any] = ()) -> None:
+        """Score a chunk's outputs; ``motions``: each frame's motion from the previous one (video);
+        ``qualities``: each output's quality estimate (``runtime.quality.Quality``; with :attr:`quality`)."""
         pred = logits.argmax(1).cpu().numpy()
         lab = chunk.label_array()
         if self.task == "cls":
@@ -139,12 +189,17 @@ class _Scorer:
         for i, (p, t) in enumerate(zip(pred, lab)):
             dm = chunk.domains[i]
             self.x.append(int(chunk.index[i]))
-            self.y.append(100.0 * self.scores.add_frame(p, t, dm).miou())
+            frame = self.scores.add_frame(p, t, dm)
+            self.y.append(100.0 * frame.miou())
             if self.cycles is not None:
-                self.cycles.add_frame(p, t, f"{dm}@{int(chunk.index[i]) // self.cycle_frames + 1}")
+                cycle = int(chunk.index[i]) // self.cycle_frames + 1
+                self.cycles.add_matrix(frame, f"{dm}@{cycle}")
+                self.whole_cycles.add_matrix(frame, str(cycle))
             self.d.append(dm)
             if chunk.weather is not None:
                 self.w.append(chunk.weather[i])
+            if self.quality is not None:
+                self.quality.update(qualities[i], frame.accuracy())
         if self.flicker is not None:
             for i, p in enumerate(pred):
                 self.flicker.update(p, lab[i], motions[i], chunk.domains[i])
@@ -161,8 +216,29 @@ class _Scorer:
         return dict(domains=self.domains(), overall=self.overall(), series_x=self.x, series_y=self.y,
                     series_domain=self.d, series_weather=self.w,
                     domains_by_cycle=self.cycles.domains() if self.cycles is not None else {},
+                    miou_by_cycle=({int(c): v for c, v in self.whole_cycles.domains().items()}
+                                   if self.whole_cycles is not None else {}),
                     flicker=f.domains() if f is not None else {},
-                    flicker_overall=f.overall() if f is not None else float("nan"))
+                    flicker_overall=f.overall() if f is not None else float("nan"),
+                    **(self.quality.fields() if self.quality is not None else {}))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything scored so far, as lists / dicts / numbers (a cell's checkpoint)."""
+        state: dict[str, Any] = {k: list(getattr(self, k)) for k in self.SERIES}
+        for k in self.STATEFUL:
+            obj = getattr(self, k)
+            state[k] = obj.state_dict() if obj is not None else None
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self.SERIES:
+            setattr(self, k, list(state[k]))
+        for k in self.STATEFUL:
+            obj = getattr(self, k)
+            if (obj is None) != (state.get(k) is None):
+                raise ValueError(f"checkpoint scores {k!r} {'without' if obj is not None else 'with'} it")
+            if obj is not None:
+                obj.load_state_dict(state[k])
 
 
 @torch.no_grad()
@@ -206,6 +282,14 @@ class _FlickerScore:
         if motion is not None and self._prev is not None:
             self.flicker.add_along(pred, labels, *self._prev, motion, warp_nearest, domain)
         self._prev = (pred, labels)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counts only: after a resume the first frame has no motion, so the previous one is unused."""
+        return self.flicker.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.flicker.load_state_dict(state)
+        self._prev = None
 
 
 def build_stream_adapter(method, opts: RunOptions, domain_memory: bool = False):
@@ -280,15 +364,24 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
             if opts.realtime_hz:
                 clock = _realtime_clock(adapter, opts)
             # the node's frame path; the flow on every frame of a video, for the flicker
+            quality, guard = _quality_and_guard(name, adapter, stream, opts, rows, suffix[modes[0]] if modes else "")
             path = FramePath(adapter, fusion=opts.temporal_fusion if fused else 0.0, flow=video,
                              preset=opts.flow_preset, sync=True, fusion_mode=modes[0] if modes else "fixed",
-                             score_modes=modes)
+                             score_modes=modes, quality=quality, guard=guard)
         elif VARIANTS[name].domain_memory:
             raise ValueError(f"{name}: domain memory is a streaming protocol (bench --stream)")
-        bar = tqdm(total=stream.n_samples, desc=f"{name} on {stream.name}", unit=stream.x_label,
+        elif VARIANTS[name].guard:
+            raise ValueError(f"{name}: the collapse guard watches a stream (bench --stream)")
+        cell, lines, resumed = _cell_checkpoints(name, stream, opts, adapter, path, clock, rows, detected)
+        frames, done_chunks = resumed.get("frames", 0), resumed.get("chunks", 0)
+        setup_s = resumed.get("setup_s", setup_s)
+        t_cell = time.perf_counter() - resumed.get("wall_s", 0.0)
+        bar = tqdm(total=stream.n_samples, initial=frames, desc=f"{name} on {stream.name}", unit=stream.x_label,
                    disable=not opts.progress, leave=False)
         try:
             for k, chunk in enumerate(stream):
+                if k < done_chunks:
+                    continue  # scored before the checkpoint this cell resumed from
                 x = chunk.tensor().to(opts.device)
                 if chunk.reset and k > 0:
                     (adapter or method).reset()
@@ -307,7 +400,7 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                     for key, scorer in rows.items():
                         mode = FUSION_SUFFIXES.get(key)
                         scorer.update(torch.stack([r.fused[mode] if mode else r.logits for r in done]), chunk,
-                                      motions)
+                                      motions, [r.quality for r in done])
                 else:
                     sync(opts.device)
                     t0 = time.perf_counter()
@@ -319,6 +412,15 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                     rows[""].update(logits, chunk)
                 frames += x.shape[0]
                 bar.update(x.shape[0])
+                if cell is not None:
+                    cell.after_chunk(frames, k + 1, setup_s=setup_s, wall_s=time.perf_counter() - t_cell,
+                                     peak_mem_mib=max(mem.so_far_mib(), resumed.get("peak_mem_mib", 0.0)))
+                if lines is not None:
+                    lines.update(frames)
+                if opts.stop_after_frames is not None and frames >= opts.stop_after_frames:
+                    from .checkpoints import CellInterrupted
+
+                    raise CellInterrupted(f"{name} on {stream.name}: stopped after {frames} frames (test hook)")
         finally:
             bar.close()
             if adapter is not None:
@@ -331,6 +433,13 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                                                                        "domains_stored", "domain_bank_mb")}
                 if clock is not None:
                     stream_info["realtime"] = clock.summary()
+                if path is not None and path.guard is not None:
+                    stream_info["guard"] = path.guard.stats()
+                    stream_info["guard_ms"] = path.seconds["guard"] * 1e3 / max(frames, 1)
+                if path is not None and path.quality is not None:
+                    stream_info["quality_ms"] = path.seconds["quality"] * 1e3 / max(frames, 1)
+                    # its cost against the prediction's (the node's forward pass and inline steps)
+                    stream_info["quality_cost"] = path.seconds["quality"] / max(path.seconds["predict"], 1e-9)
     stats = {k: v for k, v in method.stats.items() if k in KEEP_STATS or k.startswith("temporal_")}
     parts = {p: {"domains": sc.domains(), "overall": sc.overall()} for p, sc in part_scores.items()}
     n = max(frames, 1)
@@ -348,9 +457,11 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
                 temporal_fused[mode] = {**temporal, **fusion.stats(), "fusion_ms": fusion.total_ms / n}
     del method, model, adapter, clock, path
 
+    peak = max(mem.peak_mib, resumed.get("peak_mem_mib", 0.0))  # a resumed cell: over every session
+
     def method_run(label: str, scorer: _Scorer, seconds: float, **extra_fields) -> MethodRun:
         return MethodRun(label, stream.name, opts.seed, frames=frames, ms_per_frame=seconds * 1e3 / n,
-                         setup_s=setup_s, peak_mem_mib=mem.peak_mib, mem_kind=mem.kind, stats=stats,
+                         setup_s=setup_s, peak_mem_mib=peak, mem_kind=mem.kind, stats=stats,
                          **scorer.fields(), **extra_fields)
 
     run = method_run(name, rows[""], busy, streaming=stream_info, series_detected=detected, parts=parts,
@@ -359,6 +470,58 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
         run.companions.append(method_run(f"{name}{suffix[mode]}", rows[suffix[mode]], fused_busy[mode],
                                          streaming=dict(stream_info), temporal=temporal_fused[mode]))
     return run
+
+
+def _quality_and_guard(name: str, adapter, stream: BenchStream, opts: RunOptions, rows: dict[str, _Scorer],
+                       published: str):
+    """The node's quality estimator and (``'<method>+g'``) collapse guard for a streaming run, built
+    as ``runtime.pipeline`` builds them; the quality is scored on the row of the published output."""
+    seg = stream.task == "seg"
+    quality = guard = None
+    if seg and opts.quality_model is not None:
+        from ..metrics.quality import QualityScore
+        from ..runtime.quality import QualityEstimator, load_calibration
+
+        # the variant's method's calibration on that model ('': none, the uncalibrated mean confidence)
+        quality = QualityEstimator(load_calibration(opts.quality_model, VARIANTS[name].method)[0])
+        rows[published].quality = QualityScore()
+    if VARIANTS[name].guard:
+        if not seg:
+            raise ValueError(f"{name}: the collapse guard watches streaming segmentation (--task seg --stream)")
+        from ..runtime.guard import CollapseGuard
+        from ..runtime.quality import QualityEstimator, load_calibration
+
+        cal = load_calibration(opts.quality_model or "", "source")[0]
+        guard = CollapseGuard(adapter, opts.guard_settings,
+                              source_quality=QualityEstimator(cal) if cal is not None else None)
+    return quality, guard
+
+
+def _cell_checkpoints(name: str, stream: BenchStream, opts: RunOptions, adapter, path, clock, rows, detected):
+    """A streaming cell's checkpoints (none with ``--realtime``: its simulated clock is not saved),
+    restored when resuming, and its progress lines: ``(checkpoints or None, lines or None, resumed)``
+    with ``resumed`` the work already done (``frames``, ``chunks``, ...; {} when starting)."""
+    from . import checkpoints
+
+    cell, resumed = None, {}
+    if path is not None and clock is None and opts.checkpoint_dir is not None and opts.checkpoint_every > 0:
+        cell = checkpoints.CellCheckpoints(
+            checkpoints.checkpoint_path(opts.checkpoint_dir, stream.name, name, opts.seed),
+            checkpoints.fingerprint(name, stream, opts), opts.checkpoint_every, stream.n_samples, adapter=adapter,
+            frame_path=path, scorers=rows, detected=detected, device=opts.device)
+        if opts.resume:
+            resumed = cell.resume()
+    lines = None
+    stride = int(stream.info.get("stride") or 1)
+    per_cycle = stream.cycle_frames / stride if getattr(stream, "cycle_frames", None) else None
+    every = opts.checkpoint_every if opts.checkpoint_every > 0 else int(round(per_cycle or 0))
+    if opts.progress_lines and every > 0:
+        lines = checkpoints.ProgressLines(f"{name} seed {opts.seed} on {stream.name}", stream.n_samples, every,
+                                          per_cycle, resumed.get("frames", 0), resumed.get("wall_s", 0.0))
+        if resumed:
+            lines.log(f"{lines.label}: resumed at {resumed['frames']:,}/{stream.n_samples:,} frames "
+                      f"from {cell.file}")
+    return cell, lines, resumed
 
 
 def _realtime_clock(adapter, opts: RunOptions):

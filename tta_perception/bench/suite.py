@@ -19,10 +19,13 @@ from .prepare import (PrepareSettings, cached_bundle_path, default_bundle_path, 
 from ..atomic import atomic_write_text
 from .cells import open_cells
 from .cycles import cycles_report
+from .long_drive import long_drive_report
+from .quality import guard_report, quality_report
 from .evidence import evidence_report
 from .output import write_json
 from .parts import aggregate_parts, format_parts, write_parts_csv
 from .realtime import measure_costs, realtime_report, resolve_costs
+from .resume import RunDir
 from .report import (add_ratios, aggregate, format_costs, format_headline, format_table, headline, plot_runs,
                      write_csv)
 from .runner import RunOptions, source_forward_ms
@@ -95,6 +98,11 @@ class BenchConfig:
     plot: bool = True
     ceiling: bool = True                 # run the oracle as the tables' ceiling row where one exists
     ceiling_weights: str | None = None   # the oracle's checkpoint for a model without a committed one
+    # long drives (docs/benchmark.md "Long drives"): checkpoints inside each streaming cell every N frames
+    # (None: one weather cycle of a looping sequence, else off; 0: off), --resume, --overwrite
+    checkpoint_every: int | None = None
+    resume: bool = False
+    overwrite: bool = False
 
 
 def _log(msg: str) -> None:
@@ -269,6 +277,10 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     t_start = time.perf_counter()
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    command = "tta-perception " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    rundir = RunDir(out)  # config.json, cells/, checkpoints/: what --resume continues from
+    rundir.start(asdict(cfg), torch.get_num_threads(), command, resume=cfg.resume, overwrite=cfg.overwrite,
+                 explicit_out=cfg.out is not None)
     streams0 = build_streams(cfg, cfg.seeds[0])
     task = streams0[0].task
     lm = load_model(**model_spec(task, cfg.model, cfg.weights, cfg.random_init, cfg.allow_code_architecture), task=task,
@@ -290,9 +302,13 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     warm, warm_info = (None, {})
     if any(VARIANTS[m].method == "rmt" for m in cfg.methods) and not cfg.streaming:
         warm, warm_info = rmt_warmup(cfg, lm, bundle, streams0[0].batch_size, log)
+    bars = cfg.progress and sys.stdout.isatty()  # a log (--detach, a pipe) gets one line per interval instead
     opts_base = dict(device=device, streaming=cfg.streaming, window=cfg.window, adapt_every=cfg.adapt_every,
                      background=cfg.background, predict_mode=cfg.predict, bn_stats=cfg.bn_stats, safety=cfg.safety,
-                     progress=cfg.progress, flow_preset=cfg.flow_preset)
+                     progress=bars, progress_lines=not bars, flow_preset=cfg.flow_preset, resume=cfg.resume,
+                     checkpoint_dir=rundir.checkpoints if cfg.streaming else None,
+                     weights_id=f"{lm.weights_id}; bundle {bundle_info.get('path', '')}",
+                     quality_model=quality_model(cfg, task))
     fused = [m for m in cfg.methods if VARIANTS[m].fused]
     if fused and not (cfg.streaming and task == "seg" and cfg.temporal_fusion > 0):
         raise ValueError(f"{', '.join(fused)}: fused rows need --stream on segmentation and --temporal-fusion W > 0")
@@ -303,13 +319,18 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
                                                              "" if cfg.weights is None else lm.arch)
     runs = []
     rt_runs: list = []
-    rt_costs, rt_from = realtime_costs(cfg, lm, streams0[0], opts_base, bundle, fisher, log)
+    saved_costs = rundir.load_json("realtime_costs") if cfg.resume else None
+    rt_costs, rt_from = (tuple(saved_costs) if saved_costs else
+                         realtime_costs(cfg, lm, streams0[0], opts_base, bundle, fisher, log))
+    if rt_costs is not None:
+        rundir.save_json("realtime_costs", [rt_costs, rt_from])  # a resumed run's clock uses the same costs
     src_fwd: dict[str, list[float]] = {}
     methods_of_seed = list(cfg.methods)
     cells = open_cells(cfg.ray, torch.get_num_threads(), 1.0 if device.type == "cuda" else 0.0, cfg.progress, log)
     if cfg.ray:
         log(f"cells as Ray tasks: {cells.engine}")
     metric = "error" if task == "cls" else "mIoU"
+    resumed_cells = 0
 
     def method_done(r, seconds: float) -> None:
         runs.append(r)
@@ -328,30 +349,53 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
                 log(f"seeds {', '.join(map(str, cfg.seeds[1:]))}: {', '.join(methods_of_seed)}")
             streams = streams0 if si == 0 else build_streams(cfg, seed)
             for st in streams:
-                opts = RunOptions(seed=seed, **opts_base)
+                opts = RunOptions(seed=seed, checkpoint_every=checkpoint_every(cfg, st), **opts_base)
                 src_fwd.setdefault(st.name, []).append(source_forward_ms(lm.model, st, opts))
                 for m in methods_of_seed:
                     if VARIANTS[m].fused:
                         continue  # scored in the run of its base method
                     modes = tuple(mode for sfx, mode in FUSION_SUFFIXES.items() if m + sfx in methods_of_seed)
                     tf = cfg.temporal_fusion if modes else 0.0
-                    cells.submit(m, lm.model, st, replace(opts, temporal_fusion=tf, fusion_modes=modes or ("fixed",)),
-                                 bundle=bundle, fisher=fisher,
-                                 warmup=warm, on_result=method_done)
+                    done = rundir.load_cell(st.name, m, seed) if cfg.resume else None
+                    if done is not None:
+                        cells.finished(*done, method_done)
+                        resumed_cells += 1
+                    else:  # saved as soon as it finishes: an interruption from then on keeps it
+                        cells.submit(m, lm.model, st, replace(opts, temporal_fusion=tf,
+                                                              fusion_modes=modes or ("fixed",)),
+                                     bundle=bundle, fisher=fisher, warmup=warm, on_result=method_done,
+                                     on_done=rundir.save_cell)
                     if rt_costs is not None:
-                        cells.submit(m, lm.model, st, replace(opts, realtime_hz=cfg.realtime, realtime_costs=rt_costs[m]),
-                                     bundle=bundle, fisher=fisher,
-                                     on_result=lambda r, sec: rt_runs.append(realtime_done(r, cfg.realtime, sec, log)))
+                        done = rundir.load_cell(st.name, m, seed, "rt") if cfg.resume else None
+
+                        def rt_done(r, sec):
+                            rt_runs.append(realtime_done(r, cfg.realtime, sec, log))
+
+                        if done is not None:
+                            cells.finished(*done, rt_done)
+                        else:
+                            cells.submit(m, lm.model, st, replace(opts, realtime_hz=cfg.realtime,
+                                                                  realtime_costs=rt_costs[m]),
+                                         bundle=bundle, fisher=fisher, on_result=rt_done,
+                                         on_done=lambda r, sec: rundir.save_cell(r, sec, "rt"))
                 if ceiling is not None:
-                    r = ceiling.run(st, opts)
+                    done = rundir.load_cell(st.name, CEILING, seed) if cfg.resume else None
+                    if done is not None:
+                        r = done[0]
+                        ceiling.runs.append(r)
+                    else:  # predict only: no checkpoints (its name would be source's), saved when done
+                        r = ceiling.run(st, replace(opts, checkpoint_dir=None))
+                        rundir.save_cell(r, 0.0)
                     log(f"  seed {seed} {st.name:<11} {'ceiling':<14} {r.overall:6.2f}  (the oracle, no adaptation)")
         cells.drain()
     finally:
         cells.close()
+    if cfg.resume:
+        log(f"resumed: {resumed_cells} finished cells loaded from {rundir.cells}")
     # ------------------------------------------------------------------ report
     proto = "streaming (batch of one frame)" if cfg.streaming else "batch protocol"
     payload: dict[str, Any] = {
-        "command": "tta-perception " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "",
+        "command": command,
         "config": asdict(cfg), "machine": machine, "model": {"arch": lm.arch, "weights": lm.weights_desc,
                                                                           "weights_id": lm.weights_id},
         "bundle": bundle_info, "eata_fisher": fisher_desc, "rmt_warmup": warm_info, "protocol": proto,
@@ -434,6 +478,19 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     cycles_text, payload["cycles"] = cycles_report(streams0, runs, cfg.methods, out)
     temporal_text, payload["temporal"] = temporal_report(streams0, runs, cfg.methods, out)
     printed += evidence_text + cycles_text + temporal_text
+    quality_text, quality_payload = quality_report(streams0, runs, cfg.methods, out, plot=cfg.plot)
+    if quality_payload:
+        printed += quality_text
+        payload["quality"] = quality_payload
+    guard_text, guard_payload = guard_report(streams0, runs, cfg.methods)
+    if guard_payload:
+        printed += guard_text
+        payload["guard"] = guard_payload
+    if cfg.streaming and task == "seg":
+        long_text, long_payload = long_drive_report(streams0, runs, cfg.methods, out, plot=cfg.plot)
+        if long_payload:  # only runs of >= 3 weather cycles with a source row: shorter runs' files unchanged
+            printed += long_text
+            payload["long_drive"] = long_payload
     if rt_costs is not None:
         rt_text, payload["realtime"] = realtime_report(streams0, runs, rt_runs, cfg.methods, task, cfg.realtime,
                                                        rt_costs, rt_from, out)
@@ -444,6 +501,7 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     payload["seconds"] = round(time.perf_counter() - t_start, 1)
     write_json(out / "results.json", payload)
     atomic_write_text(out / "results.txt", "\n\n".join(printed) + "\n")  # the printed tables
+    rundir.finish()
     log("")
     log("\n\n".join(printed))
     log(f"\nwrote {out}/results.json, results.txt, table_*.csv, ci_*.csv"
@@ -451,6 +509,29 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
         + f" in {payload['seconds']:.0f} s")
     payload["out"] = str(out)
     return payload
+
+
+def quality_model(cfg: BenchConfig, task: str) -> str | None:
+    """Whose quality calibrations the streaming seg runs use: the embedded model's ('' for the user's
+    own weights or an untrained model: uncalibrated); None (not scored) off the streaming seg protocol."""
+    from ..runtime.model_loader import EMBEDDED_FOR_TASK
+
+    if not (cfg.streaming and task == "seg"):
+        return None
+    if cfg.weights is not None or cfg.random_init:
+        return ""
+    return cfg.model or EMBEDDED_FOR_TASK[task]
+
+
+def checkpoint_every(cfg: BenchConfig, stream) -> int:
+    """Frames between a streaming cell's checkpoints: ``--checkpoint-every``, else one weather cycle
+    of a looping sequence (its frames at the stream's stride), else none."""
+    if not cfg.streaming:
+        return 0
+    if cfg.checkpoint_every is not None:
+        return max(0, int(cfg.checkpoint_every))
+    cycle = getattr(stream, "cycle_frames", None)
+    return max(1, int(round(cycle / int(stream.info.get("stride") or 1)))) if cycle else 0
 
 
 # ------------------------------------------------------------------------------------ real time

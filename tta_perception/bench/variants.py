@@ -22,6 +22,7 @@ class Variant:
     doc: str = ""
     domain_memory: bool = False  # streaming: resume a known domain's adapted state (engine.domains)
     fused: bool = False          # streaming seg: the base method's outputs fused over time (scored in its run)
+    guard: bool = False          # streaming seg: the collapse guard watches the run (runtime.guard)
 
     @property
     def video(self) -> bool:
@@ -71,6 +72,13 @@ VARIANTS.update({f"{n}{sfx}": Variant(f"{n}{sfx}", v.method, v.overrides, v.bund
                                       f"{v.doc}, outputs fused over time (temporal_fusion, {mode})", v.domain_memory,
                                       True)
                  for n, v in list(VARIANTS.items()) for sfx, mode in FUSION_SUFFIXES.items()})
+
+
+# every adapting method with the collapse guard: '<method>+g' (streaming seg; runtime/guard.py). A run of
+# its own: the guard changes what the method adapts from once it recovers
+VARIANTS.update({f"{n}+g": Variant(f"{n}+g", VARIANTS[n].method, VARIANTS[n].overrides, VARIANTS[n].bundle, False,
+                                   f"{VARIANTS[n].doc}, with the collapse guard", guard=True)
+                 for n in DEFAULT_METHODS if n not in ("source",)})
 
 
 def fused_base(name: str) -> tuple[str, str]:

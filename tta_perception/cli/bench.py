@@ -128,12 +128,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the bare forward/backward passes it needs, with a torch.profiler breakdown "
                         "(bench/profile.py); --methods, --window, --threads apply, --model names an embedded "
                         "segmentation model (default driveseg; lite0_seg)")
+    # long drives (docs/benchmark.md "Long drives")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="streaming: save each cell's state every N frames of its stream (<out>/checkpoints/), so "
+                        "--resume continues an interrupted cell there (default: one weather cycle of a looping "
+                        "sequence such as dynamic, else off; 0: off). Cells on --ray take no checkpoints (an "
+                        "interrupted one runs again); finished cells are saved and resumed there too")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out: its finished cells (<out>/cells/) are loaded, the "
+                        "unfinished ones continue from their checkpoints; refused if an option that changes the "
+                        "numbers differs from the run's <out>/config.json")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that holds an unfinished run (deletes its cells/ and checkpoints/)")
+    p.add_argument("--detach", action="store_true",
+                   help="run in the background: the same command without --detach as a process of its own "
+                        "(stdout and stderr appended to <out>/bench.log, its pid in <out>/bench.pid; one log line "
+                        "per checkpoint interval instead of progress bars); prints how to follow and resume it")
     add_device(p)
 
 
 # what each group of options applies to (the combinations refused without them: _check_combinations)
 STREAM_OPTIONS = ("window", "adapt_every", "background", "predict", "bn_stats", "flow_preset", "domain_memory",
-                  "realtime", "temporal_fusion", "temporal_fusion_mode", "cameras")
+                  "realtime", "temporal_fusion", "temporal_fusion_mode", "cameras", "checkpoint_every")
 WORLD_SEG_OPTIONS = ("frames", "start", "stride", "size", "workers", "cycles")
 PROFILE_OPTIONS = ("profile_step", "methods", "window", "threads", "model", "out")
 
@@ -167,6 +183,8 @@ def config_from_args(args: argparse.Namespace):
         raise ValueError("--temporal-fusion W needs 0 < W < 1")
     if args.cycles is not None and args.cycles < 1:
         raise ValueError("--cycles must be >= 1")
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be a number of frames >= 0 (0: off), got {args.checkpoint_every}")
     preset: dict = {}
     if args.paper_scale:
         from ..bench.suite import PAPER_SCALE
@@ -217,7 +235,8 @@ def config_from_args(args: argparse.Namespace):
         bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers, ray=args.ray,
         progress=not args.no_progress, plot=not args.no_plot, ceiling=not args.no_ceiling,
-        ceiling_weights=str(args.ceiling_weights) if args.ceiling_weights else None)
+        ceiling_weights=str(args.ceiling_weights) if args.ceiling_weights else None,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite)
     _check_combinations(args, cfg)
     return cfg
 
@@ -262,6 +281,11 @@ def _check_combinations(args: argparse.Namespace, cfg=None) -> None:
         (args.realtime is None, ["realtime_costs"], "needs --realtime HZ"),
         (args.cameras is not None, ["ray"], "not part of --cameras (its shared and independent runs stay in this "
                                             "process)"),
+        (args.cameras is not None, ["resume", "overwrite", "detach"],
+         "not part of --cameras (its shared and independent runs are not saved cell by cell)"),
+        (args.resume, ["overwrite"], "starts the run in --out over, --resume continues it: give one of them"),
+        (args.out is None, ["resume", "detach"], "needs --out DIR (the folder of the run: its cells, checkpoints, "
+                                                 "log and pid)"),
         (args.frames is not None, ["cycles"], "ends the sequence as --frames does: give one of them"),
         (world_seg and args.cycles is not None and not any(load_schedule(s).loop for s in seqs), ["cycles"],
          "whole weather cycles of a looping sequence (dynamic): none of --sequence loops"),
@@ -325,10 +349,50 @@ def run(args: argparse.Namespace) -> int:
         run_profile(methods, out=args.out or "runs/bench/profile_step", threads=args.threads, window=args.window,
                     model=args.model or "driveseg")
         return 0
+    if args.detach:
+        return detach(args, cfg)
     if cfg.cameras:
         from ..bench.cameras import run_cameras
 
         run_cameras(cfg)
         return 0
     run_suite(cfg)
+    return 0
+
+
+def detach(args: argparse.Namespace, cfg) -> int:
+    """``--detach``: the same command line without it, as a process of its own session (no shell),
+    stdin from /dev/null, stdout and stderr appended to ``<out>/bench.log``, its pid in
+    ``<out>/bench.pid``; the refusals about ``--out`` are made here first, so they reach the user."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+    import time
+    from dataclasses import asdict
+
+    import torch
+
+    from ..atomic import atomic_write_text
+    from ..bench.resume import LOG_FILE, PID_FILE, check_out
+
+    out = Path(cfg.out)
+    check_out(out, asdict(cfg), torch.get_num_threads(), resume=cfg.resume, overwrite=cfg.overwrite)
+    argv = [a for a in getattr(args, "_argv", sys.argv[1:]) if not (len(a) > 4 and "--detach".startswith(a))]
+    child = argv + ([] if "--no-progress" in argv else ["--no-progress"])  # a log: lines, not bars
+    out.mkdir(parents=True, exist_ok=True)
+    log_path, pid_path = out / LOG_FILE, out / PID_FILE
+    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} tta-perception {shlex.join(child)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "tta_perception.cli.main", *child], stdin=devnull,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                shell=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    atomic_write_text(pid_path, f"{proc.pid}\n")
+    again = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+    print(f"bench runs in the background: pid {proc.pid} (in {pid_path})\n"
+          f"  log:      {log_path}\n"
+          f"  follow:   tail -f {shlex.quote(str(log_path))}\n"
+          f"  stop:     kill {proc.pid}\n"
+          f"  continue after an interruption: tta-perception {shlex.join(again)} --detach", flush=True)
     return 0

@@ -25,6 +25,7 @@ COMMANDS = {
     "fleet": "fleet",
     "node-bench": "node_bench",
     "calibrate-domains": "calibrate_domains",
+    "calibrate-quality": "calibrate_quality",
 }
 
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # bench --detach runs the same command again
     keep_freed_memory()
     try:
         return int(args._run(args) or 0)

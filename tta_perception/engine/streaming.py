@@ -471,11 +471,12 @@ class StreamingAdapter:
                 state["domains"] = self.domains.state_dict()
             return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], stats: bool = True) -> None:
+        """``stats=False`` keeps this run's counters (the collapse guard going back to a healthy state)."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError("not a StreamingAdapter state")
         with self._adapt_lock:
-            self.method.load_state_dict(state["method_state"])
+            self.method.load_state_dict(state["method_state"], stats=stats)
             if self.domains is not None and "domains" in state:
                 self.domains.load_state_dict(state["domains"])
             with self._lock:

@@ -8,6 +8,9 @@ method), the paired comparison of methods across bags, timings, and the plots.
   bag's overall mIoU, its mIoU in each weather tag, and its label flicker), over the bags where both
   ran and were scored; the mean difference with its 95 % Student-t interval (``metrics.paired_difference``,
   as ``bench`` reports seeds) and how many bags the method won.
+- Quality: each bag's mean label-free quality estimate (estimated pixel accuracy of the outputs) and
+  its frames per level OK / WARN / ERROR (the replay's ``quality``), and over the bags per method (the
+  frame-weighted mean, the frames summed).
 - Timing: a run's wall time from submission to result (``wall_s``), the task's own time
   (``task_s``) and the replay's inside it (``replay_s``); the difference ``wall_s - task_s`` is the
   engine's overhead per bag (scheduling, a fresh worker's imports, moving the record).
@@ -55,6 +58,30 @@ def _pool(records: Sequence[dict[str, Any]], tag: Optional[str]) -> dict[str, An
         return {"miou": float("nan"), "acc": float("nan"), "flicker": float("nan"), "frames": 0, "bags": 0}
     return {"miou": 100.0 * cm.miou(), "acc": 100.0 * cm.accuracy(),
             "flicker": 100.0 * changed / counted if counted else float("nan"), "frames": frames, "bags": bags}
+
+
+LEVELS = ("OK", "WARN", "ERROR")  # runtime.quality.LEVELS
+
+
+def _quality_cells(rec: dict[str, Any]) -> dict[str, Any]:
+    """A bag's quality estimate (``task._quality``): its mean and the frames per level (NaN / None
+    when the replay had ``quality`` off or failed)."""
+    q = rec.get("quality") or {}
+    levels = q.get("levels") or {}
+    return {"quality": _nan(q.get("mean_estimate")),
+            **{f"quality_{k.lower()}": (int(levels[k]) if k in levels else None) for k in LEVELS}}
+
+
+def _quality_pool(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The quality over the bags: the frame-weighted mean estimate and the frames per level."""
+    cells = [(r.get("quality") or {}) for r in records]
+    cells = [q for q in cells if q.get("frames")]
+    if not cells:
+        return {"quality": float("nan"), **{f"quality_{k.lower()}": None for k in LEVELS}}
+    weighted = [(float(q["mean_estimate"]), int(q["frames"])) for q in cells if q.get("mean_estimate") is not None]
+    frames = sum(n for _, n in weighted)
+    return {"quality": sum(v * n for v, n in weighted) / frames if frames else float("nan"),
+            **{f"quality_{k.lower()}": sum(int((q.get("levels") or {}).get(k, 0)) for q in cells) for k in LEVELS}}
 
 
 def _bag_value(rec: Optional[dict[str, Any]], metric: str, cell: str) -> float:
@@ -127,6 +154,7 @@ def build(records: Sequence[dict[str, Any]], methods: Sequence[str], *, wall_s: 
                      "flicker": _nan(cell.get("flicker")),
                      **{f"miou_{t}": _bag_value(r, "miou", t) for t in tags},
                      "adapt_steps": (r.get("counters") or {}).get("adapt_steps"),
+                     **_quality_cells(r),
                      "wall_s": r.get("wall_s"), "task_s": r.get("task_s"), "replay_s": r.get("replay_s"),
                      "cpu_s": r.get("cpu_s"),
                      "overhead_s": r.get("overhead_s"), "peak_rss_mb": r.get("peak_rss_mb"),
@@ -136,7 +164,7 @@ def build(records: Sequence[dict[str, Any]], methods: Sequence[str], *, wall_s: 
                      "path": r.get("bag")})
     ok = {m: [r for r in records if r["method"] == m and r.get("status") == "ok"] for m in methods}
     per_tag = {m: {t: _pool(ok[m], t) for t in tags} for m in methods}
-    overall = {m: {**_pool(ok[m], None), "ok": len(ok[m]),
+    overall = {m: {**_pool(ok[m], None), **_quality_pool(ok[m]), "ok": len(ok[m]),
                    "failed": sum(1 for r in records if r["method"] == m and r.get("status") != "ok")}
                for m in methods}
     return {"methods": list(methods), "tags": tags, "bags": len({r["name"] for r in records}), "rows": rows,
@@ -174,6 +202,21 @@ def format_summary(s: dict[str, Any]) -> str:
             cells.append("failed" if r is None or r["status"] != "ok" else f"{_f(r['miou'])} ({_f(r['flicker'], 2)})")
         body.append(cells)
     out += _grid(["bag", "weather tags", "frames", *methods], body)
+    if any(r.get("quality_ok") is not None for r in s["rows"]):
+        out += ["", "per bag: mean quality estimate (estimated pixel accuracy; frames OK / WARN / ERROR)"]
+        body = []
+        for n in names:
+            cells = [n]
+            for m in methods:
+                r = by.get((n, m))
+                cells.append("–" if r is None or r["status"] != "ok" or r.get("quality_ok") is None else
+                             f"{_f(r['quality'], 2)} ({r['quality_ok']} / {r['quality_warn']} / {r['quality_error']})")
+            body.append(cells)
+        body.append(["overall", *[("–" if s["overall"][m].get("quality_ok") is None else
+                                   f"{_f(s['overall'][m]['quality'], 2)} ({s['overall'][m]['quality_ok']} / "
+                                   f"{s['overall'][m]['quality_warn']} / {s['overall'][m]['quality_error']})")
+                                  for m in methods]])
+        out += _grid(["bag", *methods], body)
     if tags or any(s["overall"][m]["bags"] for m in methods):
         out += ["", "per weather tag: mIoU % pooled over the bags carrying it (label flicker %; bags)"]
         body = [[t, *[f"{_f(s['per_tag'][m][t]['miou'])} ({_f(s['per_tag'][m][t]['flicker'], 2)}; "

@@ -4,8 +4,9 @@
 ``tta-perception replay``, so the output bag and its metrics files are the replay's, bit for bit at
 the same torch thread count), then scores it for the fleet's tables (:func:`score_bag`): mIoU and
 label flicker per weather phase with the phase's confusion matrix and flicker pixel counts (so bags
-can be pooled), the weather tags the bag carries, the adaptation counters, times and the process's
-peak memory. It never raises for a bad bag: the record says ``failed`` with one line why.
+can be pooled), the weather tags the bag carries, the adaptation counters, the quality estimate (its
+mean and frames per level, from ``replay.json``) and the collapse guard's counters, times and the
+process's peak memory. It never raises for a bad bag: the record says ``failed`` with one line why.
 
 A retried task (its worker died) continues from the replay's last checkpoint when there is one; the
 result is the same as an uninterrupted run (``replay --resume``).
@@ -92,6 +93,14 @@ def _counters(stats: dict[str, Any]) -> dict[str, Any]:
     method = stats.get("method") or {}
     out.update({f"method_{k}": method[k] for k in METHOD_COUNTERS if k in method})
     return out
+
+
+def _quality(info: dict[str, Any]) -> dict[str, Any]:
+    """The bag's quality estimate from its ``replay.json``: the mean estimate, frames per level, whether
+    it is calibrated and, with ground truth, how it matched it (empty with the node's ``quality`` off)."""
+    q = info.get("quality") or {}
+    keep = ("mean_estimate", "frames", "levels", "calibrated", "calibration", "validation")
+    return {k: q[k] for k in keep if k in q}
 
 
 def _class_topic(prefix: str, camera: str) -> str:
@@ -258,6 +267,7 @@ def run_job(job: BagJob, report: Optional[Callable[[dict[str, Any]], None]] = No
                       skipped_frames=res.skipped_frames, bad_chunks=res.bad_chunks, model_s=res.model_s,
                       replay_wall_s=res.wall_s, resumed_from_frame=info.get("resumed_from_frame"),
                       device=info.get("device"), counters=_counters(info.get("adapter") or {}), **scores,
+                      quality=_quality(info), guard=info.get("guard") or {},
                       output=str(out) if job.keep_output else None)
         if report is not None:
             report({"frames": res.frames, "total": res.frames, "pid": os.getpid(), "host": record["host"]})

@@ -53,6 +53,16 @@ class ConfusionMatrix:
         total = self.mat.sum()
         return float(np.trace(self.mat) / total) if total else float("nan")
 
+    def state_dict(self) -> dict[str, Any]:
+        """The counts as plain lists (a checkpoint loadable with ``torch.load(weights_only=True)``)."""
+        return {"num_classes": self.num_classes, "mat": self.mat.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mat = np.asarray(state["mat"], np.int64)
+        if mat.shape != (self.num_classes, self.num_classes):
+            raise ValueError(f"confusion matrix state is {mat.shape}, expected {self.num_classes} classes")
+        self.mat = mat
+
 
 def frame_miou(pred, labels, num_classes: int) -> float:
     """mIoU of one frame on its own (the per-frame curve of the plots)."""
@@ -78,3 +88,9 @@ class Accuracy:
 
     def error(self) -> float:
         return 1.0 - self.accuracy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"correct": int(self.correct), "total": int(self.total)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.correct, self.total = int(state["correct"]), int(state["total"])

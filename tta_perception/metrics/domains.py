@@ -38,6 +38,13 @@ class DomainScores:
         self.frames[domain] += 1
         return frame
 
+    def add_matrix(self, frame: ConfusionMatrix, domain: str) -> None:
+        """A segmentation frame already counted elsewhere (its confusion matrix from :meth:`add_frame`
+        of another score): the per-cycle scores reuse the frame's counts instead of recounting."""
+        self.per_domain.setdefault(domain, self._new()).merge(frame)
+        self.total.merge(frame)
+        self.frames[domain] += 1
+
     def add_samples(self, preds, labels, domains: Sequence[str]) -> float:
         """Classified samples with their domains; returns the error % of this batch."""
         ok = as_array(preds) == as_array(labels)
@@ -70,6 +77,24 @@ class DomainScores:
         cm = self.total if domain is None else self.per_domain[domain]
         frames = sum(self.frames.values()) if domain is None else self.frames[domain]
         return {"miou": 100.0 * cm.miou(), "acc": 100.0 * cm.accuracy(), "frames": int(frames)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every count as plain lists and numbers (checkpoints of a long run: ``bench --stream``)."""
+        return {"task": self.task, "num_classes": self.num_classes, "total": self.total.state_dict(),
+                "per_domain": {d: acc.state_dict() for d, acc in self.per_domain.items()},
+                "frames": dict(self.frames)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("task") != self.task or int(state.get("num_classes", -1)) != self.num_classes:
+            raise ValueError(f"domain scores state is for {state.get('task')} with {state.get('num_classes')} "
+                             f"classes, not {self.task} with {self.num_classes}")
+        self.total = self._new()
+        self.total.load_state_dict(state["total"])
+        self.per_domain = {}
+        for d, acc_state in state["per_domain"].items():  # in order of appearance, as saved
+            self.per_domain[d] = acc = self._new()
+            acc.load_state_dict(acc_state)
+        self.frames = Counter({d: int(n) for d, n in state["frames"].items()})
 
 
 

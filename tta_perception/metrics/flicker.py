@@ -69,6 +69,14 @@ class Flicker:
             cell["flicker"] = self.overall() if d == "all" else per.get(d, float("nan"))
         return table
 
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        """The pixel counts per domain (plain dicts: a checkpoint of a long run)."""
+        return {"changed": dict(self.changed), "counted": dict(self.counted), "frames": dict(self.frames)}
+
+    def load_state_dict(self, state: dict[str, dict[str, int]]) -> None:
+        self.changed, self.counted, self.frames = (Counter({d: int(n) for d, n in state[k].items()})
+                                                   for k in ("changed", "counted", "frames"))
+
     def domains(self) -> dict[str, float]:
         return {d: (100.0 * self.changed[d] / n if n else float("nan")) for d, n in self.counted.items()}
 

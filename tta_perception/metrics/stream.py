@@ -45,6 +45,7 @@ class FrameRow:
     time: Optional[float] = None
     miou: dict[str, float] = field(default_factory=dict)
     acc: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, tuple[float, int]] = field(default_factory=dict)  # method -> (estimate, level)
 
 
 class StreamScorer:
@@ -85,6 +86,10 @@ class StreamScorer:
         self.flicker: dict[str, Flicker] = {m: Flicker() for m in self.methods}
         self._recent: dict[str, "collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]]"] = {
             m: collections.OrderedDict() for m in self.methods}
+        # each method's label-free quality estimate (the node's 'quality' topic), by stamp, until its
+        # ground-truth frame has a row (bounded like the predictions)
+        self._quality: dict[str, "collections.OrderedDict[int, tuple[float, int]]"] = {
+            m: collections.OrderedDict() for m in self.methods}
 
     # ------------------------------------------------------------------ input
     def add_weather(self, stamp_ns: Optional[int], payload: Mapping[str, Any]) -> None:
@@ -124,6 +129,22 @@ class StreamScorer:
                 out[m] = detector_purity([p for p, _ in flat], [i for _, i in flat])
         return out
 
+    def add_quality(self, method: str, stamp_ns: int, estimate: float, level: int) -> None:
+        """``method``'s quality estimate of its output at ``stamp_ns`` (a 'quality' message), scored
+        against the truth of that frame (``quality``)."""
+        if method not in self._quality:
+            raise ValueError(f"unknown method {method!r}; scoring {self.methods}")
+        self.counts[f"quality_{method}"] += 1
+        row = self.rows.get(stamp_ns)
+        if row is not None:
+            row.quality[method] = (float(estimate), int(level))
+            return
+        pending = self._quality[method]
+        pending[stamp_ns] = (float(estimate), int(level))
+        while len(pending) > self.max_pending:
+            pending.popitem(last=False)
+            self.counts[f"quality_unmatched_{method}"] += 1
+
     def add_truth(self, stamp_ns: int, labels: np.ndarray) -> None:
         labels = np.asarray(labels)
         if labels.ndim != 2:
@@ -138,6 +159,11 @@ class StreamScorer:
             self.rows[stamp_ns] = FrameRow(stamp_ns)
         elif stamp_ns not in self.rows:
             self.counts["rows_not_kept"] += 1
+        row = self.rows.get(stamp_ns)
+        for m, pending in self._quality.items():
+            q = pending.pop(stamp_ns, None)
+            if q is not None and row is not None:
+                row.quality[m] = q
         for m in self.methods:
             pred = self._preds[m].pop(stamp_ns, None)
             if pred is not None:
@@ -297,6 +323,17 @@ class StreamScorer:
                     [(r.frame, r.domain, 100.0 * r.miou[m]) for r in rows if m in r.miou])]
                 for m in self.methods}
 
+    def quality_rows(self, method: str) -> list[FrameRow]:
+        """The rows of frames with both ``method``'s quality estimate and its score, in stamp order."""
+        return [self.rows[s] for s in sorted(self.rows) if method in self.rows[s].quality and method in self.rows[s].miou]
+
+    def quality(self, window: int = 10) -> dict[str, dict[str, Any]]:
+        """Per method that sent quality estimates: how they match the truth of the same frames
+        (``metrics.quality.validate``: Spearman per frame and per ``window`` frames, MAE per phase, the
+        frames per level); JSON-safe (NaN -> None)."""
+        return {m: quality_validation(self.quality_rows(m), m, window) for m in self.methods
+                if self.counts.get(f"quality_{m}")}
+
     def write(self, out_dir: str | Path, prefix: str = "", plot: bool = True, title: str = "") -> dict[str, Path]:
         """frames CSV, per-domain CSV, summary JSON and (optionally) the PNG; each written atomically."""
         self.process(final=True)
@@ -306,8 +343,9 @@ class StreamScorer:
                  "summary": out_dir / f"{prefix}summary.json"}
         rows = list(self.rows.values())
         header = ["stamp_ns", "time_s", "frame", "domain", *WEATHER_KEYS]
+        judged = [m for m in self.methods if self.counts.get(f"quality_{m}")]  # methods with a quality topic
         for m in self.methods:
-            header += [f"{m}_miou", f"{m}_acc"]
+            header += [f"{m}_miou", f"{m}_acc"] + ([f"{m}_quality", f"{m}_quality_level"] if m in judged else [])
         lines = []
         for r in rows:
             rel = (r.stamp_ns - self.first_stamp) / 1e9 if self.first_stamp is not None else math.nan
@@ -317,6 +355,9 @@ class StreamScorer:
             for m in self.methods:
                 line += [_fmt(100.0 * r.miou[m]) if m in r.miou else "",
                          _fmt(100.0 * r.acc[m]) if m in r.acc else ""]
+                if m in judged:
+                    q = r.quality.get(m)
+                    line += [_fmt(q[0]), QUALITY_LEVELS[q[1]]] if q is not None else ["", ""]
             lines.append(line)
         _atomic_csv(paths["frames"], header, lines)
         table = self.table()
@@ -329,6 +370,9 @@ class StreamScorer:
         summary = {"methods": self.methods, "num_classes": self.num_classes, "domains": self.domain_order,
                    "table": table, "counts": dict(self.counts), "frames": len(rows),
                    "detected": self.detected_table(), "purity": self.purity(), "recovery": self.recovery()}
+        quality = self.quality()
+        if quality:
+            summary["quality"] = quality
         atomic_write_text(paths["summary"], json.dumps(summary, indent=2, sort_keys=False, default=_json_default) + "\n")
         if plot and rows and any(r.miou for r in rows):
             paths["plot"] = self.plot(out_dir / f"{prefix}plot.png", title=title)
@@ -419,6 +463,19 @@ class CameraScorers:
             out[m] = {**per_cam, "overall": overall}
         return out
 
+    def quality(self, window: int = 10) -> dict[str, dict[str, Any]]:
+        """Per method that sent quality estimates: each camera's validation and ``overall`` (the
+        cameras' frames together, camera after camera)."""
+        out: dict[str, dict[str, Any]] = {}
+        for m in self.methods:
+            if not any(s.counts.get(f"quality_{m}") for s in self.scorers.values()):
+                continue
+            per = {c: quality_validation(s.quality_rows(m), m, window) for c, s in self.scorers.items()}
+            per["overall"] = quality_validation([r for s in self.scorers.values() for r in s.quality_rows(m)], m,
+                                                window)
+            out[m] = per
+        return out
+
     def text(self) -> str:
         """The per-camera tables, one per method (what the demo, the evaluator and replay print)."""
         tables = self.tables()
@@ -426,6 +483,9 @@ class CameraScorers:
         if self.flicker_on:
             parts += [f"{m}: label flicker % per camera and overall (lower = steadier)\n{format_table(t, 'flicker')}"
                       for m, t in tables.items()]
+        quality = self.quality()
+        if quality:
+            parts.append(format_quality({f"{m} {c}": v for m, per in quality.items() for c, v in per.items()}))
         return "\n\n".join(parts)
 
     def write(self, out_dir: str | Path, prefix: str = "", plot: bool = True, title: str = "") -> dict[str, Path]:
@@ -449,6 +509,9 @@ class CameraScorers:
                    "overall": {m: t["overall"] for m, t in tables.items()},
                    "per_camera": {c: {m: tables[m][c] for m in self.methods} for c in self.cameras},
                    "counts": {c: dict(s.counts) for c, s in self.scorers.items()}}
+        quality = self.quality()
+        if quality:
+            summary["quality"] = quality
         paths["summary"] = out_dir / f"{prefix}summary.json"
         atomic_write_text(paths["summary"], json.dumps(summary, indent=2, default=_json_default) + "\n")
         if plot and any(r.miou for s in self.scorers.values() for r in s.rows.values()):
@@ -479,6 +542,41 @@ class CameraScorers:
         return plot_stream(path, series, frames, weather, [rows[st].domain or UNKNOWN_DOMAIN for st in stamps],
                            ylabel="mIoU %", title=(title + " " if title else "") + f"(all cameras: {label})",
                            smooth=max(1, min(25, len(stamps) // 20)))
+
+
+QUALITY_LEVELS = ("OK", "WARN", "ERROR")  # runtime.quality.LEVELS (metrics imports no runtime)
+
+
+def quality_validation(rows: Sequence[FrameRow], method: str, window: int = 10) -> dict[str, Any]:
+    """``metrics.quality.validate`` of ``method``'s estimates on these rows (stamp order) against its
+    true per-frame pixel accuracy and mIoU, per phase; JSON-safe."""
+    from .quality import finite_or_none, validate
+
+    rows = [r for r in rows if method in r.quality and method in r.miou]
+    return finite_or_none(validate([r.quality[method][0] for r in rows], [r.quality[method][1] for r in rows],
+                                   [r.acc[method] for r in rows], [r.miou[method] for r in rows],
+                                   [r.domain or UNKNOWN_DOMAIN for r in rows], window=window))
+
+
+def format_quality(validations: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line per method (or method and camera): how its quality estimate matches the truth."""
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    lines = ["quality estimate against the truth (Spearman with pixel accuracy / mIoU per frame and per "
+             "window of frames; mean absolute error in accuracy points; frames per level):"]
+    for name, v in validations.items():
+        levels = v.get("levels") or {}
+        lines.append(f"  {name}: Spearman acc {num(v.get('spearman_accuracy'), '.2f')} / mIoU "
+                     f"{num(v.get('spearman_miou'), '.2f')} per frame, acc {num(v.get('spearman_accuracy_window'), '.2f')}"
+                     f" / mIoU {num(v.get('spearman_miou_window'), '.2f')} per {v.get('window', 10)} frames; MAE "
+                     f"{num(v.get('mae_points'), '.1f')} points (bias {num(v.get('bias_points'), '+.1f')}); "
+                     + " / ".join(f"{k} {levels.get(k, 0)}" for k in QUALITY_LEVELS)
+                     + f" of {v.get('frames', 0)} frames")
+        phases = v.get("mae_points_by_phase") or {}
+        if len(phases) > 1:
+            lines.append("    MAE per phase: " + ", ".join(f"{d} {num(x, '.1f')}" for d, x in phases.items()))
+    return "\n".join(lines)
 
 
 def id_at(stamps: Sequence[int], ids: Sequence[int], stamp_ns: int) -> Optional[int]:

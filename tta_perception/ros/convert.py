@@ -8,6 +8,7 @@ import json
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
@@ -83,6 +84,15 @@ def classification_messages(result: Result, class_names: Sequence[str], header: 
                        for t in payload["top_k"]]
         out["classification"] = msg
     return out
+
+
+def quality_message(header: Header, status: dict[str, Any]) -> Any:
+    """A frame's ``quality`` (``runtime.diagnostics.quality_status``) as ``diagnostic_msgs/DiagnosticArray``
+    with the input's header (stamp and frame_id unchanged)."""
+    st = DiagnosticStatus(level=bytes([int(status["level"])]), name=status["name"], message=status["message"],
+                          hardware_id=status["hardware_id"])
+    st.values = [KeyValue(key=k, value=v) for k, v in status["values"]]
+    return DiagnosticArray(header=Header(stamp=header.stamp, frame_id=header.frame_id), status=[st])
 
 
 def label_info(class_names: Sequence[str], stamp: Any, vision_msgs: Any) -> Any:

@@ -27,6 +27,14 @@ flow is valid and the ground truth does not change. A frame whose predecessor th
 whose image has not arrived when it is scored, is not counted (``flicker_<method>`` in the counts: the
 frames that were). Columns ``flicker`` in the summary, the domains CSV and ``~/metrics``.
 
+Quality: the evaluator also subscribes to each prediction topic's ``quality`` (``<ns>/class_ids`` ->
+``<ns>/quality``, per camera likewise), ``tta_node``'s label-free estimate of each output's pixel
+accuracy, matched by stamp like the predictions, and reports per method how it matches the truth of
+the same frames (``metrics.quality.validate``: Spearman with the true pixel accuracy and mIoU per frame
+and per 10 frames, the MAE per phase, frames per level): columns ``<method>_quality`` and
+``<method>_quality_level`` in ``<prefix>frames.csv``, ``quality`` in ``<prefix>summary.json``, and the
+printed table.
+
 Frames a method did not process (``tta_node`` keeps only the newest frame when it is slower than the
 camera) are not scored for it; their count is in the summary (``truth`` vs ``scored_<method>``).
 """
@@ -51,7 +59,8 @@ from std_srvs.srv import Trigger
 from tta_perception.world.carla_labels import palette_to_ids
 
 from ..metrics import CameraScorers, StreamScorer, format_table, recovery_summary
-from ..runtime.diagnostics import status_name
+from ..metrics.stream import QUALITY_LEVELS, format_quality
+from ..runtime.diagnostics import QUALITY_TOPIC, status_name
 from ..runtime.image_codec import DEFAULT_MAX_PIXELS, ImageError
 from ..runtime.messages import IMAGE_TOPIC, TRUTH_TOPIC, WEATHER_TOPIC, parse_weather, stamp_to_ns, view_topic
 from .convert import labels_of, rgb_of
@@ -165,6 +174,9 @@ class Evaluator(Node):
                 self.create_subscription(String, domain_topic_of(topic),
                                          lambda m, label=label, c=cam: self._on_domain(label, m, c),
                                          latched_qos(depth=50))
+                # the node's label-free quality estimate of each output, matched by stamp like the predictions
+                self.create_subscription(DiagnosticArray, quality_topic_of(topic),
+                                         lambda m, label=label, c=cam: self._on_quality(label, m, c), qos)
         self.metrics_pub = self.create_publisher(String, "~/metrics", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(Trigger, "~/write", self._srv_write)
@@ -240,6 +252,28 @@ class Evaluator(Node):
             return
         with self._lock:
             self._scorer_of(camera).add_detected(label, stamp, domain)
+
+    def _on_quality(self, label: str, msg: DiagnosticArray, camera: str = "") -> None:
+        """A frame's quality (``tta_node``'s 'quality'): its estimate and level, scored against the
+        truth of the frame with its stamp."""
+        try:
+            values = {kv.key: kv.value for kv in msg.status[0].values}
+            estimate = float(values["estimate"])
+            level = QUALITY_LEVELS.index(values["level"])
+        except (IndexError, KeyError, ValueError) as err:
+            self.bad_messages += 1
+            self.get_logger().warning(f"ignored quality message on {label}: {type(err).__name__}: {err}",
+                                      throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._scorer_of(camera).add_quality(label, stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec),
+                                                estimate, level)
+
+    def quality(self) -> dict[str, Any]:
+        """Per method that sends quality estimates: their validation against the truth (per camera and
+        overall with several cameras)."""
+        with self._lock:
+            return (self.multi or self.scorer).quality()
 
     def _on_prediction(self, label: str, msg: Image, camera: str = "") -> None:
         try:
@@ -331,6 +365,9 @@ class Evaluator(Node):
         lines = [format_table(table)]
         if self.motion:
             lines.append("label flicker % (lower = steadier; docs/video.md)\n" + format_table(table, "flicker"))
+        quality = self.quality()
+        if quality:
+            lines.append(format_quality(quality))
         for m, changes in self.scorer.recovery().items():
             t = recovery_summary([c["frames"] for c in changes])
             if t["changes"]:
@@ -348,6 +385,13 @@ def camera_topic(topic: str, camera: str) -> str:
         return topic
     head, _, tail = topic.rstrip("/").rpartition("/")
     return f"{head}/{camera}/{tail}" if (head or topic.startswith("/")) else f"{camera}/{tail}"
+
+
+def quality_topic_of(prediction_topic: str) -> str:
+    """``<ns>/class_ids`` -> ``<ns>/quality``, where ``tta_node`` publishes each output's quality."""
+    head, _, tail = prediction_topic.rstrip("/").rpartition("/")
+    return (f"{head}/{QUALITY_TOPIC}" if head else QUALITY_TOPIC) if tail == "class_ids" else \
+        f"{prediction_topic.rstrip('/')}_{QUALITY_TOPIC}"
 
 
 def domain_topic_of(prediction_topic: str) -> str:
@@ -369,8 +413,9 @@ def _help_text() -> str:
         ("topics in", [f"{TRUTH_TOPIC} (sensor_msgs/Image; truth_encoding); with cameras: "
                        "<camera>/ground_truth/class_ids",
                        f"{WEATHER_TOPIC} (std_msgs/String JSON)",
-                       "each of prediction_topics (sensor_msgs/Image mono8 class ids) and its "
-                       "<namespace>/domain (std_msgs/String JSON, latched)"]),
+                       "each of prediction_topics (sensor_msgs/Image mono8 class ids), its "
+                       "<namespace>/domain (std_msgs/String JSON, latched) and <namespace>/quality "
+                       "(diagnostic_msgs/DiagnosticArray: tta_node's quality estimate, validated against the truth)"]),
         ("topics out", ["~/metrics (std_msgs/String JSON)", "/diagnostics (diagnostic_msgs/DiagnosticArray)"]),
         ("services", ["~/write (std_srvs/Trigger): write the CSV / JSON / PNG files now"]),
         ("files", ["<output_dir>/<prefix>frames.csv, domains.csv, summary.json, plot.png (at shutdown, "

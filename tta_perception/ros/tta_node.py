@@ -194,6 +194,8 @@ class TTANode(LifecycleNode):
         self._accepted = updates  # rclpy stores them after this returns (see _on_rollback)
         if "subscription" in self.session.update(updates) and self._worker is not None:
             self._subscribe()
+        if "quality" in updates:
+            self._sync_quality_publishers()  # the quality outputs come or go; the others stay
         return SetParametersResult(successful=True)
 
     def _on_rollback(self, values: dict[str, Any]) -> None:
@@ -243,6 +245,7 @@ class TTANode(LifecycleNode):
         pipe = self.session.pipeline
         if not had_model and (not self._pubs or self.session.last_task != (pipe.task, pipe.class_names)):
             self._make_publishers(pipe)
+        self._sync_quality_publishers()  # 'quality' may have changed while inactive
         self._worker = FrameWorker(self._process, self.session.frame_failed, cameras=self._cameras)
         self._subscribe()
         return TransitionCallbackReturn.SUCCESS
@@ -311,6 +314,8 @@ class TTANode(LifecycleNode):
                     pubs[topic("classification")] = self.create_publisher(self._vm.Classification,
                                                                           topic("classification"), out)
             pubs[topic("domain")] = self.create_publisher(String, topic("domain"), latched_qos())
+            if self.session.cfg["quality"]:  # the quality of each answered frame, with its header
+                pubs[topic(D.QUALITY_TOPIC)] = self.create_publisher(DiagnosticArray, topic(D.QUALITY_TOPIC), out)
         pubs["class_names"] = self.create_publisher(String, "class_names", latched_qos())
         if self._vm is not None and hasattr(self._vm, "LabelInfo"):
             pubs["label_info"] = self.create_publisher(self._vm.LabelInfo, "label_info", latched_qos())
@@ -323,6 +328,25 @@ class TTANode(LifecycleNode):
         if "label_info" in pubs:
             pubs["label_info"].publish(convert.label_info(pipe.class_names, self.get_clock().now().to_msg(),
                                                           self._vm))
+
+    def _sync_quality_publishers(self) -> None:
+        """Add or remove each camera's ``quality`` publisher to follow the ``quality`` parameter; the
+        other outputs (and the latched ``domain`` / ``class_names``) are left alone. Nothing before the
+        publishers exist (configure creates them from the parameters)."""
+        if not self._pubs:
+            return
+        want = bool(self.session.cfg["quality"])
+        pubs, gone = dict(self._pubs), []
+        for cam in self._cameras:
+            name = self._topic(cam, D.QUALITY_TOPIC)
+            if want and name not in pubs:
+                pubs[name] = self.create_publisher(DiagnosticArray, name, output_qos())
+            elif not want and name in pubs:
+                gone.append(pubs.pop(name))
+        if pubs.keys() != self._pubs.keys():
+            self._pubs = pubs  # swapped whole: the worker sees the old set or the new one
+            for pub in gone:
+                self.destroy_publisher(pub)
 
     def _subscribe(self) -> None:
         self._unsubscribe()
@@ -419,7 +443,22 @@ class TTANode(LifecycleNode):
         for (cam, msg, t_arrival, _), result in zip(frames, results):
             self._publish(result, msg.header, pipe, cfg, cam)
             self._publish_domain(pipe, msg.header, cam)
+            self._publish_quality(result, msg.header, pipe, cam)
             self.session.done(result, t_arrival, model_s, cam)
+
+    def _publish_quality(self, result: Any, header: Header, pipe: Any, camera: str = "") -> None:
+        """The frame's quality on ``quality`` (``C/quality``): one DiagnosticStatus under the input's header."""
+        name = self._topic(camera, D.QUALITY_TOPIC)
+        pub = self._pubs.get(name)
+        if pub is None or result.quality is None:
+            return
+        status = D.quality_status(self.get_fully_qualified_name(), camera, header.frame_id, result.quality,
+                                  pipe.quality_calibration)
+        try:
+            pub.publish(convert.quality_message(header, status))
+        except Exception:  # noqa: BLE001
+            if self._pubs.get(name) is pub:  # not a publisher that 'quality:=false' just destroyed
+                raise
 
     def _publish_domain(self, pipe: Any, header: Header, camera: str = "") -> None:
         """Domain memory: the domain on ``domain`` (latched JSON, under each camera), published when
@@ -531,6 +570,9 @@ class TTANode(LifecycleNode):
             elif bad > self._camera_bad.get(cam, 0):
                 level, message = DiagnosticStatus.WARN, "bad frames received (see counters)"
             self._camera_bad[cam] = bad
+            alarm = self.session.report.quality_alarm(cam)  # the camera's outputs are judged poor
+            if alarm is not None and _LEVELS[alarm[0]] > level:
+                level, message = _LEVELS[alarm[0]], f"{alarm[1]}; {message}"
             status = DiagnosticStatus(level=level, message=message, hardware_id=str(node_values[D.DEVICE]),
                                       name=D.camera_status_name(self.get_fully_qualified_name(), cam))
             status.values = [KeyValue(key="camera", value=cam)] + [KeyValue(key=k, value=D.text(v)) for k, v in row.items()]
@@ -553,6 +595,8 @@ _HELP_SECTIONS = (
                     "(vision_msgs/Classification, where installed)",
                     "class_names, domain (std_msgs/String JSON, latched); label_info (vision_msgs/LabelInfo, "
                     "where installed)",
+                    "quality (diagnostic_msgs/DiagnosticArray, with quality:=true): each answered frame's "
+                    "estimated pixel accuracy and level OK/WARN/ERROR, under the input's header",
                     "/diagnostics (diagnostic_msgs/DiagnosticArray)"]),
     ("services", ["~/enable (std_srvs/SetBool), ~/reset, ~/save (std_srvs/Trigger)",
                   "lifecycle: ~/change_state, ~/get_state, ~/get_available_states, "

@@ -2,11 +2,13 @@
 camera's), the keys other participants read, the text form of a value, and the values the session
 reports. The node builds its statuses from here and every reader (node-bench, ``--storm``,
 ``ros.diagnostics.Watch``, the tests) parses with the same definitions, so a rename cannot leave a
-reader waiting for a status nobody sends.
+reader waiting for a status nobody sends. The per-frame ``quality`` message's layout is defined here
+too (``quality_status``), for the node and the replay.
 """
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Optional, Protocol
 
 from . import image_codec as codec
@@ -26,6 +28,12 @@ FRAMES_RECEIVED, FRAMES_PROCESSED, FRAMES_DROPPED = "frames_received", "frames_p
 LOST_IN_TRANSPORT, QOS_REMATCHES, INFERENCE_ERRORS = "lost_in_transport", "qos_rematches", "inference_errors"
 RELOADS, RELOADS_COALESCED, RELOAD_FAILURES = "reloads", "reloads_coalesced", "reload_failures"
 SAVES, SAVES_SHARED = "saves", "saves_shared"
+# the quality of the outputs (with 'quality'): per camera its recent mean estimate and level
+QUALITY_ESTIMATE, QUALITY_LEVEL, QUALITY_CALIBRATION = "quality_estimate", "quality_level", "quality_calibration"
+# the collapse guard (with 'guard'): runtime.guard.CollapseGuard.stats()
+GUARD_RECOVERIES, GUARD_CHECKS, GUARD_LAST_REASON = "guard_recoveries", "guard_checks", "guard_last_reason"
+GUARD_KEYS = (GUARD_RECOVERIES, "guard_to_source", GUARD_CHECKS, "guard_bad_checks", "guard_blind_frames",
+              "guard_nonfinite", "guard_nonfinite_inputs", GUARD_LAST_REASON)
 
 #: counters always present (0 until something happens), so tools can rely on them
 COUNTERS = (FRAMES_RECEIVED, FRAMES_PROCESSED, FRAMES_DROPPED, LOST_IN_TRANSPORT, QOS_REMATCHES,
@@ -50,6 +58,11 @@ def status_name(fqn: str) -> str:
 
 def camera_status_name(fqn: str, camera: str) -> str:
     return status_name(fqn) + CAMERA_MARK + camera
+
+
+def quality_status_name(fqn: str, camera: str = "") -> str:
+    """The status of the per-frame ``quality`` message of node ``fqn`` (its camera, or 'camera')."""
+    return f"{fqn}: {camera or 'camera'} quality"
 
 
 def is_node_status(name: str, ns: str) -> bool:
@@ -84,6 +97,72 @@ def number(values: dict[str, str], key: str) -> float:
         return float("nan")
 
 
+# ------------------------------------------------------------------ the per-frame quality message
+QUALITY_TOPIC = "quality"  # per camera C: C/quality, as the node's other outputs
+#: keys of the quality message, before the signals (runtime.quality.SIGNALS, 4 decimals)
+QUALITY_KEYS = ("estimate", "level", "calibrated", "calibration", "reason")
+
+
+def quality_status(fqn: str, camera: str, frame_id: str, quality: Any, calibration: str) -> dict[str, Any]:
+    """The one ``DiagnosticStatus`` of a frame's ``quality`` message, as plain data (the node and the
+    replay build their message types from it): ``level`` (0 OK, 1 WARN, 2 ERROR: DiagnosticStatus's),
+    ``name``, ``message``, ``hardware_id`` (the image's frame_id) and ``values`` ((key, text) pairs)."""
+    from .quality import LEVELS, SIGNALS
+
+    est = float(quality.estimate)
+    if quality.reason:
+        message = quality.reason
+    elif math.isnan(est):
+        message = "no estimate"
+    elif quality.calibrated:
+        message = f"estimated pixel accuracy {est:.2f}"
+    else:
+        message = f"mean confidence {est:.2f} (uncalibrated estimate)"
+    values = [("estimate", _four(est)), ("level", LEVELS[int(quality.level)]),
+              ("calibrated", TRUE if quality.calibrated else FALSE), ("calibration", str(calibration)),
+              ("reason", str(quality.reason))]
+    signals = quality.signals or {}
+    values += [(k, _four(signals[k])) for k in (*SIGNALS, "nonfinite") if k in signals]
+    return {"level": int(quality.level), "name": quality_status_name(fqn, camera), "message": message,
+            "hardware_id": str(frame_id), "values": values}
+
+
+def _four(value: Any) -> str:
+    """A number with 4 decimals ('nan' when unknown)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "nan"
+    return f"{v:.4f}" if math.isfinite(v) else "nan"
+
+
+#: seconds after its last frame when a camera's quality no longer raises a status: a camera that stops
+#: is reported as silent (its camera status), not by the quality of its last frames (still shown)
+QUALITY_STALE_S = 10.0
+
+
+def quality_is_fresh(row: dict[str, Any], now: Optional[float] = None) -> bool:
+    """Whether a camera's recent quality (``Session.quality_now``) comes from a frame of the last
+    :data:`QUALITY_STALE_S` seconds (a row without a time counts as fresh)."""
+    t = row.get("t")
+    return t is None or (time.monotonic() if now is None else now) - float(t) <= QUALITY_STALE_S
+
+
+def quality_alarm(row: dict[str, Any]) -> Optional[tuple[str, str]]:
+    """('warn' | 'error', message) when a camera's recent quality (``Session.quality_now``) should
+    raise a status's level, else None. An uncalibrated estimate (a mean confidence, whose thresholds
+    are no accuracies) raises it only when ERROR is forced: a blind camera, a non-finite output."""
+    from .quality import LEVELS, OK
+
+    level = row.get("level")
+    if level is None or level <= OK or not (row.get("calibrated") or row.get("reason")):
+        return None
+    what = row.get("reason") or (f"estimated pixel accuracy {row['estimate']:.2f} over the last "
+                                 f"{row['frames']} frame(s)")
+    camera = row.get("camera") or ""
+    return LEVELS[level].lower(), f"quality {LEVELS[level]}{' on camera ' + camera if camera else ''}: {what}"
+
+
 # ------------------------------------------------------------------ what the session reports
 class Reported(Protocol):
     """What ``Diagnostics`` reads of the session (``runtime.session.Session``)."""
@@ -98,6 +177,7 @@ class Reported(Protocol):
     def cfg(self) -> dict[str, Any]: ...
     def is_reloading(self) -> bool: ...
     def adapt_flags(self, cameras: list[str]) -> list[bool]: ...
+    def quality_now(self) -> dict[str, dict[str, Any]]: ...
 
 
 class Diagnostics:
@@ -141,9 +221,36 @@ class Diagnostics:
         for key in ("domain", "domain_distance", "frames_in_domain", DOMAIN_SWITCHES, DOMAINS_KNOWN):
             if key in stats:  # domain memory on
                 out[key] = stats[key]
+        if pipe is not None and pipe.quality is not None:
+            out.update(self._quality(self._worst(s.quality_now())))
+            out[QUALITY_CALIBRATION] = pipe.quality_calibration
+        if pipe is not None and pipe.guard is not None:
+            guard = pipe.guard_stats()
+            out.update({k: guard.get(k, 0 if k != GUARD_LAST_REASON else "") for k in GUARD_KEYS})
         out["config_error"] = s.config_error
         out["reload_error"] = s.reload_error
         return out
+
+    @staticmethod
+    def _worst(rows: dict[str, dict[str, Any]], fresh_only: bool = False) -> Optional[dict[str, Any]]:
+        """The camera whose recent quality is worst (level, then the lower mean estimate), among the
+        cameras that sent a frame in the last ``QUALITY_STALE_S`` seconds when any did (``fresh_only``:
+        only those)."""
+        known = [r for r in rows.values() if r.get("level") is not None]
+        fresh = [r for r in known if quality_is_fresh(r)]
+        known = fresh if (fresh or fresh_only) else known
+        if not known:
+            return None
+        return max(known, key=lambda r: (r["level"], -r["estimate"] if math.isfinite(r["estimate"]) else 1.0))
+
+    @staticmethod
+    def _quality(row: Optional[dict[str, Any]]) -> dict[str, Any]:
+        """``quality_estimate`` (the recent mean, 4 decimals) and ``quality_level`` ('' before a frame)."""
+        from .quality import LEVELS
+
+        if row is None:
+            return {QUALITY_ESTIMATE: "nan", QUALITY_LEVEL: ""}
+        return {QUALITY_ESTIMATE: _four(row["estimate"]), QUALITY_LEVEL: LEVELS[row["level"]]}
 
     def cameras(self) -> dict[str, dict[str, Any]]:
         """Per camera: input rate, latency p50/p95, frames received/processed/dropped/lost, bad
@@ -155,8 +262,21 @@ class Diagnostics:
             row.update({k: snap[k] for k in ("input_rate_hz", "stamp_period_ms", LATENCY_P50_MS, LATENCY_P95_MS,
                                              "last_frame_age_s")})
             row["adapts"] = self._s.adapt_flags([camera])[0]
+            pipe = self._s.pipeline
+            if pipe is not None and pipe.quality is not None:
+                row.update(self._quality(self._s.quality_now().get(camera)))
             out[camera] = row
         return out
+
+    def quality_alarm(self, camera: Optional[str] = None) -> Optional[tuple[str, str]]:
+        """What the quality of ``camera`` (None: the worst camera) does to a status (``quality_alarm``);
+        None for a camera silent for more than ``QUALITY_STALE_S`` seconds."""
+        pipe = self._s.pipeline
+        if pipe is None or pipe.quality is None:
+            return None
+        rows = self._s.quality_now()
+        row = self._worst(rows, fresh_only=True) if camera is None else rows.get(camera)
+        return quality_alarm(row) if row is not None and quality_is_fresh(row) else None
 
     def status(self, last_bad_total: int) -> tuple[str, str, int, dict[str, Any]]:
         """(level 'ok'/'warn'/'error', message, bad-frame total, values) of the node status."""
@@ -177,4 +297,10 @@ class Diagnostics:
         self._last_lost = int(d[LOST_IN_TRANSPORT])
         if level == "ok" and d[FRAMES_PROCESSED]:
             message += f", {d['input_rate_hz']:.1f} Hz in, p50 {d[LATENCY_P50_MS]:.0f} ms"
+        alarm = self.quality_alarm() if d[STATE] == ACTIVE else None
+        if alarm is not None and RANK[alarm[0]] > RANK[level]:  # the outputs' quality: a camera is worse
+            level, message = alarm[0], f"{alarm[1]}; {message}"
         return level, message, bad, d
+
+
+RANK = {"ok": 0, "warn": 1, "error": 2}

@@ -16,9 +16,13 @@ outputs; the benchmark's stream source, clock and scoring.
   ``fusion_mode`` (``fixed`` or ``adaptive``); ``score_modes``: other modes of the same weight fused
   beside it from the same flow, into :attr:`FrameRecord.fused` only (never published: the benchmark
   scores several fusions of one run, exactly paired).
-- **record**: a :class:`FrameRecord` per frame. A new per-frame feature (a quality estimate, a
-  collapse guard) is computed here as a field of it, so the node, the replay and the benchmark see
-  the same value.
+- **quality** (``quality``: a ``runtime.quality.QualityEstimator``): the label-free estimate of
+  each published output's pixel accuracy and its level, in :attr:`FrameRecord.quality`.
+- **guard** (``guard``: a ``runtime.guard.CollapseGuard``): blind or non-finite frames never join
+  the adaptation window; after the prediction the guard checks the method's output and, when the
+  adaptation collapses, restores a healthy state (:attr:`FrameRecord.recovery`).
+- **record**: a :class:`FrameRecord` per frame. A new per-frame feature is computed here as a field
+  of it, so the node, the replay, the benchmark and the fleet see the same value.
 
 The time of each stage is summed in :attr:`FramePath.seconds` (device-synchronised with
 ``sync=True``: the benchmark's time per frame).
@@ -31,7 +35,7 @@ from typing import Any, Optional, Sequence
 
 from .devices import sync as device_sync
 
-STAGES = ("flow", "predict", "fuse")
+STAGES = ("flow", "predict", "fuse", "quality", "guard")
 
 
 @dataclass
@@ -43,6 +47,8 @@ class FrameRecord:
     output: Any          # what is published: the fused log-probabilities, else the logits themselves
     motion: Any = None   # engine.temporal.Motion from the camera's previous frame; None: a break, or not followed
     fused: dict = field(default_factory=dict)  # fusion mode -> its log-probabilities (the published one included)
+    quality: Any = None  # runtime.quality.Quality of ``output``; None without an estimator
+    recovery: Any = None  # runtime.guard.Recovery when the guard restored a state after this frame
 
 
 class CameraVideo:
@@ -70,8 +76,9 @@ class FramePath:
 
     def __init__(self, adapter: Any, fusion: float = 0.0, flow: Optional[bool] = None,
                  preset: Optional[str] = None, sync: bool = False, fusion_mode: str = "fixed",
-                 score_modes: Sequence[str] = ()):
+                 score_modes: Sequence[str] = (), quality: Any = None, guard: Any = None):
         self.adapter = adapter
+        self.quality, self.guard = quality, guard
         self.uses_motion = bool(getattr(adapter.method, "uses_motion", False))
         self.flow, self.preset, self.sync = flow, preset, bool(sync)
         self.cameras: dict[str, CameraVideo] = {}
@@ -137,6 +144,11 @@ class FramePath:
         stamps = list(stamps) if stamps is not None else [None] * n
         t = self.seconds
         motions: list[Any] = [None] * n
+        if self.guard is not None:
+            t0 = time.perf_counter()
+            flags = [True] * n if adapt is None else [bool(a) for a in adapt]
+            adapt = [a and self.guard.gate(x[i]) for i, a in enumerate(flags)]
+            t["guard"] += time.perf_counter() - t0
         if self.follows_motion():
             t0 = time.perf_counter()
             motions = [self.camera(c).chain.update(x[i], s) for i, (c, s) in enumerate(zip(cameras, stamps))]
@@ -158,4 +170,20 @@ class FramePath:
                     outputs[i] = fused[i][cam.mode]
                 self._sync()
                 t["fuse"] += time.perf_counter() - t0
-        return [FrameRecord(c, logits[i], outputs[i], motions[i], fused[i]) for i, c in enumerate(cameras)]
+            qualities: list[Any] = [None] * n
+            if self.quality is not None:
+                t0 = time.perf_counter()
+                qualities = [self.quality(outputs[i], x[i]) for i in range(n)]
+                t["quality"] += time.perf_counter() - t0
+            recoveries: list[Any] = [None] * n
+            if self.guard is not None:
+                t0 = time.perf_counter()
+                recoveries = [self.guard.observe(logits[i], x[i], c) for i, c in enumerate(cameras)]
+                if any(r is not None for r in recoveries):
+                    for cam in self.cameras.values():  # no past of the collapsed state in the next outputs
+                        for fusion in cam.fusions.values():
+                            fusion.reset()
+                self._sync()
+                t["guard"] += time.perf_counter() - t0
+        return [FrameRecord(c, logits[i], outputs[i], motions[i], fused[i], qualities[i], recoveries[i])
+                for i, c in enumerate(cameras)]

@@ -10,6 +10,7 @@ only safe moment to refuse is before allocating. The estimate is
     + an adaptation step's activations: ``TRAIN_FACTOR[method] x L x pixels x window``
     + a prediction's: ``INFER_FACTOR x L x pixels``
     + the largest frame the node accepts: ``FRAME_BYTES_PER_PIXEL x max_image_pixels``
+    + with the collapse guard: a frozen source model and two stored adapted states
 
 where L is the model's own activation bytes per input pixel (the sum of every leaf module's output
 in one forward, probed on a small input: it scales with the pixels for fully convolutional and
@@ -166,7 +167,10 @@ def estimate(cfg: dict[str, Any], model, input_size: Optional[tuple[int, int]] =
     train = (factor or TRAIN_FACTOR.get(method, UNKNOWN_TRAIN_FACTOR)) * act * pixels * int(cfg["window"])
     # domain memory: one stored state (modules + optimiser state) per domain, on the CPU
     bank = (modules + 2) * params * int(cfg["max_domains"]) / MB if cfg.get("domain_memory") else 0.0
-    return {"fixed": FIXED_MB, "weights": copies * params / MB, "domain_bank": bank,
+    # collapse guard: a frozen source model, and two stored states (the healthy one, one on probation)
+    adapts = method != "source" and getattr(model, "task", "seg") == "seg"
+    guard = (1 + 2 * (modules + 2)) * params / MB if cfg.get("guard") and adapts else 0.0
+    return {"fixed": FIXED_MB, "weights": copies * params / MB, "domain_bank": bank, "guard": guard,
             "adaptation_step": train / MB,
             "prediction": INFER_FACTOR * act * pixels / MB,
             "largest_frame": FRAME_BYTES_PER_PIXEL * float(cfg["max_image_pixels"]) / MB}

@@ -273,24 +273,31 @@ def bundle_mismatch(metadata: dict[str, Any], loaded: LoadedModel) -> Optional[s
             f"running model ({loaded.weights_desc}): run `tta-perception prepare` for this model")
 
 
-def domain_calibration(model: str, architecture: str = "", path: str = "") -> dict[str, Any]:
-    """Domain memory's detector calibration: the JSON at ``path`` (a regular file of at most
-    ``files.CAPS['calibration']``), else the embedded model's manifest entry
-    (``tta-perception calibrate-domains``)."""
+def read_calibration_json(path: str, parameter: str) -> Any:
+    """The JSON a calibration parameter names (a regular file under ``files.CAPS['calibration']``);
+    a one-line ``ConfigError`` naming the parameter otherwise."""
     import json
 
     from ..files import FileProblem, read_bytes
 
+    label = f"parameter {parameter!r}"
+    try:
+        return json.loads(read_bytes(path, label, "calibration"))
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: {path!r} not found") from None
+    except FileProblem as err:
+        raise ConfigError(str(err)) from None
+    except (OSError, ValueError, RecursionError) as err:
+        raise ConfigError(f"{label}: {path!r} cannot be read ({one_line(err)})") from None
+
+
+def domain_calibration(model: str, architecture: str = "", path: str = "") -> dict[str, Any]:
+    """Domain memory's detector calibration: the JSON at ``path`` (a regular file of at most
+    ``files.CAPS['calibration']``), else the embedded model's manifest entry
+    (``tta-perception calibrate-domains``)."""
     if path:
         label = "parameter 'domain_calibration'"
-        try:
-            data = json.loads(read_bytes(path, label, "calibration"))
-        except FileNotFoundError:
-            raise ConfigError(f"{label}: {path!r} not found") from None
-        except FileProblem as err:
-            raise ConfigError(str(err)) from None
-        except (OSError, ValueError, RecursionError) as err:
-            raise ConfigError(f"{label}: {path!r} cannot be read ({one_line(err)})") from None
+        data = read_calibration_json(path, "domain_calibration")
         if not isinstance(data, dict):
             raise ConfigError(f"{label}: {path!r} is not a calibration (a JSON object is expected)")
         return data

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .devices import DEVICE_RE
+from .guard import RECOVER_TO, GuardSettings
 
 TASKS = ("auto", "segmentation", "classification")
 TASK_OF_MODEL = {"seg": "segmentation", "cls": "classification"}
@@ -31,6 +32,11 @@ FUSION_MODES = ("fixed", "adaptive")  # engine.temporal.FUSION_MODES (params imp
 #: a camera name: a relative ROS name (its topics are <name>/image, <name>/class_ids, ...)
 CAMERA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
 MAX_CAMERAS = 16
+#: the collapse guard's default (``guard``): off until measurements decide it (docs/node.md)
+GUARD_DEFAULT = False
+_GUARD = GuardSettings()  # the guard's own defaults (runtime/guard.py), defined once there
+#: thresholds that take the calibration's value (or runtime.quality's) when left at this
+FROM_CALIBRATION = -1.0
 # Used only when the engine cannot be imported to list its methods (message wording, never behaviour).
 KNOWN_METHODS = ("source", "norm", "tent", "eata", "sar", "cotta", "rmt", "dplot")
 
@@ -187,6 +193,44 @@ SPECS: tuple[Spec, ...] = (
          range=(0.05, 60.0)),
     Spec("autostart", True, "bool", "Configure and activate by itself at start-up (as yolo_ros); false: "
          "wait for lifecycle transitions.", "startup"),
+    # --- quality of each output and the collapse guard (docs/node.md) ---
+    Spec("quality", True, "bool", "Publish on 'quality' (per camera C/quality) a diagnostic_msgs/"
+         "DiagnosticArray per answered frame with its header: the label-free estimate of the published "
+         "output's pixel accuracy (calibrated on source data only, per method) and its level OK/WARN/ERROR; "
+         "/diagnostics shows each camera's recent mean.", "live"),
+    Spec("quality_calibration", "", "str", "Quality estimate: calibration JSON (one calibration, or "
+         "{method: calibration}) written by `tta-perception calibrate-quality`; empty: the embedded model's "
+         "manifest entry for the method (else the source model's); a model without one publishes its mean "
+         "confidence, marked uncalibrated.", "live"),
+    Spec("quality_warn_below", FROM_CALIBRATION, "float", "Quality level WARN below this estimated pixel "
+         "accuracy (in [0, 1]); -1: the calibration's, else 0.75.", "live", range=(-1.0, 1.0)),
+    Spec("quality_error_below", FROM_CALIBRATION, "float", "Quality level ERROR below this estimated pixel "
+         "accuracy (in [0, 1], at most quality_warn_below); -1: the calibration's, else 0.5. A blind camera (no "
+         "contrast: a lens cap) and a non-finite output are ERROR whatever the estimate.", "live",
+         range=(-1.0, 1.0)),
+    Spec("quality_window", 10, "int", "Frames of each camera's recent mean quality: what /diagnostics shows "
+         "and when a level change is logged.", "live", range=(1, 10000)),
+    Spec("guard", GUARD_DEFAULT, "bool", "Collapse guard (segmentation methods that adapt): blind or "
+         "non-finite frames never join the adaptation window, and every guard_check_every frames the adapted "
+         "output is compared with the frozen source model's on frames the source model is reliable on; when "
+         "most of the last guard_window checks are bad the state goes back to the last healthy one (or the "
+         "source). One extra forward pass per check.", "live"),
+    Spec("guard_check_every", _GUARD.check_every, "int", "Collapse guard: frames between two checks.",
+         "live", range=(1, 100000)),
+    Spec("guard_window", _GUARD.window, "int", "Collapse guard: checks weighed before a recovery; also "
+         "the good checks in a row that make a state healthy.", "live", range=(1, 1000)),
+    Spec("guard_recover_to", _GUARD.recover_to, "str", "Collapse guard: where a recovery goes: the last "
+         "healthy state (the source state when none is known or it collapsed again), or always the source "
+         "state.", "live", choices=RECOVER_TO),
+    Spec("guard_min_agreement", _GUARD.min_agreement, "float", "Collapse guard: a check is bad below this "
+         "fraction of pixels where the adapted and the source model agree (on a frame the source model is "
+         "reliable on).", "live", range=(0.0, 1.0)),
+    Spec("guard_min_class_ratio", _GUARD.min_class_ratio, "float", "Collapse guard: a check is bad below "
+         "this ratio of the adapted to the source prediction's class-histogram entropy.", "live",
+         range=(0.0, 2.0)),
+    Spec("guard_source_reliable", _GUARD.source_reliable, "float", "Collapse guard: the source model's "
+         "estimated accuracy (its quality calibration; else its mean confidence) from which a frame is "
+         "checked.", "live", range=(0.0, 1.0)),
 )
 SPEC = {s.name: s for s in SPECS}
 
@@ -235,6 +279,8 @@ def check(name: str, value: Any, methods: Optional[Iterable[str]] = None) -> Opt
         return f"parameter {name!r} must have {spec.length} items, got {_fmt(value)}"
     if name == "input_size" and list(items) == [0, 0]:
         return None
+    if name in QUALITY_THRESHOLDS and value != FROM_CALIBRATION and not 0.0 <= value <= 1.0:
+        return f"parameter {name!r} must be in [0, 1], or -1 for the calibration's; got {value!r}"
     if spec.range is not None:
         lo, hi = spec.range
         for v in items:
@@ -268,7 +314,43 @@ def check_all(cfg: dict[str, Any], methods: Optional[Iterable[str]] = None) -> l
     if unknown and not problems:
         problems.append(f"parameter 'adapt_cameras' names {unknown[0]!r}, which is not in 'cameras' "
                         f"{_fmt(list(cfg.get('cameras', [])))}")
+    if not problems:
+        problem = threshold_problem(cfg)
+        if problem:
+            problems.append(problem)
     return problems
+
+
+#: the quality level thresholds (-1: the calibration's)
+QUALITY_THRESHOLDS = ("quality_warn_below", "quality_error_below")
+#: what the quality estimate is built from (a change rebuilds it, live)
+QUALITY_PARAMS = ("quality", "quality_calibration", *QUALITY_THRESHOLDS)
+#: what the collapse guard is built from (a change rebuilds it, live; the adapted state is kept)
+GUARD_PARAMS = ("guard", "guard_check_every", "guard_window", "guard_recover_to", "guard_min_agreement",
+                "guard_min_class_ratio", "guard_source_reliable")
+
+
+def threshold_problem(cfg: dict[str, Any]) -> Optional[str]:
+    """Why the two quality thresholds do not go together (None: they do, or one is the calibration's)."""
+    warn = cfg.get("quality_warn_below", FROM_CALIBRATION)
+    error = cfg.get("quality_error_below", FROM_CALIBRATION)
+    if warn != FROM_CALIBRATION and error != FROM_CALIBRATION and error > warn:
+        return (f"parameter 'quality_error_below' ({error!r}) must not be above 'quality_warn_below' "
+                f"({warn!r})")
+    return None
+
+
+def threshold_or_none(value: float) -> Optional[float]:
+    """A quality threshold parameter as ``runtime.quality.QualityEstimator`` takes it (None: the calibration's)."""
+    return None if float(value) == FROM_CALIBRATION else float(value)
+
+
+def guard_settings(cfg: dict[str, Any]) -> GuardSettings:
+    """The ``GuardSettings`` of the node parameters ``guard_*``."""
+    return GuardSettings(check_every=int(cfg["guard_check_every"]), window=int(cfg["guard_window"]),
+                         min_class_ratio=float(cfg["guard_min_class_ratio"]),
+                         min_agreement=float(cfg["guard_min_agreement"]),
+                         source_reliable=float(cfg["guard_source_reliable"]), recover_to=str(cfg["guard_recover_to"]))
 
 
 #: what the ``when`` of a parameter means (config/adapt.yaml's header and ``tta_node --help``)
@@ -312,7 +394,8 @@ def render_yaml(node: str = "/**/tta_node") -> str:
         f"{node}:",
         "  ros__parameters:",
     ]
-    groups = {"task": "what runs", "enable": "adaptation", "compressed": "input", "top_k": "output"}
+    groups = {"task": "what runs", "enable": "adaptation", "compressed": "input", "top_k": "output",
+              "quality": "quality of each output and the collapse guard"}
     for s in SPECS:
         if s.name in groups:
             lines.append(f"    # --- {groups[s.name]} ---")
@@ -401,4 +484,7 @@ def node_config(overrides: Optional[dict[str, Any]] = None, params_file: Optiona
         if problem:
             where = source.get(s.name, "")
             raise ValueError(f"{where}: {problem}" if where.startswith("parameter file") else problem)
+    problem = threshold_problem(cfg)
+    if problem:
+        raise ValueError(problem)
     return cfg

@@ -3,7 +3,8 @@ one configuration of the node's parameters.
 
 The node (``ros.tta_node``), the replay (``bags.replay``), ``node-bench`` and the weather loop all
 run frames through :class:`Pipeline`: decode, then the frame path shared with the streaming benchmark
-(``frame_path.FramePath``: flow, predict, fuse), then the outputs; so what the node publishes is what
+(``frame_path.FramePath``: flow, predict, fuse, the quality estimate and the collapse guard), then the
+outputs (each ``Result`` carries its frame's ``Quality`` and ``Recovery``); so what the node publishes is what
 the replay writes and what the benchmark scores. Heavy imports (torch, the engine, the models)
 happen when a pipeline is built, i.e. in the node's configure transition.
 """
@@ -159,11 +160,15 @@ class Pipeline:
         # each camera's flow chain and output fusion (docs/video.md)
         self.frame_path = FramePath(self.adapter)
         self.set_temporal_fusion(float(cfg.get("temporal_fusion", 0.0)), cfg.get("temporal_fusion_mode"))
+        # the quality estimate of each output and the collapse guard, computed in the frame path
+        self.quality_calibration = ""
+        self.warnings += self.set_quality(cfg)
 
         if resume:
             self.load_state(Path(os.path.expanduser(resume)))
         self.set_learning_rates(cfg["lr"], cfg["lr_consistency"])
         self.set_enabled(bool(cfg["enable"]))
+        self.set_guard(cfg)  # after the resumed state: its first healthy snapshot is taken from what runs
 
     def _bundle(self, given: str, cfg: dict[str, Any], loaded) -> tuple[str, Any]:
         """(path, Bundle) of the phase-A bundle for ``loaded``: the one named by ``bundle``, else the
@@ -206,6 +211,53 @@ class Pipeline:
             self.warnings.append("temporal_fusion applies to segmentation only: ignored")
             weight = 0.0
         self.frame_path.set_fusion(weight, mode)
+
+    @property
+    def quality(self) -> Any:
+        """The ``runtime.quality.QualityEstimator`` of the outputs (None: ``quality`` off)."""
+        return self.frame_path.quality
+
+    @property
+    def guard(self) -> Any:
+        """The ``runtime.guard.CollapseGuard`` (None: ``guard`` off)."""
+        return self.frame_path.guard
+
+    def set_quality(self, cfg: dict[str, Any]) -> list[str]:
+        """The quality estimator of the parameters ``quality*`` (the method's calibration, the level
+        thresholds), or none with ``quality`` off; what to log once (an uncalibrated model).
+        ConfigError for a calibration that cannot be used or thresholds that do not go together."""
+        from .quality import QualityEstimator, load_calibration
+
+        if not cfg["quality"]:
+            self.frame_path.quality, self.quality_calibration = None, ""
+            return []
+        cal, where = load_calibration(cfg["model"], cfg["method"], str(cfg["quality_calibration"]).strip())
+        try:
+            estimator = QualityEstimator(cal, P.threshold_or_none(cfg["quality_warn_below"]),
+                                         P.threshold_or_none(cfg["quality_error_below"]))
+        except ValueError as err:
+            raise ConfigError(f"parameters 'quality_warn_below' / 'quality_error_below': {one_line(err)}") from None
+        self.frame_path.quality = estimator
+        self.quality_calibration = where if cal is not None else "none (uncalibrated: the mean confidence)"
+        return [] if cal is not None else [f"quality: {where}"]
+
+    def set_guard(self, cfg: dict[str, Any]) -> None:
+        """The collapse guard of the parameters ``guard*`` (a new one: its checks start again; the
+        adapted state is kept), or none with ``guard`` off. The source model's reliability is judged
+        with the source calibration of the model (``load_calibration(model, 'source')``)."""
+        from .guard import CollapseGuard
+        from .quality import QualityEstimator, load_calibration
+
+        if not cfg["guard"]:
+            self.frame_path.guard = None
+            return
+        try:
+            settings = P.guard_settings(cfg)
+        except ValueError as err:
+            raise ConfigError(f"parameters 'guard_*': {one_line(err)}") from None
+        cal, _ = load_calibration(cfg["model"], "source")
+        self.frame_path.guard = CollapseGuard(self.adapter, settings,
+                                              source_quality=QualityEstimator(cal) if cal is not None else None)
 
     def reset_video(self) -> None:
         """Break every camera's chain (a reset or a new stream): no past is fused into the next frame."""
@@ -303,10 +355,13 @@ class Pipeline:
         xs = [self.to_input(rgb) for rgb in rgbs]
         done = self.frame_path.run(torch.stack(xs), cameras, stamps, adapt)
         flag = lambda v, i: v[i] if isinstance(v, (list, tuple)) else v  # noqa: E731
-        return [self.postprocess(done[i].output, rgbs[i], xs[i], output_size=output_size, top_k=top_k,
-                                 overlay_alpha=overlay_alpha, overlay=flag(overlay, i),
-                                 confidence_float=confidence_float, confidence=flag(confidence, i))
-                for i in range(n)]
+        results = [self.postprocess(done[i].output, rgbs[i], xs[i], output_size=output_size, top_k=top_k,
+                                    overlay_alpha=overlay_alpha, overlay=flag(overlay, i),
+                                    confidence_float=confidence_float, confidence=flag(confidence, i))
+                   for i in range(n)]
+        for result, record in zip(results, done):  # what the frame path judged of each frame
+            result.quality, result.recovery = record.quality, record.recovery
+        return results
 
     def postprocess(self, logits, rgb: np.ndarray, x, output_size: str = "input", top_k: int = 5,
                     overlay_alpha: float = 0.5, overlay: bool = True, confidence_float: bool = False,
@@ -355,6 +410,14 @@ class Pipeline:
         except Exception:  # statistics must never take the node down
             s = {}
         return s
+
+    def guard_stats(self) -> dict[str, Any]:
+        """The collapse guard's counters and last check (empty while it is off)."""
+        guard = self.guard
+        try:
+            return dict(guard.stats()) if guard is not None else {}
+        except Exception:  # statistics must never take the node down
+            return {}
 
 
 def make_pipeline(cfg: dict[str, Any], background: bool = False) -> Pipeline:

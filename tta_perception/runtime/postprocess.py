@@ -32,6 +32,9 @@ class Result:
     mean_confidence: float = float("nan")
     mean_entropy: float = float("nan")
     nonfinite: bool = False  # some logits were NaN/Inf (those pixels are 255 = unlabeled)
+    # from the frame path (runtime.frame_path.FrameRecord)
+    quality: Any = None  # runtime.quality.Quality of the published output; None with 'quality' off
+    recovery: Any = None  # runtime.guard.Recovery when the collapse guard restored a state after this frame
 
 
 def palette_for(class_names: Sequence[str]) -> np.ndarray:

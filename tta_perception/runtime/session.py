@@ -56,7 +56,8 @@ def _model_problem(model: str, architecture: str, max_bytes: Optional[int] = Non
 
 #: files a parameter names, with the kind of file (``files.CAPS``); weights are also capped by the
 #: node's memory budget (a file larger than ``max_memory_mb`` cannot be loaded within it)
-FILE_PARAMS = {"bundle": "weights", "resume_from": "weights", "domain_calibration": "calibration"}
+FILE_PARAMS = {"bundle": "weights", "resume_from": "weights", "domain_calibration": "calibration",
+               "quality_calibration": "calibration"}
 
 
 class Log(Protocol):
@@ -126,6 +127,10 @@ class Session:
         self.reload_error = ""
         self.good_cfg: Optional[dict[str, Any]] = None  # the configuration the running model came from
         self.last_task: Optional[tuple[str, list[str]]] = None
+        # the outputs' quality per camera (worker thread): a LevelTracker each, for the estimator in force
+        self._trackers: dict[str, Any] = {}
+        self._trackers_of: Optional[tuple[int, int]] = None  # (id of the estimator, quality_window)
+        self._quality_now: dict[str, dict[str, Any]] = {}  # camera -> its recent quality (diagnostics)
 
     # ================================================================== configuration
     @property
@@ -219,7 +224,21 @@ class Session:
             if need not in method_class(cfg["method"]).PREDICTORS:
                 return (f"parameter 'predict_mode' is {cfg['predict_mode']!r} but method {cfg['method']!r} "
                         f"has no {cfg['predict_mode']}; use 'method' or 'auto'")
+        reason = P.threshold_problem(cfg)
+        if reason:
+            return reason
         pipe = self.pipeline
+        if cfg["quality"] and changed & set(P.QUALITY_PARAMS + ("model", "method")):
+            reason = self._quality_problem(cfg, pipe if not changed & {"model", "method", "quality_calibration"}
+                                           else None)
+            if reason:
+                return reason
+        if pipe is not None and "guard" in changed and cfg["guard"] and not changed & MEMORY_PARAMS:
+            from .memory import check_budget
+
+            reason = check_budget(cfg, pipe.model, input_size=pipe.input_size)  # the guard's source copy
+            if reason:
+                return reason
         if pipe is not None and not changed & {"architecture", "model"}:
             if cfg["task"] not in ("auto", pipe.task):
                 return (f"parameter 'task' is {cfg['task']!r} but the running model "
@@ -232,6 +251,40 @@ class Session:
 
             return check_budget(cfg, pipe.model, running=pipe)
         return None
+
+    def _quality_problem(self, cfg: dict[str, Any], pipe: Any) -> Optional[str]:
+        """Why the quality settings of ``cfg`` cannot be used (None: they can): the calibration (read
+        again unless ``pipe``'s is the one) and the thresholds against it."""
+        from .quality import QualityEstimator, load_calibration
+
+        try:
+            if pipe is not None and pipe.quality is not None:
+                cal = pipe.quality.calibration
+            else:
+                cal, _ = load_calibration(cfg["model"], cfg["method"], str(cfg["quality_calibration"]).strip())
+            QualityEstimator(cal, P.threshold_or_none(cfg["quality_warn_below"]),
+                             P.threshold_or_none(cfg["quality_error_below"]))
+        except ConfigError as err:
+            return str(err)
+        except ValueError as err:
+            return f"parameters 'quality_warn_below' / 'quality_error_below': {one_line(err)}"
+        return None
+
+    def _apply_quality(self, pipe: Any, cfg: dict[str, Any], names: set[str]) -> None:
+        """Live: a new quality estimator and/or collapse guard for the changed ``names`` (under the
+        inference lock: a frame sees the old or the new one, never half of each)."""
+        try:
+            with self.infer_lock:
+                if names & set(P.QUALITY_PARAMS):
+                    for note in pipe.set_quality(cfg):
+                        self.log.info(note)
+                if names & set(P.GUARD_PARAMS):
+                    pipe.set_guard(cfg)
+        except ConfigError as err:  # checked before it was accepted; a file changed since
+            self.log.error(f"quality settings not applied: {err}")
+            return
+        if names & set(P.GUARD_PARAMS):
+            self.log.info("collapse guard " + ("on (its checks start again)" if cfg["guard"] else "off"))
 
     def update(self, updates: dict[str, Any]) -> set[str]:
         """Apply accepted parameter values: live ones at once, a background reload for ``reload``
@@ -252,6 +305,9 @@ class Session:
                 changed = pipe.set_learning_rates(cfg["lr"], cfg["lr_consistency"])
                 if changed:
                     self.log.info(f"learning rates updated: {', '.join(changed)}")
+            live_quality = set(updates) & set(P.QUALITY_PARAMS + P.GUARD_PARAMS)
+            if live_quality and not any(P.SPEC[n].when == "reload" for n in updates):
+                self._apply_quality(pipe, cfg, live_quality)  # (a reload builds them from cfg anyway)
         whens = {P.SPEC[n].when for n in updates}
         later = [n for n in updates if P.SPEC[n].when == "startup"]
         if later and self.state != "unconfigured":
@@ -371,6 +427,12 @@ class Session:
         new.set_enabled(bool(live["enable"]))
         new.set_learning_rates(live["lr"], live["lr_consistency"])
         new.set_temporal_fusion(live["temporal_fusion"], live["temporal_fusion_mode"])
+        for names, apply in ((P.QUALITY_PARAMS, new.set_quality), (P.GUARD_PARAMS, new.set_guard)):
+            if any(live[k] != cfg[k] for k in names):
+                try:
+                    apply(live)
+                except ConfigError as err:  # checked when accepted; keeps the settings it was built with
+                    self.log.error(f"quality settings not applied: {err}")
         old, self.pipeline = self.pipeline, new
         self.good_cfg = dict(cfg)
         self.reload_error = ""
@@ -459,7 +521,61 @@ class Session:
                     return None
                 raise
             model_s = time.monotonic() - t0
+        self._observe_quality(pipe, cameras, result)
         return result, pipe, model_s
+
+    def _observe_quality(self, pipe: Any, cameras: list[str], results: list) -> None:
+        """Worker thread, after a batch: each camera's recent quality (its ``LevelTracker``; a level
+        change is logged once: WARN when worse, INFO when better) and the collapse guard's recoveries
+        (logged once each, WARN, with the reason and where the state went; the guard counts them)."""
+        from .quality import LEVELS, OK, LevelTracker
+
+        for camera, result in zip(cameras, results):
+            recovery = getattr(result, "recovery", None)
+            if recovery is not None:
+                where = "the last healthy state" if recovery.to == "last_healthy" else "the source state"
+                self.log.warning(f"collapse guard: {recovery.reason}; adapted state restored to {where} "
+                                 f"(frame {recovery.frame}{', camera ' + camera if camera else ''})")
+        estimator = pipe.quality
+        if estimator is None:
+            self._trackers, self._trackers_of, self._quality_now = {}, None, {}
+            return
+        window = int(self.cfg["quality_window"])
+        if self._trackers_of != (id(estimator), window):  # a new estimator (reload, live change): start again
+            self._trackers, self._trackers_of, self._quality_now = {}, (id(estimator), window), {}
+        for camera, result in zip(cameras, results):
+            q = getattr(result, "quality", None)
+            if q is None:
+                continue
+            tracker = self._trackers.get(camera)
+            if tracker is None:
+                tracker = self._trackers[camera] = LevelTracker(estimator, window)
+            change = tracker.update(q)
+            seen = sum(tracker.counts.values())
+            row = {"camera": camera, "estimate": tracker.mean, "level": tracker.level, "reason": tracker.reason,
+                   "calibrated": estimator.calibrated, "frames": min(seen, window), "t": time.monotonic()}
+            self._quality_now = {**self._quality_now, camera: row}  # replaced whole: readers never see it change
+            if change is None:
+                continue
+            old, new = change
+            if old is None and new == OK:
+                continue
+            what = (f"quality{' of camera ' + camera if camera else ''} {LEVELS[new]}"
+                    + (f" (was {LEVELS[old]})" if old is not None else "")
+                    + f": mean estimate {row['estimate']:.2f} over the last {row['frames']} frame(s)"
+                    + ("" if estimator.calibrated else " (uncalibrated: mean confidence)")
+                    + (f"; {tracker.reason}" if tracker.reason else ""))
+            if old is None or new > old:
+                self.log.warning(what)
+            else:
+                self.log.info(what)
+
+    def quality_now(self) -> dict[str, dict[str, Any]]:
+        """Per camera ('' for the one camera) its recent quality: ``estimate`` (mean over
+        ``quality_window`` frames), ``level`` (index into ``runtime.quality.LEVELS``), ``reason`` (a
+        forced ERROR), ``calibrated``, ``frames``, ``t`` (``time.monotonic()`` of its last frame); empty
+        with ``quality`` off or before a frame."""
+        return self._quality_now
 
     def done(self, result, t_arrival: float, model_s: float, camera: str = "") -> None:
         """Book-keeping once a frame's outputs are published."""

@@ -1,0 +1,296 @@
+"""The per-frame quality estimate (``runtime/quality.py``), its validation scores
+(``metrics/quality.py``) and the collapse guard (``runtime/guard.py``) on the committed driveseg
+weights and rendered source frames."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tta_perception.metrics.quality import auroc, spearman, validate, window_means
+from tta_perception.runtime.errors import ConfigError
+from tta_perception.runtime.quality import (ERROR, FORMAT, OK, WARN, LevelTracker, QualityEstimator, check_calibration,
+                                            fit, frame_signals, load_calibration, transform)
+
+torch.set_num_threads(1)
+
+
+def cal(features=("conf",), weights=(0.0, 1.0), **extra):
+    return {"format": FORMAT, "features": list(features), "weights": list(weights), **extra}
+
+
+# ------------------------------------------------------------------------------------ signals, fit
+def test_signals_of_sure_uncertain_and_blank_outputs():
+    c, h, w = 4, 8, 8
+    sure = torch.full((c, h, w), -20.0)
+    sure[0, :, :4] = 20.0                 # half the frame class 0, half class 1, both certain
+    sure[1, :, 4:] = 20.0
+    s = frame_signals(sure, torch.rand(3, h, w), step=1)
+    assert s["conf"] == pytest.approx(1.0) and s["ent"] == pytest.approx(0.0, abs=1e-6)
+    assert s["pred_ent"] == pytest.approx(math.log(2) / math.log(4))   # two equal classes of four
+    flat = frame_signals(torch.zeros(c, h, w), torch.zeros(3, h, w), step=1)
+    assert flat["conf"] == pytest.approx(0.25) and flat["ent"] == pytest.approx(1.0)
+    assert flat["lum"] == 0.0 and flat["contrast"] == 0.0 and flat["sharp"] == 0.0
+    nan = sure.clone()
+    nan[:, 0, 0] = float("nan")
+    assert frame_signals(nan, None, step=1)["nonfinite"] == 1.0
+
+
+def test_fit_recovers_the_weights_that_made_the_accuracy():
+    rng = np.random.default_rng(0)
+    feats = ("conf", "pred_ent", "lum")
+    true = [0.3, 0.8, -1.5, 2.0]
+    sig = [{"conf": float(rng.uniform(0.3, 0.99)), "pred_ent": float(rng.uniform(0.2, 0.9)),
+            "lum": float(rng.uniform(0.1, 0.6))} for _ in range(50)]
+    acc = [1 / (1 + math.exp(-(true[0] + sum(w * transform(f, s[f]) for f, w in zip(feats, true[1:]))))) for s in sig]
+    assert fit(sig, acc, feats) == pytest.approx(true, abs=1e-6)
+    with pytest.raises(ValueError, match="more than"):
+        fit(sig[:3], acc[:3], feats)
+
+
+def test_estimator_levels_and_forced_errors():
+    q = QualityEstimator(cal(("conf",), (0.0, 1.0)))   # estimate = conf exactly (logit then sigmoid)
+    logits = torch.zeros(4, 8, 8)
+    logits[0] = 2.0
+    img = torch.rand(3, 8, 8)
+    out = q(logits, img)
+    conf = math.exp(2) / (math.exp(2) + 3)
+    assert out.estimate == pytest.approx(conf, abs=1e-6) and out.calibrated
+    assert out.level == q.level(conf) == (OK if conf >= 0.75 else WARN if conf >= 0.5 else ERROR)
+    assert q.level(0.9) == OK and q.level(0.6) == WARN and q.level(0.4) == ERROR and q.level(float("nan")) == ERROR
+    blind = q(logits, torch.zeros(3, 8, 8))
+    assert blind.level == ERROR and "blind" in blind.reason and math.isfinite(blind.estimate)
+    nan = q(torch.full((4, 8, 8), float("nan")), img)
+    assert nan.level == ERROR and math.isnan(nan.estimate) and "non-finite" in nan.reason
+    raw = QualityEstimator(None)(logits, img)
+    assert not raw.calibrated and raw.estimate == pytest.approx(conf, abs=1e-6)
+    with pytest.raises(ValueError, match="error_below"):
+        QualityEstimator(None, warn_below=0.4, error_below=0.6)
+
+
+def test_a_calibration_is_checked_before_use(tmp_path):
+    for bad, msg in (({"format": "x"}, "not a quality calibration"), (cal(("foo",), (0, 1)), "features"),
+                     (cal(("conf",), (0.0,)), "weights"), (cal(("conf",), (0.0, float("nan"))), "weights")):
+        with pytest.raises(ValueError, match=msg):
+            check_calibration(bad)
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"tent": cal(("conf", "lum"), (0.1, 1.0, -0.5))}))
+    got, where = load_calibration("", "tent", str(path))
+    assert got["features"] == ["conf", "lum"] and "tent" in where
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_calibration("", "tent", str(path))
+    with pytest.raises(ConfigError, match="not found"):
+        load_calibration("", "tent", str(tmp_path / "missing.json"))
+    none, why = load_calibration("no_such_model", "tent")
+    assert none is None and "uncalibrated" in why
+
+
+def test_the_shipped_models_carry_a_calibration_per_method():
+    from tta_perception.models.checkpoint import read_manifest
+
+    manifest = read_manifest()
+    for model in ("driveseg", "lite0_seg"):
+        table = manifest[model].get("quality_calibration", {})
+        assert {"source", "norm", "tent", "eata", "sar", "rmt", "dplot"} <= set(table), model
+        for method, c in table.items():
+            check_calibration(c)
+            assert c["fit"]["cv_mae_points"] < 30 and c["method"] == method
+        q = QualityEstimator(load_calibration(model, "dplot")[0])
+        assert q.calibrated
+
+
+def test_level_tracker_reports_each_change_once():
+    from tta_perception.runtime.quality import Quality
+
+    q = QualityEstimator(cal(("conf",), (0.0, 1.0)))
+    t = LevelTracker(q, window=2)
+
+    def feed(est, reason=""):
+        return t.update(Quality(est, ERROR if reason else q.level(est), reason))
+
+    assert feed(0.9) == (None, OK) and feed(0.9) is None
+    assert feed(0.5) == (OK, WARN)                 # mean 0.7
+    assert feed(0.3) == (WARN, ERROR)              # mean 0.4
+    assert feed(0.95, "blind camera") is None and t.reason == "blind camera"
+    assert feed(0.95) == (ERROR, OK)               # mean 0.95
+    assert t.changes == 3 and t.counts == {"OK": 3, "WARN": 1, "ERROR": 2}
+
+
+# ------------------------------------------------------------------------------------ validation scores
+def test_validation_scores_on_constructed_frames():
+    assert auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert auroc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5 and math.isnan(auroc([0.1, 0.2], [True, True]))
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert list(window_means([1, 2, 3, 4, 5], 2)) == [1.5, 3.5, 5.0]
+    est = [0.9, 0.8, 0.5, 0.4]
+    acc = [0.85, 0.8, 0.6, 0.3]
+    v = validate(est, [OK, OK, WARN, ERROR], acc, [0.7, 0.6, 0.3, 0.1], ["clear", "clear", "night", "night"],
+                 source_miou=[0.6, 0.7, 0.5, 0.05], window=2)
+    assert v["mae_points_by_phase"]["clear"] == pytest.approx(2.5) and v["mae_points_by_phase"]["night"] == pytest.approx(10)
+    assert v["below_source_frames"] == 2 and v["warn_recall_below_source"] == 0.5
+    assert v["levels"] == {"OK": 2, "WARN": 1, "ERROR": 1} and v["spearman_accuracy"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------ the guard
+@pytest.fixture(scope="module")
+def clear_frames():
+    from tta_perception.runtime.preprocess import to_tensor
+    from tta_perception.training import render_seg_set
+
+    rgb, _ = render_seg_set(8, seed=3, progress=False)
+    return to_tensor(rgb)
+
+
+@pytest.fixture(scope="module")
+def driveseg():
+    from tta_perception.runtime.model_loader import load_model
+
+    return load_model("driveseg").model
+
+
+def adapter_for(model, method="tent"):
+    from tta_perception.engine import build_method
+    from tta_perception.runtime.adapter import build_adapter
+
+    torch.manual_seed(0)
+    return build_adapter(build_method(method, copy.deepcopy(model)), window=4, adapt_every=4, background=False)
+
+
+def collapse(adapter, cls: int = 0) -> None:
+    """Make the adapted model paint every pixel with one class (its classifier's bias), frozen there."""
+    st = adapter.state_dict()
+    mods = st["method_state"]["modules"]["model"]
+    key = [k for k in mods if k.endswith("bias") and mods[k].numel() == adapter.method.num_classes][-1]
+    mods[key] = mods[key].clone()
+    mods[key][cls] += 1e4
+    adapter.load_state_dict(st)
+    adapter.set_enabled(False)
+
+
+def test_guard_brings_a_collapsed_model_back(driveseg, clear_frames):
+    from tta_perception.runtime.frame_path import FramePath
+    from tta_perception.runtime.guard import CollapseGuard, GuardSettings
+
+    ad = adapter_for(driveseg)
+    guard = CollapseGuard(ad, GuardSettings(check_every=1, window=3))
+    path = FramePath(ad, flow=False, guard=guard)
+    src = guard._source
+    collapse(ad)
+    recs = [path.run(clear_frames[i % 8:i % 8 + 1])[0] for i in range(3)]
+    assert [r.recovery is not None for r in recs] == [False, False, True]
+    assert recs[-1].recovery.to == "source" and "lost its classes" in recs[-1].recovery.reason
+    assert guard.counts["guard_recoveries"] == 1 and guard.counts["guard_to_source"] == 1
+    after = path.run(clear_frames[3:4])[0]
+    with torch.no_grad():
+        ref = src(clear_frames[3:4])[0]
+    assert (after.logits.argmax(0) == ref.argmax(0)).float().mean() > 0.95   # tent's source = the source model
+    ad.close()
+
+
+def test_guard_returns_to_the_last_healthy_state_and_never_fires_on_a_healthy_run(driveseg, clear_frames):
+    from tta_perception.runtime.frame_path import FramePath
+    from tta_perception.runtime.guard import CollapseGuard, GuardSettings
+
+    ad = adapter_for(driveseg)
+    guard = CollapseGuard(ad, GuardSettings(check_every=1, window=2))
+    path = FramePath(ad, flow=False, guard=guard)
+    for i in range(16):                                 # healthy Tent on clear source frames
+        assert path.run(clear_frames[i % 8:i % 8 + 1])[0].recovery is None
+    assert guard.counts["guard_checks"] == 16 and guard.counts["guard_bad_checks"] == 0
+    assert guard._healthy is not None
+    steps = ad.stats()["adapt_steps"]
+    collapse(ad)
+    recs = [path.run(clear_frames[i:i + 1])[0] for i in range(2)]
+    assert recs[-1].recovery is not None and recs[-1].recovery.to == "last_healthy"
+    assert ad.stats()["adapt_steps"] == steps          # the counters of the run are kept
+    ad.close()
+
+
+def test_guard_keeps_blind_frames_out_of_the_window_and_recovers_from_nan(driveseg, clear_frames):
+    from tta_perception.runtime.frame_path import FramePath
+    from tta_perception.runtime.guard import CollapseGuard, GuardSettings
+    from tta_perception.runtime.quality import QualityEstimator
+
+    ad = adapter_for(driveseg)
+    guard = CollapseGuard(ad, GuardSettings(check_every=1, window=2))
+    path = FramePath(ad, flow=False, guard=guard, quality=QualityEstimator(None))
+    path.run(clear_frames[:1])
+    before = ad.stats()["window_len"]
+    black = torch.zeros_like(clear_frames[:1])
+    recs = [path.run(black)[0] for _ in range(6)]            # a lens cap: nothing joins the window
+    assert ad.stats()["window_len"] == before and guard.counts["guard_blind_frames"] == 6
+    assert all(r.quality.level == ERROR and "blind" in r.quality.reason for r in recs)
+    st = ad.state_dict()
+    mods = st["method_state"]["modules"]["model"]
+    key = next(k for k, v in mods.items() if v.is_floating_point() and k.endswith("weight"))
+    mods[key] = torch.full_like(mods[key], float("nan"))
+    ad.load_state_dict(st)
+    rec = path.run(clear_frames[1:2])[0]
+    assert rec.recovery is not None and "non-finite" in rec.recovery.reason
+    assert torch.isfinite(path.run(clear_frames[2:3])[0].logits).all()
+    ad.close()
+
+
+def test_guard_checks_each_camera_and_leaves_nan_input_alone(driveseg, clear_frames):
+    """Each camera is checked every check_every of its own frames (a capped camera does not hide the
+    other one); a NaN input is kept out and is no reason to recover."""
+    from tta_perception.runtime.frame_path import FramePath
+    from tta_perception.runtime.guard import CollapseGuard, GuardSettings
+
+    ad = adapter_for(driveseg)
+    guard = CollapseGuard(ad, GuardSettings(check_every=2, window=2, source_reliable=0.0))
+    path = FramePath(ad, flow=False, guard=guard)
+    black = torch.zeros_like(clear_frames[:1])
+    for i in range(8):  # cameras arrive together; 'rear' is capped
+        path.run(torch.cat([clear_frames[i:i + 1], black]), cameras=["front", "rear"])
+    assert guard.counts["guard_checks"] == 4 and guard.counts["guard_blind_frames"] == 8
+    nan = torch.full_like(clear_frames[:1], float("nan"))
+    recs = [path.run(nan)[0] for _ in range(3)]
+    assert all(r.recovery is None for r in recs) and guard.counts["guard_recoveries"] == 0
+    assert guard.counts["guard_nonfinite_inputs"] == 3 and guard.counts["guard_nonfinite"] == 0
+    ad.close()
+
+
+def test_guard_settings_are_checked():
+    from tta_perception.runtime.guard import GuardSettings
+
+    for kw, msg in (({"check_every": 0}, "check_every"), ({"min_agreement": 1.5}, "min_agreement"),
+                    ({"recover_to": "yesterday"}, "recover_to"), ({"min_class_ratio": -1}, "min_class_ratio")):
+        with pytest.raises(ValueError, match=msg):
+            GuardSettings(**kw)
+
+
+# ------------------------------------------------------------------------------------ the benchmark
+def test_bench_validates_the_estimate_and_reports_the_guard(tmp_path, capsys):
+    """A streaming seg bench run scores every frame's estimate against the truth (printed, CSV,
+    results.json) and a '<method>+g' row reports the guard's checks and worst gaps to source."""
+    from tta_perception.cli.main import main
+
+    out = tmp_path / "run"
+    args = ["bench", "--task", "seg", "--stream", "--sequence", "dynamic", "--cycles", "3", "--stride", "40",
+            "--size", "32x64", "--threads", "1", "--no-ceiling", "--no-plot", "--workers", "1", "--device", "cpu",
+            "--methods", "source,tent,tent+g", "--no-progress", "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "label-free quality estimate against the truth" in printed and "collapse guard" in printed
+    res = json.loads((out / "results.json").read_text())
+    q = res["quality"]["dynamic"]["methods"]
+    assert sorted(q) == ["source", "tent", "tent+g"]
+    for m, block in q.items():
+        v = block["per_seed"][0]
+        assert v["frames"] == 90 and -1.0 <= v["spearman_accuracy"] <= 1.0 and v["mae_points"] >= 0.0
+        assert set(block["mae_points_by_phase"]) == {"clear", "rain", "fog", "dusk", "night", "night_rain"}
+        assert sum(block["levels"].values()) == 90 and 0.0 < v["cost_percent"]
+    assert q["source"]["per_seed"][0]["auroc_below_source"] is None  # no frame is below itself (JSON null)
+    run = next(r for r in res["runs"] if r["method"] == "tent")
+    assert len(run["series"]["quality"]) == len(run["series"]["accuracy"]) == 90
+    g = res["guard"]["dynamic"]["tent+g"]
+    assert g["guard_checks"] == 9 and g["base"] == "tent" and g["seeds"] == [0]
+    assert g["hours"] == pytest.approx(3 * 1200 / 10 / 3600) and math.isfinite(g["worst_cycle_gap"])
+    assert (out / "quality_dynamic.csv").read_text().startswith("method,")

@@ -1,0 +1,240 @@
+"""How far to trust one output, without labels: an estimate of the published segmentation's pixel
+accuracy in [0, 1] and a level (OK / WARN / ERROR), computed beside every prediction.
+
+**Signals** (:func:`frame_signals`, from what the prediction already holds, on every second pixel
+each way): ``conf`` the mean max-softmax, ``ent`` the mean normalised entropy, ``pred_ent`` the
+entropy of the frame's predicted class histogram (normalised; a model that fails under a shift
+paints the frame with a few classes), and from the input image ``lum`` (mean luminance),
+``contrast`` (its standard deviation) and ``sharp`` (mean absolute neighbour difference). Which of
+them the estimate uses, and with which weights, is in the calibration; ``bench.quality_signals``
+measures the candidates.
+
+**Estimate**: ``sigmoid(w0 + sum_k w_k * t_k(signal_k))`` with ``t`` the logit for probabilities,
+the identity otherwise, fitted by least squares in logit space (``fit``) on labelled *source* data
+only: frames of the training worlds, clean and under generic corruptions (noise, blur, contrast,
+darkening; never the weather sequences that are tested), seen by the method itself adapting online
+over them (``tta-perception calibrate-quality``). An adapting model's confidence does not mean what
+the source model's does (DPLOT is 97 % sure of every night frame), so each method has its own
+calibration; a method without one uses the source model's, and a model without any calibration
+publishes its mean confidence, marked uncalibrated.
+
+**Levels**: OK at an estimate >= ``warn_below``, WARN below it, ERROR below ``error_below``; ERROR
+also for a non-finite output and a blind camera (an image with no contrast: a lens cap, a frozen
+all-black frame), whatever the estimate says.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+FORMAT = "tta_perception.quality/1"
+LEVELS = ("OK", "WARN", "ERROR")
+OK, WARN, ERROR = 0, 1, 2
+SIGNALS = ("conf", "ent", "pred_ent", "lum", "contrast", "sharp")
+PROBABILITIES = ("conf",)           # signals fitted through their logit
+WARN_BELOW = 0.75                   # estimated pixel accuracy (docs/node.md "Quality")
+ERROR_BELOW = 0.5
+BLIND_CONTRAST = 0.01               # luminance std in [0, 1]: below it the camera sees nothing
+EPS = 1e-4
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The quality of one output: ``estimate`` (estimated pixel accuracy in [0, 1]; NaN when the
+    output is not finite), ``level`` (index into :data:`LEVELS`), ``reason`` (why ERROR was forced,
+    else ''), ``calibrated`` (False: the estimate is the plain mean confidence) and the signals."""
+
+    estimate: float
+    level: int
+    reason: str = ""
+    calibrated: bool = True
+    signals: dict = field(default_factory=dict)
+
+    @property
+    def level_name(self) -> str:
+        return LEVELS[self.level]
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), EPS), 1.0 - EPS)
+    return math.log(p / (1.0 - p))
+
+
+def transform(name: str, value: float) -> float:
+    return _logit(value) if name in PROBABILITIES else float(value)
+
+
+def frame_signals(logits: Any, image: Any = None, step: int = 2) -> dict[str, float]:
+    """The signals of one output (C, H, W) (logits or log-probabilities; (C,) for classification)
+    and its input image (3, H, W) in [0, 1] (None: no image signals). ``nonfinite``: 1.0 when some
+    logits are NaN/Inf (those pixels are left out)."""
+    import torch
+
+    z = logits.detach().float()
+    if z.dim() == 3 and step > 1:
+        z = z[:, ::step, ::step]
+    c = int(z.shape[0])
+    z = z.reshape(c, -1)
+    finite = torch.isfinite(z).all(0)
+    out: dict[str, float] = {"nonfinite": float(not bool(finite.all()))}
+    if not bool(finite.any()):
+        out.update(conf=float("nan"), ent=float("nan"), pred_ent=float("nan"))
+    else:
+        z = z[:, finite]
+        logp = z.log_softmax(0)
+        p = logp.exp()
+        out["conf"] = float(p.max(0).values.mean())
+        out["ent"] = float(-(p * logp).sum(0).mean() / math.log(max(c, 2)))
+        hist = torch.bincount(z.argmax(0), minlength=c).double()
+        h = hist[hist > 0] / hist.sum()
+        out["pred_ent"] = float(-(h * h.log()).sum() / math.log(max(c, 2)))
+    if image is not None:
+        im = image.detach().float()
+        lum = im.mean(0) if im.dim() == 3 else im
+        if step > 1:
+            lum = lum[::step, ::step]
+        out["lum"] = float(lum.mean())
+        out["contrast"] = float(lum.std()) if lum.numel() > 1 else 0.0
+        dy = (lum[1:, :] - lum[:-1, :]).abs().mean() if lum.shape[0] > 1 else lum.new_zeros(())
+        dx = (lum[:, 1:] - lum[:, :-1]).abs().mean() if lum.shape[1] > 1 else lum.new_zeros(())
+        out["sharp"] = float(dx + dy)
+    return out
+
+
+def fit(signals: Sequence[dict[str, float]], accuracy: Sequence[float], features: Sequence[str]) -> list[float]:
+    """Least-squares weights (intercept first) of logit(accuracy) on the transformed ``features``."""
+    x = np.array([[1.0] + [transform(f, s[f]) for f in features] for s in signals], dtype=np.float64)
+    y = np.array([_logit(a) for a in accuracy], dtype=np.float64)
+    if len(y) < len(features) + 2:
+        raise ValueError(f"calibration needs more than {len(features) + 1} frames, got {len(y)}")
+    w, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return [float(v) for v in w]
+
+
+def check_calibration(cal: Any) -> dict[str, Any]:
+    """A calibration read from a manifest or file, validated (one-line errors)."""
+    if not isinstance(cal, dict) or cal.get("format") != FORMAT:
+        raise ValueError(f"not a quality calibration (format {FORMAT!r})")
+    feats = cal.get("features")
+    weights = cal.get("weights")
+    if not isinstance(feats, list) or not all(f in SIGNALS for f in feats):
+        raise ValueError(f"quality calibration: features must be a list of {', '.join(SIGNALS)}")
+    if not isinstance(weights, list) or len(weights) != len(feats) + 1 or \
+            not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
+        raise ValueError("quality calibration: weights must be len(features) + 1 finite numbers")
+    return cal
+
+
+class QualityEstimator:
+    """Per-frame quality of one method's outputs (module docstring).
+
+    ``calibration``: the method's entry (``check_calibration``); None: uncalibrated (the estimate
+    is the mean confidence). ``warn_below`` / ``error_below``: level thresholds on the estimate
+    (None: the calibration's, else :data:`WARN_BELOW` / :data:`ERROR_BELOW`)."""
+
+    def __init__(self, calibration: Optional[dict[str, Any]] = None, warn_below: Optional[float] = None,
+                 error_below: Optional[float] = None, step: int = 2):
+        self.calibration = check_calibration(calibration) if calibration is not None else None
+        cal = self.calibration or {}
+        self.features: list[str] = list(cal.get("features", []))
+        self.weights: list[float] = [float(w) for w in cal.get("weights", [])]
+        self.warn_below = float(warn_below if warn_below is not None else cal.get("warn_below", WARN_BELOW))
+        self.error_below = float(error_below if error_below is not None else cal.get("error_below", ERROR_BELOW))
+        if not 0.0 <= self.error_below <= self.warn_below <= 1.0:
+            raise ValueError(f"quality thresholds need 0 <= error_below ({self.error_below}) <= warn_below "
+                             f"({self.warn_below}) <= 1")
+        self.step = int(step)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
+    def estimate(self, signals: dict[str, float]) -> float:
+        if not self.calibrated:
+            return float(signals.get("conf", float("nan")))
+        z = self.weights[0] + sum(w * transform(f, signals[f]) for f, w in zip(self.features, self.weights[1:]))
+        return 1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0)))
+
+    def level(self, estimate: float) -> int:
+        if not math.isfinite(estimate) or estimate < self.error_below:
+            return ERROR
+        return WARN if estimate < self.warn_below else OK
+
+    def __call__(self, logits: Any, image: Any = None) -> Quality:
+        s = frame_signals(logits, image, self.step)
+        reason = ""
+        if s["nonfinite"] and not math.isfinite(s.get("conf", float("nan"))):
+            return Quality(float("nan"), ERROR, "non-finite output", self.calibrated, s)
+        try:
+            est = self.estimate(s)
+        except (KeyError, ValueError, OverflowError):
+            est = float("nan")
+        level = self.level(est)
+        if s["nonfinite"]:
+            level, reason = ERROR, "non-finite output"
+        elif s.get("contrast", 1.0) < BLIND_CONTRAST:
+            level, reason = ERROR, "blind camera (no contrast in the image)"
+        return Quality(est, level, reason, self.calibrated, s)
+
+
+class LevelTracker:
+    """The level of a camera's recent outputs, what /diagnostics shows and the node logs once per
+    change: ERROR while the newest frame has a forced reason (blind, non-finite), else the level of
+    the mean estimate over the last ``window`` frames."""
+
+    def __init__(self, estimator: QualityEstimator, window: int = 10):
+        import collections
+
+        self.estimator = estimator
+        self._est: "collections.deque[float]" = collections.deque(maxlen=max(1, int(window)))
+        self.level: Optional[int] = None
+        self.reason = ""
+        self.changes = 0
+        self.counts = dict.fromkeys(LEVELS, 0)
+
+    @property
+    def mean(self) -> float:
+        vals = [v for v in self._est if math.isfinite(v)]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    def update(self, q: Quality) -> Optional[tuple[Optional[int], int]]:
+        """Add one frame's quality; (old, new) when the level changed (old None: the first frame)."""
+        self.counts[q.level_name] += 1
+        self._est.append(q.estimate)
+        self.reason = q.reason
+        new = ERROR if q.reason else self.estimator.level(self.mean)
+        old, self.level = self.level, new
+        if old == new:
+            return None
+        self.changes += old is not None
+        return old, new
+
+
+def load_calibration(model: str, method: str, path: str = "") -> tuple[Optional[dict[str, Any]], str]:
+    """(calibration, where it came from) for ``method`` on the embedded model ``model``: the JSON at
+    ``path`` (one calibration, or ``{method: calibration}``), else the model's manifest entry
+    (``tta-perception calibrate-quality``), the method's own or else the source model's; (None, why)
+    when there is none (the estimate is then the uncalibrated mean confidence)."""
+    from .errors import ConfigError
+
+    if path:
+        from .model_loader import read_calibration_json
+
+        label = "parameter 'quality_calibration'"
+        data = read_calibration_json(path, "quality_calibration")
+        if isinstance(data, dict) and data.get("format") != FORMAT and method in data:
+            data = data[method]
+        try:
+            return check_calibration(data), f"{path} ({method})"
+        except ValueError as err:
+            raise ConfigError(f"{label}: {path!r}: {err}") from None
+    from ..models.checkpoint import read_manifest
+
+    table = (read_manifest().get((model or "").strip()) or {}).get("quality_calibration") or {}
+    for key, note in ((method, ""), ("source", " (the source model's: none for this method)")):
+        if key in table:
+            return check_calibration(table[key]), f"manifest {model} {key}{note}"
+    return None, f"no quality calibration for {model or 'this model'}: the estimate is the mean confidence (uncalibrated)"
