@@ -274,7 +274,7 @@ def test_bench_validates_the_estimate_and_reports_the_guard(tmp_path, capsys):
 
     out = tmp_path / "run"
     args = ["bench", "--task", "seg", "--stream", "--sequence", "dynamic", "--cycles", "3", "--stride", "40",
-            "--size", "32x64", "--threads", "1", "--no-ceiling", "--no-plot", "--workers", "1", "--device", "cpu",
+            "--size", "32x64", "--threads", "1", "--no-ceiling", "--workers", "1", "--device", "cpu",
             "--methods", "source,tent,tent+g", "--no-progress", "--cache", str(tmp_path / "cache"), "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -294,3 +294,4 @@ def test_bench_validates_the_estimate_and_reports_the_guard(tmp_path, capsys):
     assert g["guard_checks"] == 9 and g["base"] == "tent" and g["seeds"] == [0]
     assert g["hours"] == pytest.approx(3 * 1200 / 10 / 3600) and math.isfinite(g["worst_cycle_gap"])
     assert (out / "quality_dynamic.csv").read_text().startswith("method,")
+    assert res["quality"]["dynamic"]["png"].endswith("quality_dynamic.png") and (out / "quality_dynamic.png").stat().st_size

@@ -350,7 +350,7 @@ def plot_quality(path: Path, stream: Any, runs: Sequence[Any], methods: Sequence
     axes[0, 0].legend(loc="lower left", fontsize=8)
     axes[-1, 0].set_xlabel(f"frame ({smooth}-frame means)")
     fig.suptitle(f"{stream.name}: estimated vs true pixel accuracy")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

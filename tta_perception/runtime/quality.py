@@ -77,25 +77,27 @@ def frame_signals(logits: Any, image: Any = None, step: int = 2) -> dict[str, fl
     if z.dim() == 3 and step > 1:
         z = z[:, ::step, ::step]
     c = int(z.shape[0])
-    z = z.reshape(c, -1)
-    finite = torch.isfinite(z).all(0)
+    z = z.reshape(c, -1).t().contiguous()  # (pixels, classes): the reductions over classes run along memory
+    finite = torch.isfinite(z).all(1)
     out: dict[str, float] = {"nonfinite": float(not bool(finite.all()))}
-    if not bool(finite.any()):
+    if out["nonfinite"] and not bool(finite.any()):
         out.update(conf=float("nan"), ent=float("nan"), pred_ent=float("nan"))
     else:
-        z = z[:, finite]
-        logp = z.log_softmax(0)
+        if out["nonfinite"]:
+            z = z[finite]
+        logp = z.log_softmax(1)
         p = logp.exp()
-        out["conf"] = float(p.max(0).values.mean())
-        out["ent"] = float(-(p * logp).sum(0).mean() / math.log(max(c, 2)))
-        hist = torch.bincount(z.argmax(0), minlength=c).double()
+        top = logp.max(1)  # the most probable class and its log-probability (argmax of the logits)
+        out["conf"] = float(top.values.exp().mean())
+        out["ent"] = float(-(p * logp).sum(1).mean() / math.log(max(c, 2)))
+        hist = torch.bincount(top.indices, minlength=c).double()
         h = hist[hist > 0] / hist.sum()
         out["pred_ent"] = float(-(h * h.log()).sum() / math.log(max(c, 2)))
     if image is not None:
         im = image.detach().float()
-        lum = im.mean(0) if im.dim() == 3 else im
         if step > 1:
-            lum = lum[::step, ::step]
+            im = im[..., ::step, ::step]
+        lum = im.mean(0) if im.dim() == 3 else im
         out["lum"] = float(lum.mean())
         out["contrast"] = float(lum.std()) if lum.numel() > 1 else 0.0
         dy = (lum[1:, :] - lum[:-1, :]).abs().mean() if lum.shape[0] > 1 else lum.new_zeros(())
