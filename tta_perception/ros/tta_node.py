@@ -450,8 +450,8 @@ class TTANode(LifecycleNode):
         """The frame's quality on ``quality`` (``C/quality``): one DiagnosticStatus under the input's header."""
         name = self._topic(camera, D.QUALITY_TOPIC)
         pub = self._pubs.get(name)
-        if pub is None or result.quality is None:
-            return
+        if pub is None or result.quality is None or not self._listened(name):
+            return  # built only for a subscriber (the estimate itself still feeds /diagnostics)
         status = D.quality_status(self.get_fully_qualified_name(), camera, header.frame_id, result.quality,
                                   pipe.quality_calibration)
         try:

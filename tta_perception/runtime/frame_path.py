@@ -173,7 +173,7 @@ class FramePath:
             qualities: list[Any] = [None] * n
             if self.quality is not None:
                 t0 = time.perf_counter()
-                qualities = [self.quality(outputs[i], x[i]) for i in range(n)]
+                qualities = self.quality.batch(torch.stack(outputs), x)
                 t["quality"] += time.perf_counter() - t0
             recoveries: list[Any] = [None] * n
             if self.guard is not None:

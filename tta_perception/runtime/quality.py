@@ -106,6 +106,46 @@ def frame_signals(logits: Any, image: Any = None, step: int = 2) -> dict[str, fl
     return out
 
 
+def batch_signals(logits: Any, images: Any = None, step: int = 2) -> list[dict[str, float]]:
+    """:func:`frame_signals` of N segmentation outputs (N, C, H, W) and their inputs (N, 3, H, W) in
+    one pass (the same values up to float rounding); per frame where one is not finite, or not 4-D."""
+    import torch
+
+    n = int(logits.shape[0])
+    per_frame = lambda: [frame_signals(logits[i], None if images is None else images[i], step)  # noqa: E731
+                         for i in range(n)]
+    if logits.dim() != 4 or n == 1:
+        return per_frame()
+    z = logits.detach().float()
+    if step > 1:
+        z = z[:, :, ::step, ::step]
+    c = int(z.shape[1])
+    z = z.reshape(n, c, -1).transpose(1, 2).contiguous()  # (N, pixels, classes)
+    if not bool(torch.isfinite(z).all()):
+        return per_frame()
+    logp = z.log_softmax(2)
+    p = logp.exp()
+    top = logp.max(2)
+    norm = math.log(max(c, 2))
+    cols = {"conf": top.values.exp().mean(1), "ent": -(p * logp).sum(2).mean(1) / norm}
+    hist = torch.zeros(n, c, dtype=torch.float64).scatter_add_(1, top.indices, torch.ones_like(top.indices, dtype=torch.float64))
+    h = hist / hist.sum(1, keepdim=True)
+    cols["pred_ent"] = -torch.where(h > 0, h * h.clamp_min(1e-300).log(), torch.zeros_like(h)).sum(1) / norm
+    if images is not None:
+        im = images.detach().float()
+        if step > 1:
+            im = im[..., ::step, ::step]
+        lum = im.mean(1)  # (N, h, w)
+        flat = lum.reshape(n, -1)
+        cols["lum"] = flat.mean(1)
+        cols["contrast"] = flat.std(1) if flat.shape[1] > 1 else torch.zeros(n)
+        dy = (lum[:, 1:, :] - lum[:, :-1, :]).abs().mean((1, 2)) if lum.shape[1] > 1 else torch.zeros(n)
+        dx = (lum[:, :, 1:] - lum[:, :, :-1]).abs().mean((1, 2)) if lum.shape[2] > 1 else torch.zeros(n)
+        cols["sharp"] = dx + dy
+    values = {k: v.double().cpu().tolist() for k, v in cols.items()}
+    return [{"nonfinite": 0.0, **{k: float(v[i]) for k, v in values.items()}} for i in range(n)]
+
+
 def fit(signals: Sequence[dict[str, float]], accuracy: Sequence[float], features: Sequence[str]) -> list[float]:
     """Least-squares weights (intercept first) of logit(accuracy) on the transformed ``features``."""
     x = np.array([[1.0] + [transform(f, s[f]) for f in features] for s in signals], dtype=np.float64)
@@ -166,7 +206,15 @@ class QualityEstimator:
         return WARN if estimate < self.warn_below else OK
 
     def __call__(self, logits: Any, image: Any = None) -> Quality:
-        s = frame_signals(logits, image, self.step)
+        return self.judge(frame_signals(logits, image, self.step))
+
+    def batch(self, logits: Any, images: Any = None) -> list[Quality]:
+        """The quality of N outputs (N, C, H, W) of inputs (N, 3, H, W) at once (what one call per
+        frame gives, in fewer, larger operations: a node answering several cameras)."""
+        return [self.judge(s) for s in batch_signals(logits, images, self.step)]
+
+    def judge(self, s: dict[str, float]) -> Quality:
+        """The estimate and level of one output's signals (``frame_signals``)."""
         reason = ""
         if s["nonfinite"] and not math.isfinite(s.get("conf", float("nan"))):
             return Quality(float("nan"), ERROR, "non-finite output", self.calibrated, s)
