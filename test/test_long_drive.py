@@ -93,7 +93,7 @@ def test_a_guarded_cell_resumes_with_its_guard_and_quality_scores(model_and_bund
     st = streams.world_seg_stream("dynamic", batch_size=1, stop=2400, stride=40, size=SIZE, cache_dir=cache,
                                   workers=1, progress=False)
     g = dict(quality_model="driveseg", guard_settings=GuardSettings(check_every=2, window=2, source_reliable=0.0,
-                                                                  min_agreement=0.0, min_class_ratio=0.0))
+                                                                  min_agreement=0.0, min_class_ratio=0.0, min_kept=0.0))
     full = run_method("tent+g", model, st, _opts(**g), bundle=bundle)
     ck = dict(checkpoint_dir=tmp_path, checkpoint_every=20, resume=True, **g)
     with pytest.raises(CellInterrupted):

@@ -100,6 +100,9 @@ def test_the_shipped_models_carry_a_calibration_per_method():
         for method, c in table.items():
             check_calibration(c)
             assert c["fit"]["cv_mae_points"] < 30 and c["method"] == method
+            if method != "source":  # what the collapse guard's thresholds stay below
+                g = c["guard_signals"]
+                assert g["reliable_frames"] > 50 and 0.5 < g["kept_mean_p1"] <= g["kept_mean_p50"] <= 1.0
         q = QualityEstimator(load_calibration(model, "dplot")[0])
         assert q.calibrated
 
@@ -162,15 +165,33 @@ def adapter_for(model, method="tent"):
     return build_adapter(build_method(method, copy.deepcopy(model)), window=4, adapt_every=4, background=False)
 
 
-def collapse(adapter, cls: int = 0) -> None:
-    """Make the adapted model paint every pixel with one class (its classifier's bias), frozen there."""
+def collapse(adapter, cls: int = 0, by: float = 1e4) -> None:
+    """Make the adapted model paint every pixel with one class (its classifier's bias; a negative
+    ``by``: never paint it), frozen there."""
     st = adapter.state_dict()
     mods = st["method_state"]["modules"]["model"]
     key = [k for k in mods if k.endswith("bias") and mods[k].numel() == adapter.method.num_classes][-1]
     mods[key] = mods[key].clone()
-    mods[key][cls] += 1e4
+    mods[key][cls] += by
     adapter.load_state_dict(st)
     adapter.set_enabled(False)
+
+
+def test_classes_kept_counts_the_source_classes_the_output_still_paints():
+    from tta_perception.runtime.guard import classes_kept
+
+    src = torch.zeros(100, 100, dtype=torch.long)
+    src[:, 60:] = 1                       # 40 %
+    src[:, 90:] = 2                       # 10 %
+    src[0, 0] = 3                         # one pixel: under 1 % of the frame, not counted
+    assert classes_kept(src.clone(), src, 4) == 1.0
+    out = src.clone()
+    out[:, 90:] = 1                       # class 2 eaten by class 1
+    assert classes_kept(out, src, 4) == pytest.approx(2 / 3)
+    out = src.clone()
+    out[:, 95:] = 0                       # half of class 2 left: still kept
+    assert classes_kept(out, src, 4) == 1.0
+    assert classes_kept(out, torch.full_like(src, 3), 4) == 0.0
 
 
 def test_guard_brings_a_collapsed_model_back(driveseg, clear_frames):
@@ -206,10 +227,55 @@ def test_guard_returns_to_the_last_healthy_state_and_never_fires_on_a_healthy_ru
     assert guard._healthy is not None
     steps = ad.stats()["adapt_steps"]
     collapse(ad)
-    recs = [path.run(clear_frames[i:i + 1])[0] for i in range(2)]
-    assert recs[-1].recovery is not None and recs[-1].recovery.to == "last_healthy"
+    recs = [path.run(clear_frames[i:i + 1])[0].recovery for i in range(2)]
+    first = next(r for r in recs if r is not None)                 # at the latest on the window's 2nd check
+    assert first.to == "last_healthy"
     assert ad.stats()["adapt_steps"] == steps          # the counters of the run are kept
     ad.close()
+
+
+def test_the_kept_threshold_comes_from_the_method_calibration(driveseg):
+    from tta_perception.runtime.guard import KEPT_DEFAULT, CollapseGuard, GuardSettings, calibrated_min_kept
+    from tta_perception.runtime.quality import load_calibration
+
+    assert calibrated_min_kept({"guard_signals": {"kept_mean_p1": 0.874}}) == pytest.approx(0.85)
+    assert calibrated_min_kept({"guard_signals": {"kept_mean_p1": 0.9}}) == pytest.approx(0.9)
+    assert calibrated_min_kept({"guard_signals": {"reliable_frames": 0}}) is None and calibrated_min_kept(None) is None
+    cal = load_calibration("driveseg", "tent")[0]
+    ad = adapter_for(driveseg)
+    measured = cal["guard_signals"]["kept_mean_p1"]
+    assert CollapseGuard(ad, calibration=cal).min_kept == calibrated_min_kept(cal) <= measured < calibrated_min_kept(cal) + 0.05
+    assert CollapseGuard(ad).min_kept == KEPT_DEFAULT                                   # nothing measured
+    assert CollapseGuard(ad, GuardSettings(min_kept=0.3), calibration=cal).min_kept == 0.3   # a setting wins
+    assert CollapseGuard(ad, calibration=cal).stats()["guard_min_kept"] == calibrated_min_kept(cal)
+    ad.close()
+
+
+def test_guard_notices_a_small_class_eaten_while_agreement_stays_high(driveseg, clear_frames):
+    """A slow collapse: one class the source model paints is gone, every other pixel agrees. The
+    agreement and class-ratio checks stay good; the classes kept over the window do not."""
+    from tta_perception.runtime.frame_path import FramePath
+    from tta_perception.runtime.guard import CollapseGuard, GuardSettings
+
+    frames = clear_frames[:3]
+    with torch.no_grad():
+        areas = torch.stack([torch.bincount(z.argmax(0).reshape(-1), minlength=z.shape[0])
+                             for z in driveseg(frames)]).min(0).values
+    share = areas.float() / frames[0, 0].numel()
+    small = int(torch.where(share >= 0.02, share, torch.full_like(share, 2.0)).argmin())  # on >= 2 % of each frame
+    assert share[small] < 0.2
+    for min_kept, fires in ((0.0, False), (0.99, True)):
+        ad = adapter_for(driveseg)
+        guard = CollapseGuard(ad, GuardSettings(check_every=1, window=3, source_reliable=0.0, min_kept=min_kept))
+        path = FramePath(ad, flow=False, guard=guard)
+        collapse(ad, small, by=-1e4)
+        recs = [path.run(frames[i:i + 1])[0] for i in range(3)]
+        assert guard.counts["guard_bad_checks"] == 0                 # agreement and class ratio are fine
+        assert guard.last["kept"] < 1.0 and guard.last["agreement"] > 0.75
+        assert (recs[-1].recovery is not None) == fires
+        if fires:
+            assert "kept" in recs[-1].recovery.reason and recs[-1].recovery.to == "source"
+        ad.close()
 
 
 def test_guard_keeps_blind_frames_out_of_the_window_and_recovers_from_nan(driveseg, clear_frames):
@@ -261,7 +327,8 @@ def test_guard_settings_are_checked():
     from tta_perception.runtime.guard import GuardSettings
 
     for kw, msg in (({"check_every": 0}, "check_every"), ({"min_agreement": 1.5}, "min_agreement"),
-                    ({"recover_to": "yesterday"}, "recover_to"), ({"min_class_ratio": -1}, "min_class_ratio")):
+                    ({"recover_to": "yesterday"}, "recover_to"), ({"min_class_ratio": -1}, "min_class_ratio"),
+                    ({"min_kept": 1.2}, "min_kept")):
         with pytest.raises(ValueError, match=msg):
             GuardSettings(**kw)
 

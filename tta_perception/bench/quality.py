@@ -104,7 +104,7 @@ def collect(method: Any, frames: dict[str, np.ndarray], *, window: int = 4, adap
     from ..runtime.frame_path import FramePath
     from ..runtime.preprocess import to_tensor
 
-    from ..runtime.guard import source_model
+    from ..runtime.guard import classes_kept, source_model
 
     adapter = build_adapter(method, window=window, adapt_every=adapt_every, background=False)
     path = FramePath(adapter, flow=False)
@@ -123,7 +123,9 @@ def collect(method: Any, frames: dict[str, np.ndarray], *, window: int = 4, adap
                 with torch.no_grad():
                     so = src(x)[0]
                 ss = frame_signals(so, x[0])
-                row.update(agreement=float((rec.logits.argmax(0) == so.argmax(0)).float().mean()),
+                pred, spred = rec.logits.argmax(0), so.argmax(0)
+                row.update(agreement=float((pred == spred).float().mean()),
+                           kept=classes_kept(pred, spred, int(so.shape[0])),
                            class_ratio=frame_signals(rec.logits)["pred_ent"] / max(ss["pred_ent"], 1e-6),
                            source_estimate=source_quality.estimate(ss))
             rows.append(row)
@@ -162,18 +164,25 @@ def choose_and_fit(rows: Sequence[dict[str, Any]], feature_sets: Sequence[Sequen
                     "mean_accuracy": float(np.mean([r["accuracy"] for r in rows]))}}
 
 
-def guard_signals(rows: Sequence[dict[str, Any]], reliable: float = 0.75) -> dict[str, Any]:
+def guard_signals(rows: Sequence[dict[str, Any]], reliable: float = 0.75, window: int = 6) -> dict[str, Any]:
     """What the collapse guard reads on a healthy method, on the frames where the source model is
-    reliable (estimated accuracy >= ``reliable``): low percentiles of the agreement and class ratio
-    (the guard's thresholds must stay below them)."""
+    reliable (estimated accuracy >= ``reliable``): low percentiles of the agreement, the class ratio
+    and the mean ``kept`` over ``window`` consecutive such frames (the guard's thresholds must stay
+    below them)."""
     r = [x for x in rows if x.get("source_estimate", 0.0) >= reliable]
     if not r:
         return {"reliable_frames": 0}
     agree = np.array([x["agreement"] for x in r])
     ratio = np.array([x["class_ratio"] for x in r])
-    return {"reliable_frames": len(r), "frames": len(rows),
-            **{f"agreement_p{q}": float(np.percentile(agree, q)) for q in (1, 5, 50)},
-            **{f"class_ratio_p{q}": float(np.percentile(ratio, q)) for q in (1, 5, 50)}}
+    out = {"reliable_frames": len(r), "frames": len(rows),
+           **{f"agreement_p{q}": float(np.percentile(agree, q)) for q in (1, 5, 50)},
+           **{f"class_ratio_p{q}": float(np.percentile(ratio, q)) for q in (1, 5, 50)}}
+    if "kept" in r[0] and len(r) >= window:
+        kept = np.array([x["kept"] for x in r])
+        means = np.convolve(kept, np.ones(window) / window, mode="valid")
+        out.update({f"kept_p{q}": float(np.percentile(kept, q)) for q in (1, 5, 50)},
+                   kept_window=window, **{f"kept_mean_p{q}": float(np.percentile(means, q)) for q in (1, 5, 50)})
+    return out
 
 
 def calibrate_methods(model_name: str, methods: Sequence[str], *, per_segment: int = 40, window: int = 4,
@@ -236,7 +245,9 @@ def calibrate_methods(model_name: str, methods: Sequence[str], *, per_segment: i
         if g.get("reliable_frames"):
             log(f"  guard signals on {g['reliable_frames']} frames the source is reliable on: agreement p1/p5/p50 "
                 f"{g['agreement_p1']:.2f}/{g['agreement_p5']:.2f}/{g['agreement_p50']:.2f}, class ratio "
-                f"{g['class_ratio_p1']:.2f}/{g['class_ratio_p5']:.2f}/{g['class_ratio_p50']:.2f}")
+                f"{g['class_ratio_p1']:.2f}/{g['class_ratio_p5']:.2f}/{g['class_ratio_p50']:.2f}, classes kept "
+                f"(mean of {g.get('kept_window', 0)}) p1/p5/p50 {g.get('kept_mean_p1', float('nan')):.2f}/"
+                f"{g.get('kept_mean_p5', float('nan')):.2f}/{g.get('kept_mean_p50', float('nan')):.2f}")
         log(f"{model_name} {m:<6} features {'+'.join(cal['features']):<40} leave-one-corruption-out MAE "
             f"{f['cv_mae_points']:5.1f} points (in sample {f['in_sample_mae_points']:4.1f}; mean accuracy "
             f"{100 * f['mean_accuracy']:.1f} %)  {time.perf_counter() - t0:5.0f} s")
@@ -360,9 +371,11 @@ def plot_quality(path: Path, stream: Any, runs: Sequence[Any], methods: Sequence
 def guard_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     """Per stream, each adapting method with and without the collapse guard ('<m>+g'): its checks and
     recoveries (per hour of driving), and the worst per-cycle (and phase-in-a-cycle) mIoU gap to the
-    source model on the same frames, averaged over seeds per cycle. A recovery of a method whose
-    unguarded run never falls more than 1 point below the source model in any cycle counts as false
-    (a healthy run the guard interrupted)."""
+    source model on the same frames, averaged over seeds per cycle, and what the guard changed (the
+    drive's mIoU with the guard minus without, per seed). A recovery counts as false when it cost:
+    the recoveries of a seed whose guarded drive ends more than 0.1 mIoU below its unguarded one (a
+    recovery that throws away a collapsing state is not false, even on a run that never fell below
+    source over whole cycles)."""
     from .long_drive import drive_hours
     from .runner import runs_of
     from .variants import VARIANTS
@@ -405,24 +418,32 @@ def guard_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequence[
             wg, wg_phase = worst(m)
             healthy = bool(wb == wb and wb >= -1.0)
             per_hour = counts["guard_recoveries"] / hours if hours and hours == hours else float("nan")
+            bases = {r.seed: r for r in runs_of(runs, base, st.name)}
+            gains = {r.seed: r.overall - bases[r.seed].overall for r in rs if r.seed in bases}
+            false = sum(int(r.streaming["guard"].get("guard_recoveries", 0)) for r in rs
+                        if r.seed in gains and gains[r.seed] < -0.1)
             block[m] = {**counts, "seeds": [r.seed for r in rs], "hours": hours, "recoveries_per_hour": per_hour,
                         "base": base, "base_worst_cycle_gap": wb, "base_worst_phase_gap": wb_phase,
                         "worst_cycle_gap": wg, "worst_phase_gap": wg_phase, "base_healthy": healthy,
-                        "false_recoveries_per_hour": per_hour if healthy else None,
+                        "gain_by_seed": gains, "gain": float(np.mean(list(gains.values()))) if gains else float("nan"),
+                        "false_recoveries": false if gains else None,
+                        "false_recoveries_per_hour": (false / hours if hours and hours == hours else float("nan"))
+                        if gains else None,
                         "guard_ms": float(np.mean([r.streaming.get("guard_ms", float("nan")) for r in rs]))}
         if not block:
             continue
         lines = [f"{st.name}: collapse guard (recoveries over {next(iter(block.values()))['hours']:.2f} h of driving "
                  "summed over seeds; worst gap = the worst cycle's mIoU minus the source model's on the same "
-                 "frames, mean over seeds; a guard recovery on a run that never fell > 1 point below source is false)",
+                 "frames, mean over seeds; gain = the drive's mIoU with the guard minus without; recoveries of a "
+                 "seed the guard cost > 0.1 mIoU are false)",
                  f"{'method':<12}{'checks':>8}{'bad':>6}{'recov.':>8}{'/hour':>7}{'to src':>8}"
-                 f"{'worst cycle gap':>17}{'(without)':>11}{'worst phase gap':>17}{'(without)':>11}{'false/h':>9}"]
+                 f"{'worst cycle gap':>17}{'(without)':>11}{'worst phase gap':>17}{'(without)':>11}{'gain':>7}{'false/h':>9}"]
         for m, b in block.items():
             fh = "–" if b["false_recoveries_per_hour"] is None else f"{b['false_recoveries_per_hour']:.2f}"
             lines.append(f"{m:<12}{b['guard_checks']:>8}{b['guard_bad_checks']:>6}{b['guard_recoveries']:>8}"
                          f"{b['recoveries_per_hour']:>7.2f}{b['guard_to_source']:>8}{b['worst_cycle_gap']:>+17.1f}"
                          f"{b['base_worst_cycle_gap']:>+11.1f}{b['worst_phase_gap']:>+17.1f}"
-                         f"{b['base_worst_phase_gap']:>+11.1f}{fh:>9}")
+                         f"{b['base_worst_phase_gap']:>+11.1f}{b['gain']:>+7.2f}{fh:>9}")
         text.append("\n".join(lines))
         payload[st.name] = block
     return text, payload

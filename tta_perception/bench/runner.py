@@ -492,7 +492,8 @@ def _quality_and_guard(name: str, adapter, stream: BenchStream, opts: RunOptions
         from ..runtime.quality import QualityEstimator, load_calibration
 
         cal = load_calibration(opts.quality_model or "", "source")[0]
-        guard = CollapseGuard(adapter, opts.guard_settings,
+        own = load_calibration(opts.quality_model or "", VARIANTS[name].method)[0]
+        guard = CollapseGuard(adapter, opts.guard_settings, calibration=own,
                               source_quality=QualityEstimator(cal) if cal is not None else None)
     return quality, guard
 

@@ -59,7 +59,8 @@ def run_path(method: Any, rgb: np.ndarray, labels: np.ndarray, *, guard: bool, q
     from ..runtime.preprocess import to_tensor
 
     adapter = build_adapter(method, window=window, adapt_every=adapt_every, background=False)
-    g = CollapseGuard(adapter, source_quality=source_quality) if guard else None
+    g = CollapseGuard(adapter, source_quality=source_quality,
+                      calibration=getattr(quality, "calibration", None)) if guard else None
     path = FramePath(adapter, flow=False, quality=quality, guard=g)
     miou, est, level, recoveries = [], [], [], []
     try:

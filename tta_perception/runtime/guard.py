@@ -11,18 +11,27 @@ output beside the frozen source model's output on the same frame (one extra forw
 - ``classes``: the entropy of the adapted frame's predicted class histogram divided by the source's
   (``quality.frame_signals`` ``pred_ent``): a collapsing model paints the frame with fewer classes
   than even the unadapted one does;
+- ``kept``: the share of the classes the source model paints on at least ``KEPT_MIN_SHARE`` of the
+  frame that the adapted output still paints on at least ``KEPT_AREA`` of the source's area
+  (:func:`classes_kept`). A slow collapse eats the small classes one by one; the two signals above
+  barely move then (pixel agreement is the large classes' and the entropy ratio falls by a few
+  hundredths), this one counts the classes lost. One frame says little (a healthy method loses a
+  thin class now and then), so it is read as the mean over the window;
 - non-finite outputs (at once, on any frame).
 
 Under a strong shift a healthy method disagrees with the source model on most pixels, because the
 source model is wrong there (and sure of itself: 88 % mean confidence at 31 % accuracy in rain), so
-the two signals are read only on frames where the source model is *reliable*: its own estimated
+the signals are read only on frames where the source model is *reliable*: its own estimated
 accuracy (``runtime.quality`` with the source calibration; without one, its mean confidence) is at
 least ``source_reliable``. There a healthy method agrees with the source on most pixels and keeps as
 many classes; a check is *bad* when ``agreement`` < ``min_agreement`` or ``classes`` <
 ``min_class_ratio``. The guard recovers when most of the last ``window`` reliable checks were bad,
-so one odd frame never resets anything. The thresholds are set on source data (the calibration
-stream of ``bench.quality``: clean frames and generic corruptions, where the healthy methods' values
-are measured) and held fixed on the weather streams; docs/node.md lists them.
+or when their mean ``kept`` is below ``min_kept``, so one odd frame never resets anything. The
+thresholds are set on source data (the calibration stream of ``bench.quality``: clean frames and
+generic corruptions, where the healthy methods' values are measured) and held fixed on the weather
+streams; docs/node.md lists them. ``min_kept`` is the method's own: the 1st percentile of its window
+mean on that stream, rounded down to 0.05 (``calibrated_min_kept``; the method's quality calibration
+carries it), else ``KEPT_DEFAULT``.
 
 Recovery: the last *healthy* state (a snapshot is promoted to healthy after ``window`` good checks
 in a row after it was taken), else the source state; a healthy state that collapses again within
@@ -43,6 +52,33 @@ from typing import Any, Optional
 from .quality import BLIND_CONTRAST, frame_signals
 
 RECOVER_TO = ("last_healthy", "source")
+KEPT_MIN_SHARE = 0.01  # a class the source model paints on less of the frame is not counted
+KEPT_AREA = 0.5        # a class is kept while the adapted output paints at least this share of the source's area
+FROM_CALIBRATION = -1.0
+KEPT_DEFAULT = 0.8     # min_kept without a calibration that measured it: the lowest of the embedded models' methods
+
+
+def calibrated_min_kept(calibration: Optional[dict[str, Any]]) -> Optional[float]:
+    """``min_kept`` from a method's quality calibration (``guard_signals``, written by
+    ``calibrate-quality``): the 1st percentile of the healthy method's window mean of ``kept`` on the
+    calibration stream, rounded down to 0.05; None when the calibration did not measure it."""
+    p = ((calibration or {}).get("guard_signals") or {}).get("kept_mean_p1")
+    if not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+        return None
+    return math.floor(float(p) * 20.0 + 1e-9) / 20.0
+
+
+def classes_kept(pred: Any, source_pred: Any, num_classes: int) -> float:
+    """``kept`` of two label maps (H, W) of one frame (module docstring); 1.0 when the source model
+    paints no class on ``KEPT_MIN_SHARE`` of the frame."""
+    import torch
+
+    n = torch.bincount(pred.reshape(-1).long(), minlength=num_classes)[:num_classes]
+    ns = torch.bincount(source_pred.reshape(-1).long(), minlength=num_classes)[:num_classes]
+    counted = ns >= KEPT_MIN_SHARE * source_pred.numel()
+    if not bool(counted.any()):
+        return 1.0
+    return float((n[counted] >= KEPT_AREA * ns[counted]).float().mean())
 
 
 @dataclass
@@ -51,16 +87,17 @@ class GuardSettings:
     window: int = 6                # checks averaged before a recovery; also the probation of a snapshot
     min_class_ratio: float = 0.75  # adapted / source class-histogram entropy on a frame the source is reliable on
     min_agreement: float = 0.5     # pixel agreement with the source on such a frame
+    min_kept: float = FROM_CALIBRATION  # mean share of the source's classes kept over the window; -1: calibrated
     source_reliable: float = 0.75  # the source's estimated accuracy (or confidence) from which it is reliable
     recover_to: str = "last_healthy"
 
     def __post_init__(self) -> None:
         if int(self.check_every) < 1 or int(self.window) < 1:
             raise ValueError("guard check_every and window must be >= 1")
-        for name in ("min_agreement", "source_reliable"):
+        for name in ("min_agreement", "source_reliable", "min_kept"):
             v = float(getattr(self, name))
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"guard {name} must be in [0, 1], got {v}")
+            if not 0.0 <= v <= 1.0 and not (name == "min_kept" and v == FROM_CALIBRATION):
+                raise ValueError(f"guard {name} must be in [0, 1]{' (or -1: calibrated)' if name == 'min_kept' else ''}, got {v}")
         if not 0.0 <= float(self.min_class_ratio) <= 2.0:
             raise ValueError(f"guard min_class_ratio must be in [0, 2], got {self.min_class_ratio}")
         if self.recover_to not in RECOVER_TO:
@@ -103,16 +140,21 @@ class CollapseGuard:
     """Watches one streaming adapter's outputs (module docstring); ``observe`` after each frame."""
 
     def __init__(self, adapter: Any, settings: Optional[GuardSettings] = None, source_quality: Any = None,
-                 history: int = 0):
+                 history: int = 0, calibration: Optional[dict[str, Any]] = None):
         self.adapter = adapter
         self.s = settings or GuardSettings()
         self.source_quality = source_quality  # QualityEstimator with the source calibration (None: confidence)
+        # the threshold of the mean ``kept``: the setting's, else the method's calibration's (``calibration``)
+        kept = calibrated_min_kept(calibration)
+        self.min_kept = (float(self.s.min_kept) if self.s.min_kept != FROM_CALIBRATION
+                         else kept if kept is not None else KEPT_DEFAULT)
         # the last ``history`` checks' values (the benchmark's record of what the guard saw)
         self.history: collections.deque[dict] = collections.deque(maxlen=max(0, int(history)))
         # segmentation: the signals are per pixel (a classifier's one label per frame says too little)
         self.enabled = bool(getattr(adapter.method, "ADAPTS", True)) and adapter.method.task == "seg"
         self._source = source_model(adapter) if self.enabled else None
         self._checks: collections.deque[bool] = collections.deque(maxlen=int(self.s.window))
+        self._kept: collections.deque[float] = collections.deque(maxlen=int(self.s.window))
         self._frames = 0                         # frames observed (all cameras)
         self._seen: dict[str, int] = {}          # per camera: frames observed (each camera is checked)
         self._candidate: Optional[dict] = None   # a snapshot on probation
@@ -157,10 +199,12 @@ class CollapseGuard:
         with torch.no_grad():
             src = self._source(image[None].to(next(self._source.parameters()).device).float())[0]
         a, b = frame_signals(output), frame_signals(src, image)
-        agreement = float((output.argmax(0) == src.argmax(0)).float().mean())
+        pred, spred = output.argmax(0), src.argmax(0)
+        agreement = float((pred == spred).float().mean())
         ratio = a["pred_ent"] / b["pred_ent"] if b["pred_ent"] > 1e-6 else 1.0
+        kept = classes_kept(pred, spred, int(output.shape[0]))
         reliable = self.source_quality.estimate(b) if self.source_quality is not None else b["conf"]
-        self.last = {"agreement": agreement, "class_ratio": ratio, "source_reliability": reliable}
+        self.last = {"agreement": agreement, "class_ratio": ratio, "kept": kept, "source_reliability": reliable}
         if self.history.maxlen:
             self.history.append({"frame": self._frames, **self.last})
         self.counts["guard_checks"] += 1
@@ -170,13 +214,19 @@ class CollapseGuard:
         self.counts["guard_bad_checks"] += int(bad)
         self._n_checks += 1
         self._checks.append(bad)
-        if len(self._checks) == self._checks.maxlen and sum(self._checks) * 2 > len(self._checks):
+        self._kept.append(kept)
+        full = len(self._checks) == self._checks.maxlen
+        mean_kept = sum(self._kept) / len(self._kept)
+        if full and sum(self._checks) * 2 > len(self._checks):
             why = (f"adapted output lost its classes ({ratio:.2f} of the source model's class entropy)"
                    if ratio < self.s.min_class_ratio else
                    f"adapted output agrees with the source model on {100 * agreement:.0f} % of the pixels "
                    "of frames the source model is reliable on")
             return self._recover(f"collapse over the last {len(self._checks)} checks: {why}")
-        self._probation(bad)
+        if full and mean_kept < self.min_kept:
+            return self._recover(f"collapse over the last {len(self._kept)} checks: the adapted output kept "
+                                 f"{100 * mean_kept:.0f} % of the source model's classes on frames it is reliable on")
+        self._probation(bad or mean_kept < self.min_kept)
         return None
 
     # ------------------------------------------------------------------ states
@@ -216,13 +266,15 @@ class CollapseGuard:
             self._restored_at = None
         self.counts["guard_recoveries"] += 1
         self._checks.clear()
+        self._kept.clear()
         self._candidate, self._candidate_good = None, 0
         self.last_reason = reason
         return Recovery(reason, to, self._frames)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the guard stands (its checks, snapshots and counters): a benchmark cell's checkpoint."""
-        return {"frames": self._frames, "seen": dict(self._seen), "checks": list(self._checks), "candidate": self._candidate,
+        return {"frames": self._frames, "seen": dict(self._seen), "checks": list(self._checks),
+                "kept": list(self._kept), "candidate": self._candidate,
                 "candidate_good": self._candidate_good, "healthy": self._healthy, "restored_at": self._restored_at,
                 "n_checks": self._n_checks, "last": dict(self.last), "counts": dict(self.counts),
                 "last_reason": self.last_reason, "history": list(self.history)}
@@ -232,6 +284,8 @@ class CollapseGuard:
         self._seen = {str(k): int(v) for k, v in state.get("seen", {}).items()}
         self._checks.clear()
         self._checks.extend(bool(b) for b in state["checks"])
+        self._kept.clear()
+        self._kept.extend(float(k) for k in state.get("kept", [1.0] * len(self._checks)))
         self._candidate, self._candidate_good = state["candidate"], int(state["candidate_good"])
         self._healthy, self._restored_at = state["healthy"], state["restored_at"]
         self.last, self.last_reason = dict(state["last"]), str(state["last_reason"])
@@ -240,5 +294,5 @@ class CollapseGuard:
         self.history.extend(state.get("history", []))
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counts, "guard_last_reason": self.last_reason,
+        return {**self.counts, "guard_last_reason": self.last_reason, "guard_min_kept": self.min_kept,
                 **{f"guard_{k}": v for k, v in self.last.items() if math.isfinite(v)}}

@@ -228,6 +228,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("guard_min_class_ratio", _GUARD.min_class_ratio, "float", "Collapse guard: a check is bad below "
          "this ratio of the adapted to the source prediction's class-histogram entropy.", "live",
          range=(0.0, 2.0)),
+    Spec("guard_min_kept", _GUARD.min_kept, "float", "Collapse guard: the state goes back when, over the last "
+         "guard_window checks, the adapted output kept on average less than this share of the classes the "
+         "source model paints (a slow collapse eats the small classes one by one); -1: the method's quality "
+         "calibration's, else 0.8.", "live", range=(-1.0, 1.0)),
     Spec("guard_source_reliable", _GUARD.source_reliable, "float", "Collapse guard: the source model's "
          "estimated accuracy (its quality calibration; else its mean confidence) from which a frame is "
          "checked.", "live", range=(0.0, 1.0)),
@@ -279,7 +283,7 @@ def check(name: str, value: Any, methods: Optional[Iterable[str]] = None) -> Opt
         return f"parameter {name!r} must have {spec.length} items, got {_fmt(value)}"
     if name == "input_size" and list(items) == [0, 0]:
         return None
-    if name in QUALITY_THRESHOLDS and value != FROM_CALIBRATION and not 0.0 <= value <= 1.0:
+    if name in (*QUALITY_THRESHOLDS, "guard_min_kept") and value != FROM_CALIBRATION and not 0.0 <= value <= 1.0:
         return f"parameter {name!r} must be in [0, 1], or -1 for the calibration's; got {value!r}"
     if spec.range is not None:
         lo, hi = spec.range
@@ -327,7 +331,7 @@ QUALITY_THRESHOLDS = ("quality_warn_below", "quality_error_below")
 QUALITY_PARAMS = ("quality", "quality_calibration", *QUALITY_THRESHOLDS)
 #: what the collapse guard is built from (a change rebuilds it, live; the adapted state is kept)
 GUARD_PARAMS = ("guard", "guard_check_every", "guard_window", "guard_recover_to", "guard_min_agreement",
-                "guard_min_class_ratio", "guard_source_reliable")
+                "guard_min_class_ratio", "guard_min_kept", "guard_source_reliable")
 
 
 def threshold_problem(cfg: dict[str, Any]) -> Optional[str]:
@@ -349,7 +353,7 @@ def guard_settings(cfg: dict[str, Any]) -> GuardSettings:
     """The ``GuardSettings`` of the node parameters ``guard_*``."""
     return GuardSettings(check_every=int(cfg["guard_check_every"]), window=int(cfg["guard_window"]),
                          min_class_ratio=float(cfg["guard_min_class_ratio"]),
-                         min_agreement=float(cfg["guard_min_agreement"]),
+                         min_agreement=float(cfg["guard_min_agreement"]), min_kept=float(cfg["guard_min_kept"]),
                          source_reliable=float(cfg["guard_source_reliable"]), recover_to=str(cfg["guard_recover_to"]))
 
 

@@ -244,7 +244,8 @@ class Pipeline:
     def set_guard(self, cfg: dict[str, Any]) -> None:
         """The collapse guard of the parameters ``guard*`` (a new one: its checks start again; the
         adapted state is kept), or none with ``guard`` off. The source model's reliability is judged
-        with the source calibration of the model (``load_calibration(model, 'source')``)."""
+        with the source calibration of the model (``load_calibration(model, 'source')``); the method's
+        calibration (as the quality estimate reads it) gives ``guard_min_kept: -1`` its value."""
         from .guard import CollapseGuard
         from .quality import QualityEstimator, load_calibration
 
@@ -256,7 +257,8 @@ class Pipeline:
         except ValueError as err:
             raise ConfigError(f"parameters 'guard_*': {one_line(err)}") from None
         cal, _ = load_calibration(cfg["model"], "source")
-        self.frame_path.guard = CollapseGuard(self.adapter, settings,
+        own, _ = load_calibration(cfg["model"], cfg["method"], str(cfg["quality_calibration"]).strip())
+        self.frame_path.guard = CollapseGuard(self.adapter, settings, calibration=own,
                                               source_quality=QualityEstimator(cal) if cal is not None else None)
 
     def reset_video(self) -> None:
