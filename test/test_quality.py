@@ -360,5 +360,9 @@ def test_bench_validates_the_estimate_and_reports_the_guard(tmp_path, capsys):
     g = res["guard"]["dynamic"]["tent+g"]
     assert g["guard_checks"] == 9 and g["base"] == "tent" and g["seeds"] == [0]
     assert g["hours"] == pytest.approx(3 * 1200 / 10 / 3600) and math.isfinite(g["worst_cycle_gap"])
+    tent, guarded = (next(r for r in res["runs"] if r["method"] == m) for m in ("tent", "tent+g"))
+    assert g["gain"] == pytest.approx(guarded["overall"] - tent["overall"])
+    # a recovery is false only where it cost the seed's mIoU
+    assert g["false_recoveries"] == (g["guard_recoveries"] if g["gain"] < -0.1 else 0)
     assert (out / "quality_dynamic.csv").read_text().startswith("method,")
     assert res["quality"]["dynamic"]["png"].endswith("quality_dynamic.png") and (out / "quality_dynamic.png").stat().st_size
