@@ -49,12 +49,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .quality import BLIND_CONTRAST, frame_signals
+from .quality import BLIND_CONTRAST, FROM_CALIBRATION, frame_signals
 
 RECOVER_TO = ("last_healthy", "source")
 KEPT_MIN_SHARE = 0.01  # a class the source model paints on less of the frame is not counted
 KEPT_AREA = 0.5        # a class is kept while the adapted output paints at least this share of the source's area
-FROM_CALIBRATION = -1.0
 KEPT_DEFAULT = 0.8     # min_kept without a calibration that measured it: the lowest of the embedded models' methods
 
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Optional
 
 from .devices import DEVICE_RE
 from .guard import RECOVER_TO, GuardSettings
+from .quality import FROM_CALIBRATION
 
 TASKS = ("auto", "segmentation", "classification")
 TASK_OF_MODEL = {"seg": "segmentation", "cls": "classification"}
@@ -35,8 +36,6 @@ MAX_CAMERAS = 16
 #: the collapse guard's default (``guard``): off until measurements decide it (docs/node.md)
 GUARD_DEFAULT = False
 _GUARD = GuardSettings()  # the guard's own defaults (runtime/guard.py), defined once there
-#: thresholds that take the calibration's value (or runtime.quality's) when left at this
-FROM_CALIBRATION = -1.0
 # Used only when the engine cannot be imported to list its methods (message wording, never behaviour).
 KNOWN_METHODS = ("source", "norm", "tent", "eata", "sar", "cotta", "rmt", "dplot")
 

@@ -37,6 +37,7 @@ SIGNALS = ("conf", "ent", "pred_ent", "lum", "contrast", "sharp")
 PROBABILITIES = ("conf",)           # signals fitted through their logit
 WARN_BELOW = 0.75                   # estimated pixel accuracy (docs/node.md "Quality")
 ERROR_BELOW = 0.5
+FROM_CALIBRATION = -1.0             # a threshold parameter left at this takes the calibration's value
 BLIND_CONTRAST = 0.01               # luminance std in [0, 1]: below it the camera sees nothing
 EPS = 1e-4
 
