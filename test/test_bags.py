@@ -487,6 +487,30 @@ def test_cli_make_bag_and_replay(tmp_path, capsys):
     assert "'/x' not found" in capsys.readouterr().err
 
 
+def test_cli_replay_quality_and_guard_options(night_bag, tmp_path, capsys):
+    """``--guard`` / ``--no-quality`` / ``--quality-calibration`` set the node's parameters of the same
+    names over the parameter file; the replay prints the estimate (validated against the bag's ground
+    truth) and the guard's counters, and --no-quality leaves the quality topic out."""
+    params = tmp_path / "p.yaml"  # a strict guard (as in the guard test above), from the node's parameter file
+    params.write_text("/**/tta_node:\n  ros__parameters:\n    guard: false\n    guard_check_every: 3\n"
+                      "    guard_window: 2\n    guard_min_agreement: 0.9\n    guard_source_reliable: 0.0\n")
+    base = ["replay", str(night_bag), "--model", H.arch("tiny_seg"), "--architecture", H.arch("tiny_seg"),
+            "--method", "tent", "--device", "cpu", "--window", "4", "--adapt-every", "2", "--limit", "12",
+            "--no-progress", "--no-plot", "--params-file", str(params)]
+    assert cli(base + ["--out", str(tmp_path / "g"), "--guard"]) == 0
+    printed = capsys.readouterr().out
+    g = yaml.safe_load((tmp_path / "g" / "replay.json").read_text())["guard"]
+    assert g["guard_checks"] == 4 and g["guard_recoveries"] >= 1
+    assert f"collapse guard: 4 checks, {g['guard_bad_checks']} bad, {g['guard_recoveries']} recoveries" in printed
+    assert "quality estimate: mean" in printed and "against the ground truth: Spearman" in printed
+    assert cli(base + ["--out", str(tmp_path / "q"), "--no-quality"]) == 0
+    printed = capsys.readouterr().out
+    assert "quality estimate" not in printed and "collapse guard" not in printed  # the file's guard: false
+    assert "/tta/quality" not in B.info(tmp_path / "q")["topics"]
+    assert cli(base + ["--out", str(tmp_path / "c"), "--quality-calibration", str(tmp_path / "none.json")]) == 2
+    assert "none.json" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
 def test_params_file_sets_the_node_configuration(tmp_path):
     from tta_perception.runtime.params import load_params_file
 

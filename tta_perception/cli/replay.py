@@ -52,6 +52,16 @@ def add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temporal-fusion-mode", choices=("fixed", "adaptive"), default=None,
                    help="with --temporal-fusion: the past at W everywhere, or at W times the current frame's "
                         "uncertainty per pixel (the node's temporal_fusion_mode; docs/video.md)")
+    p.add_argument("--quality", action=argparse.BooleanOptionalAction, default=None,
+                   help="write each output's label-free quality estimate on <prefix>/quality (the node's "
+                        "'quality'; default on; docs/node.md)")
+    p.add_argument("--quality-calibration", default=None, metavar="JSON",
+                   help="quality calibration written by `tta-perception calibrate-quality` (default: the "
+                        "embedded model's)")
+    p.add_argument("--guard", action=argparse.BooleanOptionalAction, default=None,
+                   help="collapse guard: go back to the last healthy state (or the source) when the adaptation "
+                        "collapses (the node's 'guard', default off; its guard_* settings from --params-file; "
+                        "docs/node.md)")
     p.add_argument("--prefix", default="/tta", help="namespace of the output topics")
     p.add_argument("--overlay", action="store_true", help="also write the rgb8 overlay")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output storage")
@@ -80,7 +90,8 @@ def settings(args: argparse.Namespace) -> tuple[dict, dict]:
     overrides = {"method": args.method, "model": args.model, "architecture": args.architecture,
                  "bundle": args.bundle, "device": args.device, "window": args.window,
                  "adapt_every": args.adapt_every, "seed": args.seed, "output_size": args.output_size,
-                 "temporal_fusion": args.temporal_fusion, "temporal_fusion_mode": args.temporal_fusion_mode}
+                 "temporal_fusion": args.temporal_fusion, "temporal_fusion_mode": args.temporal_fusion_mode,
+                 "quality": args.quality, "quality_calibration": args.quality_calibration, "guard": args.guard}
     if args.architecture and ":" in args.architecture:  # the user's own command line: trusted
         overrides["allow_code_architecture"] = True
     cfg = node_config(overrides, args.params_file)
@@ -118,6 +129,34 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(res.table))
     if res.camera_text:
         print("\n" + res.camera_text)
+    for line in summary_lines(res.quality, res.guard):
+        print(line)
     print(f"\nwrote {res.path}" + (f" (+ {', '.join(sorted(Path(f).name for f in res.files.values()))})"
                                      if res.files else ""))
     return 0
+
+
+def summary_lines(quality: dict, guard: dict) -> list[str]:
+    """The quality estimate and the collapse guard of a replay in a few lines (replay.json has it all)."""
+    lines = []
+    if quality.get("frames"):
+        levels = quality.get("levels", {})
+        mean = quality.get("mean_estimate")
+        lines.append("\nquality estimate: mean " + (f"{100 * mean:.1f} %" if mean is not None else "-")
+                     + " pixel accuracy; frames " + ", ".join(f"{k} {v}" for k, v in levels.items())
+                     + ("" if quality.get("calibrated") else " (uncalibrated: mean confidence)"))
+        val = quality.get("validation") or {}
+        if val.get("frames"):
+            def num(key: str, fmt: str = "{:.2f}") -> str:
+                v = val.get(key)
+                return fmt.format(v) if isinstance(v, (int, float)) and v == v else "-"
+            lines.append(f"  against the ground truth: Spearman {num('spearman_accuracy')} per frame, "
+                         f"{num('spearman_accuracy_window')} per {val.get('window', 10)} frames; mean absolute "
+                         f"error {num('mae_points', '{:.1f}')} points (bias {num('bias_points', '{:+.1f}')})")
+    if guard:
+        reason = guard.get("guard_last_reason") or ""
+        lines.append(f"collapse guard: {guard.get('guard_checks', 0)} checks, {guard.get('guard_bad_checks', 0)} bad, "
+                     f"{guard.get('guard_recoveries', 0)} recoveries ({guard.get('guard_to_source', 0)} to the source "
+                     f"state), {guard.get('guard_blind_frames', 0)} blind frames kept out of the adaptation"
+                     + (f"; last: {reason}" if reason else ""))
+    return lines
