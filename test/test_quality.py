@@ -138,6 +138,11 @@ def test_validation_scores_on_constructed_frames():
     assert v["mae_points_by_phase"]["clear"] == pytest.approx(2.5) and v["mae_points_by_phase"]["night"] == pytest.approx(10)
     assert v["below_source_frames"] == 2 and v["warn_recall_below_source"] == 0.5
     assert v["levels"] == {"OK": 2, "WARN": 1, "ERROR": 1} and v["spearman_accuracy"] == pytest.approx(1.0)
+    assert v["auroc_below_source"] == 0.5 and "auroc_below_source_gain" not in v
+    # the source model's own estimate on the same frames: the estimated gain ranks the frames below it first
+    g = validate(est, [OK, OK, WARN, ERROR], acc, [0.7, 0.6, 0.3, 0.1], ["clear", "clear", "night", "night"],
+                 source_miou=[0.6, 0.7, 0.5, 0.05], window=2, source_estimate=[0.8, 0.9, 0.6, 0.3])
+    assert g["auroc_below_source_gain"] == 1.0 and g["auroc_below_source"] == 0.5
 
 
 # ------------------------------------------------------------------------------------ the guard
@@ -355,6 +360,8 @@ def test_bench_validates_the_estimate_and_reports_the_guard(tmp_path, capsys):
         assert set(block["mae_points_by_phase"]) == {"clear", "rain", "fog", "dusk", "night", "night_rain"}
         assert sum(block["levels"].values()) == 90 and 0.0 < v["cost_percent"]
     assert q["source"]["per_seed"][0]["auroc_below_source"] is None  # no frame is below itself (JSON null)
+    assert "auroc_below_source_gain" not in q["source"]["per_seed"][0]  # nor is there a gain over itself
+    assert "auroc_below_source_gain" in q["tent"]["per_seed"][0] and "gain AUROC" in printed
     run = next(r for r in res["runs"] if r["method"] == "tent")
     assert len(run["series"]["quality"]) == len(run["series"]["accuracy"]) == 90
     g = res["guard"]["dynamic"]["tent+g"]

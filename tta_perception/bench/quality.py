@@ -261,16 +261,18 @@ def run_validation(run: Any, source: Any, window: int = 10) -> Optional[dict[str
 
     if not getattr(run, "series_quality", None):
         return None
-    src = None
+    src = src_estimate = None
     if source is not None and list(source.series_x) == list(run.series_x):
         src = [v / 100.0 for v in source.series_y]
+        if run is not source and len(getattr(source, "series_quality", None) or []) == len(run.series_x):
+            src_estimate = source.series_quality  # the source model's own estimate on the same frames
     return validate(run.series_quality, run.series_level, run.series_accuracy, [v / 100.0 for v in run.series_y],
-                    run.series_domain, src, window=window)
+                    run.series_domain, src, window=window, source_estimate=src_estimate)
 
 
 KEYS = (("spearman_accuracy", "rho acc"), ("spearman_accuracy_window", "rho acc/10"), ("spearman_miou", "rho mIoU"),
         ("spearman_miou_window", "rho mIoU/10"), ("mae_points", "MAE"), ("auroc_below_source", "AUROC<src"),
-        ("cost_percent", "cost %"))
+        ("auroc_below_source_gain", "gain AUROC"), ("cost_percent", "cost %"))
 
 
 def _nanmean(values: Sequence[Any]) -> float:
@@ -323,7 +325,8 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
         n = len(next(iter(block.values()))["seeds"])
         lines = [f"{st.name}: label-free quality estimate against the truth (mean over {n} seed{'s' if n > 1 else ''}; "
                  "rho = Spearman per frame and per 10 frames, MAE in pixel-accuracy points, AUROC of a low "
-                 "estimate for the frames below the source model)",
+                 "estimate for the frames below the source model; gain AUROC: of the estimate minus the source "
+                 "model's own on the same frame, which needs the source model run beside the method)",
                  f"{'method':<12}" + "".join(f"{h:>12}" for _, h in KEYS) + f"{'worst phase MAE':>22}"]
         for r in rows:
             lines.append(f"{r['method']:<12}" + "".join(f"{r[k]:>12.2f}" for k, _ in KEYS)

@@ -7,7 +7,9 @@
   (in accuracy points): is the number itself right?
 - the AUROC of the estimate for the frames whose true mIoU is below the source model's on the same
   frame (a lower estimate should mean "worse than not adapting"), and the share of those frames the
-  WARN level (or worse) flags, beside the share of the other frames it flags.
+  WARN level (or worse) flags, beside the share of the other frames it flags; and, given the source
+  model's own estimate on the same frames, the AUROC of the estimated *gain* (the output's estimate
+  minus the source model's) for those frames: what a stack that also runs the source model could tell.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
 
 def validate(estimate: Sequence[float], level: Sequence[int], accuracy: Sequence[float], miou: Sequence[float],
              domains: Sequence[str], source_miou: Optional[Sequence[float]] = None, window: int = 10,
-             warn: int = 1) -> dict[str, Any]:
+             warn: int = 1, source_estimate: Optional[Sequence[float]] = None) -> dict[str, Any]:
     """Every score of the module docstring for one run (per-frame lists in stream order)."""
     est, acc, mi = (np.asarray(v, float) for v in (estimate, accuracy, miou))
     lev = np.asarray(level, int)
@@ -76,6 +78,8 @@ def validate(estimate: Sequence[float], level: Sequence[int], accuracy: Sequence
         flagged = lev >= warn
         out["warn_recall_below_source"] = float(flagged[below].mean()) if below.any() else float("nan")
         out["warn_rate_other_frames"] = float(flagged[~below].mean()) if (~below).any() else float("nan")
+        if source_estimate is not None:  # the estimated gain over the source model: lower flags them
+            out["auroc_below_source_gain"] = auroc(-(est - np.asarray(source_estimate, float)), below)
     return out
 
 
