@@ -264,7 +264,7 @@ def run_validation(run: Any, source: Any, window: int = 10) -> Optional[dict[str
     src = src_estimate = None
     if source is not None and list(source.series_x) == list(run.series_x):
         src = [v / 100.0 for v in source.series_y]
-        if run is not source and len(getattr(source, "series_quality", None) or []) == len(run.series_x):
+        if run is not source and len(source.series_quality) == len(run.series_x):
             src_estimate = source.series_quality  # the source model's own estimate on the same frames
     return validate(run.series_quality, run.series_level, run.series_accuracy, [v / 100.0 for v in run.series_y],
                     run.series_domain, src, window=window, source_estimate=src_estimate)

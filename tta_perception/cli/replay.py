@@ -129,15 +129,17 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(res.table))
     if res.camera_text:
         print("\n" + res.camera_text)
-    for line in summary_lines(res.quality, res.guard):
+    # several cameras: the camera text already holds the estimate's validation (metrics.stream.format_quality)
+    for line in summary_lines(res.quality, res.guard, validation=not res.camera_text):
         print(line)
     print(f"\nwrote {res.path}" + (f" (+ {', '.join(sorted(Path(f).name for f in res.files.values()))})"
                                      if res.files else ""))
     return 0
 
 
-def summary_lines(quality: dict, guard: dict) -> list[str]:
-    """The quality estimate and the collapse guard of a replay in a few lines (replay.json has it all)."""
+def summary_lines(quality: dict, guard: dict, validation: bool = True) -> list[str]:
+    """The quality estimate and the collapse guard of a replay in a few lines (replay.json has it all);
+    ``validation``: also the estimate against the ground truth."""
     lines = []
     if quality.get("frames"):
         levels = quality.get("levels", {})
@@ -145,7 +147,7 @@ def summary_lines(quality: dict, guard: dict) -> list[str]:
         lines.append("\nquality estimate: mean " + (f"{100 * mean:.1f} %" if mean is not None else "-")
                      + " pixel accuracy; frames " + ", ".join(f"{k} {v}" for k, v in levels.items())
                      + ("" if quality.get("calibrated") else " (uncalibrated: mean confidence)"))
-        val = quality.get("validation") or {}
+        val = (quality.get("validation") or {}) if validation else {}
         if val.get("frames"):
             def num(key: str, fmt: str = "{:.2f}") -> str:
                 v = val.get(key)
