@@ -497,10 +497,15 @@ def test_cli_replay_quality_and_guard_options(night_bag, tmp_path, capsys):
     base = ["replay", str(night_bag), "--model", H.arch("tiny_seg"), "--architecture", H.arch("tiny_seg"),
             "--method", "tent", "--device", "cpu", "--window", "4", "--adapt-every", "2", "--limit", "12",
             "--no-progress", "--no-plot", "--params-file", str(params)]
-    assert cli(base + ["--out", str(tmp_path / "g"), "--guard"]) == 0
+    assert cli(base + ["--out", str(tmp_path / "g"), "--guard", "--quality-source-every", "3"]) == 0
     printed = capsys.readouterr().out
     g = yaml.safe_load((tmp_path / "g" / "replay.json").read_text())["guard"]
     assert g["guard_checks"] == 4 and g["guard_recoveries"] >= 1
+    # every 3rd frame is judged against the source model (the guard's checks reuse that pass)
+    values = [B.diagnostic_values(m) for _, _, m in _messages(tmp_path / "g", "/tta/quality")]
+    assert [v["gain"] != "nan" for v in values] == [i % 3 == 2 for i in range(12)]
+    for v in values[2::3]:
+        assert float(v["gain"]) == pytest.approx(float(v["estimate"]) - float(v["source_estimate"]), abs=2e-4)
     assert f"collapse guard: 4 checks, {g['guard_bad_checks']} bad, {g['guard_recoveries']} recoveries" in printed
     assert "quality estimate: mean" in printed and "against the ground truth: Spearman" in printed
     assert cli(base + ["--out", str(tmp_path / "q"), "--no-quality"]) == 0

@@ -124,6 +124,26 @@ def test_level_tracker_reports_each_change_once():
     assert t.changes == 3 and t.counts == {"OK": 3, "WARN": 1, "ERROR": 2}
 
 
+
+def test_an_estimate_below_the_source_model_is_at_least_warn():
+    from tta_perception.runtime.quality import Quality
+
+    q = QualityEstimator(cal(("conf",), (0.0, 1.0)))           # default gain threshold 0
+    ok = Quality(0.9, q.level(0.9))
+    assert math.isnan(ok.gain) and math.isnan(ok.source_estimate)
+    worse = q.with_source(ok, 0.95)                              # the source model is estimated better
+    assert worse.level == WARN and worse.gain == pytest.approx(-0.05) and worse.estimate == 0.9
+    assert q.with_source(ok, 0.6).level == OK                    # a gain keeps OK
+    assert q.with_source(Quality(0.4, ERROR), 0.1).level == ERROR  # never lowered
+    assert QualityEstimator(None, gain_warn_below=-0.1).with_source(ok, 0.95).level == OK
+    with pytest.raises(ValueError, match="gain threshold"):
+        QualityEstimator(None, gain_warn_below=2.0)
+    t = LevelTracker(q, window=3)                                # the window's mean gain of the judged frames
+    assert t.update(Quality(0.9, OK)) == (None, OK) and math.isnan(t.gain)
+    assert t.update(q.with_source(Quality(0.9, OK), 0.97)) == (OK, WARN) and t.gain == pytest.approx(-0.07)
+    assert t.update(Quality(0.9, OK)) is None and t.update(Quality(0.9, OK)) is None
+    assert t.update(Quality(0.9, OK)) == (WARN, OK)              # the judged frame left the window
+
 # ------------------------------------------------------------------------------------ validation scores
 def test_validation_scores_on_constructed_frames():
     assert auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
@@ -328,6 +348,41 @@ def test_guard_checks_each_camera_and_leaves_nan_input_alone(driveseg, clear_fra
     ad.close()
 
 
+def test_the_source_reference_judges_every_nth_frame_and_the_guard_reuses_its_pass(driveseg, clear_frames):
+    """``quality_source_every``: on every N-th frame of each camera the source model's own estimate
+    beside the adapted output's; a collapsed model is estimated below it (WARN); the guard's check on
+    the same frame costs no second forward pass of the one frozen source model they share."""
+    from tta_perception.runtime.frame_path import FramePath
+    from tta_perception.runtime.guard import CollapseGuard, GuardSettings
+    from tta_perception.runtime.reference import build_reference
+
+    ad = adapter_for(driveseg)
+    ref = build_reference(ad, "driveseg", 2)
+    guard = CollapseGuard(ad, GuardSettings(check_every=2, window=50), source=ref.model)
+    assert guard._source is ref.model and build_reference(ad, "driveseg", 0) is None
+    estimator = QualityEstimator(cal(("conf",), (0.0, 1.0)))     # the adapted output's estimate: its confidence
+    path = FramePath(ad, flow=False, quality=estimator, guard=guard, reference=ref)
+    passes = []
+    ref.model.register_forward_hook(lambda *a: passes.append(1))
+    healthy = [path.run(clear_frames[i:i + 1], ["a"])[0].quality for i in range(4)]
+    assert [math.isfinite(q.source_estimate) for q in healthy] == [False, True, False, True]
+    with torch.no_grad():
+        src = ref.model(clear_frames[1:2])
+    assert healthy[1].source_estimate == pytest.approx(ref.estimate(frame_signals(src[0], clear_frames[1])), abs=1e-6)
+    assert len(passes) == 3 and guard.counts["guard_checks"] == 2   # 2 judged frames + the line above
+    st = ad.state_dict()                                         # a degraded model: flat, unsure outputs
+    mods = st["method_state"]["modules"]["model"]
+    for k in [k for k in mods if mods[k].shape[:1] == (ad.method.num_classes,)][-2:]:
+        mods[k] = mods[k] * 0.05
+    ad.load_state_dict(st)
+    ad.set_enabled(False)
+    bad = [path.run(clear_frames[i:i + 2], ["a", "b"]) for i in range(0, 4, 2)]
+    judged = [r.quality for pair in bad for r in pair if math.isfinite(r.quality.source_estimate)]
+    assert len(judged) == 2                                      # camera a's 6th frame, b's 2nd
+    assert all(q.gain < 0 and q.level >= WARN for q in judged), judged
+    ad.close()
+
+
 def test_guard_settings_are_checked():
     from tta_perception.runtime.guard import GuardSettings
 
@@ -373,3 +428,30 @@ def test_bench_validates_the_estimate_and_reports_the_guard(tmp_path, capsys):
     assert g["false_recoveries"] == (g["guard_recoveries"] if g["gain"] < -0.1 else 0)
     assert (out / "quality_dynamic.csv").read_text().startswith("method,")
     assert res["quality"]["dynamic"]["png"].endswith("quality_dynamic.png") and (out / "quality_dynamic.png").stat().st_size
+
+
+def test_bench_levels_flag_the_frames_estimated_below_the_source_model(tmp_path):
+    """``--quality-source-every 1``: each output's level takes the estimated gain over the source
+    model; the live source estimate is the source run's own estimate of the same frame, so every frame
+    estimated below it is at least WARN, and the adaptation itself is untouched."""
+    from tta_perception.cli.main import main
+
+    def run(out, *extra):
+        args = ["bench", "--task", "seg", "--stream", "--sequence", "dynamic", "--cycles", "2", "--stride", "40",
+                "--size", "32x64", "--threads", "1", "--no-ceiling", "--workers", "1", "--device", "cpu",
+                "--methods", "source,tent", "--no-progress", "--no-plot", "--cache", str(tmp_path / "cache"),
+                "--out", str(tmp_path / out), *extra]
+        assert main(args) == 0
+        res = json.loads((tmp_path / out / "results.json").read_text())
+        return {r["method"]: r for r in res["runs"]}
+
+    plain, judged = run("plain"), run("judged", "--quality-source-every", "1")
+    tent, src = judged["tent"]["series"], judged["source"]["series"]
+    assert tent["y"] == plain["tent"]["series"]["y"] and tent["quality"] == plain["tent"]["series"]["quality"]
+    assert src["level"] == plain["source"]["series"]["level"]       # the source model has no gain over itself
+    gain = np.asarray(tent["quality"]) - np.asarray(src["quality"])
+    level = np.asarray(tent["level"])
+    assert (gain < -1e-3).any() and (gain > 1e-3).any()
+    assert (level[gain < -1e-3] >= WARN).all()
+    assert (level[gain < -1e-3] > np.asarray(plain["tent"]["series"]["level"])[gain < -1e-3]).any()
+    assert main(["bench", "--task", "seg", "--methods", "tent", "--quality-source-every", "1"]) == 2  # not --stream

@@ -4,6 +4,7 @@ rclpy (one message per answered frame under the input's header, a lens cap, seve
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,7 @@ def test_one_quality_message_per_answered_frame_with_the_input_header(ros):
         # the tiny test network has no calibration: its estimate is its mean confidence, marked so
         assert v["calibrated"] == "false" and v["estimate"] == v["conf"]
         assert "uncalibrated" in st.message and "uncalibrated" in v["calibration"]
+        assert v["source_estimate"] == v["gain"] == "nan"     # quality_source_every: 0, the default
         for key in ("ent", "pred_ent", "lum", "contrast", "sharp"):
             assert 0.0 <= float(v[key]) <= 1.0, key
     # /diagnostics: the recent mean, its level and where the calibration came from
@@ -197,7 +199,9 @@ def test_quality_and_guard_parameters_are_checked_and_change_live(ros, tmp_path)
            ("quality_window", 0, "quality_window"), ("guard_window", 0, "guard_window"),
            ("guard_check_every", 0, "guard_check_every"), ("guard_recover_to", "yesterday", "last_healthy, source"),
            ("guard_min_agreement", 1.5, "guard_min_agreement"), ("quality_calibration", str(tmp_path / "none.json"),
-                                                                   "not found")]
+                                                                   "not found"),
+           ("quality_source_every", -1, "quality_source_every"), ("quality_gain_warn_below", 2.0,
+                                                                 "quality_gain_warn_below")]
     for name, value, why in bad:
         result = rig.node.set_parameters([Parameter(name, value=value)])[0]
         assert not result.successful and why in result.reason and "\n" not in result.reason, (name, result.reason)
@@ -221,6 +225,18 @@ def test_quality_and_guard_parameters_are_checked_and_change_live(ros, tmp_path)
         rig.send_until(lambda: H.image_msg(H.frame(32, 64, seed=k), stamp=(90 + k, 0)), "class_ids", stamp_is(90 + k))
     d = rig.node.diagnostics()
     assert d["guard_checks"] >= 2 and d["guard_recoveries"] == 0 and d["guard_last_reason"] == ""
+    assert d["quality_gain"] == "nan"                     # off by default: no source model's estimate
+    # the estimated gain over the source model on every frame; the guard shares its frozen source model
+    quality = quality_out(rig)
+    assert rig.node.set_parameters([Parameter("quality_source_every", value=1)])[0].successful
+    ref = rig.node._pipeline.frame_path.reference
+    assert ref is not None and ref.every == 1
+    assert rig.node.set_parameters([Parameter("guard_window", value=7)])[0].successful   # a new guard: shares it
+    assert rig.node._pipeline.frame_path.guard._source is ref.model
+    rig.send_until(lambda: H.image_msg(H.frame(32, 64, seed=5), stamp=(95, 0)), "class_ids", stamp_is(95))
+    v = values_of(quality.wait(1, predicate=stamp_is(95))[0].status[0])
+    assert float(v["gain"]) == pytest.approx(float(v["estimate"]) - float(v["source_estimate"]), abs=2e-4)
+    assert math.isfinite(float(rig.node.diagnostics()["quality_gain"]))
     assert rig.node.set_parameters([Parameter("quality", value=False)])[0].successful
     assert "quality" not in rig.node._pubs and rig.node._pipeline.quality is None
     rig.send_until(lambda: H.image_msg(H.frame(32, 64), stamp=(99, 0)), "class_ids", stamp_is(99))

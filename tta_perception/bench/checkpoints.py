@@ -60,6 +60,7 @@ def fingerprint(method: str, stream: Any, opts: Any) -> dict[str, str]:
                "fusion_modes": ",".join(opts.fusion_modes) if opts.temporal_fusion else "",
                "flow_preset": opts.flow_preset, "weights": opts.weights_id or "",
                "quality": "off" if opts.quality_model is None else opts.quality_model or "uncalibrated",
+               "quality_source_every": str(opts.quality_source_every),
                "device": torch.device(opts.device).type, "threads": str(torch.get_num_threads())})
     return fp
 
@@ -101,7 +102,8 @@ def path_state(path: Any) -> dict[str, Any]:
                       "fusions": {m: {k: getattr(f, k) for k in ("frames", "fused_frames", "past_sum", "total_ms")}
                                   for m, f in cam.fusions.items()}}
     guard = path.guard.state_dict() if path.guard is not None else None
-    return {"seconds": dict(path.seconds), "cameras": cams, "guard": guard}
+    reference = path.reference.state_dict() if path.reference is not None else None
+    return {"seconds": dict(path.seconds), "cameras": cams, "guard": guard, "reference": reference}
 
 
 def load_path_state(path: Any, state: dict[str, Any]) -> None:
@@ -111,6 +113,8 @@ def load_path_state(path: Any, state: dict[str, Any]) -> None:
         raise ValueError("checkpoint of a run " + ("without" if path.guard is not None else "with") + " the collapse guard")
     if path.guard is not None:
         path.guard.load_state_dict(state["guard"])
+    if path.reference is not None:
+        path.reference.load_state_dict(state.get("reference"))
     for name, saved in state["cameras"].items():
         cam = path.camera(name)
         ch = cam.chain

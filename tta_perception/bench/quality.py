@@ -272,7 +272,8 @@ def run_validation(run: Any, source: Any, window: int = 10) -> Optional[dict[str
 
 KEYS = (("spearman_accuracy", "rho acc"), ("spearman_accuracy_window", "rho acc/10"), ("spearman_miou", "rho mIoU"),
         ("spearman_miou_window", "rho mIoU/10"), ("mae_points", "MAE"), ("auroc_below_source", "AUROC<src"),
-        ("auroc_below_source_gain", "gain AUROC"), ("cost_percent", "cost %"))
+        ("auroc_below_source_gain", "gain AUROC"), ("warn_recall_below_source", "WARN<src"),
+        ("warn_rate_other_frames", "WARN other"), ("cost_percent", "cost %"))
 
 
 def _nanmean(values: Sequence[Any]) -> float:
@@ -326,7 +327,9 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
         lines = [f"{st.name}: label-free quality estimate against the truth (mean over {n} seed{'s' if n > 1 else ''}; "
                  "rho = Spearman per frame and per 10 frames, MAE in pixel-accuracy points, AUROC of a low "
                  "estimate for the frames below the source model; gain AUROC: of the estimate minus the source "
-                 "model's own on the same frame, which needs the source model run beside the method)",
+                 "model's own on the same frame, which needs the source model run beside the method; WARN<src / "
+                 "WARN other: the share of the frames below / not below the source model at WARN or ERROR, "
+                 "with --quality-source-every also when estimated below the source model)",
                  f"{'method':<12}" + "".join(f"{h:>12}" for _, h in KEYS) + f"{'worst phase MAE':>22}"]
         for r in rows:
             lines.append(f"{r['method']:<12}" + "".join(f"{r[k]:>12.2f}" for k, _ in KEYS)

@@ -71,6 +71,7 @@ class RunOptions:
     # uncalibrated), None: not scored
     quality_model: str | None = None
     guard_settings: Any = None        # '<method>+g': runtime.guard.GuardSettings (None: the node's defaults)
+    quality_source_every: int = 0     # the node's quality_source_every: the estimated gain over the source model
 
 
 @dataclass
@@ -364,10 +365,11 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
             if opts.realtime_hz:
                 clock = _realtime_clock(adapter, opts)
             # the node's frame path; the flow on every frame of a video, for the flicker
-            quality, guard = _quality_and_guard(name, adapter, stream, opts, rows, suffix[modes[0]] if modes else "")
+            quality, guard, reference = _quality_and_guard(name, adapter, stream, opts, rows,
+                                                           suffix[modes[0]] if modes else "")
             path = FramePath(adapter, fusion=opts.temporal_fusion if fused else 0.0, flow=video,
                              preset=opts.flow_preset, sync=True, fusion_mode=modes[0] if modes else "fixed",
-                             score_modes=modes, quality=quality, guard=guard)
+                             score_modes=modes, quality=quality, guard=guard, reference=reference)
         elif VARIANTS[name].domain_memory:
             raise ValueError(f"{name}: domain memory is a streaming protocol (bench --stream)")
         elif VARIANTS[name].guard:
@@ -474,10 +476,11 @@ def run_method(name: str, source_model: torch.nn.Module, stream: BenchStream, op
 
 def _quality_and_guard(name: str, adapter, stream: BenchStream, opts: RunOptions, rows: dict[str, _Scorer],
                        published: str):
-    """The node's quality estimator and (``'<method>+g'``) collapse guard for a streaming run, built
-    as ``runtime.pipeline`` builds them; the quality is scored on the row of the published output."""
+    """The node's quality estimator, its source reference (``quality_source_every``) and
+    (``'<method>+g'``) collapse guard for a streaming run, built as ``runtime.pipeline`` builds them
+    (one frozen source model shared); the quality is scored on the row of the published output."""
     seg = stream.task == "seg"
-    quality = guard = None
+    quality = guard = reference = None
     if seg and opts.quality_model is not None:
         from ..metrics.quality import QualityScore
         from ..runtime.quality import QualityEstimator, load_calibration
@@ -485,6 +488,9 @@ def _quality_and_guard(name: str, adapter, stream: BenchStream, opts: RunOptions
         # the variant's method's calibration on that model ('': none, the uncalibrated mean confidence)
         quality = QualityEstimator(load_calibration(opts.quality_model, VARIANTS[name].method)[0])
         rows[published].quality = QualityScore()
+        from ..runtime.reference import build_reference
+
+        reference = build_reference(adapter, opts.quality_model, opts.quality_source_every)
     if VARIANTS[name].guard:
         if not seg:
             raise ValueError(f"{name}: the collapse guard watches streaming segmentation (--task seg --stream)")
@@ -494,8 +500,9 @@ def _quality_and_guard(name: str, adapter, stream: BenchStream, opts: RunOptions
         cal = load_calibration(opts.quality_model or "", "source")[0]
         own = load_calibration(opts.quality_model or "", VARIANTS[name].method)[0]
         guard = CollapseGuard(adapter, opts.guard_settings, calibration=own,
-                              source_quality=QualityEstimator(cal) if cal is not None else None)
-    return quality, guard
+                              source_quality=QualityEstimator(cal) if cal is not None else None,
+                              source=reference.model if reference is not None else None)
+    return quality, guard, reference
 
 
 def _cell_checkpoints(name: str, stream: BenchStream, opts: RunOptions, adapter, path, clock, rows, detected):

@@ -89,6 +89,7 @@ class BenchConfig:
     paper_scale: bool = False            # the --paper-scale preset filled the fields above
     bundle: str | None = None
     safety: bool = False
+    quality_source_every: int = 0     # streaming seg: the estimated gain over the source model every N frames
     device: str = "auto"
     out: str | None = None
     cache: str = str(DEFAULT_CACHE)
@@ -308,7 +309,7 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
                      progress=bars, progress_lines=not bars, flow_preset=cfg.flow_preset, resume=cfg.resume,
                      checkpoint_dir=rundir.checkpoints if cfg.streaming else None,
                      weights_id=f"{lm.weights_id}; bundle {bundle_info.get('path', '')}",
-                     quality_model=quality_model(cfg, task))
+                     quality_model=quality_model(cfg, task), quality_source_every=cfg.quality_source_every)
     fused = [m for m in cfg.methods if VARIANTS[m].fused]
     if fused and not (cfg.streaming and task == "seg" and cfg.temporal_fusion > 0):
         raise ValueError(f"{', '.join(fused)}: fused rows need --stream on segmentation and --temporal-fusion W > 0")

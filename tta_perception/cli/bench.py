@@ -91,6 +91,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ceiling-weights", type=Path, default=None,
                    help="the ceiling's checkpoint (same architecture as --model, trained with labels on the target "
                         "domains); default: the committed oracle of an embedded model, if any")
+    p.add_argument("--quality-source-every", type=int, default=0, metavar="N",
+                   help="streaming seg: every N frames also estimate the source model's accuracy on the frame, so "
+                        "each output's quality level flags an estimate below not adapting (the node's "
+                        "quality_source_every; its cost is in the quality cost; default 0 = off)")
     p.add_argument("--safety", action="store_true",
                    help="engine safety on (collapse reset, NaN guard); off = paper protocol")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -149,7 +153,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # what each group of options applies to (the combinations refused without them: _check_combinations)
 STREAM_OPTIONS = ("window", "adapt_every", "background", "predict", "bn_stats", "flow_preset", "domain_memory",
-                  "realtime", "temporal_fusion", "temporal_fusion_mode", "cameras", "checkpoint_every")
+                  "realtime", "temporal_fusion", "temporal_fusion_mode", "cameras", "checkpoint_every",
+                  "quality_source_every")
 WORLD_SEG_OPTIONS = ("frames", "start", "stride", "size", "workers", "cycles")
 PROFILE_OPTIONS = ("profile_step", "methods", "window", "threads", "model", "out")
 
@@ -183,6 +188,8 @@ def config_from_args(args: argparse.Namespace):
         raise ValueError("--temporal-fusion W needs 0 < W < 1")
     if args.cycles is not None and args.cycles < 1:
         raise ValueError("--cycles must be >= 1")
+    if args.quality_source_every < 0:
+        raise ValueError(f"--quality-source-every must be a number of frames >= 0 (0: off), got {args.quality_source_every}")
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
         raise ValueError(f"--checkpoint-every must be a number of frames >= 0 (0: off), got {args.checkpoint_every}")
     preset: dict = {}
@@ -233,6 +240,7 @@ def config_from_args(args: argparse.Namespace):
         flow_preset=args.flow_preset,
         realtime_costs=str(args.realtime_costs) if args.realtime_costs else None,
         bundle=str(args.bundle) if args.bundle else None, safety=args.safety, device=args.device,
+        quality_source_every=args.quality_source_every,
         out=str(args.out) if args.out else None, cache=str(args.cache), workers=args.workers, ray=args.ray,
         progress=not args.no_progress, plot=not args.no_plot, ceiling=not args.no_ceiling,
         ceiling_weights=str(args.ceiling_weights) if args.ceiling_weights else None,
@@ -273,7 +281,7 @@ def _check_combinations(args: argparse.Namespace, cfg=None) -> None:
         (args.dataset == "world", ["data_root", "source_root"], "a public --dataset only"),
         (args.setting == "gradual", ["severity"], "--setting gradual sweeps the severities itself"),
         (args.cameras is not None, ["cycles", "seeds_for", "flow_preset", "temporal_fusion", "temporal_fusion_mode",
-                                    "realtime"],
+                                    "realtime", "quality_source_every"],
          "not part of --cameras (every method runs every seed over --frames; no video rows, no simulated clock)"),
         (args.realtime is not None, ["temporal_fusion", "temporal_fusion_mode"],
          "not combined with --realtime (its simulated clock does not carry the fused rows); run them separately"),

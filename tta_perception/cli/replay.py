@@ -58,6 +58,10 @@ def add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality-calibration", default=None, metavar="JSON",
                    help="quality calibration written by `tta-perception calibrate-quality` (default: the "
                         "embedded model's)")
+    p.add_argument("--quality-source-every", type=int, default=None, metavar="N",
+                   help="every N frames also estimate the source model's accuracy on the frame: the estimated "
+                        "gain over not adapting, written with the estimate; a frame estimated below the source "
+                        "model is WARN (the node's quality_source_every; default 0 = off)")
     p.add_argument("--guard", action=argparse.BooleanOptionalAction, default=None,
                    help="collapse guard: go back to the last healthy state (or the source) when the adaptation "
                         "collapses (the node's 'guard', default off; its guard_* settings from --params-file; "
@@ -91,7 +95,8 @@ def settings(args: argparse.Namespace) -> tuple[dict, dict]:
                  "bundle": args.bundle, "device": args.device, "window": args.window,
                  "adapt_every": args.adapt_every, "seed": args.seed, "output_size": args.output_size,
                  "temporal_fusion": args.temporal_fusion, "temporal_fusion_mode": args.temporal_fusion_mode,
-                 "quality": args.quality, "quality_calibration": args.quality_calibration, "guard": args.guard}
+                 "quality": args.quality, "quality_calibration": args.quality_calibration, "guard": args.guard,
+                 "quality_source_every": args.quality_source_every}
     if args.architecture and ":" in args.architecture:  # the user's own command line: trusted
         overrides["allow_code_architecture"] = True
     cfg = node_config(overrides, args.params_file)

@@ -30,6 +30,7 @@ RELOADS, RELOADS_COALESCED, RELOAD_FAILURES = "reloads", "reloads_coalesced", "r
 SAVES, SAVES_SHARED = "saves", "saves_shared"
 # the quality of the outputs (with 'quality'): per camera its recent mean estimate and level
 QUALITY_ESTIMATE, QUALITY_LEVEL, QUALITY_CALIBRATION = "quality_estimate", "quality_level", "quality_calibration"
+QUALITY_GAIN = "quality_gain"  # the recent mean estimated gain over the source model (quality_source_every)
 # the collapse guard (with 'guard'): runtime.guard.CollapseGuard.stats()
 GUARD_RECOVERIES, GUARD_CHECKS, GUARD_LAST_REASON = "guard_recoveries", "guard_checks", "guard_last_reason"
 GUARD_KEYS = (GUARD_RECOVERIES, "guard_to_source", GUARD_CHECKS, "guard_bad_checks", "guard_blind_frames",
@@ -100,7 +101,7 @@ def number(values: dict[str, str], key: str) -> float:
 # ------------------------------------------------------------------ the per-frame quality message
 QUALITY_TOPIC = "quality"  # per camera C: C/quality, as the node's other outputs
 #: keys of the quality message, before the signals (runtime.quality.SIGNALS, 4 decimals)
-QUALITY_KEYS = ("estimate", "level", "calibrated", "calibration", "reason")
+QUALITY_KEYS = ("estimate", "level", "calibrated", "calibration", "reason", "source_estimate", "gain")
 
 
 def quality_status(fqn: str, camera: str, frame_id: str, quality: Any, calibration: str) -> dict[str, Any]:
@@ -120,7 +121,9 @@ def quality_status(fqn: str, camera: str, frame_id: str, quality: Any, calibrati
         message = f"mean confidence {est:.2f} (uncalibrated estimate)"
     values = [("estimate", _four(est)), ("level", LEVELS[int(quality.level)]),
               ("calibrated", TRUE if quality.calibrated else FALSE), ("calibration", str(calibration)),
-              ("reason", str(quality.reason))]
+              ("reason", str(quality.reason)),
+              ("source_estimate", _four(getattr(quality, "source_estimate", float("nan")))),
+              ("gain", _four(getattr(quality, "gain", float("nan"))))]
     signals = quality.signals or {}
     values += [(k, _four(signals[k])) for k in (*SIGNALS, "nonfinite") if k in signals]
     return {"level": int(quality.level), "name": quality_status_name(fqn, camera), "message": message,
@@ -157,8 +160,10 @@ def quality_alarm(row: dict[str, Any]) -> Optional[tuple[str, str]]:
     level = row.get("level")
     if level is None or level <= OK or not (row.get("calibrated") or row.get("reason")):
         return None
-    what = row.get("reason") or (f"estimated pixel accuracy {row['estimate']:.2f} over the last "
-                                 f"{row['frames']} frame(s)")
+    gain = row.get("gain", float("nan"))
+    what = row.get("reason") or (f"estimated pixel accuracy {row['estimate']:.2f}"
+                                 + (f" ({gain:+.2f} against the source model)" if math.isfinite(gain) else "")
+                                 + f" over the last {row['frames']} frame(s)")
     camera = row.get("camera") or ""
     return LEVELS[level].lower(), f"quality {LEVELS[level]}{' on camera ' + camera if camera else ''}: {what}"
 
@@ -245,12 +250,14 @@ class Diagnostics:
 
     @staticmethod
     def _quality(row: Optional[dict[str, Any]]) -> dict[str, Any]:
-        """``quality_estimate`` (the recent mean, 4 decimals) and ``quality_level`` ('' before a frame)."""
+        """``quality_estimate`` (the recent mean, 4 decimals), ``quality_level`` ('' before a frame)
+        and ``quality_gain`` (the recent mean gain over the source model; nan when not judged)."""
         from .quality import LEVELS
 
         if row is None:
-            return {QUALITY_ESTIMATE: "nan", QUALITY_LEVEL: ""}
-        return {QUALITY_ESTIMATE: _four(row["estimate"]), QUALITY_LEVEL: LEVELS[row["level"]]}
+            return {QUALITY_ESTIMATE: "nan", QUALITY_LEVEL: "", QUALITY_GAIN: "nan"}
+        return {QUALITY_ESTIMATE: _four(row["estimate"]), QUALITY_LEVEL: LEVELS[row["level"]],
+                QUALITY_GAIN: _four(row.get("gain", float("nan")))}
 
     def cameras(self) -> dict[str, dict[str, Any]]:
         """Per camera: input rate, latency p50/p95, frames received/processed/dropped/lost, bad

@@ -17,10 +17,13 @@ outputs; the benchmark's stream source, clock and scoring.
   beside it from the same flow, into :attr:`FrameRecord.fused` only (never published: the benchmark
   scores several fusions of one run, exactly paired).
 - **quality** (``quality``: a ``runtime.quality.QualityEstimator``): the label-free estimate of
-  each published output's pixel accuracy and its level, in :attr:`FrameRecord.quality`.
+  each published output's pixel accuracy and its level, in :attr:`FrameRecord.quality`; with a
+  ``reference`` (``runtime.reference.SourceReference``), on the frames it judges, also the source
+  model's estimate of its own output there (the estimated gain over not adapting, in the level).
 - **guard** (``guard``: a ``runtime.guard.CollapseGuard``): blind or non-finite frames never join
   the adaptation window; after the prediction the guard checks the method's output and, when the
-  adaptation collapses, restores a healthy state (:attr:`FrameRecord.recovery`).
+  adaptation collapses, restores a healthy state (:attr:`FrameRecord.recovery`). A check on a frame
+  the reference judged reuses the source model's output.
 - **record**: a :class:`FrameRecord` per frame. A new per-frame feature is computed here as a field
   of it, so the node, the replay, the benchmark and the fleet see the same value.
 
@@ -76,9 +79,10 @@ class FramePath:
 
     def __init__(self, adapter: Any, fusion: float = 0.0, flow: Optional[bool] = None,
                  preset: Optional[str] = None, sync: bool = False, fusion_mode: str = "fixed",
-                 score_modes: Sequence[str] = (), quality: Any = None, guard: Any = None):
+                 score_modes: Sequence[str] = (), quality: Any = None, guard: Any = None,
+                 reference: Any = None):
         self.adapter = adapter
-        self.quality, self.guard = quality, guard
+        self.quality, self.guard, self.reference = quality, guard, reference
         self.uses_motion = bool(getattr(adapter.method, "uses_motion", False))
         self.flow, self.preset, self.sync = flow, preset, bool(sync)
         self.cameras: dict[str, CameraVideo] = {}
@@ -171,14 +175,25 @@ class FramePath:
                 self._sync()
                 t["fuse"] += time.perf_counter() - t0
             qualities: list[Any] = [None] * n
+            sources: list[Any] = [None] * n  # the source model's logits on the frames the reference judges
             if self.quality is not None:
                 t0 = time.perf_counter()
                 qualities = self.quality.batch(torch.stack(outputs), x)
+                if self.reference is not None:
+                    judged = [i for i, due in enumerate(self.reference.due(cameras)) if due]
+                    if judged:
+                        from .quality import batch_signals
+
+                        src = self.reference.logits(x[judged])
+                        for k, (i, s) in enumerate(zip(judged, batch_signals(src, x[judged], self.quality.step))):
+                            sources[i] = src[k]
+                            qualities[i] = self.quality.with_source(qualities[i], self.reference.estimate(s))
+                self._sync()
                 t["quality"] += time.perf_counter() - t0
             recoveries: list[Any] = [None] * n
             if self.guard is not None:
                 t0 = time.perf_counter()
-                recoveries = [self.guard.observe(logits[i], x[i], c) for i, c in enumerate(cameras)]
+                recoveries = [self.guard.observe(logits[i], x[i], c, sources[i]) for i, c in enumerate(cameras)]
                 if any(r is not None for r in recoveries):
                     for cam in self.cameras.values():  # no past of the collapsed state in the next outputs
                         for fusion in cam.fusions.values():

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .quality import BLIND_CONTRAST, FROM_CALIBRATION, frame_signals
+from .reference import source_model
 
 RECOVER_TO = ("last_healthy", "source")
 KEPT_MIN_SHARE = 0.01  # a class the source model paints on less of the frame is not counted
@@ -123,23 +124,11 @@ def blind(image: Any) -> bool:
     return float(lum[::2, ::2].std()) < BLIND_CONTRAST if lum.numel() > 4 else False
 
 
-def source_model(adapter: Any) -> Any:
-    """A frozen copy of the adapter's model in its source state (eval, BN with source statistics)."""
-    from ..engine.model_utils import set_bn_mode
-
-    method = adapter.method
-    model = copy.deepcopy(method.model)
-    model.load_state_dict(method._source["modules"]["model"], strict=True)
-    set_bn_mode(model, "source")
-    model.eval().requires_grad_(False)
-    return model
-
-
 class CollapseGuard:
     """Watches one streaming adapter's outputs (module docstring); ``observe`` after each frame."""
 
     def __init__(self, adapter: Any, settings: Optional[GuardSettings] = None, source_quality: Any = None,
-                 history: int = 0, calibration: Optional[dict[str, Any]] = None):
+                 history: int = 0, calibration: Optional[dict[str, Any]] = None, source: Any = None):
         self.adapter = adapter
         self.s = settings or GuardSettings()
         self.source_quality = source_quality  # QualityEstimator with the source calibration (None: confidence)
@@ -151,7 +140,8 @@ class CollapseGuard:
         self.history: collections.deque[dict] = collections.deque(maxlen=max(0, int(history)))
         # segmentation: the signals are per pixel (a classifier's one label per frame says too little)
         self.enabled = bool(getattr(adapter.method, "ADAPTS", True)) and adapter.method.task == "seg"
-        self._source = source_model(adapter) if self.enabled else None
+        # the frozen source model (``source``: one to share, the frame path's ``reference.SourceReference``'s)
+        self._source = (source if source is not None else source_model(adapter)) if self.enabled else None
         self._checks: collections.deque[bool] = collections.deque(maxlen=int(self.s.window))
         self._kept: collections.deque[float] = collections.deque(maxlen=int(self.s.window))
         self._frames = 0                         # frames observed (all cameras)
@@ -179,9 +169,10 @@ class CollapseGuard:
             return False
         return True
 
-    def observe(self, output: Any, image: Any, camera: str = "") -> Optional[Recovery]:
+    def observe(self, output: Any, image: Any, camera: str = "", source: Any = None) -> Optional[Recovery]:
         """One frame's output (C, H, W) of ``camera`` and its input (3, H, W); a recovery, if one
-        ran. Each camera is checked every ``check_every`` of its own frames."""
+        ran. Each camera is checked every ``check_every`` of its own frames. ``source``: the source
+        model's logits on this frame when the caller has them (no second forward pass)."""
         import torch
 
         if not self.enabled:
@@ -195,8 +186,11 @@ class CollapseGuard:
             return self._recover("non-finite output")
         if seen % int(self.s.check_every) or blind(image):
             return None
-        with torch.no_grad():
-            src = self._source(image[None].to(next(self._source.parameters()).device).float())[0]
+        if source is not None:
+            src = source
+        else:
+            with torch.no_grad():
+                src = self._source(image[None].to(next(self._source.parameters()).device).float())[0]
         a, b = frame_signals(output), frame_signals(src, image)
         pred, spred = output.argmax(0), src.argmax(0)
         agreement = float((pred == spred).float().mean())

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional
 
 from .devices import DEVICE_RE
 from .guard import RECOVER_TO, GuardSettings
-from .quality import FROM_CALIBRATION
+from .quality import FROM_CALIBRATION, GAIN_WARN_BELOW
 
 TASKS = ("auto", "segmentation", "classification")
 TASK_OF_MODEL = {"seg": "segmentation", "cls": "classification"}
@@ -207,6 +207,14 @@ SPECS: tuple[Spec, ...] = (
          "accuracy (in [0, 1], at most quality_warn_below); -1: the calibration's, else 0.5. A blind camera (no "
          "contrast: a lens cap) and a non-finite output are ERROR whatever the estimate.", "live",
          range=(-1.0, 1.0)),
+    Spec("quality_source_every", 0, "int", "Quality: every N frames of each camera also run the frozen source "
+         "model and estimate its accuracy on the same frame; the difference, the estimated gain over not "
+         "adapting, is published ('source_estimate', 'gain') and a frame estimated below the source model "
+         "(quality_gain_warn_below) is at least WARN. One extra forward pass per judged frame (the collapse "
+         "guard's checks reuse it); 0: off.", "live", range=(0, 100000)),
+    Spec("quality_gain_warn_below", GAIN_WARN_BELOW, "float", "Quality level WARN when the estimated gain over "
+         "the source model (quality_source_every) is below this (in estimated pixel accuracy; 0: the adapted "
+         "output is estimated worse than not adapting).", "live", range=(-1.0, 1.0)),
     Spec("quality_window", 10, "int", "Frames of each camera's recent mean quality: what /diagnostics shows "
          "and when a level change is logged.", "live", range=(1, 10000)),
     Spec("guard", GUARD_DEFAULT, "bool", "Collapse guard (segmentation methods that adapt): blind or "
@@ -327,7 +335,8 @@ def check_all(cfg: dict[str, Any], methods: Optional[Iterable[str]] = None) -> l
 #: the quality level thresholds (-1: the calibration's)
 QUALITY_THRESHOLDS = ("quality_warn_below", "quality_error_below")
 #: what the quality estimate is built from (a change rebuilds it, live)
-QUALITY_PARAMS = ("quality", "quality_calibration", *QUALITY_THRESHOLDS)
+QUALITY_PARAMS = ("quality", "quality_calibration", *QUALITY_THRESHOLDS, "quality_source_every",
+                  "quality_gain_warn_below")
 #: what the collapse guard is built from (a change rebuilds it, live; the adapted state is kept)
 GUARD_PARAMS = ("guard", "guard_check_every", "guard_window", "guard_recover_to", "guard_min_agreement",
                 "guard_min_class_ratio", "guard_min_kept", "guard_source_reliable")

@@ -224,20 +224,25 @@ class Pipeline:
 
     def set_quality(self, cfg: dict[str, Any]) -> list[str]:
         """The quality estimator of the parameters ``quality*`` (the method's calibration, the level
-        thresholds), or none with ``quality`` off; what to log once (an uncalibrated model).
-        ConfigError for a calibration that cannot be used or thresholds that do not go together."""
+        thresholds) and its source reference (``quality_source_every``), or none with ``quality``
+        off; what to log once (an uncalibrated model). ConfigError for a calibration that cannot be
+        used or thresholds that do not go together."""
         from .quality import QualityEstimator, load_calibration
+        from .reference import build_reference
 
         if not cfg["quality"]:
-            self.frame_path.quality, self.quality_calibration = None, ""
+            self.frame_path.quality, self.frame_path.reference, self.quality_calibration = None, None, ""
             return []
         cal, where = load_calibration(cfg["model"], cfg["method"], str(cfg["quality_calibration"]).strip())
         try:
             estimator = QualityEstimator(cal, P.threshold_or_none(cfg["quality_warn_below"]),
-                                         P.threshold_or_none(cfg["quality_error_below"]))
+                                         P.threshold_or_none(cfg["quality_error_below"]),
+                                         gain_warn_below=float(cfg["quality_gain_warn_below"]))
         except ValueError as err:
             raise ConfigError(f"parameters 'quality_warn_below' / 'quality_error_below': {one_line(err)}") from None
         self.frame_path.quality = estimator
+        self.frame_path.reference = build_reference(self.adapter, cfg["model"], int(cfg["quality_source_every"]),
+                                                    share=self._frozen_source())
         self.quality_calibration = where if cal is not None else "none (uncalibrated: the mean confidence)"
         return [] if cal is not None else [f"quality: {where}"]
 
@@ -259,7 +264,14 @@ class Pipeline:
         cal, _ = load_calibration(cfg["model"], "source")
         own, _ = load_calibration(cfg["model"], cfg["method"], str(cfg["quality_calibration"]).strip())
         self.frame_path.guard = CollapseGuard(self.adapter, settings, calibration=own,
-                                              source_quality=QualityEstimator(cal) if cal is not None else None)
+                                              source_quality=QualityEstimator(cal) if cal is not None else None,
+                                              source=self._frozen_source())
+
+    def _frozen_source(self) -> Any:
+        """The frozen source model the quality's reference or the guard already holds (None: neither),
+        so that the process keeps one copy."""
+        ref, guard = self.frame_path.reference, self.frame_path.guard
+        return ref.model if ref is not None else getattr(guard, "_source", None) if guard is not None else None
 
     def reset_video(self) -> None:
         """Break every camera's chain (a reset or a new stream): no past is fused into the next frame."""

@@ -21,6 +21,12 @@ publishes its mean confidence, marked uncalibrated.
 **Levels**: OK at an estimate >= ``warn_below``, WARN below it, ERROR below ``error_below``; ERROR
 also for a non-finite output and a blind camera (an image with no contrast: a lens cap, a frozen
 all-black frame), whatever the estimate says.
+
+**Gain over the source model** (on the frames a ``runtime.reference.SourceReference`` judges): the
+estimate minus the source model's estimate of its own output on the same frame. The estimate alone is
+lowest where adaptation helps most (night, rain); the gain says whether the adapted output is worse
+than not adapting. Below ``gain_warn_below`` (default 0: estimated worse than the source model) an OK
+frame becomes WARN.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ SIGNALS = ("conf", "ent", "pred_ent", "lum", "contrast", "sharp")
 PROBABILITIES = ("conf",)           # signals fitted through their logit
 WARN_BELOW = 0.75                   # estimated pixel accuracy (docs/node.md "Quality")
 ERROR_BELOW = 0.5
+GAIN_WARN_BELOW = 0.0               # estimated gain over the source model: below it, at least WARN
 FROM_CALIBRATION = -1.0             # a threshold parameter left at this takes the calibration's value
 BLIND_CONTRAST = 0.01               # luminance std in [0, 1]: below it the camera sees nothing
 EPS = 1e-4
@@ -46,17 +53,24 @@ EPS = 1e-4
 class Quality:
     """The quality of one output: ``estimate`` (estimated pixel accuracy in [0, 1]; NaN when the
     output is not finite), ``level`` (index into :data:`LEVELS`), ``reason`` (why ERROR was forced,
-    else ''), ``calibrated`` (False: the estimate is the plain mean confidence) and the signals."""
+    else ''), ``calibrated`` (False: the estimate is the plain mean confidence), the signals, and
+    ``source_estimate`` (the source model's estimate on the same frame; NaN: not judged)."""
 
     estimate: float
     level: int
     reason: str = ""
     calibrated: bool = True
     signals: dict = field(default_factory=dict)
+    source_estimate: float = float("nan")
 
     @property
     def level_name(self) -> str:
         return LEVELS[self.level]
+
+    @property
+    def gain(self) -> float:
+        """The estimated gain over the source model (NaN on a frame it was not judged on)."""
+        return self.estimate - self.source_estimate
 
 
 def _logit(p: float) -> float:
@@ -179,7 +193,7 @@ class QualityEstimator:
     (None: the calibration's, else :data:`WARN_BELOW` / :data:`ERROR_BELOW`)."""
 
     def __init__(self, calibration: Optional[dict[str, Any]] = None, warn_below: Optional[float] = None,
-                 error_below: Optional[float] = None, step: int = 2):
+                 error_below: Optional[float] = None, step: int = 2, gain_warn_below: float = GAIN_WARN_BELOW):
         self.calibration = check_calibration(calibration) if calibration is not None else None
         cal = self.calibration or {}
         self.features: list[str] = list(cal.get("features", []))
@@ -189,6 +203,9 @@ class QualityEstimator:
         if not 0.0 <= self.error_below <= self.warn_below <= 1.0:
             raise ValueError(f"quality thresholds need 0 <= error_below ({self.error_below}) <= warn_below "
                              f"({self.warn_below}) <= 1")
+        self.gain_warn_below = float(gain_warn_below)
+        if not -1.0 <= self.gain_warn_below <= 1.0:
+            raise ValueError(f"the gain threshold must be in [-1, 1], got {self.gain_warn_below}")
         self.step = int(step)
 
     @property
@@ -201,10 +218,21 @@ class QualityEstimator:
         z = self.weights[0] + sum(w * transform(f, signals[f]) for f, w in zip(self.features, self.weights[1:]))
         return 1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0)))
 
-    def level(self, estimate: float) -> int:
+    def level(self, estimate: float, gain: float = float("nan")) -> int:
+        """The level of an estimate and, where known, its gain over the source model."""
         if not math.isfinite(estimate) or estimate < self.error_below:
             return ERROR
-        return WARN if estimate < self.warn_below else OK
+        return WARN if estimate < self.warn_below or gain < self.gain_warn_below else OK
+
+    def with_source(self, q: Quality, source_estimate: float) -> Quality:
+        """``q`` with the source model's estimate on the same frame, its level raised to WARN when
+        the gain is below ``gain_warn_below``."""
+        import dataclasses
+
+        level = q.level
+        if level < WARN and q.estimate - source_estimate < self.gain_warn_below:
+            level = WARN
+        return dataclasses.replace(q, source_estimate=float(source_estimate), level=level)
 
     def __call__(self, logits: Any, image: Any = None) -> Quality:
         return self.judge(frame_signals(logits, image, self.step))
@@ -234,13 +262,15 @@ class QualityEstimator:
 class LevelTracker:
     """The level of a camera's recent outputs, what /diagnostics shows and the node logs once per
     change: ERROR while the newest frame has a forced reason (blind, non-finite), else the level of
-    the mean estimate over the last ``window`` frames."""
+    the mean estimate over the last ``window`` frames and the mean gain of those of them judged
+    against the source model."""
 
     def __init__(self, estimator: QualityEstimator, window: int = 10):
         import collections
 
         self.estimator = estimator
         self._est: "collections.deque[float]" = collections.deque(maxlen=max(1, int(window)))
+        self._gain: "collections.deque[float]" = collections.deque(maxlen=max(1, int(window)))
         self.level: Optional[int] = None
         self.reason = ""
         self.changes = 0
@@ -251,12 +281,19 @@ class LevelTracker:
         vals = [v for v in self._est if math.isfinite(v)]
         return sum(vals) / len(vals) if vals else float("nan")
 
+    @property
+    def gain(self) -> float:
+        """The mean estimated gain over the source model of the recent frames judged against it (NaN: none)."""
+        vals = [v for v in self._gain if math.isfinite(v)]
+        return sum(vals) / len(vals) if vals else float("nan")
+
     def update(self, q: Quality) -> Optional[tuple[Optional[int], int]]:
         """Add one frame's quality; (old, new) when the level changed (old None: the first frame)."""
         self.counts[q.level_name] += 1
         self._est.append(q.estimate)
+        self._gain.append(q.gain)
         self.reason = q.reason
-        new = ERROR if q.reason else self.estimator.level(self.mean)
+        new = ERROR if q.reason else self.estimator.level(self.mean, self.gain)
         old, self.level = self.level, new
         if old == new:
             return None

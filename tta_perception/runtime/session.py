@@ -14,6 +14,7 @@ newest, the builder thread), ``runtime.counters.FrameCounters`` (frames in and o
 """
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -553,7 +554,8 @@ class Session:
             change = tracker.update(q)
             seen = sum(tracker.counts.values())
             row = {"camera": camera, "estimate": tracker.mean, "level": tracker.level, "reason": tracker.reason,
-                   "calibrated": estimator.calibrated, "frames": min(seen, window), "t": time.monotonic()}
+                   "calibrated": estimator.calibrated, "frames": min(seen, window), "t": time.monotonic(),
+                   "gain": tracker.gain}
             self._quality_now = {**self._quality_now, camera: row}  # replaced whole: readers never see it change
             if change is None:
                 continue
@@ -562,7 +564,9 @@ class Session:
                 continue
             what = (f"quality{' of camera ' + camera if camera else ''} {LEVELS[new]}"
                     + (f" (was {LEVELS[old]})" if old is not None else "")
-                    + f": mean estimate {row['estimate']:.2f} over the last {row['frames']} frame(s)"
+                    + f": mean estimate {row['estimate']:.2f}"
+                    + (f" ({row['gain']:+.2f} against the source model)" if math.isfinite(row["gain"]) else "")
+                    + f" over the last {row['frames']} frame(s)"
                     + ("" if estimator.calibrated else " (uncalibrated: mean confidence)")
                     + (f"; {tracker.reason}" if tracker.reason else ""))
             if old is None or new > old:
@@ -573,7 +577,8 @@ class Session:
     def quality_now(self) -> dict[str, dict[str, Any]]:
         """Per camera ('' for the one camera) its recent quality: ``estimate`` (mean over
         ``quality_window`` frames), ``level`` (index into ``runtime.quality.LEVELS``), ``reason`` (a
-        forced ERROR), ``calibrated``, ``frames``, ``t`` (``time.monotonic()`` of its last frame); empty
+        forced ERROR), ``calibrated``, ``frames``, ``gain`` (mean estimated gain over the source model of
+        those frames judged against it; NaN: none), ``t`` (``time.monotonic()`` of its last frame); empty
         with ``quality`` off or before a frame."""
         return self._quality_now
 

@@ -1,0 +1,83 @@
+"""The frozen source model beside the adapted one: its output on the frames that judge adaptation
+against not adapting at all.
+
+What a driving stack most needs to know is whether the adapted output is worse than the unadapted
+model's would be (RDumb, NeurIPS 2023: on long streams most continual methods end there). The
+estimate of the adapted output alone cannot say it: it is lowest at night and in rain, where
+adaptation gains the most. The same estimate of the *source* model's output on the same frame can:
+their difference, the estimated gain, flags the frames whose true mIoU is below the source model's
+(AUROC 0.90-0.97 over an hour of driving, docs/benchmark.md). It costs one forward pass of the source
+model per frame judged, so it runs every ``every`` frames of each camera (0: never; the node's
+default), and the collapse guard's checks reuse its output when they fall on the same frame.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+
+def source_model(adapter: Any) -> Any:
+    """A frozen copy of the adapter's model in its source state (eval, BN with source statistics)."""
+    from ..engine.model_utils import set_bn_mode
+
+    method = adapter.method
+    model = copy.deepcopy(method.model)
+    model.load_state_dict(method._source["modules"]["model"], strict=True)
+    set_bn_mode(model, "source")
+    model.eval().requires_grad_(False)
+    return model
+
+
+class SourceReference:
+    """The source model's output and quality estimate on every ``every``-th frame of each camera.
+
+    ``estimator``: a ``runtime.quality.QualityEstimator`` with the *source* model's calibration (the
+    source model's estimate of its own output); None: its mean confidence (uncalibrated)."""
+
+    def __init__(self, adapter: Any, every: int = 1, estimator: Any = None, model: Any = None):
+        if int(every) < 1:
+            raise ValueError(f"the source reference runs every N >= 1 frames, got {every}")
+        self.every = int(every)
+        self.estimator = estimator
+        self.model = model if model is not None else source_model(adapter)
+        self._seen: dict[str, int] = {}
+
+    def due(self, cameras: list[str]) -> list[bool]:
+        """Count one frame of each camera; whether each is judged (its camera's ``every``-th)."""
+        out = []
+        for c in cameras:
+            n = self._seen[c] = self._seen.get(c, 0) + 1
+            out.append(n % self.every == 0)
+        return out
+
+    def logits(self, x: Any) -> Any:
+        """The source model's logits (N, C, H, W) on frames ``x`` (N, 3, H, W)."""
+        import torch
+
+        with torch.no_grad():
+            return self.model(x.to(next(self.model.parameters()).device).float())
+
+    def estimate(self, signals: dict[str, float]) -> float:
+        """The source model's estimated accuracy from its output's ``quality.frame_signals``."""
+        if self.estimator is None:
+            return float(signals.get("conf", float("nan")))
+        return float(self.estimator.estimate(signals))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": dict(self._seen)}
+
+    def load_state_dict(self, state: Optional[dict[str, Any]]) -> None:
+        self._seen = {str(k): int(v) for k, v in (state or {}).get("seen", {}).items()}
+
+
+def build_reference(adapter: Any, model_name: str, every: int, share: Any = None) -> Optional[SourceReference]:
+    """The reference of the node parameter ``quality_source_every`` (and ``bench
+    --quality-source-every``): None when 0 or for a method that does not adapt (its gain is 0). The
+    source model judges itself with the embedded model's source calibration (as the collapse guard
+    does); ``share``: a frozen source model already made (the guard's), so the process holds one."""
+    if int(every) <= 0 or not bool(getattr(adapter.method, "ADAPTS", True)):
+        return None
+    from .quality import QualityEstimator, load_calibration
+
+    cal = load_calibration(model_name or "", "source")[0]
+    return SourceReference(adapter, int(every), QualityEstimator(cal) if cal is not None else None, model=share)
