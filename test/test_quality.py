@@ -136,6 +136,11 @@ def test_an_estimate_below_the_source_model_is_at_least_warn():
     assert q.with_source(ok, 0.6).level == OK                    # a gain keeps OK
     assert q.with_source(Quality(0.4, ERROR), 0.1).level == ERROR  # never lowered
     assert QualityEstimator(None, gain_warn_below=-0.1).with_source(ok, 0.95).level == OK
+    shifted = QualityEstimator(cal(("conf",), (0.0, 1.0), gain_offset=0.1))  # its estimates run 0.1 above the source's
+    assert shifted.with_source(ok, 0.75).gain == pytest.approx(0.05) and shifted.with_source(ok, 0.75).level == OK
+    assert shifted.with_source(ok, 0.85).level == WARN
+    with pytest.raises(ValueError, match="gain_offset"):
+        check_calibration(cal(gain_offset=5))
     with pytest.raises(ValueError, match="gain threshold"):
         QualityEstimator(None, gain_warn_below=2.0)
     t = LevelTracker(q, window=3)                                # the window's mean gain of the judged frames
@@ -163,6 +168,17 @@ def test_validation_scores_on_constructed_frames():
     g = validate(est, [OK, OK, WARN, ERROR], acc, [0.7, 0.6, 0.3, 0.1], ["clear", "clear", "night", "night"],
                  source_miou=[0.6, 0.7, 0.5, 0.05], window=2, source_estimate=[0.8, 0.9, 0.6, 0.3])
     assert g["auroc_below_source_gain"] == 1.0 and g["auroc_below_source"] == 0.5
+    # the node's flag, a gain below 0: gains +0.1, -0.05, +0.02, -0.1; true mIoU - source +0.05, -0.1, -0.1, +0.2
+    args = ([0.8] * 4, [OK] * 4, [0.8] * 4, [0.5] * 4, ["clear"] * 4)
+    f = validate(*args, source_miou=[0.45, 0.6, 0.6, 0.3], window=2, source_estimate=[0.7, 0.85, 0.78, 0.9])
+    assert f["gain_recall_below_source"] == 0.5 and f["gain_rate_other_frames"] == 0.5
+    # windows: gains +0.025 (true -0.025: below source) and -0.04 (true +0.05)
+    assert f["gain_recall_below_source_window@0"] == 0.0 and f["gain_rate_other_windows@0"] == 1.0
+    assert f["gain_recall_below_source_window@0.05"] == 1.0 and f["auroc_below_source_gain_window"] == 0.0
+    # the calibration's offset is taken off the gain before the flag
+    o = validate(*args, source_miou=[0.45, 0.6, 0.6, 0.3], window=2, source_estimate=[0.7, 0.85, 0.78, 0.9],
+                 gain_offset=0.2)
+    assert o["gain_recall_below_source"] == 1.0 and o["gain_rate_other_frames"] == 1.0
 
 
 # ------------------------------------------------------------------------------------ the guard
@@ -446,6 +462,11 @@ def test_bench_levels_flag_the_frames_estimated_below_the_source_model(tmp_path)
         return {r["method"]: r for r in res["runs"]}
 
     plain, judged = run("plain"), run("judged", "--quality-source-every", "1")
+    v = json.loads((tmp_path / "judged" / "results.json").read_text())["quality"]["dynamic"]["methods"]["tent"]
+    v = v["per_seed"][0]
+    for key in ("gain_recall_below_source", "gain_rate_other_frames", "auroc_below_source_gain_window",
+                "gain_recall_below_source_window@0", "gain_rate_other_windows@0.1"):
+        assert v[key] is None or 0.0 <= v[key] <= 1.0, key
     tent, src = judged["tent"]["series"], judged["source"]["series"]
     assert tent["y"] == plain["tent"]["series"]["y"] and tent["quality"] == plain["tent"]["series"]["quality"]
     assert src["level"] == plain["source"]["series"]["level"]       # the source model has no gain over itself

@@ -104,7 +104,8 @@ def collect(method: Any, frames: dict[str, np.ndarray], *, window: int = 4, adap
     from ..runtime.frame_path import FramePath
     from ..runtime.preprocess import to_tensor
 
-    from ..runtime.guard import classes_kept, source_model
+    from ..runtime.guard import classes_kept
+    from ..runtime.reference import source_model
 
     adapter = build_adapter(method, window=window, adapt_every=adapt_every, background=False)
     path = FramePath(adapter, flow=False)
@@ -162,6 +163,29 @@ def choose_and_fit(rows: Sequence[dict[str, Any]], feature_sets: Sequence[Sequen
             "fit": {"frames": len(rows), "in_sample_mae_points": _mae(rows, weights, best),
                     "cv_mae_points": table["+".join(best)]["cv_mae_points"], "candidates": table,
                     "mean_accuracy": float(np.mean([r["accuracy"] for r in rows]))}}
+
+
+def gain_offset(rows: Sequence[dict[str, Any]], source_rows: Sequence[dict[str, Any]],
+                cal: dict[str, Any]) -> dict[str, Any]:
+    """The error of the estimated gain over the source model (the method's estimate minus the source
+    model's own, ``runtime.quality``) against the true one (the two pixel accuracies) on the
+    calibration stream, frame by frame: its median is the calibration's ``gain_offset``; the
+    percentiles and the AUROC for the frames where the method is below source say how far to trust it."""
+    from ..metrics.quality import auroc
+    from ..runtime.quality import QualityEstimator
+
+    q = QualityEstimator(cal)
+    est = np.array([q.estimate(r) - r["source_estimate"] for r in rows])
+    true = np.array([r["accuracy"] - s["accuracy"] for r, s in zip(rows, source_rows)])
+    ok = np.isfinite(est) & np.isfinite(true)
+    err = est[ok] - true[ok]
+    if not len(err):
+        return {}
+    below = true[ok] < 0
+    return {"gain_offset": round(float(np.median(err)), 4),
+            "gain_error": {"frames": int(len(err)), **{f"p{k}": float(np.percentile(err, k)) for k in (10, 50, 90)},
+                           "below_source_frames": int(below.sum()),
+                           "auroc_below_source": auroc(-(est[ok] - float(np.median(err))), below)}}
 
 
 def guard_signals(rows: Sequence[dict[str, Any]], reliable: float = 0.75, window: int = 6) -> dict[str, Any]:
@@ -225,6 +249,7 @@ def calibrate_methods(model_name: str, methods: Sequence[str], *, per_segment: i
     out: dict[str, dict[str, Any]] = {}
     command = "tta-perception " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     methods = ["source", *[m for m in methods if m != "source"]]  # the guard's reference first
+    source_rows: list[dict[str, Any]] = []
     for m in methods:
         t0 = time.perf_counter()
         torch.manual_seed(0)
@@ -235,6 +260,9 @@ def calibrate_methods(model_name: str, methods: Sequence[str], *, per_segment: i
         cal = choose_and_fit(rows)
         if sq is not None:
             cal["guard_signals"] = guard_signals(rows)
+            cal.update(gain_offset(rows, source_rows, cal))
+        else:
+            source_rows = rows
         cal.update(method=m, window=window, adapt_every=adapt_every, command=command,
                    data=f"{len(rows)} frames of the training worlds (render seed {RENDER_SEED}): clean and "
                         f"{', '.join(CORRUPTIONS)} at severities {', '.join(map(str, SEVERITIES))}, "
@@ -248,6 +276,11 @@ def calibrate_methods(model_name: str, methods: Sequence[str], *, per_segment: i
                 f"{g['class_ratio_p1']:.2f}/{g['class_ratio_p5']:.2f}/{g['class_ratio_p50']:.2f}, classes kept "
                 f"(mean of {g.get('kept_window', 0)}) p1/p5/p50 {g.get('kept_mean_p1', float('nan')):.2f}/"
                 f"{g.get('kept_mean_p5', float('nan')):.2f}/{g.get('kept_mean_p50', float('nan')):.2f}")
+        if cal.get("gain_error"):
+            e = cal["gain_error"]
+            log(f"  estimated gain over the source model: error p10/p50/p90 {e['p10']:+.3f}/{e['p50']:+.3f}/"
+                f"{e['p90']:+.3f} (gain_offset {cal['gain_offset']:+.4f}); AUROC for the {e['below_source_frames']} "
+                f"frames below the source model {e['auroc_below_source']:.2f}")
         log(f"{model_name} {m:<6} features {'+'.join(cal['features']):<40} leave-one-corruption-out MAE "
             f"{f['cv_mae_points']:5.1f} points (in sample {f['in_sample_mae_points']:4.1f}; mean accuracy "
             f"{100 * f['mean_accuracy']:.1f} %)  {time.perf_counter() - t0:5.0f} s")
@@ -255,8 +288,9 @@ def calibrate_methods(model_name: str, methods: Sequence[str], *, per_segment: i
 
 
 # ------------------------------------------------------------------------------------ validation in bench runs
-def run_validation(run: Any, source: Any, window: int = 10) -> Optional[dict[str, Any]]:
-    """``metrics.quality.validate`` of one run against the source run on the same stream and seed."""
+def run_validation(run: Any, source: Any, window: int = 10, gain_offset: float = 0.0) -> Optional[dict[str, Any]]:
+    """``metrics.quality.validate`` of one run against the source run on the same stream and seed
+    (``gain_offset``: the method's calibration's)."""
     from ..metrics.quality import validate
 
     if not getattr(run, "series_quality", None):
@@ -267,13 +301,19 @@ def run_validation(run: Any, source: Any, window: int = 10) -> Optional[dict[str
         if run is not source and len(source.series_quality) == len(run.series_x):
             src_estimate = source.series_quality  # the source model's own estimate on the same frames
     return validate(run.series_quality, run.series_level, run.series_accuracy, [v / 100.0 for v in run.series_y],
-                    run.series_domain, src, window=window, source_estimate=src_estimate)
+                    run.series_domain, src, window=window, source_estimate=src_estimate, gain_offset=gain_offset)
 
 
 KEYS = (("spearman_accuracy", "rho acc"), ("spearman_accuracy_window", "rho acc/10"), ("spearman_miou", "rho mIoU"),
         ("spearman_miou_window", "rho mIoU/10"), ("mae_points", "MAE"), ("auroc_below_source", "AUROC<src"),
         ("auroc_below_source_gain", "gain AUROC"), ("warn_recall_below_source", "WARN<src"),
         ("warn_rate_other_frames", "WARN other"), ("cost_percent", "cost %"))
+#: the estimated gain over the source model: its AUROC and its flag (gain < threshold) per frame and per window
+GAIN_KEYS = (("auroc_below_source_gain", "AUROC"), ("auroc_below_source_gain_window", "AUROC/10"),
+             ("gain_recall_below_source", "<0 <src"), ("gain_rate_other_frames", "<0 other"),
+             ("gain_recall_below_source_window@0", "/10 <src"), ("gain_rate_other_windows@0", "/10 other"),
+             ("gain_recall_below_source_window@0.05", "/10 .05<src"), ("gain_rate_other_windows@0.05", "/10 .05oth"),
+             ("gain_recall_below_source_window@0.1", "/10 .1<src"), ("gain_rate_other_windows@0.1", "/10 .1oth"))
 
 
 def _nanmean(values: Sequence[Any]) -> float:
@@ -283,13 +323,18 @@ def _nanmean(values: Sequence[Any]) -> float:
 
 
 def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequence[str], out: Path,
-                   plot: bool = True) -> tuple[list[str], dict[str, Any]]:
+                   plot: bool = True, model: Optional[str] = None) -> tuple[list[str], dict[str, Any]]:
     """Per stream and method: the validation of every seed, mean ± 95 % CI over seeds, the worst
-    phase's MAE; printed table, ``quality_<stream>.csv``, results.json block and a plot."""
+    phase's MAE; printed table, ``quality_<stream>.csv``, results.json block and a plot. ``model``:
+    the embedded model whose calibrations the runs used (their gain offsets; None or '': 0)."""
     from ..metrics import t_interval
+    from ..runtime.quality import QualityEstimator, load_calibration
     from .output import write_rows_csv
     from .runner import runs_of
+    from .variants import VARIANTS
 
+    offsets = {m: QualityEstimator(load_calibration(model, VARIANTS[m].method)[0]).gain_offset
+               for m in methods if model and m in VARIANTS}
     text, payload = [], {}
     for st in streams:
         rows, block = [], {}
@@ -298,7 +343,7 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
             vals = []
             for r in rs:
                 src = next((s for s in runs_of(runs, "source", st.name) if s.seed == r.seed), None)
-                v = run_validation(r, src)
+                v = run_validation(r, src, gain_offset=offsets.get(m, 0.0))
                 if v is not None:
                     # the estimate's time against the prediction's, on the same frames
                     v["cost_percent"] = 100.0 * float(r.streaming.get("quality_cost", float("nan")))
@@ -306,7 +351,7 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
             if not vals:
                 continue
             phases = list(vals[0]["mae_points_by_phase"])
-            agg = {k: t_interval([v.get(k, float("nan")) for v in vals], 0.95) for k, _ in KEYS}
+            agg = {k: t_interval([v.get(k, float("nan")) for v in vals], 0.95) for k, _ in (*KEYS, *GAIN_KEYS)}
             by_phase = {p: t_interval([v["mae_points_by_phase"].get(p, float("nan")) for v in vals], 0.95)
                         for p in phases}
             worst = max(phases, key=lambda p: by_phase[p].mean) if phases else ""
@@ -316,7 +361,7 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
                         "warn_recall_below_source": _nanmean([v.get("warn_recall_below_source") for v in vals]),
                         "warn_rate_other_frames": _nanmean([v.get("warn_rate_other_frames") for v in vals]),
                         "levels": {k: int(sum(v["levels"][k] for v in vals)) for k in ("OK", "WARN", "ERROR")}}
-            rows.append({"method": m, **{k: agg[k].mean for k, _ in KEYS}, "worst_phase": worst,
+            rows.append({"method": m, **{k: agg[k].mean for k, _ in (*KEYS, *GAIN_KEYS)}, "worst_phase": worst,
                          "worst_phase_mae": by_phase[worst].mean if worst else float("nan"),
                          **{f"mae_{p}": by_phase[p].mean for p in phases}})
         if not rows:
@@ -327,13 +372,23 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
         lines = [f"{st.name}: label-free quality estimate against the truth (mean over {n} seed{'s' if n > 1 else ''}; "
                  "rho = Spearman per frame and per 10 frames, MAE in pixel-accuracy points, AUROC of a low "
                  "estimate for the frames below the source model; gain AUROC: of the estimate minus the source "
-                 "model's own on the same frame, which needs the source model run beside the method; WARN<src / "
-                 "WARN other: the share of the frames below / not below the source model at WARN or ERROR, "
-                 "with --quality-source-every also when estimated below the source model)",
+                 "model's own on the same frame, which needs the source model run beside the method (table "
+                 "below); WARN<src / WARN other: the share of the frames below / not below the source model at "
+                 "WARN or ERROR, from the estimate and, with --quality-source-every, the gain)",
                  f"{'method':<12}" + "".join(f"{h:>12}" for _, h in KEYS) + f"{'worst phase MAE':>22}"]
         for r in rows:
             lines.append(f"{r['method']:<12}" + "".join(f"{r[k]:>12.2f}" for k, _ in KEYS)
                          + f"{r['worst_phase']:>14} {r['worst_phase_mae']:>7.1f}")
+        gains = [r for r in rows if math.isfinite(r["auroc_below_source_gain"])]
+        if gains:
+            w = int(vals[0].get("window", 10))
+            lines += ["", f"{st.name}: the estimated gain over the source model (output's estimate - the source model's "
+                      f"own - the calibration's offset) for the frames below the source model: AUROC per frame and "
+                      f"per {w} frames; the share of the frames (windows) below source whose gain is below 0 (the "
+                      f"node's WARN at quality_gain_warn_below 0) beside the share of the others; the same for "
+                      f"windows at thresholds 0.05 and 0.1",
+                      f"{'method':<12}" + "".join(f"{h:>12}" for _, h in GAIN_KEYS)]
+            lines += [f"{r['method']:<12}" + "".join(f"{r[k]:>12.2f}" for k, _ in GAIN_KEYS) for r in gains]
         text.append("\n".join(lines))
         payload[st.name] = {"methods": block, "csv": str(Path(out) / f"quality_{safe}.csv")}
         if plot:

@@ -479,7 +479,8 @@ def run_suite(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     cycles_text, payload["cycles"] = cycles_report(streams0, runs, cfg.methods, out)
     temporal_text, payload["temporal"] = temporal_report(streams0, runs, cfg.methods, out)
     printed += evidence_text + cycles_text + temporal_text
-    quality_text, quality_payload = quality_report(streams0, runs, cfg.methods, out, plot=cfg.plot)
+    quality_text, quality_payload = quality_report(streams0, runs, cfg.methods, out, plot=cfg.plot,
+                                                   model=quality_model(cfg, task))
     if quality_payload:
         printed += quality_text
         payload["quality"] = quality_payload

@@ -9,7 +9,9 @@
   frame (a lower estimate should mean "worse than not adapting"), and the share of those frames the
   WARN level (or worse) flags, beside the share of the other frames it flags; and, given the source
   model's own estimate on the same frames, the AUROC of the estimated *gain* (the output's estimate
-  minus the source model's) for those frames: what a stack that also runs the source model could tell.
+  minus the source model's) for those frames: what a stack that also runs the source model could tell;
+  and how many of them, per frame and per window, a gain below 0 (the node's WARN) flags, beside the
+  other frames it flags.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+
+GAIN_THRESHOLDS = (0.0, 0.05, 0.1)  # thresholds of the estimated gain at which the window flags are scored
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -53,8 +58,10 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
 
 def validate(estimate: Sequence[float], level: Sequence[int], accuracy: Sequence[float], miou: Sequence[float],
              domains: Sequence[str], source_miou: Optional[Sequence[float]] = None, window: int = 10,
-             warn: int = 1, source_estimate: Optional[Sequence[float]] = None) -> dict[str, Any]:
-    """Every score of the module docstring for one run (per-frame lists in stream order)."""
+             warn: int = 1, source_estimate: Optional[Sequence[float]] = None,
+             gain_offset: float = 0.0) -> dict[str, Any]:
+    """Every score of the module docstring for one run (per-frame lists in stream order);
+    ``gain_offset``: the method's calibrated offset of the estimated gain (``runtime.quality``)."""
     est, acc, mi = (np.asarray(v, float) for v in (estimate, accuracy, miou))
     lev = np.asarray(level, int)
     dom = np.asarray(domains)
@@ -79,7 +86,19 @@ def validate(estimate: Sequence[float], level: Sequence[int], accuracy: Sequence
         out["warn_recall_below_source"] = float(flagged[below].mean()) if below.any() else float("nan")
         out["warn_rate_other_frames"] = float(flagged[~below].mean()) if (~below).any() else float("nan")
         if source_estimate is not None:  # the estimated gain over the source model: lower flags them
-            out["auroc_below_source_gain"] = auroc(-(est - np.asarray(source_estimate, float)), below)
+            gain = est - np.asarray(source_estimate, float) - float(gain_offset)
+            out["auroc_below_source_gain"] = auroc(-gain, below)
+            # the node's flag (quality_source_every: 1, quality_gain_warn_below: 0): a gain below 0
+            out["gain_recall_below_source"] = float((gain[below] < 0).mean()) if below.any() else float("nan")
+            out["gain_rate_other_frames"] = float((gain[~below] < 0).mean()) if (~below).any() else float("nan")
+            # the same over ``window``-frame means (what /diagnostics' quality_gain shows), at the default
+            # threshold and at two higher ones (how much recall a higher quality_gain_warn_below buys)
+            g, d = window_means(gain, window), window_means(mi - src, window)
+            wb = (d < 0) & np.isfinite(d)
+            out["auroc_below_source_gain_window"] = auroc(-g, wb)
+            for t in GAIN_THRESHOLDS:
+                out[f"gain_recall_below_source_window@{t:g}"] = float((g[wb] < t).mean()) if wb.any() else float("nan")
+                out[f"gain_rate_other_windows@{t:g}"] = float((g[~wb] < t).mean()) if (~wb).any() else float("nan")
     return out
 
 

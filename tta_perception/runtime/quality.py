@@ -23,10 +23,12 @@ also for a non-finite output and a blind camera (an image with no contrast: a le
 all-black frame), whatever the estimate says.
 
 **Gain over the source model** (on the frames a ``runtime.reference.SourceReference`` judges): the
-estimate minus the source model's estimate of its own output on the same frame. The estimate alone is
-lowest where adaptation helps most (night, rain); the gain says whether the adapted output is worse
-than not adapting. Below ``gain_warn_below`` (default 0: estimated worse than the source model) an OK
-frame becomes WARN.
+estimate minus the source model's estimate of its own output on the same frame, minus the
+calibration's ``gain_offset`` (the median error of that difference against the true accuracy gain on
+the calibration stream: two separately fitted estimates do not err alike; 0 without one). The
+estimate alone is lowest where adaptation helps most (night, rain); the gain says whether the adapted
+output is worse than not adapting. Below ``gain_warn_below`` (default 0: estimated worse than the
+source model) an OK frame becomes WARN.
 """
 from __future__ import annotations
 
@@ -54,7 +56,8 @@ class Quality:
     """The quality of one output: ``estimate`` (estimated pixel accuracy in [0, 1]; NaN when the
     output is not finite), ``level`` (index into :data:`LEVELS`), ``reason`` (why ERROR was forced,
     else ''), ``calibrated`` (False: the estimate is the plain mean confidence), the signals, and
-    ``source_estimate`` (the source model's estimate on the same frame; NaN: not judged)."""
+    ``source_estimate`` (the source model's estimate on the same frame; NaN: not judged) and ``gain``
+    (``estimate - source_estimate - gain_offset``, the estimated accuracy gained by adapting)."""
 
     estimate: float
     level: int
@@ -62,15 +65,11 @@ class Quality:
     calibrated: bool = True
     signals: dict = field(default_factory=dict)
     source_estimate: float = float("nan")
+    gain: float = float("nan")  # the estimated gain over the source model (NaN: not judged)
 
     @property
     def level_name(self) -> str:
         return LEVELS[self.level]
-
-    @property
-    def gain(self) -> float:
-        """The estimated gain over the source model (NaN on a frame it was not judged on)."""
-        return self.estimate - self.source_estimate
 
 
 def _logit(p: float) -> float:
@@ -182,6 +181,9 @@ def check_calibration(cal: Any) -> dict[str, Any]:
     if not isinstance(weights, list) or len(weights) != len(feats) + 1 or \
             not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
         raise ValueError("quality calibration: weights must be len(features) + 1 finite numbers")
+    off = cal.get("gain_offset", 0.0)
+    if isinstance(off, bool) or not isinstance(off, (int, float)) or not -1.0 <= off <= 1.0:
+        raise ValueError("quality calibration: gain_offset must be a number in [-1, 1]")
     return cal
 
 
@@ -204,6 +206,7 @@ class QualityEstimator:
             raise ValueError(f"quality thresholds need 0 <= error_below ({self.error_below}) <= warn_below "
                              f"({self.warn_below}) <= 1")
         self.gain_warn_below = float(gain_warn_below)
+        self.gain_offset = float(cal.get("gain_offset", 0.0))
         if not -1.0 <= self.gain_warn_below <= 1.0:
             raise ValueError(f"the gain threshold must be in [-1, 1], got {self.gain_warn_below}")
         self.step = int(step)
@@ -225,14 +228,13 @@ class QualityEstimator:
         return WARN if estimate < self.warn_below or gain < self.gain_warn_below else OK
 
     def with_source(self, q: Quality, source_estimate: float) -> Quality:
-        """``q`` with the source model's estimate on the same frame, its level raised to WARN when
-        the gain is below ``gain_warn_below``."""
+        """``q`` with the source model's estimate on the same frame and the gain, its level raised
+        to WARN when the gain is below ``gain_warn_below``."""
         import dataclasses
 
-        level = q.level
-        if level < WARN and q.estimate - source_estimate < self.gain_warn_below:
-            level = WARN
-        return dataclasses.replace(q, source_estimate=float(source_estimate), level=level)
+        gain = q.estimate - float(source_estimate) - self.gain_offset
+        level = WARN if q.level < WARN and gain < self.gain_warn_below else q.level
+        return dataclasses.replace(q, source_estimate=float(source_estimate), gain=gain, level=level)
 
     def __call__(self, logits: Any, image: Any = None) -> Quality:
         return self.judge(frame_signals(logits, image, self.step))
