@@ -398,6 +398,12 @@ def test_memory_estimate_refuses_what_cannot_fit_and_accepts_the_defaults():
     assert big["adaptation_step"] == pytest.approx(4 * small["adaptation_step"])  # linear in the pixels
     assert memory.estimate({**cfg, "window": 8}, model)["adaptation_step"] == pytest.approx(2 * small["adaptation_step"])
     assert memory.estimate({**cfg, "method": "source"}, model)["adaptation_step"] == 0
+    # the quality's source reference: one frozen copy of the weights, the guard's when it runs
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / memory.MB
+    assert small["source_reference"] == 0 and small["guard"] == 0
+    assert memory.estimate({**cfg, "quality_source_every": 1}, model)["source_reference"] == pytest.approx(weights)
+    shared = memory.estimate({**cfg, "quality_source_every": 1, "guard": True}, model)
+    assert shared["source_reference"] == 0 and shared["guard"] > weights
     reason = memory.check_budget({**cfg, "input_size": [1024, 2048]}, model)
     assert reason and "max_memory_mb=2048" in reason and "adaptation step" in reason
     assert memory.check_budget({**cfg, "input_size": [1024, 2048], "max_memory_mb": 1 << 20}, model) is None

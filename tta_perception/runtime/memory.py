@@ -167,10 +167,14 @@ def estimate(cfg: dict[str, Any], model, input_size: Optional[tuple[int, int]] =
     train = (factor or TRAIN_FACTOR.get(method, UNKNOWN_TRAIN_FACTOR)) * act * pixels * int(cfg["window"])
     # domain memory: one stored state (modules + optimiser state) per domain, on the CPU
     bank = (modules + 2) * params * int(cfg["max_domains"]) / MB if cfg.get("domain_memory") else 0.0
-    # collapse guard: a frozen source model, and two stored states (the healthy one, one on probation)
+    # collapse guard: a frozen source model, and two stored states (the healthy one, one on probation);
+    # the quality's source reference (quality_source_every) shares that frozen model, or needs its own
     adapts = method != "source" and getattr(model, "task", "seg") == "seg"
     guard = (1 + 2 * (modules + 2)) * params / MB if cfg.get("guard") and adapts else 0.0
+    reference = (params / MB if adapts and not guard and cfg.get("quality", True)
+                 and int(cfg.get("quality_source_every", 0)) > 0 else 0.0)
     return {"fixed": FIXED_MB, "weights": copies * params / MB, "domain_bank": bank, "guard": guard,
+            "source_reference": reference,
             "adaptation_step": train / MB,
             "prediction": INFER_FACTOR * act * pixels / MB,
             "largest_frame": FRAME_BYTES_PER_PIXEL * float(cfg["max_image_pixels"]) / MB}

@@ -234,7 +234,8 @@ class Session:
                                            else None)
             if reason:
                 return reason
-        if pipe is not None and "guard" in changed and cfg["guard"] and not changed & MEMORY_PARAMS:
+        if (pipe is not None and ("guard" in changed and cfg["guard"] or "quality_source_every" in changed)
+                and not changed & MEMORY_PARAMS):
             from .memory import check_budget
 
             reason = check_budget(cfg, pipe.model, input_size=pipe.input_size)  # the guard's source copy
