@@ -165,7 +165,7 @@ def choose_and_fit(rows: Sequence[dict[str, Any]], feature_sets: Sequence[Sequen
                     "mean_accuracy": float(np.mean([r["accuracy"] for r in rows]))}}
 
 
-def gain_offset(rows: Sequence[dict[str, Any]], source_rows: Sequence[dict[str, Any]],
+def measure_gain_offset(rows: Sequence[dict[str, Any]], source_rows: Sequence[dict[str, Any]],
                 cal: dict[str, Any]) -> dict[str, Any]:
     """The error of the estimated gain over the source model (the method's estimate minus the source
     model's own, ``runtime.quality``) against the true one (the two pixel accuracies) on the
@@ -260,7 +260,7 @@ def calibrate_methods(model_name: str, methods: Sequence[str], *, per_segment: i
         cal = choose_and_fit(rows)
         if sq is not None:
             cal["guard_signals"] = guard_signals(rows)
-            cal.update(gain_offset(rows, source_rows, cal))
+            cal.update(measure_gain_offset(rows, source_rows, cal))
         else:
             source_rows = rows
         cal.update(method=m, window=window, adapt_every=adapt_every, command=command,

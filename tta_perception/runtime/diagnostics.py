@@ -122,8 +122,7 @@ def quality_status(fqn: str, camera: str, frame_id: str, quality: Any, calibrati
     values = [("estimate", _four(est)), ("level", LEVELS[int(quality.level)]),
               ("calibrated", TRUE if quality.calibrated else FALSE), ("calibration", str(calibration)),
               ("reason", str(quality.reason)),
-              ("source_estimate", _four(getattr(quality, "source_estimate", float("nan")))),
-              ("gain", _four(getattr(quality, "gain", float("nan"))))]
+              ("source_estimate", _four(quality.source_estimate)), ("gain", _four(quality.gain))]
     signals = quality.signals or {}
     values += [(k, _four(signals[k])) for k in (*SIGNALS, "nonfinite") if k in signals]
     return {"level": int(quality.level), "name": quality_status_name(fqn, camera), "message": message,
@@ -151,6 +150,11 @@ def quality_is_fresh(row: dict[str, Any], now: Optional[float] = None) -> bool:
     return t is None or (time.monotonic() if now is None else now) - float(t) <= QUALITY_STALE_S
 
 
+def gain_text(gain: float) -> str:
+    """' (+0.04 against the source model)' for a known estimated gain, else ''."""
+    return f" ({gain:+.2f} against the source model)" if math.isfinite(gain) else ""
+
+
 def quality_alarm(row: dict[str, Any]) -> Optional[tuple[str, str]]:
     """('warn' | 'error', message) when a camera's recent quality (``Session.quality_now``) should
     raise a status's level, else None. An uncalibrated estimate (a mean confidence, whose thresholds
@@ -160,10 +164,8 @@ def quality_alarm(row: dict[str, Any]) -> Optional[tuple[str, str]]:
     level = row.get("level")
     if level is None or level <= OK or not (row.get("calibrated") or row.get("reason")):
         return None
-    gain = row.get("gain", float("nan"))
     what = row.get("reason") or (f"estimated pixel accuracy {row['estimate']:.2f}"
-                                 + (f" ({gain:+.2f} against the source model)" if math.isfinite(gain) else "")
-                                 + f" over the last {row['frames']} frame(s)")
+                                 f"{gain_text(row.get('gain', float('nan')))} over the last {row['frames']} frame(s)")
     camera = row.get("camera") or ""
     return LEVELS[level].lower(), f"quality {LEVELS[level]}{' on camera ' + camera if camera else ''}: {what}"
 

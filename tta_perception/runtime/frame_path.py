@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from .devices import sync as device_sync
+from .quality import batch_signals
 
 STAGES = ("flow", "predict", "fuse", "quality", "guard")
 
@@ -182,8 +183,6 @@ class FramePath:
                 if self.reference is not None:
                     judged = [i for i, due in enumerate(self.reference.due(cameras)) if due]
                     if judged:
-                        from .quality import batch_signals
-
                         src = self.reference.logits(x[judged])
                         for k, (i, s) in enumerate(zip(judged, batch_signals(src, x[judged], self.quality.step))):
                             sources[i] = src[k]

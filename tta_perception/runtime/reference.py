@@ -32,9 +32,9 @@ class SourceReference:
     """The source model's output and quality estimate on every ``every``-th frame of each camera.
 
     ``estimator``: a ``runtime.quality.QualityEstimator`` with the *source* model's calibration (the
-    source model's estimate of its own output); None: its mean confidence (uncalibrated)."""
+    source model's estimate of its own output; an uncalibrated one gives its mean confidence)."""
 
-    def __init__(self, adapter: Any, every: int = 1, estimator: Any = None, model: Any = None):
+    def __init__(self, adapter: Any, estimator: Any, every: int = 1, model: Any = None):
         if int(every) < 1:
             raise ValueError(f"the source reference runs every N >= 1 frames, got {every}")
         self.every = int(every)
@@ -59,8 +59,6 @@ class SourceReference:
 
     def estimate(self, signals: dict[str, float]) -> float:
         """The source model's estimated accuracy from its output's ``quality.frame_signals``."""
-        if self.estimator is None:
-            return float(signals.get("conf", float("nan")))
         return float(self.estimator.estimate(signals))
 
     def state_dict(self) -> dict[str, Any]:
@@ -80,4 +78,4 @@ def build_reference(adapter: Any, model_name: str, every: int, share: Any = None
     from .quality import QualityEstimator, load_calibration
 
     cal = load_calibration(model_name or "", "source")[0]
-    return SourceReference(adapter, int(every), QualityEstimator(cal) if cal is not None else None, model=share)
+    return SourceReference(adapter, QualityEstimator(cal), int(every), model=share)

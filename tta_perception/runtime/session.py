@@ -14,7 +14,6 @@ newest, the builder thread), ``runtime.counters.FrameCounters`` (frames in and o
 """
 from __future__ import annotations
 
-import math
 import sys
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Any, Callable, Optional, Protocol
 from . import image_codec as codec
 from . import params as P
 from .counters import FrameCounters
-from .diagnostics import Diagnostics
+from .diagnostics import Diagnostics, gain_text
 from .errors import ConfigError, one_line
 from .reload import ReloadCoordinator
 
@@ -565,8 +564,7 @@ class Session:
                 continue
             what = (f"quality{' of camera ' + camera if camera else ''} {LEVELS[new]}"
                     + (f" (was {LEVELS[old]})" if old is not None else "")
-                    + f": mean estimate {row['estimate']:.2f}"
-                    + (f" ({row['gain']:+.2f} against the source model)" if math.isfinite(row["gain"]) else "")
+                    + f": mean estimate {row['estimate']:.2f}{gain_text(row['gain'])}"
                     + f" over the last {row['frames']} frame(s)"
                     + ("" if estimator.calibrated else " (uncalibrated: mean confidence)")
                     + (f"; {tracker.reason}" if tracker.reason else ""))
