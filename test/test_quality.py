@@ -149,6 +149,26 @@ def test_an_estimate_below_the_source_model_is_at_least_warn():
     assert t.update(Quality(0.9, OK)) is None and t.update(Quality(0.9, OK)) is None
     assert t.update(Quality(0.9, OK)) == (WARN, OK)              # the judged frame left the window
 
+def test_outputs_losing_the_source_models_classes_are_at_least_warn():
+    from tta_perception.runtime.quality import KEPT_DEFAULT, Quality, calibrated_min_kept
+
+    q = QualityEstimator(cal(("conf",), (0.0, 1.0), guard_signals={"kept_mean_p1": 0.874}))
+    assert q.min_kept == calibrated_min_kept(q.calibration) == pytest.approx(0.85)
+    assert QualityEstimator(None).min_kept == KEPT_DEFAULT                    # nothing measured
+    ok = Quality(0.9, q.level(0.9))
+    assert q.with_source(ok, 0.6, kept=0.9).level == OK and q.with_source(ok, 0.6, kept=0.9).kept == 0.9
+    assert q.with_source(ok, 0.6, kept=0.8).level == WARN                     # a gain, but classes lost
+    assert q.with_source(ok, 0.6).level == OK and math.isnan(q.with_source(ok, 0.6).kept)  # not known: no flag
+    assert q.level(0.9, 0.1, 0.8) == WARN and q.level(0.9, 0.1, 0.9) == OK and q.level(0.3, 0.1, 0.9) == ERROR
+    t = LevelTracker(q, window=3)                                # the newest judged frame's kept in the window
+    assert t.update(q.with_source(ok, 0.6, kept=0.8)) == (None, WARN) and t.kept == 0.8
+    assert t.update(ok) is None and t.kept == 0.8                # a frame not judged keeps the judged one's
+    assert t.update(q.with_source(ok, 0.6, kept=0.95)) == (WARN, OK) and t.kept == 0.95
+    for _ in range(3):
+        t.update(ok)
+    assert math.isnan(t.kept) and t.level == OK                  # no judged frame left in the window
+
+
 # ------------------------------------------------------------------------------------ validation scores
 def test_validation_scores_on_constructed_frames():
     assert auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
@@ -179,6 +199,14 @@ def test_validation_scores_on_constructed_frames():
     o = validate(*args, source_miou=[0.45, 0.6, 0.6, 0.3], window=2, source_estimate=[0.7, 0.85, 0.78, 0.9],
                  gain_offset=0.2)
     assert o["gain_recall_below_source"] == 1.0 and o["gain_rate_other_frames"] == 1.0
+    # the classes kept (NaN: not known, no flag) at min_kept 0.85, and either flag beside the gain's
+    k = validate(*args, source_miou=[0.45, 0.6, 0.6, 0.3], window=2, source_estimate=[0.7, 0.85, 0.78, 0.9],
+                 kept=[1.0, 1.0, 0.7, float("nan")], min_kept=0.85)
+    assert k["kept_known_frames"] == 0.75 and k["auroc_below_source_kept"] == 0.75  # below: 1.0, 0.7; other: 1.0
+    assert k["kept_recall_below_source"] == 0.5 and k["kept_rate_other_frames"] == 0.0
+    # either flag: the gain catches frame 1, kept frame 2; the gain also flags frame 3
+    assert k["source_recall_below_source"] == 1.0 and k["source_rate_other_frames"] == 0.5
+    assert "kept_known_frames" not in f                          # without the live kept
 
 
 # ------------------------------------------------------------------------------------ the guard
@@ -399,6 +427,33 @@ def test_the_source_reference_judges_every_nth_frame_and_the_guard_reuses_its_pa
     ad.close()
 
 
+def test_a_camera_losing_a_class_is_warn_while_its_estimate_and_gain_say_ok(driveseg, clear_frames):
+    """The reference's ``kept``: per camera, the mean share of the source model's classes the
+    published outputs keep over its last KEPT_WINDOW reliable judged frames (NaN before); a model that
+    stops painting one class is WARN by it alone; a reset forgets what the old state kept."""
+    from tta_perception.runtime.frame_path import FramePath
+    from tta_perception.runtime.reference import KEPT_WINDOW, build_reference
+
+    ad = adapter_for(driveseg)
+    ref = build_reference(ad, "driveseg", 1)
+    # the estimate is the confidence; the gain never flags here (threshold -1), min_kept 0.95
+    q = QualityEstimator(cal(("conf",), (0.0, 1.0), guard_signals={"kept_mean_p1": 0.95}), gain_warn_below=-1.0)
+    path = FramePath(ad, flow=False, quality=q, reference=ref)
+    ad.set_enabled(False)
+    healthy = [path.run(clear_frames[i:i + 1])[0].quality for i in range(KEPT_WINDOW)]
+    assert all(math.isnan(h.kept) for h in healthy[:-1]) and healthy[-1].kept == 1.0   # the source's own classes
+    assert all(h.level == OK for h in healthy)
+    collapse(ad, cls=3, by=-1e4)                                 # class 3 never painted again (3-12 % of these frames)
+    lost = [path.run(clear_frames[i:i + 1])[0].quality for i in range(8)]
+    assert [round(x.kept, 3) for x in lost] == sorted((round(x.kept, 3) for x in lost), reverse=True)
+    assert lost[-1].kept < q.min_kept and lost[-1].level == WARN
+    assert all(x.estimate > 0.9 and x.gain > -0.1 for x in lost)  # what the estimate and the gain see: nothing
+    assert math.isnan(path.run(clear_frames[:1], ["b"])[0].quality.kept)  # another camera: its own window
+    path.reset()                                                 # a reset: the old state's classes say nothing
+    assert math.isnan(path.run(clear_frames[:1])[0].quality.kept)
+    ad.close()
+
+
 def test_guard_settings_are_checked():
     from tta_perception.runtime.guard import GuardSettings
 
@@ -475,4 +530,7 @@ def test_bench_levels_flag_the_frames_estimated_below_the_source_model(tmp_path)
     assert (gain < -1e-3).any() and (gain > 1e-3).any()
     assert (level[gain < -1e-3] >= WARN).all()
     assert (level[gain < -1e-3] > np.asarray(plain["tent"]["series"]["level"])[gain < -1e-3]).any()
+    assert "kept" not in plain["tent"]["series"] and len(tent.get("kept", [None] * 60)) == 60
+    for key in ("kept_known_frames", "kept_recall_below_source", "source_recall_below_source"):
+        assert v.get(key) is None or 0.0 <= v[key] <= 1.0, key
     assert main(["bench", "--task", "seg", "--methods", "tent", "--quality-source-every", "1"]) == 2  # not --stream

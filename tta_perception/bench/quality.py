@@ -288,9 +288,10 @@ def calibrate_methods(model_name: str, methods: Sequence[str], *, per_segment: i
 
 
 # ------------------------------------------------------------------------------------ validation in bench runs
-def run_validation(run: Any, source: Any, window: int = 10, gain_offset: float = 0.0) -> Optional[dict[str, Any]]:
+def run_validation(run: Any, source: Any, window: int = 10, gain_offset: float = 0.0,
+                   min_kept: float = float("nan")) -> Optional[dict[str, Any]]:
     """``metrics.quality.validate`` of one run against the source run on the same stream and seed
-    (``gain_offset``: the method's calibration's)."""
+    (``gain_offset``, ``min_kept``: the method's calibration's)."""
     from ..metrics.quality import validate
 
     if not getattr(run, "series_quality", None):
@@ -301,7 +302,8 @@ def run_validation(run: Any, source: Any, window: int = 10, gain_offset: float =
         if run is not source and len(source.series_quality) == len(run.series_x):
             src_estimate = source.series_quality  # the source model's own estimate on the same frames
     return validate(run.series_quality, run.series_level, run.series_accuracy, [v / 100.0 for v in run.series_y],
-                    run.series_domain, src, window=window, source_estimate=src_estimate, gain_offset=gain_offset)
+                    run.series_domain, src, window=window, source_estimate=src_estimate, gain_offset=gain_offset,
+                    kept=getattr(run, "series_kept", None) or None, min_kept=min_kept)
 
 
 KEYS = (("spearman_accuracy", "rho acc"), ("spearman_accuracy_window", "rho acc/10"), ("spearman_miou", "rho mIoU"),
@@ -314,6 +316,10 @@ GAIN_KEYS = (("auroc_below_source_gain", "AUROC"), ("auroc_below_source_gain_win
              ("gain_recall_below_source_window@0", "/10 <src"), ("gain_rate_other_windows@0", "/10 other"),
              ("gain_recall_below_source_window@0.05", "/10 .05<src"), ("gain_rate_other_windows@0.05", "/10 .05oth"),
              ("gain_recall_below_source_window@0.1", "/10 .1<src"), ("gain_rate_other_windows@0.1", "/10 .1oth"))
+#: the share of the source model's classes the outputs kept (live, --quality-source-every), and either flag
+KEPT_KEYS = (("kept_known_frames", "known"), ("auroc_below_source_kept", "AUROC"), ("kept_recall_below_source", "<min <src"),
+             ("kept_rate_other_frames", "<min other"), ("source_recall_below_source", "either <src"),
+             ("source_rate_other_frames", "either oth"))
 
 
 def _nanmean(values: Sequence[Any]) -> float:
@@ -333,8 +339,9 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
     from .runner import runs_of
     from .variants import VARIANTS
 
-    offsets = {m: QualityEstimator(load_calibration(model, VARIANTS[m].method)[0]).gain_offset
-               for m in methods if model and m in VARIANTS}
+    estimators = {m: QualityEstimator(load_calibration(model or "", VARIANTS[m].method)[0])
+                  for m in methods if m in VARIANTS}
+    offsets = {m: e.gain_offset for m, e in estimators.items()} if model else {}
     text, payload = [], {}
     for st in streams:
         rows, block = [], {}
@@ -343,7 +350,9 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
             vals = []
             for r in rs:
                 src = next((s for s in runs_of(runs, "source", st.name) if s.seed == r.seed), None)
-                v = run_validation(r, src, gain_offset=offsets.get(m, 0.0))
+                est = estimators.get(m)
+                v = run_validation(r, src, gain_offset=offsets.get(m, 0.0),
+                                   min_kept=est.min_kept if est is not None else float("nan"))
                 if v is not None:
                     # the estimate's time against the prediction's, on the same frames
                     v["cost_percent"] = 100.0 * float(r.streaming.get("quality_cost", float("nan")))
@@ -351,7 +360,7 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
             if not vals:
                 continue
             phases = list(vals[0]["mae_points_by_phase"])
-            agg = {k: t_interval([v.get(k, float("nan")) for v in vals], 0.95) for k, _ in (*KEYS, *GAIN_KEYS)}
+            agg = {k: t_interval([v.get(k, float("nan")) for v in vals], 0.95) for k, _ in (*KEYS, *GAIN_KEYS, *KEPT_KEYS)}
             by_phase = {p: t_interval([v["mae_points_by_phase"].get(p, float("nan")) for v in vals], 0.95)
                         for p in phases}
             worst = max(phases, key=lambda p: by_phase[p].mean) if phases else ""
@@ -361,7 +370,7 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
                         "warn_recall_below_source": _nanmean([v.get("warn_recall_below_source") for v in vals]),
                         "warn_rate_other_frames": _nanmean([v.get("warn_rate_other_frames") for v in vals]),
                         "levels": {k: int(sum(v["levels"][k] for v in vals)) for k in ("OK", "WARN", "ERROR")}}
-            rows.append({"method": m, **{k: agg[k].mean for k, _ in (*KEYS, *GAIN_KEYS)}, "worst_phase": worst,
+            rows.append({"method": m, **{k: agg[k].mean for k, _ in (*KEYS, *GAIN_KEYS, *KEPT_KEYS)}, "worst_phase": worst,
                          "worst_phase_mae": by_phase[worst].mean if worst else float("nan"),
                          **{f"mae_{p}": by_phase[p].mean for p in phases}})
         if not rows:
@@ -389,6 +398,14 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
                       f"windows at thresholds 0.05 and 0.1",
                       f"{'method':<12}" + "".join(f"{h:>12}" for _, h in GAIN_KEYS)]
             lines += [f"{r['method']:<12}" + "".join(f"{r[k]:>12.2f}" for k, _ in GAIN_KEYS) for r in gains]
+        kept = [r for r in rows if math.isfinite(r["kept_known_frames"])]
+        if kept:
+            lines += ["", f"{st.name}: the share of the source model's classes the outputs keep (mean over the camera's "
+                      f"last frames the source model is reliable on) for the frames below the source model: the share "
+                      f"of frames where it is known, its AUROC there, the share of the frames below / not below source "
+                      f"it flags (below the method's threshold: WARN), and the same for either flag (gain < 0 or kept)",
+                      f"{'method':<12}" + "".join(f"{h:>12}" for _, h in KEPT_KEYS)]
+            lines += [f"{r['method']:<12}" + "".join(f"{r[k]:>12.2f}" for k, _ in KEPT_KEYS) for r in kept]
         text.append("\n".join(lines))
         payload[st.name] = {"methods": block, "csv": str(Path(out) / f"quality_{safe}.csv")}
         if plot:

@@ -23,6 +23,7 @@ the flow and its own fusion.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import statistics
 import time
@@ -107,6 +108,7 @@ class MethodRun:
     series_quality: list[float] = field(default_factory=list)
     series_level: list[int] = field(default_factory=list)
     series_accuracy: list[float] = field(default_factory=list)
+    series_kept: list[float] = field(default_factory=list)  # --quality-source-every: the outputs' recent 'kept' (NaN: unknown)
     miou_by_cycle: dict[int, float] = field(default_factory=dict)  # cycle -> mIoU of the whole cycle (looping)
 
     def summary(self) -> dict[str, Any]:
@@ -119,6 +121,8 @@ class MethodRun:
             d["series"]["quality"] = [round(v, 4) for v in self.series_quality]
             d["series"]["level"] = self.series_level
             d["series"]["accuracy"] = [round(v, 4) for v in self.series_accuracy]
+            if any(math.isfinite(v) for v in self.series_kept):
+                d["series"]["kept"] = [round(v, 4) if math.isfinite(v) else None for v in self.series_kept]
         return d
 
     def to_dict(self) -> dict[str, Any]:
@@ -494,14 +498,10 @@ def _quality_and_guard(name: str, adapter, stream: BenchStream, opts: RunOptions
     if VARIANTS[name].guard:
         if not seg:
             raise ValueError(f"{name}: the collapse guard watches streaming segmentation (--task seg --stream)")
-        from ..runtime.guard import CollapseGuard
-        from ..runtime.quality import QualityEstimator, load_calibration
+        from ..runtime.guard import build_guard
 
-        cal = load_calibration(opts.quality_model or "", "source")[0]
-        own = load_calibration(opts.quality_model or "", VARIANTS[name].method)[0]
-        guard = CollapseGuard(adapter, opts.guard_settings, calibration=own,
-                              source_quality=QualityEstimator(cal) if cal is not None else None,
-                              source=reference.model if reference is not None else None)
+        guard = build_guard(adapter, opts.guard_settings, opts.quality_model or "", VARIANTS[name].method,
+                            source=reference.model if reference is not None else None)
     return quality, guard, reference
 
 

@@ -11,7 +11,8 @@
   model's own estimate on the same frames, the AUROC of the estimated *gain* (the output's estimate
   minus the source model's) for those frames: what a stack that also runs the source model could tell;
   and how many of them, per frame and per window, a gain below 0 (the node's WARN) flags, beside the
-  other frames it flags.
+  other frames it flags; the same for the share of the source model's classes the outputs kept
+  (``kept`` below the method's threshold), and for either flag.
 """
 from __future__ import annotations
 
@@ -59,9 +60,12 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
 def validate(estimate: Sequence[float], level: Sequence[int], accuracy: Sequence[float], miou: Sequence[float],
              domains: Sequence[str], source_miou: Optional[Sequence[float]] = None, window: int = 10,
              warn: int = 1, source_estimate: Optional[Sequence[float]] = None,
-             gain_offset: float = 0.0) -> dict[str, Any]:
+             gain_offset: float = 0.0, kept: Optional[Sequence[float]] = None,
+             min_kept: float = float("nan")) -> dict[str, Any]:
     """Every score of the module docstring for one run (per-frame lists in stream order);
-    ``gain_offset``: the method's calibrated offset of the estimated gain (``runtime.quality``)."""
+    ``gain_offset``: the method's calibrated offset of the estimated gain (``runtime.quality``);
+    ``kept``: the live share of the source model's classes kept (NaN: not known) and ``min_kept``
+    the method's threshold on it."""
     est, acc, mi = (np.asarray(v, float) for v in (estimate, accuracy, miou))
     lev = np.asarray(level, int)
     dom = np.asarray(domains)
@@ -99,6 +103,18 @@ def validate(estimate: Sequence[float], level: Sequence[int], accuracy: Sequence
             for t in GAIN_THRESHOLDS:
                 out[f"gain_recall_below_source_window@{t:g}"] = float((g[wb] < t).mean()) if wb.any() else float("nan")
                 out[f"gain_rate_other_windows@{t:g}"] = float((g[~wb] < t).mean()) if (~wb).any() else float("nan")
+        kp = np.asarray(kept, float) if kept is not None and len(kept) == len(est) else None
+        if kp is not None and np.isfinite(kp).any():  # the classes kept: lower flags them (NaN: no flag)
+            out["kept_known_frames"] = float(np.isfinite(kp).mean())
+            out["auroc_below_source_kept"] = auroc(-kp, below)
+            flag = kp < float(min_kept)
+            out["kept_recall_below_source"] = float(flag[below].mean()) if below.any() else float("nan")
+            out["kept_rate_other_frames"] = float(flag[~below].mean()) if (~below).any() else float("nan")
+            # the node's flag against the source model, gain or kept (what it adds to the level)
+            both = flag | ((est - np.asarray(source_estimate, float) - float(gain_offset)) < 0
+                           if source_estimate is not None else False)
+            out["source_recall_below_source"] = float(both[below].mean()) if below.any() else float("nan")
+            out["source_rate_other_frames"] = float(both[~below].mean()) if (~below).any() else float("nan")
     return out
 
 
@@ -123,17 +139,22 @@ class QualityScore:
         self.estimate: list[float] = []
         self.level: list[int] = []
         self.accuracy: list[float] = []
+        self.kept: list[float] = []
 
     def update(self, quality: Any, accuracy: float) -> None:
         self.estimate.append(float(quality.estimate) if quality is not None else float("nan"))
         self.level.append(int(quality.level) if quality is not None else -1)
         self.accuracy.append(float(accuracy))
+        self.kept.append(float(getattr(quality, "kept", float("nan"))))
 
     def fields(self) -> dict[str, Any]:
-        return {"series_quality": self.estimate, "series_level": self.level, "series_accuracy": self.accuracy}
+        return {"series_quality": self.estimate, "series_level": self.level, "series_accuracy": self.accuracy,
+                "series_kept": self.kept}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"estimate": list(self.estimate), "level": list(self.level), "accuracy": list(self.accuracy)}
+        return {"estimate": list(self.estimate), "level": list(self.level), "accuracy": list(self.accuracy),
+                "kept": list(self.kept)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.estimate, self.level, self.accuracy = (list(state[k]) for k in ("estimate", "level", "accuracy"))
+        self.kept = [float(v) for v in state.get("kept", [float("nan")] * len(self.estimate))]

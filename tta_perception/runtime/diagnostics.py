@@ -31,6 +31,7 @@ SAVES, SAVES_SHARED = "saves", "saves_shared"
 # the quality of the outputs (with 'quality'): per camera its recent mean estimate and level
 QUALITY_ESTIMATE, QUALITY_LEVEL, QUALITY_CALIBRATION = "quality_estimate", "quality_level", "quality_calibration"
 QUALITY_GAIN = "quality_gain"  # the recent mean estimated gain over the source model (quality_source_every)
+QUALITY_KEPT = "quality_kept"  # the recent share of the source model's classes the outputs keep (quality_source_every)
 # the collapse guard (with 'guard'): runtime.guard.CollapseGuard.stats()
 GUARD_RECOVERIES, GUARD_CHECKS, GUARD_LAST_REASON = "guard_recoveries", "guard_checks", "guard_last_reason"
 GUARD_KEYS = (GUARD_RECOVERIES, "guard_to_source", GUARD_CHECKS, "guard_bad_checks", "guard_blind_frames",
@@ -101,7 +102,7 @@ def number(values: dict[str, str], key: str) -> float:
 # ------------------------------------------------------------------ the per-frame quality message
 QUALITY_TOPIC = "quality"  # per camera C: C/quality, as the node's other outputs
 #: keys of the quality message, before the signals (runtime.quality.SIGNALS, 4 decimals)
-QUALITY_KEYS = ("estimate", "level", "calibrated", "calibration", "reason", "source_estimate", "gain")
+QUALITY_KEYS = ("estimate", "level", "calibrated", "calibration", "reason", "source_estimate", "gain", "kept")
 
 
 def quality_status(fqn: str, camera: str, frame_id: str, quality: Any, calibration: str) -> dict[str, Any]:
@@ -122,7 +123,8 @@ def quality_status(fqn: str, camera: str, frame_id: str, quality: Any, calibrati
     values = [("estimate", _four(est)), ("level", LEVELS[int(quality.level)]),
               ("calibrated", TRUE if quality.calibrated else FALSE), ("calibration", str(calibration)),
               ("reason", str(quality.reason)),
-              ("source_estimate", _four(quality.source_estimate)), ("gain", _four(quality.gain))]
+              ("source_estimate", _four(quality.source_estimate)), ("gain", _four(quality.gain)),
+              ("kept", _four(quality.kept))]
     signals = quality.signals or {}
     values += [(k, _four(signals[k])) for k in (*SIGNALS, "nonfinite") if k in signals]
     return {"level": int(quality.level), "name": quality_status_name(fqn, camera), "message": message,
@@ -150,9 +152,12 @@ def quality_is_fresh(row: dict[str, Any], now: Optional[float] = None) -> bool:
     return t is None or (time.monotonic() if now is None else now) - float(t) <= QUALITY_STALE_S
 
 
-def gain_text(gain: float) -> str:
-    """' (+0.04 against the source model)' for a known estimated gain, else ''."""
-    return f" ({gain:+.2f} against the source model)" if math.isfinite(gain) else ""
+def source_text(gain: float, kept: float = float("nan")) -> str:
+    """' (+0.04 against the source model, 83 % of its classes kept)' for what is known of the
+    comparison with the source model, else ''."""
+    parts = ([f"{gain:+.2f} against the source model"] if math.isfinite(gain) else []) + \
+        ([f"{100 * kept:.0f} % of the source model's classes kept"] if math.isfinite(kept) else [])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def quality_alarm(row: dict[str, Any]) -> Optional[tuple[str, str]]:
@@ -165,7 +170,8 @@ def quality_alarm(row: dict[str, Any]) -> Optional[tuple[str, str]]:
     if level is None or level <= OK or not (row.get("calibrated") or row.get("reason")):
         return None
     what = row.get("reason") or (f"estimated pixel accuracy {row['estimate']:.2f}"
-                                 f"{gain_text(row.get('gain', float('nan')))} over the last {row['frames']} frame(s)")
+                                 f"{source_text(row.get('gain', float('nan')), row.get('kept', float('nan')))} "
+                                 f"over the last {row['frames']} frame(s)")
     camera = row.get("camera") or ""
     return LEVELS[level].lower(), f"quality {LEVELS[level]}{' on camera ' + camera if camera else ''}: {what}"
 
@@ -252,14 +258,15 @@ class Diagnostics:
 
     @staticmethod
     def _quality(row: Optional[dict[str, Any]]) -> dict[str, Any]:
-        """``quality_estimate`` (the recent mean, 4 decimals), ``quality_level`` ('' before a frame)
-        and ``quality_gain`` (the recent mean gain over the source model; nan when not judged)."""
+        """``quality_estimate`` (the recent mean, 4 decimals), ``quality_level`` ('' before a frame),
+        ``quality_gain`` (the recent mean gain over the source model) and ``quality_kept`` (the
+        recent share of its classes kept; both nan when not judged)."""
         from .quality import LEVELS
 
         if row is None:
-            return {QUALITY_ESTIMATE: "nan", QUALITY_LEVEL: "", QUALITY_GAIN: "nan"}
+            return {QUALITY_ESTIMATE: "nan", QUALITY_LEVEL: "", QUALITY_GAIN: "nan", QUALITY_KEPT: "nan"}
         return {QUALITY_ESTIMATE: _four(row["estimate"]), QUALITY_LEVEL: LEVELS[row["level"]],
-                QUALITY_GAIN: _four(row.get("gain", float("nan")))}
+                QUALITY_GAIN: _four(row.get("gain", float("nan"))), QUALITY_KEPT: _four(row.get("kept", float("nan")))}
 
     def cameras(self) -> dict[str, dict[str, Any]]:
         """Per camera: input rate, latency p50/p95, frames received/processed/dropped/lost, bad

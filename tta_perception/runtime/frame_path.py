@@ -19,7 +19,8 @@ outputs; the benchmark's stream source, clock and scoring.
 - **quality** (``quality``: a ``runtime.quality.QualityEstimator``): the label-free estimate of
   each published output's pixel accuracy and its level, in :attr:`FrameRecord.quality`; with a
   ``reference`` (``runtime.reference.SourceReference``), on the frames it judges, also the source
-  model's estimate of its own output there (the estimated gain over not adapting, in the level).
+  model's estimate of its own output there (the estimated gain over not adapting) and the share of
+  its classes the camera's outputs keep, both in the level.
 - **guard** (``guard``: a ``runtime.guard.CollapseGuard``): blind or non-finite frames never join
   the adaptation window; after the prediction the guard checks the method's output and, when the
   adaptation collapses, restores a healthy state (:attr:`FrameRecord.recovery`). A check on a frame
@@ -131,6 +132,8 @@ class FramePath:
             cam.chain.reset()
             for fusion in cam.fusions.values():
                 fusion.reset()
+        if self.reference is not None:
+            self.reference.forget()
 
     def _sync(self) -> None:
         if self.sync:
@@ -186,7 +189,9 @@ class FramePath:
                         src = self.reference.logits(x[judged])
                         for k, (i, s) in enumerate(zip(judged, batch_signals(src, x[judged], self.quality.step))):
                             sources[i] = src[k]
-                            qualities[i] = self.quality.with_source(qualities[i], self.reference.estimate(s))
+                            est = self.reference.estimate(s)
+                            kept = self.reference.kept(cameras[i], outputs[i], src[k], s, est)
+                            qualities[i] = self.quality.with_source(qualities[i], est, kept)
                 self._sync()
                 t["quality"] += time.perf_counter() - t0
             recoveries: list[Any] = [None] * n
@@ -197,6 +202,8 @@ class FramePath:
                     for cam in self.cameras.values():  # no past of the collapsed state in the next outputs
                         for fusion in cam.fusions.values():
                             fusion.reset()
+                    if self.reference is not None:
+                        self.reference.forget()
                 self._sync()
                 t["guard"] += time.perf_counter() - t0
         return [FrameRecord(c, logits[i], outputs[i], motions[i], fused[i], qualities[i], recoveries[i])

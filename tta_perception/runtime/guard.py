@@ -49,36 +49,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .quality import BLIND_CONTRAST, FROM_CALIBRATION, frame_signals
-from .reference import source_model
+from .quality import BLIND_CONTRAST, FROM_CALIBRATION, KEPT_DEFAULT, calibrated_min_kept, frame_signals
+from .reference import KEPT_AREA, KEPT_MIN_SHARE, SOURCE_RELIABLE, classes_kept, source_model
 
+__all__ = ["CollapseGuard", "GuardSettings", "Recovery", "blind", "build_guard", "calibrated_min_kept", "classes_kept",
+           "KEPT_AREA", "KEPT_DEFAULT", "KEPT_MIN_SHARE"]
 RECOVER_TO = ("last_healthy", "source")
-KEPT_MIN_SHARE = 0.01  # a class the source model paints on less of the frame is not counted
-KEPT_AREA = 0.5        # a class is kept while the adapted output paints at least this share of the source's area
-KEPT_DEFAULT = 0.8     # min_kept without a calibration that measured it: the lowest of the embedded models' methods
-
-
-def calibrated_min_kept(calibration: Optional[dict[str, Any]]) -> Optional[float]:
-    """``min_kept`` from a method's quality calibration (``guard_signals``, written by
-    ``calibrate-quality``): the 1st percentile of the healthy method's window mean of ``kept`` on the
-    calibration stream, rounded down to 0.05; None when the calibration did not measure it."""
-    p = ((calibration or {}).get("guard_signals") or {}).get("kept_mean_p1")
-    if not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
-        return None
-    return math.floor(float(p) * 20.0 + 1e-9) / 20.0
-
-
-def classes_kept(pred: Any, source_pred: Any, num_classes: int) -> float:
-    """``kept`` of two label maps (H, W) of one frame (module docstring); 1.0 when the source model
-    paints no class on ``KEPT_MIN_SHARE`` of the frame."""
-    import torch
-
-    n = torch.bincount(pred.reshape(-1).long(), minlength=num_classes)[:num_classes]
-    ns = torch.bincount(source_pred.reshape(-1).long(), minlength=num_classes)[:num_classes]
-    counted = ns >= KEPT_MIN_SHARE * source_pred.numel()
-    if not bool(counted.any()):
-        return 1.0
-    return float((n[counted] >= KEPT_AREA * ns[counted]).float().mean())
 
 
 @dataclass
@@ -88,7 +64,7 @@ class GuardSettings:
     min_class_ratio: float = 0.75  # adapted / source class-histogram entropy on a frame the source is reliable on
     min_agreement: float = 0.5     # pixel agreement with the source on such a frame
     min_kept: float = FROM_CALIBRATION  # mean share of the source's classes kept over the window; -1: calibrated
-    source_reliable: float = 0.75  # the source's estimated accuracy (or confidence) from which it is reliable
+    source_reliable: float = SOURCE_RELIABLE  # the source's estimated accuracy (or confidence) from which it is reliable
     recover_to: str = "last_healthy"
 
     def __post_init__(self) -> None:
@@ -289,3 +265,17 @@ class CollapseGuard:
     def stats(self) -> dict[str, Any]:
         return {**self.counts, "guard_last_reason": self.last_reason, "guard_min_kept": self.min_kept,
                 **{f"guard_{k}": v for k, v in self.last.items() if math.isfinite(v)}}
+
+
+def build_guard(adapter: Any, settings: GuardSettings, model_name: str, method: str, calibration_path: str = "",
+                source: Any = None) -> CollapseGuard:
+    """The guard of ``method`` on the embedded model ``model_name`` as the node and the benchmark build
+    it: the source model's reliability judged with the model's source calibration, ``min_kept: -1``
+    from the method's (``calibration_path``: the node's ``quality_calibration``); ``source``: a frozen
+    source model already made (the quality reference's), so the process holds one."""
+    from .quality import QualityEstimator, load_calibration
+
+    cal, _ = load_calibration(model_name or "", "source")
+    own, _ = load_calibration(model_name or "", method, calibration_path)
+    return CollapseGuard(adapter, settings, calibration=own,
+                         source_quality=QualityEstimator(cal) if cal is not None else None, source=source)

@@ -209,9 +209,11 @@ SPECS: tuple[Spec, ...] = (
          range=(-1.0, 1.0)),
     Spec("quality_source_every", 0, "int", "Quality: every N frames of each camera also run the frozen source "
          "model and estimate its accuracy on the same frame; the difference, the estimated gain over not "
-         "adapting, is published ('source_estimate', 'gain') and a frame estimated below the source model "
-         "(quality_gain_warn_below) is at least WARN. One extra forward pass per judged frame (the collapse "
-         "guard's checks reuse it); 0: off.", "live", range=(0, 100000)),
+         "adapting, is published ('source_estimate', 'gain') with the share of the source model's classes the "
+         "camera's outputs still paint ('kept', mean over its last 6 frames the source model is reliable on); a "
+         "frame estimated below the source model (quality_gain_warn_below) or losing classes (kept below the "
+         "method's calibrated guard threshold) is at least WARN. One extra forward pass per judged frame (the "
+         "collapse guard's checks reuse it); 0: off.", "live", range=(0, 100000)),
     Spec("quality_gain_warn_below", GAIN_WARN_BELOW, "float", "Quality level WARN when the estimated gain over "
          "the source model (quality_source_every) is below this (in estimated pixel accuracy; 0: the adapted "
          "output is estimated worse than not adapting).", "live", range=(-1.0, 1.0)),

@@ -251,8 +251,7 @@ class Pipeline:
         adapted state is kept), or none with ``guard`` off. The source model's reliability is judged
         with the source calibration of the model (``load_calibration(model, 'source')``); the method's
         calibration (as the quality estimate reads it) gives ``guard_min_kept: -1`` its value."""
-        from .guard import CollapseGuard
-        from .quality import QualityEstimator, load_calibration
+        from .guard import build_guard
 
         if not cfg["guard"]:
             self.frame_path.guard = None
@@ -261,11 +260,8 @@ class Pipeline:
             settings = P.guard_settings(cfg)
         except ValueError as err:
             raise ConfigError(f"parameters 'guard_*': {one_line(err)}") from None
-        cal, _ = load_calibration(cfg["model"], "source")
-        own, _ = load_calibration(cfg["model"], cfg["method"], str(cfg["quality_calibration"]).strip())
-        self.frame_path.guard = CollapseGuard(self.adapter, settings, calibration=own,
-                                              source_quality=QualityEstimator(cal) if cal is not None else None,
-                                              source=self._frozen_source())
+        self.frame_path.guard = build_guard(self.adapter, settings, cfg["model"], cfg["method"],
+                                            str(cfg["quality_calibration"]).strip(), source=self._frozen_source())
 
     def _frozen_source(self) -> Any:
         """The frozen source model the quality's reference or the guard already holds (None: neither),
@@ -273,8 +269,10 @@ class Pipeline:
         ref, guard = self.frame_path.reference, self.frame_path.guard
         return ref.model if ref is not None else getattr(guard, "_source", None) if guard is not None else None
 
-    def reset_video(self) -> None:
-        """Break every camera's chain (a reset or a new stream): no past is fused into the next frame."""
+    def reset(self) -> None:
+        """Back to the source state (the ``~/reset`` service): the adapter's, and every camera's chain
+        broken (no past of the old state fused into the next frame, nothing it kept judged)."""
+        self.adapter.reset()
         self.frame_path.reset()
 
     def set_enabled(self, enabled: bool) -> None:

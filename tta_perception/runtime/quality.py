@@ -28,7 +28,10 @@ calibration's ``gain_offset`` (the median error of that difference against the t
 the calibration stream: two separately fitted estimates do not err alike; 0 without one). The
 estimate alone is lowest where adaptation helps most (night, rain); the gain says whether the adapted
 output is worse than not adapting. Below ``gain_warn_below`` (default 0: estimated worse than the
-source model) an OK frame becomes WARN.
+source model) an OK frame becomes WARN. On the same frames, ``kept``: the share of the source model's
+classes the outputs still paint (``runtime.reference``), a camera's mean over its last reliable
+judged frames; below ``min_kept`` (the method's calibrated threshold, the collapse guard's) an OK
+frame becomes WARN: the outputs are losing classes, which the gain does not see.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ ERROR_BELOW = 0.5
 GAIN_WARN_BELOW = 0.0               # estimated gain over the source model: below it, at least WARN
 FROM_CALIBRATION = -1.0             # a threshold parameter left at this takes the calibration's value
 BLIND_CONTRAST = 0.01               # luminance std in [0, 1]: below it the camera sees nothing
+KEPT_DEFAULT = 0.8                  # min_kept without a calibration that measured it: the lowest of the embedded models' methods
 EPS = 1e-4
 
 
@@ -56,8 +60,9 @@ class Quality:
     """The quality of one output: ``estimate`` (estimated pixel accuracy in [0, 1]; NaN when the
     output is not finite), ``level`` (index into :data:`LEVELS`), ``reason`` (why ERROR was forced,
     else ''), ``calibrated`` (False: the estimate is the plain mean confidence), the signals, and
-    ``source_estimate`` (the source model's estimate on the same frame; NaN: not judged) and ``gain``
-    (``estimate - source_estimate - gain_offset``, the estimated accuracy gained by adapting)."""
+    ``source_estimate`` (the source model's estimate on the same frame; NaN: not judged), ``gain``
+    (``estimate - source_estimate - gain_offset``, the estimated accuracy gained by adapting) and
+    ``kept`` (the camera's recent mean share of the source model's classes kept; NaN: not known)."""
 
     estimate: float
     level: int
@@ -66,10 +71,21 @@ class Quality:
     signals: dict = field(default_factory=dict)
     source_estimate: float = float("nan")
     gain: float = float("nan")  # the estimated gain over the source model (NaN: not judged)
+    kept: float = float("nan")  # the recent mean share of the source model's classes kept (NaN: not known)
 
     @property
     def level_name(self) -> str:
         return LEVELS[self.level]
+
+
+def calibrated_min_kept(calibration: Optional[dict[str, Any]]) -> Optional[float]:
+    """The threshold of the mean ``kept`` from a method's quality calibration (``guard_signals``,
+    written by ``calibrate-quality``): the 1st percentile of the healthy method's window mean on the
+    calibration stream (source data), rounded down to 0.05; None when it was not measured."""
+    p = ((calibration or {}).get("guard_signals") or {}).get("kept_mean_p1")
+    if not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+        return None
+    return math.floor(float(p) * 20.0 + 1e-9) / 20.0
 
 
 def _logit(p: float) -> float:
@@ -207,6 +223,8 @@ class QualityEstimator:
                              f"({self.warn_below}) <= 1")
         self.gain_warn_below = float(gain_warn_below)
         self.gain_offset = float(cal.get("gain_offset", 0.0))
+        kept = calibrated_min_kept(self.calibration)  # the collapse guard's threshold for this method
+        self.min_kept = kept if kept is not None else KEPT_DEFAULT
         if not -1.0 <= self.gain_warn_below <= 1.0:
             raise ValueError(f"the gain threshold must be in [-1, 1], got {self.gain_warn_below}")
         self.step = int(step)
@@ -221,20 +239,25 @@ class QualityEstimator:
         z = self.weights[0] + sum(w * transform(f, signals[f]) for f, w in zip(self.features, self.weights[1:]))
         return 1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0)))
 
-    def level(self, estimate: float, gain: float = float("nan")) -> int:
-        """The level of an estimate and, where known, its gain over the source model."""
+    def level(self, estimate: float, gain: float = float("nan"), kept: float = float("nan")) -> int:
+        """The level of an estimate and, where known, its gain over the source model and the classes kept."""
         if not math.isfinite(estimate) or estimate < self.error_below:
             return ERROR
-        return WARN if estimate < self.warn_below or gain < self.gain_warn_below else OK
+        return WARN if estimate < self.warn_below or self.against_source(gain, kept) else OK
 
-    def with_source(self, q: Quality, source_estimate: float) -> Quality:
-        """``q`` with the source model's estimate on the same frame and the gain, its level raised
-        to WARN when the gain is below ``gain_warn_below``."""
+    def against_source(self, gain: float, kept: float) -> bool:
+        """Whether the comparison with the source model flags the output (NaN: not judged, no flag)."""
+        return gain < self.gain_warn_below or kept < self.min_kept
+
+    def with_source(self, q: Quality, source_estimate: float, kept: float = float("nan")) -> Quality:
+        """``q`` with the source model's estimate on the same frame, the gain and the camera's recent
+        ``kept``, its level raised to WARN when the gain is below ``gain_warn_below`` or ``kept``
+        below ``min_kept``."""
         import dataclasses
 
         gain = q.estimate - float(source_estimate) - self.gain_offset
-        level = WARN if q.level < WARN and gain < self.gain_warn_below else q.level
-        return dataclasses.replace(q, source_estimate=float(source_estimate), gain=gain, level=level)
+        level = WARN if q.level < WARN and self.against_source(gain, kept) else q.level
+        return dataclasses.replace(q, source_estimate=float(source_estimate), gain=gain, kept=float(kept), level=level)
 
     def __call__(self, logits: Any, image: Any = None) -> Quality:
         return self.judge(frame_signals(logits, image, self.step))
@@ -264,8 +287,9 @@ class QualityEstimator:
 class LevelTracker:
     """The level of a camera's recent outputs, what /diagnostics shows and the node logs once per
     change: ERROR while the newest frame has a forced reason (blind, non-finite), else the level of
-    the mean estimate over the last ``window`` frames and the mean gain of those of them judged
-    against the source model."""
+    the mean estimate over the last ``window`` frames, the mean gain of those of them judged against
+    the source model and the ``kept`` of the newest of them (already a mean over the camera's recent
+    reliable frames)."""
 
     def __init__(self, estimator: QualityEstimator, window: int = 10):
         import collections
@@ -273,6 +297,7 @@ class LevelTracker:
         self.estimator = estimator
         self._est: "collections.deque[float]" = collections.deque(maxlen=max(1, int(window)))
         self._gain: "collections.deque[float]" = collections.deque(maxlen=max(1, int(window)))
+        self._kept: "collections.deque[float]" = collections.deque(maxlen=max(1, int(window)))
         self.level: Optional[int] = None
         self.reason = ""
         self.changes = 0
@@ -289,13 +314,19 @@ class LevelTracker:
         vals = [v for v in self._gain if math.isfinite(v)]
         return sum(vals) / len(vals) if vals else float("nan")
 
+    @property
+    def kept(self) -> float:
+        """The ``kept`` of the newest frame in the window judged against the source model (NaN: none, or not known)."""
+        return next((v for v, g in zip(reversed(self._kept), reversed(self._gain)) if math.isfinite(g)), float("nan"))
+
     def update(self, q: Quality) -> Optional[tuple[Optional[int], int]]:
         """Add one frame's quality; (old, new) when the level changed (old None: the first frame)."""
         self.counts[q.level_name] += 1
         self._est.append(q.estimate)
         self._gain.append(q.gain)
+        self._kept.append(q.kept)
         self.reason = q.reason
-        new = ERROR if q.reason else self.estimator.level(self.mean, self.gain)
+        new = ERROR if q.reason else self.estimator.level(self.mean, self.gain, self.kept)
         old, self.level = self.level, new
         if old == new:
             return None

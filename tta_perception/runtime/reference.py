@@ -9,11 +9,40 @@ their difference, the estimated gain, flags the frames whose true mIoU is below 
 (AUROC 0.90-0.97 over an hour of driving, docs/benchmark.md). It costs one forward pass of the source
 model per frame judged, so it runs every ``every`` frames of each camera (0: never; the node's
 default), and the collapse guard's checks reuse its output when they fall on the same frame.
+
+The gain misses a slow collapse (Tent over an hour: AUROC 0.68): a model that stops painting the
+small classes loses little pixel accuracy, and the estimate follows pixel accuracy. What sees it is
+which classes survive (``kept``, :func:`classes_kept`, the collapse guard's signal): on the judged
+frames the source model is reliable on, the share of the classes it paints that the published output
+still paints, averaged per camera over the last :data:`KEPT_WINDOW` such frames (one frame says
+little: a healthy method loses a thin class now and then).
 """
 from __future__ import annotations
 
+import collections
 import copy
 from typing import Any, Optional
+
+from .quality import BLIND_CONTRAST, QualityEstimator, load_calibration
+
+KEPT_MIN_SHARE = 0.01   # a class the source model paints on less of the frame is not counted
+KEPT_AREA = 0.5         # a class is kept while the adapted output paints at least this share of the source's area
+KEPT_WINDOW = 6         # reliable frames averaged (the guard's default window, as the calibration measured it)
+SOURCE_RELIABLE = 0.75  # the source model's estimated accuracy (or confidence) from which it is a reference
+
+
+def classes_kept(pred: Any, source_pred: Any, num_classes: int) -> float:
+    """``kept`` of two label maps (H, W) of one frame: the share of the classes the source model paints
+    on at least ``KEPT_MIN_SHARE`` of the frame that ``pred`` still paints on at least ``KEPT_AREA`` of
+    the source's area; 1.0 when the source model paints no such class."""
+    import torch
+
+    n = torch.bincount(pred.reshape(-1).long(), minlength=num_classes)[:num_classes]
+    ns = torch.bincount(source_pred.reshape(-1).long(), minlength=num_classes)[:num_classes]
+    counted = ns >= KEPT_MIN_SHARE * source_pred.numel()
+    if not bool(counted.any()):
+        return 1.0
+    return float((n[counted] >= KEPT_AREA * ns[counted]).float().mean())
 
 
 def source_model(adapter: Any) -> Any:
@@ -41,6 +70,7 @@ class SourceReference:
         self.estimator = estimator
         self.model = model if model is not None else source_model(adapter)
         self._seen: dict[str, int] = {}
+        self._kept: dict[str, collections.deque] = {}  # per camera: kept on its last reliable judged frames
 
     def due(self, cameras: list[str]) -> list[bool]:
         """Count one frame of each camera; whether each is judged (its camera's ``every``-th)."""
@@ -61,11 +91,28 @@ class SourceReference:
         """The source model's estimated accuracy from its output's ``quality.frame_signals``."""
         return float(self.estimator.estimate(signals))
 
+    def kept(self, camera: str, output: Any, source: Any, signals: dict[str, float], source_estimate: float) -> float:
+        """The mean ``kept`` of ``camera``'s published outputs over its last :data:`KEPT_WINDOW` judged
+        frames the source model is reliable on, this one (``output``, ``source``: logits (C, H, W);
+        ``signals``: the source output's ``frame_signals``) included when it is; NaN until there are
+        that many. A blind frame or an unreliable source model adds nothing."""
+        window = self._kept.setdefault(camera, collections.deque(maxlen=KEPT_WINDOW))
+        if source_estimate >= SOURCE_RELIABLE and signals.get("contrast", 1.0) >= BLIND_CONTRAST \
+                and not signals.get("nonfinite", 0.0):
+            window.append(classes_kept(output.argmax(0), source.argmax(0), int(output.shape[0])))
+        return sum(window) / len(window) if len(window) == window.maxlen else float("nan")
+
+    def forget(self) -> None:
+        """The adapted state changed (a reset, a recovery): what its outputs kept says nothing about the new one."""
+        self._kept.clear()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"seen": dict(self._seen)}
+        return {"seen": dict(self._seen), "kept": {c: list(w) for c, w in self._kept.items()}}
 
     def load_state_dict(self, state: Optional[dict[str, Any]]) -> None:
         self._seen = {str(k): int(v) for k, v in (state or {}).get("seen", {}).items()}
+        self._kept = {str(c): collections.deque((float(v) for v in w), maxlen=KEPT_WINDOW)
+                      for c, w in (state or {}).get("kept", {}).items()}
 
 
 def build_reference(adapter: Any, model_name: str, every: int, share: Any = None) -> Optional[SourceReference]:
@@ -75,7 +122,5 @@ def build_reference(adapter: Any, model_name: str, every: int, share: Any = None
     does); ``share``: a frozen source model already made (the guard's), so the process holds one."""
     if int(every) <= 0 or not bool(getattr(adapter.method, "ADAPTS", True)):
         return None
-    from .quality import QualityEstimator, load_calibration
-
     cal = load_calibration(model_name or "", "source")[0]
     return SourceReference(adapter, QualityEstimator(cal), int(every), model=share)

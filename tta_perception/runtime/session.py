@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Protocol
 from . import image_codec as codec
 from . import params as P
 from .counters import FrameCounters
-from .diagnostics import Diagnostics, gain_text
+from .diagnostics import Diagnostics, source_text
 from .errors import ConfigError, one_line
 from .reload import ReloadCoordinator
 
@@ -555,7 +555,7 @@ class Session:
             seen = sum(tracker.counts.values())
             row = {"camera": camera, "estimate": tracker.mean, "level": tracker.level, "reason": tracker.reason,
                    "calibrated": estimator.calibrated, "frames": min(seen, window), "t": time.monotonic(),
-                   "gain": tracker.gain}
+                   "gain": tracker.gain, "kept": tracker.kept}
             self._quality_now = {**self._quality_now, camera: row}  # replaced whole: readers never see it change
             if change is None:
                 continue
@@ -564,7 +564,7 @@ class Session:
                 continue
             what = (f"quality{' of camera ' + camera if camera else ''} {LEVELS[new]}"
                     + (f" (was {LEVELS[old]})" if old is not None else "")
-                    + f": mean estimate {row['estimate']:.2f}{gain_text(row['gain'])}"
+                    + f": mean estimate {row['estimate']:.2f}{source_text(row['gain'], row['kept'])}"
                     + f" over the last {row['frames']} frame(s)"
                     + ("" if estimator.calibrated else " (uncalibrated: mean confidence)")
                     + (f"; {tracker.reason}" if tracker.reason else ""))
@@ -577,7 +577,8 @@ class Session:
         """Per camera ('' for the one camera) its recent quality: ``estimate`` (mean over
         ``quality_window`` frames), ``level`` (index into ``runtime.quality.LEVELS``), ``reason`` (a
         forced ERROR), ``calibrated``, ``frames``, ``gain`` (mean estimated gain over the source model of
-        those frames judged against it; NaN: none), ``t`` (``time.monotonic()`` of its last frame); empty
+        those frames judged against it; NaN: none), ``kept`` (the share of the source model's classes
+        the outputs keep, the newest judged; NaN: not known), ``t`` (``time.monotonic()`` of its last frame); empty
         with ``quality`` off or before a frame."""
         return self._quality_now
 
@@ -601,7 +602,7 @@ class Session:
             if self.pipeline is None:
                 self.parked = None  # inactive: the next activate starts from the source state
             else:
-                self.pipeline.adapter.reset()
+                self.pipeline.reset()
         self.health.count("resets_requested")
         self.log.info("reset to the source state")
         return True, "reset to the source state"
