@@ -149,12 +149,16 @@ def test_an_estimate_below_the_source_model_is_at_least_warn():
     assert t.update(Quality(0.9, OK)) is None and t.update(Quality(0.9, OK)) is None
     assert t.update(Quality(0.9, OK)) == (WARN, OK)              # the judged frame left the window
 
-def test_outputs_losing_the_source_models_classes_are_at_least_warn():
+def test_outputs_losing_the_source_models_classes_are_warn_with_a_kept_threshold():
     from tta_perception.runtime.quality import KEPT_DEFAULT, Quality, calibrated_min_kept
 
-    q = QualityEstimator(cal(("conf",), (0.0, 1.0), guard_signals={"kept_mean_p1": 0.874}))
+    q = QualityEstimator(cal(("conf",), (0.0, 1.0), guard_signals={"kept_mean_p1": 0.874}), min_kept=-1)
     assert q.min_kept == calibrated_min_kept(q.calibration) == pytest.approx(0.85)
-    assert QualityEstimator(None).min_kept == KEPT_DEFAULT                    # nothing measured
+    assert QualityEstimator(None, min_kept=-1).min_kept == KEPT_DEFAULT       # nothing measured
+    off = QualityEstimator(cal(("conf",), (0.0, 1.0), guard_signals={"kept_mean_p1": 0.874}))
+    assert off.min_kept == 0.0 and off.with_source(Quality(0.9, OK), 0.6, kept=0.1).level == OK  # the default: never
+    with pytest.raises(ValueError, match="kept threshold"):
+        QualityEstimator(None, min_kept=1.5)
     ok = Quality(0.9, q.level(0.9))
     assert q.with_source(ok, 0.6, kept=0.9).level == OK and q.with_source(ok, 0.6, kept=0.9).kept == 0.9
     assert q.with_source(ok, 0.6, kept=0.8).level == WARN                     # a gain, but classes lost
@@ -427,17 +431,19 @@ def test_the_source_reference_judges_every_nth_frame_and_the_guard_reuses_its_pa
     ad.close()
 
 
-def test_a_camera_losing_a_class_is_warn_while_its_estimate_and_gain_say_ok(driveseg, clear_frames):
+def test_a_camera_losing_a_class_is_seen_while_its_estimate_and_gain_say_ok(driveseg, clear_frames):
     """The reference's ``kept``: per camera, the mean share of the source model's classes the
-    published outputs keep over its last KEPT_WINDOW reliable judged frames (NaN before); a model that
-    stops painting one class is WARN by it alone; a reset forgets what the old state kept."""
+    published outputs keep over its last KEPT_WINDOW reliable judged frames (NaN before); with a
+    threshold (``quality_min_kept``), a model that stops painting one class is WARN by it alone; a
+    reset forgets what the old state kept."""
     from tta_perception.runtime.frame_path import FramePath
     from tta_perception.runtime.reference import KEPT_WINDOW, build_reference
 
     ad = adapter_for(driveseg)
     ref = build_reference(ad, "driveseg", 1)
     # the estimate is the confidence; the gain never flags here (threshold -1), min_kept 0.95
-    q = QualityEstimator(cal(("conf",), (0.0, 1.0), guard_signals={"kept_mean_p1": 0.95}), gain_warn_below=-1.0)
+    q = QualityEstimator(cal(("conf",), (0.0, 1.0), guard_signals={"kept_mean_p1": 0.95}), gain_warn_below=-1.0,
+                         min_kept=-1)
     path = FramePath(ad, flow=False, quality=q, reference=ref)
     ad.set_enabled(False)
     healthy = [path.run(clear_frames[i:i + 1])[0].quality for i in range(KEPT_WINDOW)]

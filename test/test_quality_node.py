@@ -201,7 +201,8 @@ def test_quality_and_guard_parameters_are_checked_and_change_live(ros, tmp_path)
            ("guard_min_agreement", 1.5, "guard_min_agreement"), ("quality_calibration", str(tmp_path / "none.json"),
                                                                    "not found"),
            ("quality_source_every", -1, "quality_source_every"), ("quality_gain_warn_below", 2.0,
-                                                                 "quality_gain_warn_below")]
+                                                                 "quality_gain_warn_below"),
+           ("quality_min_kept", 1.5, "quality_min_kept")]
     for name, value, why in bad:
         result = rig.node.set_parameters([Parameter(name, value=value)])[0]
         assert not result.successful and why in result.reason and "\n" not in result.reason, (name, result.reason)
@@ -236,7 +237,10 @@ def test_quality_and_guard_parameters_are_checked_and_change_live(ros, tmp_path)
     rig.send_until(lambda: H.image_msg(H.frame(32, 64, seed=5), stamp=(95, 0)), "class_ids", stamp_is(95))
     v = values_of(quality.wait(1, predicate=stamp_is(95))[0].status[0])
     assert float(v["gain"]) == pytest.approx(float(v["estimate"]) - float(v["source_estimate"]), abs=2e-4)
-    assert math.isfinite(float(rig.node.diagnostics()["quality_gain"]))
+    assert "kept" in v and math.isfinite(float(rig.node.diagnostics()["quality_gain"]))
+    assert "quality_kept" in rig.node.diagnostics() and rig.node._pipeline.quality.min_kept == 0.0  # off by default
+    assert rig.node.set_parameters([Parameter("quality_min_kept", value=-1.0)])[0].successful  # the calibrated one
+    assert 0.5 <= rig.node._pipeline.quality.min_kept <= 1.0
     assert rig.node.set_parameters([Parameter("quality", value=False)])[0].successful
     assert "quality" not in rig.node._pubs and rig.node._pipeline.quality is None
     rig.send_until(lambda: H.image_msg(H.frame(32, 64), stamp=(99, 0)), "class_ids", stamp_is(99))

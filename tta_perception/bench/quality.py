@@ -334,12 +334,13 @@ def quality_report(streams: Sequence[Any], runs: Sequence[Any], methods: Sequenc
     phase's MAE; printed table, ``quality_<stream>.csv``, results.json block and a plot. ``model``:
     the embedded model whose calibrations the runs used (their gain offsets; None or '': 0)."""
     from ..metrics import t_interval
-    from ..runtime.quality import QualityEstimator, load_calibration
+    from ..runtime.quality import FROM_CALIBRATION, QualityEstimator, load_calibration
     from .output import write_rows_csv
     from .runner import runs_of
     from .variants import VARIANTS
 
-    estimators = {m: QualityEstimator(load_calibration(model or "", VARIANTS[m].method)[0])
+    # each method's calibration: its gain offset and its calibrated kept threshold (the flag scored)
+    estimators = {m: QualityEstimator(load_calibration(model or "", VARIANTS[m].method)[0], min_kept=FROM_CALIBRATION)
                   for m in methods if m in VARIANTS}
     offsets = {m: e.gain_offset for m, e in estimators.items()} if model else {}
     text, payload = [], {}

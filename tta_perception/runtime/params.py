@@ -211,12 +211,14 @@ SPECS: tuple[Spec, ...] = (
          "model and estimate its accuracy on the same frame; the difference, the estimated gain over not "
          "adapting, is published ('source_estimate', 'gain') with the share of the source model's classes the "
          "camera's outputs still paint ('kept', mean over its last 6 frames the source model is reliable on); a "
-         "frame estimated below the source model (quality_gain_warn_below) or losing classes (kept below the "
-         "method's calibrated guard threshold) is at least WARN. One extra forward pass per judged frame (the "
-         "collapse guard's checks reuse it); 0: off.", "live", range=(0, 100000)),
+         "frame estimated below the source model (quality_gain_warn_below) is at least WARN. One extra forward "
+         "pass per judged frame (the collapse guard's checks reuse it); 0: off.", "live", range=(0, 100000)),
     Spec("quality_gain_warn_below", GAIN_WARN_BELOW, "float", "Quality level WARN when the estimated gain over "
          "the source model (quality_source_every) is below this (in estimated pixel accuracy; 0: the adapted "
          "output is estimated worse than not adapting).", "live", range=(-1.0, 1.0)),
+    Spec("quality_min_kept", 0.0, "float", "Quality level WARN when 'kept' (quality_source_every) is below this "
+         "share of the source model's classes; -1: the method's calibrated guard threshold (guard_min_kept's); "
+         "0: never (default: it flags many healthy frames, docs/node.md).", "live", range=(-1.0, 1.0)),
     Spec("quality_window", 10, "int", "Frames of each camera's recent mean quality: what /diagnostics shows "
          "and when a level change is logged.", "live", range=(1, 10000)),
     Spec("guard", GUARD_DEFAULT, "bool", "Collapse guard (segmentation methods that adapt): blind or "
@@ -292,7 +294,7 @@ def check(name: str, value: Any, methods: Optional[Iterable[str]] = None) -> Opt
         return f"parameter {name!r} must have {spec.length} items, got {_fmt(value)}"
     if name == "input_size" and list(items) == [0, 0]:
         return None
-    if name in (*QUALITY_THRESHOLDS, "guard_min_kept") and value != FROM_CALIBRATION and not 0.0 <= value <= 1.0:
+    if name in (*QUALITY_THRESHOLDS, "guard_min_kept", "quality_min_kept") and value != FROM_CALIBRATION and not 0.0 <= value <= 1.0:
         return f"parameter {name!r} must be in [0, 1], or -1 for the calibration's; got {value!r}"
     if spec.range is not None:
         lo, hi = spec.range
@@ -338,7 +340,7 @@ def check_all(cfg: dict[str, Any], methods: Optional[Iterable[str]] = None) -> l
 QUALITY_THRESHOLDS = ("quality_warn_below", "quality_error_below")
 #: what the quality estimate is built from (a change rebuilds it, live)
 QUALITY_PARAMS = ("quality", "quality_calibration", *QUALITY_THRESHOLDS, "quality_source_every",
-                  "quality_gain_warn_below")
+                  "quality_gain_warn_below", "quality_min_kept")
 #: what the collapse guard is built from (a change rebuilds it, live; the adapted state is kept)
 GUARD_PARAMS = ("guard", "guard_check_every", "guard_window", "guard_recover_to", "guard_min_agreement",
                 "guard_min_class_ratio", "guard_min_kept", "guard_source_reliable")

@@ -237,7 +237,8 @@ class Pipeline:
         try:
             estimator = QualityEstimator(cal, P.threshold_or_none(cfg["quality_warn_below"]),
                                          P.threshold_or_none(cfg["quality_error_below"]),
-                                         gain_warn_below=float(cfg["quality_gain_warn_below"]))
+                                         gain_warn_below=float(cfg["quality_gain_warn_below"]),
+                                         min_kept=float(cfg["quality_min_kept"]))
         except ValueError as err:
             raise ConfigError(f"parameters 'quality_warn_below' / 'quality_error_below': {one_line(err)}") from None
         self.frame_path.quality = estimator

@@ -30,8 +30,9 @@ estimate alone is lowest where adaptation helps most (night, rain); the gain say
 output is worse than not adapting. Below ``gain_warn_below`` (default 0: estimated worse than the
 source model) an OK frame becomes WARN. On the same frames, ``kept``: the share of the source model's
 classes the outputs still paint (``runtime.reference``), a camera's mean over its last reliable
-judged frames; below ``min_kept`` (the method's calibrated threshold, the collapse guard's) an OK
-frame becomes WARN: the outputs are losing classes, which the gain does not see.
+judged frames; below ``min_kept`` an OK frame becomes WARN. That is off by default (``min_kept`` 0):
+at the method's calibrated guard threshold it flags 31 % of BN's healthy frames and as many of
+Tent's frames above the source model as below it (docs/benchmark.md).
 """
 from __future__ import annotations
 
@@ -208,10 +209,12 @@ class QualityEstimator:
 
     ``calibration``: the method's entry (``check_calibration``); None: uncalibrated (the estimate
     is the mean confidence). ``warn_below`` / ``error_below``: level thresholds on the estimate
-    (None: the calibration's, else :data:`WARN_BELOW` / :data:`ERROR_BELOW`)."""
+    (None: the calibration's, else :data:`WARN_BELOW` / :data:`ERROR_BELOW`); ``gain_warn_below`` /
+    ``min_kept``: on the gain and on ``kept`` (0: ``kept`` never flags; -1: the calibration's)."""
 
     def __init__(self, calibration: Optional[dict[str, Any]] = None, warn_below: Optional[float] = None,
-                 error_below: Optional[float] = None, step: int = 2, gain_warn_below: float = GAIN_WARN_BELOW):
+                 error_below: Optional[float] = None, step: int = 2, gain_warn_below: float = GAIN_WARN_BELOW,
+                 min_kept: float = 0.0):
         self.calibration = check_calibration(calibration) if calibration is not None else None
         cal = self.calibration or {}
         self.features: list[str] = list(cal.get("features", []))
@@ -223,8 +226,11 @@ class QualityEstimator:
                              f"({self.warn_below}) <= 1")
         self.gain_warn_below = float(gain_warn_below)
         self.gain_offset = float(cal.get("gain_offset", 0.0))
-        kept = calibrated_min_kept(self.calibration)  # the collapse guard's threshold for this method
-        self.min_kept = kept if kept is not None else KEPT_DEFAULT
+        # the level's threshold on ``kept`` (0: never flags); -1: the method's calibrated guard threshold
+        kept = calibrated_min_kept(self.calibration)
+        self.min_kept = (kept if kept is not None else KEPT_DEFAULT) if min_kept == FROM_CALIBRATION else float(min_kept)
+        if not 0.0 <= self.min_kept <= 1.0:
+            raise ValueError(f"the kept threshold must be in [0, 1] (or -1: calibrated), got {min_kept}")
         if not -1.0 <= self.gain_warn_below <= 1.0:
             raise ValueError(f"the gain threshold must be in [-1, 1], got {self.gain_warn_below}")
         self.step = int(step)
