@@ -111,8 +111,7 @@ def validate(estimate: Sequence[float], level: Sequence[int], accuracy: Sequence
             out["kept_recall_below_source"] = float(flag[below].mean()) if below.any() else float("nan")
             out["kept_rate_other_frames"] = float(flag[~below].mean()) if (~below).any() else float("nan")
             # the node's flag against the source model, gain or kept (what it adds to the level)
-            both = flag | ((est - np.asarray(source_estimate, float) - float(gain_offset)) < 0
-                           if source_estimate is not None else False)
+            both = flag | (gain < 0) if source_estimate is not None else flag
             out["source_recall_below_source"] = float(both[below].mean()) if below.any() else float("nan")
             out["source_rate_other_frames"] = float(both[~below].mean()) if (~below).any() else float("nan")
     return out

@@ -19,8 +19,8 @@ outputs; the benchmark's stream source, clock and scoring.
 - **quality** (``quality``: a ``runtime.quality.QualityEstimator``): the label-free estimate of
   each published output's pixel accuracy and its level, in :attr:`FrameRecord.quality`; with a
   ``reference`` (``runtime.reference.SourceReference``), on the frames it judges, also the source
-  model's estimate of its own output there (the estimated gain over not adapting) and the share of
-  its classes the camera's outputs keep, both in the level.
+  model's estimate of its own output there (the estimated gain over not adapting, in the level) and
+  the share of its classes the camera's outputs keep (in the level only with a ``min_kept``).
 - **guard** (``guard``: a ``runtime.guard.CollapseGuard``): blind or non-finite frames never join
   the adaptation window; after the prediction the guard checks the method's output and, when the
   adaptation collapses, restores a healthy state (:attr:`FrameRecord.recovery`). A check on a frame
